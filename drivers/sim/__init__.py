@@ -1,0 +1,1 @@
+"""Protocol simulators that serve a real pty: sim-marlin and sim-grbl."""
