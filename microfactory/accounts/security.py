@@ -1,0 +1,44 @@
+"""Password hashing (argon2id) and token generation."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+_hasher = PasswordHasher()  # argon2id with the library's RFC 9106 low-memory profile
+TOKEN_PREFIX = "mf_"  # noqa: S105 (a public prefix that makes leaked tokens greppable)
+
+# A real hash to verify against when the user does not exist, so that a wrong username
+# takes as long as a wrong password and the two cannot be told apart by timing.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+def hash_password(password: str) -> str:
+    """Hash a password with argon2id."""
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """Check a password against its hash; a missing user still costs one verification."""
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def needs_rehash(password_hash: str) -> bool:
+    """Return whether the hash uses outdated parameters."""
+    return _hasher.check_needs_rehash(password_hash)
+
+
+def new_token() -> str:
+    """Return a new random bearer token (256 bits)."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    """Return the SHA-256 hex digest a token is stored and looked up by."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()

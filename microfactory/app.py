@@ -1,0 +1,119 @@
+"""Build the FastAPI app: `create_app(settings)`, with no globals set at import time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import text
+
+from microfactory import __version__
+from microfactory.accounts.routes import router as accounts_router
+from microfactory.config import Settings
+from microfactory.dashboard.routes import install_dashboard_handlers
+from microfactory.dashboard.routes import router as dashboard_router
+from microfactory.db import make_engine, make_sessionmaker
+from microfactory.errors import install_error_handlers
+from microfactory.machines.fleet import Fleet
+from microfactory.machines.routes import router as machines_router
+from microfactory.middleware import BodySizeLimit, Metrics, RequestMetrics
+
+log = logging.getLogger("microfactory")
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+class _FleetCollector(Collector):
+    """Report machines by state at scrape time, from the fleet's snapshots."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the machines-by-state gauge."""
+        gauge = GaugeMetricFamily(
+            "microfactory_machines", "Machines by live state", labels=["state"]
+        )
+        counts: dict[str, int] = {}
+        for sup in list(self.app.state.fleet.supervisors.values()):
+            state = sup.status_dict().get("state", "offline")
+            counts[state] = counts.get(state, 0) + 1
+        for state, n in sorted(counts.items()):
+            gauge.add_metric([state], n)
+        yield gauge
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app for these settings."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.upload_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            yield
+        finally:
+            await app.state.engine.dispose()
+
+    app = FastAPI(
+        title="microfactory",
+        version=__version__,
+        description="Operations server for makerspaces and microfactories.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = make_engine(settings.async_database_url)
+    app.state.sessionmaker = make_sessionmaker(app.state.engine)
+    app.state.fleet = Fleet()
+    metrics = Metrics()
+    metrics.registry.register(_FleetCollector(app))
+    app.state.metrics = metrics
+
+    install_error_handlers(app)
+    install_dashboard_handlers(app)
+
+    async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = []
+        for err in exc.errors():
+            item = {k: err[k] for k in ("loc", "msg", "type") if k in err}
+            errors.append(item)
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    app.include_router(accounts_router)
+    app.include_router(machines_router)
+    app.include_router(dashboard_router)
+    app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz(request: Request) -> JSONResponse:
+        """Report liveness and whether the database answers (public)."""
+        try:
+            async with request.app.state.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # the health check reports every failure, whatever it is
+            log.warning("health check: database unreachable: %s", exc)
+            return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    async def prometheus_metrics() -> Response:
+        """Expose Prometheus metrics (public, like most exporters; holds no personal data)."""
+        return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
+
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(
+        BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
+    )
+    return app

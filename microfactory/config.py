@@ -1,0 +1,184 @@
+"""Settings: one pydantic-settings class, `MICROFACTORY_*` variables or a TOML file."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key-change-me"  # noqa: S105 (refused in prod)
+
+
+class Environment(StrEnum):
+    """Where the server runs: development allows default secrets, production does not."""
+
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says which key and why."""
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Read the TOML file named by MICROFACTORY_CONFIG, if any."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                with path.open("rb") as fh:
+                    raw = tomllib.load(fh)
+            except FileNotFoundError:
+                raise ConfigError(
+                    f"MICROFACTORY_CONFIG names {path}, which does not exist"
+                ) from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+            # Accept both a flat file and one with a [microfactory] table.
+            self._data = raw.get("microfactory", raw)
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        """Return one field's value from the file."""
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class Settings(BaseSettings):
+    """Everything configurable, validated at startup; unknown keys are rejected."""
+
+    model_config = SettingsConfigDict(env_prefix="MICROFACTORY_", extra="forbid")
+
+    environment: Environment = Environment.DEVELOPMENT
+    data_dir: Path = Path("data")
+    database_url: str | None = None  # default: SQLite in data_dir
+    secret_key: str = DEFAULT_SECRET_KEY
+    shop_name: str = "microfactory"
+    shop_timezone: str = "UTC"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    # Sessions and tokens
+    login_token_ttl_s: int = Field(12 * 3600, ge=60)
+    cookie_secure: bool | None = None  # default: True in production, False in development
+
+    # Limits
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)  # JSON and form bodies
+    max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1024)  # G-code and design files
+
+    # Machines
+    run_supervisors: bool = True  # False on extra web workers: one process per host drives
+    demo_speed_factor: float = Field(20.0, gt=0)  # simulated machines move this much faster
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.upper()
+        if v not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("sqlite", "postgresql")):
+            raise ValueError("database_url must be a sqlite:// or postgresql+psycopg:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        if self.environment is Environment.PRODUCTION and (
+            self.secret_key == DEFAULT_SECRET_KEY or len(self.secret_key) < 32
+        ):
+            raise ValueError(
+                "secret_key must be set to a random value of at least 32 characters in "
+                "production (MICROFACTORY_SECRET_KEY)"
+            )
+        return self
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Return whether cookies carry the Secure flag."""
+        if self.cookie_secure is not None:
+            return self.cookie_secure
+        return self.environment is Environment.PRODUCTION
+
+    @property
+    def sync_database_url(self) -> str:
+        """Return the database URL for synchronous use (Alembic)."""
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'microfactory.sqlite3').resolve()}"
+        return url.replace("sqlite+aiosqlite://", "sqlite://")
+
+    @property
+    def async_database_url(self) -> str:
+        """Return the database URL for the async engine."""
+        url = self.sync_database_url
+        if url.startswith("sqlite://"):
+            return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+        if url.startswith("postgresql://"):
+            return "postgresql+psycopg://" + url[len("postgresql://") :]
+        return url
+
+    @property
+    def upload_dir(self) -> Path:
+        """Return where uploaded files are stored, under generated names."""
+        return self.data_dir / "files"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Order sources: arguments, then environment, then the TOML file."""
+        path = os.environ.get("MICROFACTORY_CONFIG")
+        toml = _TomlSource(settings_cls, Path(path) if path else None)
+        return (init_settings, env_settings, toml)
+
+
+def _unknown_env_keys() -> list[str]:
+    known = {f"MICROFACTORY_{name.upper()}" for name in Settings.model_fields}
+    known.add("MICROFACTORY_CONFIG")
+    # Test and tool variables that are not server settings.
+    allowed_prefixes = ("MICROFACTORY_TEST_", "MICROFACTORY_OCTOPRINT_VENV")
+    return sorted(
+        k
+        for k in os.environ
+        if k.startswith("MICROFACTORY_") and k not in known and not k.startswith(allowed_prefixes)
+    )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Load and validate settings; raise ConfigError with a clear message on bad input."""
+    unknown = _unknown_env_keys()
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(unknown)}; known settings are "
+            + ", ".join(f"MICROFACTORY_{n.upper()}" for n in Settings.model_fields)
+        )
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "settings"
+            if err["type"] == "extra_forbidden":
+                parts.append(f"unknown setting {loc!r}")
+            else:
+                parts.append(f"{loc}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(parts)) from None

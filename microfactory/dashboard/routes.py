@@ -1,0 +1,185 @@
+"""Dashboard pages: login, machines, and the users admin page."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from microfactory.accounts import service as account_service
+from microfactory.accounts.models import Role, TokenKind
+from microfactory.accounts.schemas import UserCreate, UserUpdate
+from microfactory.dashboard.web import (
+    CsrfChecked,
+    LoginRequired,
+    WebAdmin,
+    WebMember,
+    redirect,
+    render,
+)
+from microfactory.deps import SESSION_COOKIE, SessionDep, check_csrf
+from microfactory.errors import DomainError, NotAuthenticatedError
+from microfactory.machines import service as machine_service
+
+router = APIRouter(include_in_schema=False)
+
+
+def _safe_next(target: str | None) -> str:
+    # Only same-site paths: an open redirect would let a phishing link bounce through us.
+    if target and target.startswith("/") and not target.startswith("//"):
+        return target
+    return "/machines"
+
+
+@router.get("/", response_class=HTMLResponse)
+async def index(request: Request) -> Response:
+    """Send the browser to the machine list (public: it redirects to login if needed)."""
+    return RedirectResponse("/machines", status_code=303)
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, next: str | None = None) -> HTMLResponse:
+    """Show the login form (public)."""
+    return render(request, "login.html", {"next": _safe_next(next), "error": None})
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login_submit(
+    request: Request,
+    session: SessionDep,
+    username: Annotated[str, Form(max_length=64)],
+    password: Annotated[str, Form(max_length=256)],
+    csrf_token: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/machines",
+) -> Response:
+    """Log in and set the session cookie (public; CSRF-checked)."""
+    check_csrf(request, csrf_token)
+    try:
+        user = await account_service.authenticate(
+            session=session, username=username, password=password
+        )
+    except NotAuthenticatedError as exc:
+        return render(
+            request, "login.html", {"next": _safe_next(next), "error": exc.detail}, status_code=401
+        )
+    settings = request.app.state.settings
+    token, _ = await account_service.issue_token(
+        session=session,
+        user=user,
+        kind=TokenKind.WEB,
+        name="dashboard",
+        ttl=dt.timedelta(seconds=settings.login_token_ttl_s),
+    )
+    response = redirect(_safe_next(next))
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=settings.login_token_ttl_s,
+        httponly=True,
+        samesite="lax",
+        secure=settings.secure_cookies,
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, session: SessionDep, _csrf: CsrfChecked) -> Response:
+    """Log out: revoke the session token and clear the cookie (public; CSRF-checked)."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        await account_service.revoke_by_value(session=session, token=token)
+    response = redirect("/login")
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+@router.get("/machines", response_class=HTMLResponse)
+async def machines_page(request: Request, session: SessionDep, user: WebMember) -> HTMLResponse:
+    """Show the shop's machines with kind, live status and capabilities."""
+    fleet = request.app.state.fleet
+    machines = [
+        machine_service.to_read(m, fleet.status(m))
+        for m in await machine_service.list_machines(session=session)
+    ]
+    return render(request, "machines.html", {"machines": machines})
+
+
+@router.get("/admin/users", response_class=HTMLResponse)
+async def users_page(request: Request, session: SessionDep, user: WebAdmin) -> HTMLResponse:
+    """Show and manage users (admins)."""
+    users = await account_service.list_users(session=session)
+    return render(request, "admin_users.html", {"users": users, "roles": list(Role), "error": None})
+
+
+@router.post("/admin/users", response_class=HTMLResponse)
+async def users_create(
+    request: Request,
+    session: SessionDep,
+    user: WebAdmin,
+    _csrf: CsrfChecked,
+    username: Annotated[str, Form()],
+    password: Annotated[str, Form()],
+    role: Annotated[str, Form()] = "member",
+    full_name: Annotated[str, Form()] = "",
+) -> Response:
+    """Create a user from the admin page (admins)."""
+    error = None
+    try:
+        user_in = UserCreate(username=username, password=password, role=role, full_name=full_name)
+        await account_service.create(session=session, user_in=user_in)
+    except ValidationError as exc:
+        error = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    except DomainError as exc:
+        error = exc.detail
+    if error:
+        users = await account_service.list_users(session=session)
+        return render(
+            request,
+            "admin_users.html",
+            {"users": users, "roles": list(Role), "error": error},
+            status_code=422,
+        )
+    return redirect("/admin/users")
+
+
+@router.post("/admin/users/{user_id}/active")
+async def users_toggle(
+    request: Request,
+    user_id: int,
+    session: SessionDep,
+    admin: WebAdmin,
+    _csrf: CsrfChecked,
+    active: Annotated[bool, Form()],
+) -> Response:
+    """Enable or disable a user (admins)."""
+    target = await account_service.get_or_raise(session=session, user_id=user_id)
+    if target.id == admin.id and not active:
+        return redirect("/admin/users")  # an admin cannot lock themselves out
+    await account_service.update(session=session, user=target, user_in=UserUpdate(is_active=active))
+    return redirect("/admin/users")
+
+
+def install_dashboard_handlers(app: FastAPI) -> None:
+    """Send logged-out browsers to the login page and show errors as pages."""
+
+    async def _login_required(request: Request, _exc: Exception) -> Response:
+        target = quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+        return RedirectResponse(f"/login?next={target}", status_code=303)
+
+    def _html_error(request: Request, exc: DomainError) -> Response:
+        return render(
+            request,
+            "error.html",
+            {"status": exc.status_code, "detail": exc.detail},
+            status_code=exc.status_code,
+        )
+
+    app.add_exception_handler(LoginRequired, _login_required)
+    app.state.html_error_renderer = _html_error
+
+
+__all__ = ["install_dashboard_handlers", "router"]

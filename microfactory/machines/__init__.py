@@ -1,0 +1,1 @@
+"""Machines: the registry of the shop's machines and their live status."""

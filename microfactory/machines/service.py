@@ -1,0 +1,154 @@
+"""Machine registry rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from microfactory.errors import ConflictError, InvalidInputError, NotFoundError
+from microfactory.machines.models import Machine
+from microfactory.machines.schemas import (
+    SECRET_FIELDS,
+    Capabilities,
+    MachineCreate,
+    MachineRead,
+    MachineUpdate,
+    masked_connection,
+    validate_connection,
+)
+
+
+def offline_status(machine: Machine) -> dict[str, Any]:
+    """Return the status of a machine no supervisor reports on."""
+    if machine.driver == "manual":
+        return {"state": "idle", "message": "manual machine"}
+    if not machine.enabled:
+        return {"state": "offline", "message": "disabled"}
+    return {"state": "offline", "message": "not connected"}
+
+
+async def get_or_raise(*, session: AsyncSession, machine_id: int) -> Machine:
+    """Return a machine by id or raise NotFoundError."""
+    machine = await session.get(Machine, machine_id)
+    if machine is None:
+        raise NotFoundError(f"machine {machine_id} not found")
+    return machine
+
+
+async def list_machines(*, session: AsyncSession) -> list[Machine]:
+    """Return every machine, by name."""
+    result = await session.execute(select(Machine).order_by(Machine.name))
+    return list(result.scalars())
+
+
+async def _name_taken(session: AsyncSession, name: str, exclude_id: int | None = None) -> bool:
+    stmt = select(Machine.id).where(Machine.name == name)
+    if exclude_id is not None:
+        stmt = stmt.where(Machine.id != exclude_id)
+    return (await session.execute(stmt)).first() is not None
+
+
+def _apply_volume(machine: Machine, volume: Any) -> None:
+    machine.build_volume_x_mm = volume.x if volume else None
+    machine.build_volume_y_mm = volume.y if volume else None
+    machine.build_volume_z_mm = volume.z if volume else None
+
+
+async def create(*, session: AsyncSession, machine_in: MachineCreate) -> Machine:
+    """Register a machine; names are unique."""
+    if await _name_taken(session, machine_in.name):
+        raise ConflictError(f"a machine named {machine_in.name!r} already exists")
+    machine = Machine(
+        name=machine_in.name,
+        kind=machine_in.kind,
+        driver=machine_in.driver,
+        connection=machine_in.connection,
+        capabilities=machine_in.capabilities.model_dump(mode="json"),
+        enabled=machine_in.enabled,
+        maintenance=machine_in.maintenance,
+        notes=machine_in.notes,
+    )
+    _apply_volume(machine, machine_in.build_volume_mm)
+    session.add(machine)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise ConflictError(f"a machine named {machine_in.name!r} already exists") from None
+    return machine
+
+
+async def update(*, session: AsyncSession, machine: Machine, machine_in: MachineUpdate) -> Machine:
+    """Change a machine; connection settings are validated against the (new) driver."""
+    data = machine_in.model_dump(exclude_unset=True)
+    if "name" in data and data["name"] != machine.name:
+        if await _name_taken(session, data["name"], exclude_id=machine.id):
+            raise ConflictError(f"a machine named {data['name']!r} already exists")
+        machine.name = data["name"]
+    driver = data.get("driver") or machine.driver
+    if "connection" in data or driver != machine.driver:
+        connection = dict(data.get("connection") or {})
+        if "connection" not in data:
+            raise InvalidInputError("changing the driver needs new connection settings")
+        # A masked secret sent back as shown keeps the stored value.
+        for key in SECRET_FIELDS:
+            shown = masked_connection(machine.connection).get(key)
+            if key in connection and connection[key] == shown and driver == machine.driver:
+                connection[key] = machine.connection[key]
+        try:
+            machine.connection = validate_connection(driver, connection)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+        machine.driver = driver
+    if "kind" in data:
+        machine.kind = data["kind"]
+    if "build_volume_mm" in data:
+        _apply_volume(machine, machine_in.build_volume_mm)
+    if "capabilities" in data and machine_in.capabilities is not None:
+        machine.capabilities = machine_in.capabilities.model_dump(mode="json")
+    for key in ("enabled", "maintenance", "notes"):
+        if key in data and data[key] is not None:
+            setattr(machine, key, data[key])
+    await session.flush()
+    return machine
+
+
+async def delete(*, session: AsyncSession, machine: Machine) -> None:
+    """Remove a machine from the registry."""
+    await session.delete(machine)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise ConflictError(
+            f"machine {machine.name!r} has jobs or usage on record; disable it instead"
+        ) from None
+
+
+def to_read(machine: Machine, status: dict[str, Any]) -> MachineRead:
+    """Build the API view of a machine: secrets masked, with its live status."""
+    volume = None
+    if machine.build_volume_x_mm and machine.build_volume_y_mm and machine.build_volume_z_mm:
+        volume = {
+            "x": machine.build_volume_x_mm,
+            "y": machine.build_volume_y_mm,
+            "z": machine.build_volume_z_mm,
+        }
+    return MachineRead.model_validate(
+        {
+            "id": machine.id,
+            "name": machine.name,
+            "kind": machine.kind,
+            "driver": machine.driver,
+            "connection": masked_connection(machine.connection or {}),
+            "build_volume_mm": volume,
+            "capabilities": Capabilities.model_validate(machine.capabilities or {}),
+            "enabled": machine.enabled,
+            "maintenance": machine.maintenance,
+            "notes": machine.notes,
+            "status": status,
+            "created_at": machine.created_at,
+            "updated_at": machine.updated_at,
+        }
+    )

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install everything the tests need, start a throwaway PostgreSQL, lint, run every test.
+# Extra arguments go to pytest (e.g. scripts/test.sh -m "not slow").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# 1. Debian packages: a real PostgreSQL, Chromium, PrusaSlicer and OpenSCAD.
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v prusa-slicer >/dev/null 2>&1 || need+=(prusa-slicer)
+command -v openscad >/dev/null 2>&1 || need+=(openscad)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing Debian packages: ${need[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+  else
+    echo "== missing Debian packages (run as root to install them): ${need[*]}" >&2
+  fi
+fi
+
+# 2. Python: the project and its test dependencies in .venv; OctoPrint in its own venv.
+echo "== installing microfactory and test dependencies into .venv"
+bash scripts/venv.sh test
+if [ -f scripts/octoprint-venv.sh ]; then
+  echo "== installing OctoPrint into its own venv"
+  bash scripts/octoprint-venv.sh
+fi
+
+# 3. A throwaway PostgreSQL on a loopback port, stopped when we exit.
+if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "== starting PostgreSQL"
+  MICROFACTORY_TEST_POSTGRES_URL=$(bash scripts/pg.sh start)
+  export MICROFACTORY_TEST_POSTGRES_URL
+  trap 'bash scripts/pg.sh stop' EXIT
+fi
+
+# 4. Lint and types.
+echo "== ruff and mypy"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+
+# 5. Every test: unit, API and services on SQLite and PostgreSQL, drivers on ptys,
+#    OctoPrint, PrusaSlicer, OpenSCAD and Chromium.
+echo "== pytest"
+.venv/bin/pytest "$@"

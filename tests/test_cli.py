@@ -1,0 +1,107 @@
+"""The `microfactory` command line, run as a newcomer would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from microfactory.app import create_app
+from microfactory.config import Settings
+
+
+def run_cli(args: list[str], data_dir: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFACTORY_")}
+    env["MICROFACTORY_DATA_DIR"] = str(data_dir)
+    env["MICROFACTORY_LOG_JSON"] = "false"
+    return subprocess.run(
+        [sys.executable, "-m", "microfactory.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_db_user_and_token_commands(tmp_path: Path) -> None:
+    assert run_cli(["db", "upgrade"], tmp_path).returncode == 0
+    created = run_cli(
+        ["user", "create", "--username", "ada", "--role", "admin", "--password-stdin"],
+        tmp_path,
+        stdin="ada-password-1\n",
+    )
+    assert created.returncode == 0, created.stderr
+    assert "created admin 'ada'" in created.stdout
+    assert "ada-password-1" not in created.stdout + created.stderr
+
+    dup = run_cli(
+        ["user", "create", "--username", "ada", "--password-stdin"], tmp_path, stdin="x" * 10
+    )
+    assert dup.returncode != 0
+    assert "already taken" in dup.stderr
+
+    token = run_cli(["token", "create", "--username", "ada"], tmp_path)
+    assert token.returncode == 0, token.stderr
+    value = token.stdout.strip()
+    assert value.startswith("mf_")
+
+    settings = Settings(data_dir=tmp_path)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            me = await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {value}"})
+    assert me.status_code == 200
+    assert me.json()["role"] == "admin"
+
+
+def test_token_for_unknown_user_fails_clearly(tmp_path: Path) -> None:
+    run_cli(["db", "upgrade"], tmp_path)
+    result = run_cli(["token", "create", "--username", "ghost"], tmp_path)
+    assert result.returncode != 0
+    assert "no user named 'ghost'" in result.stderr
+
+
+def test_short_password_refused(tmp_path: Path) -> None:
+    run_cli(["db", "upgrade"], tmp_path)
+    result = run_cli(
+        ["user", "create", "--username", "bob", "--password-stdin"], tmp_path, stdin="short\n"
+    )
+    assert result.returncode != 0
+    assert "at least 8" in result.stderr
+
+
+def test_db_downgrade_to_base(tmp_path: Path) -> None:
+    assert run_cli(["db", "upgrade"], tmp_path).returncode == 0
+    result = run_cli(["db", "downgrade", "base"], tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_bad_configuration_is_reported_not_a_traceback(tmp_path: Path) -> None:
+    env_args = ["db", "upgrade"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFACTORY_")}
+    env["MICROFACTORY_PROT"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-m", "microfactory.cli", *env_args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "MICROFACTORY_PROT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("role", ["wizard"])
+def test_unknown_role_refused(tmp_path: Path, role: str) -> None:
+    result = run_cli(["user", "create", "--username", "x", "--role", role], tmp_path)
+    assert result.returncode != 0
+    assert "invalid choice" in result.stderr
