@@ -23,6 +23,7 @@ from microfactory.dashboard.routes import install_dashboard_handlers
 from microfactory.dashboard.routes import router as dashboard_router
 from microfactory.db import make_engine, make_sessionmaker
 from microfactory.errors import install_error_handlers
+from microfactory.jobs.routes import router as jobs_router
 from microfactory.machines.fleet import Fleet
 from microfactory.machines.routes import router as machines_router
 from microfactory.middleware import BodySizeLimit, Metrics, RequestMetrics
@@ -59,9 +60,12 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.upload_dir.mkdir(parents=True, exist_ok=True)
+        if settings.run_supervisors:
+            await app.state.fleet.start(app.state.sessionmaker, settings.upload_dir)
         try:
             yield
         finally:
+            await app.state.fleet.stop()
             await app.state.engine.dispose()
 
     app = FastAPI(
@@ -93,6 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(accounts_router)
     app.include_router(machines_router)
+    app.include_router(jobs_router)
     app.include_router(dashboard_router)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
 

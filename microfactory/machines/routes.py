@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
 from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import StreamingResponse
 
 from microfactory.deps import AnyUser, SessionDep, StaffUser
+from microfactory.errors import ConflictError
 from microfactory.machines import service
 from microfactory.machines.fleet import Fleet
 from microfactory.machines.schemas import (
@@ -32,13 +38,46 @@ async def list_machines(request: Request, session: SessionDep, _user: AnyUser) -
     ]
 
 
+@router.get("/stream", response_class=StreamingResponse)
+async def stream_status(request: Request, _user: AnyUser) -> StreamingResponse:
+    """Push every machine's live status as Server-Sent Events (`machine` events)."""
+    fleet = _fleet(request)
+
+    async def events() -> AsyncIterator[bytes]:
+        # A snapshot first, so a new page is complete without waiting for changes.
+        for machine_id, sup in list(fleet.supervisors.items()):
+            payload = json.dumps({"id": machine_id, "status": sup.status_dict()})
+            yield f"event: machine\ndata: {payload}\n\n".encode()
+        updates = fleet.hub.subscribe()
+        try:
+            while not await request.is_disconnected():
+                try:
+                    machine_id, st = await asyncio.wait_for(anext(updates), timeout=15)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                payload = json.dumps({"id": machine_id, "status": st}, default=str)
+                yield f"event: machine\ndata: {payload}\n\n".encode()
+        finally:
+            await updates.aclose()  # type: ignore[attr-defined]
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 @router.post("", response_model=MachineRead, status_code=status.HTTP_201_CREATED)
 async def create_machine(
     machine_in: MachineCreate, request: Request, session: SessionDep, _user: StaffUser
 ) -> MachineRead:
     """Register a machine (operators, admins)."""
     machine = await service.create(session=session, machine_in=machine_in)
-    return service.to_read(machine, _fleet(request).status(machine))
+    await session.commit()  # connect only once the machine is on record
+    fleet = _fleet(request)
+    await fleet.sync(machine, machine.id)
+    return service.to_read(machine, fleet.status(machine))
 
 
 @router.get("/{machine_id}", response_model=MachineRead)
@@ -60,15 +99,37 @@ async def update_machine(
 ) -> MachineRead:
     """Change a machine (operators, admins)."""
     machine = await service.get_or_raise(session=session, machine_id=machine_id)
+    fleet = _fleet(request)
+    sup = fleet.supervisors.get(machine_id)
+    if (
+        sup is not None
+        and sup.job_id is not None
+        and (machine_in.connection is not None or machine_in.driver or machine_in.enabled is False)
+    ):
+        raise ConflictError(
+            f"machine {machine.name!r} is running job {sup.job_id}; cancel it first"
+        )
     machine = await service.update(session=session, machine=machine, machine_in=machine_in)
-    return service.to_read(machine, _fleet(request).status(machine))
+    await session.commit()
+    await fleet.sync(machine, machine.id)
+    return service.to_read(machine, fleet.status(machine))
 
 
 @router.delete("/{machine_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_machine(machine_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def delete_machine(
+    machine_id: int, request: Request, session: SessionDep, _user: StaffUser
+) -> Response:
     """Remove a machine (operators, admins)."""
     machine = await service.get_or_raise(session=session, machine_id=machine_id)
+    fleet = _fleet(request)
+    sup = fleet.supervisors.get(machine_id)
+    if sup is not None and sup.job_id is not None:
+        raise ConflictError(
+            f"machine {machine.name!r} is running job {sup.job_id}; cancel it first"
+        )
     await service.delete(session=session, machine=machine)
+    await session.commit()
+    await fleet.sync(None, machine_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -84,3 +145,15 @@ async def send_commands(
     machine = await service.get_or_raise(session=session, machine_id=machine_id)
     results = await _fleet(request).send_commands(machine, body.lines)
     return CommandResult(results=results)
+
+
+@router.post("/{machine_id}/emergency-stop", response_model=MachineRead)
+async def emergency_stop(
+    machine_id: int, request: Request, session: SessionDep, _user: StaffUser
+) -> MachineRead:
+    """Stop a machine now (M112, GRBL reset); its job fails (operators, admins)."""
+    machine = await service.get_or_raise(session=session, machine_id=machine_id)
+    fleet = _fleet(request)
+    await session.commit()
+    await fleet.get(machine).emergency_stop()
+    return service.to_read(machine, fleet.status(machine))

@@ -1,0 +1,1 @@
+"""Fabrication jobs: uploads, approval, dispatch to a machine, and their life until cleared."""

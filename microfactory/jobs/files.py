@@ -1,0 +1,90 @@
+"""Storing and checking uploaded G-code: generated names, size limits, text-only."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from fastapi import UploadFile
+
+from drivers.base import clean_lines
+from microfactory.errors import InvalidInputError, PayloadTooLargeError
+
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """An upload saved under a name we generated."""
+
+    path: Path
+    stored_name: str
+    original_name: str
+    sha256: str
+    size: int
+
+
+def safe_display_name(name: str | None) -> str:
+    """Return a file name fit for display: no directories, no control characters."""
+    base = os.path.basename((name or "upload.gcode").replace("\\", "/"))
+    cleaned = "".join(ch for ch in base if ch.isprintable())[:200]
+    return cleaned or "upload.gcode"
+
+
+async def store_upload(upload: UploadFile, directory: Path, limit: int, suffix: str) -> StoredFile:
+    """Stream an upload to disk under a generated name, refusing it past `limit` bytes."""
+    stored_name = f"{uuid.uuid4().hex}{suffix}"
+    path = directory / stored_name
+    digest = hashlib.sha256()
+    size = 0
+    # Disk writes go to a worker thread: a 200 MB upload must not stall the event loop.
+    fh = await asyncio.to_thread(_open_new, path)
+    try:
+        while chunk := await upload.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"the file is larger than the limit of {limit} bytes")
+            digest.update(chunk)
+            await asyncio.to_thread(fh.write, chunk)
+        await asyncio.to_thread(fh.close)
+    except BaseException:
+        fh.close()
+        path.unlink(missing_ok=True)
+        raise
+    return StoredFile(
+        path, stored_name, safe_display_name(upload.filename), digest.hexdigest(), size
+    )
+
+
+def _open_new(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("xb")
+
+
+def check_gcode_file(path: Path) -> int:
+    """Check that a file is non-empty UTF-8 G-code text; return its count of command lines.
+
+    Runs in a worker thread: a 6 MB file takes tens of milliseconds.
+    """
+    data = path.read_bytes()
+    if not data.strip():
+        raise InvalidInputError("the G-code file is empty")
+    if b"\x00" in data[: 1024 * 1024]:
+        raise InvalidInputError(
+            "this is a binary file, not G-code text (binary G-code is not supported)"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(
+            f"the G-code file is not UTF-8 text (bad byte at offset {exc.start})"
+        ) from None
+    lines = clean_lines(text.splitlines())
+    if not lines:
+        raise InvalidInputError("the file holds no G-code commands, only comments or blank lines")
+    return len(lines)

@@ -1,0 +1,69 @@
+"""Job request and response bodies."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from microfactory.jobs.models import JobState
+from microfactory.machines.models import MachineKind
+
+
+class JobRead(BaseModel):
+    """A job as the API shows it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    owner_id: int
+    title: str
+    state: JobState
+    machine_kind: MachineKind
+    requested_machine_id: int | None
+    machine_id: int | None
+    priority: int
+    file_name: str
+    file_sha256: str
+    file_size: int
+    lines_total: int
+    progress: dict[str, Any]
+    analysis: dict[str, Any]
+    failure_reason: str | None
+    last_acked_line: int | None
+    last_line_text: str | None
+    outcome: str | None
+    notes: str
+    approved_at: dt.datetime | None
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    cleared_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class DispatchRequest(BaseModel):
+    """Which machine to run a job on (default: the requested one, or any idle compatible one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    machine_id: int | None = None
+
+
+class ClearRequest(BaseModel):
+    """The bed is clear: how did the job come out?"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: Literal["good", "bad"]
+    requeue: bool = False  # a bad outcome can go back to the queue as a new job
+    notes: str = Field("", max_length=2000)
+
+
+class PriorityRequest(BaseModel):
+    """An operator's priority for a job (higher runs first)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: int = Field(ge=-100, le=100)

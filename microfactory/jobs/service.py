@@ -1,0 +1,289 @@
+"""Job rules: who may do what to a job, and in which state."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from microfactory.accounts.models import Role, User
+from microfactory.config import Settings
+from microfactory.db import utcnow
+from microfactory.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from microfactory.jobs.files import StoredFile, check_gcode_file
+from microfactory.jobs.models import ACTIVE_STATES, ENDED_STATES, Job, JobState
+from microfactory.machines import service as machine_service
+from microfactory.machines.fleet import Fleet
+from microfactory.machines.models import Machine, MachineKind
+
+STAFF = frozenset({Role.OPERATOR, Role.ADMIN})
+
+
+def is_staff(user: User) -> bool:
+    """Return whether the user is an operator or admin."""
+    return user.role in STAFF
+
+
+def job_path(settings: Settings, job: Job) -> Path:
+    """Return where a job's G-code is stored."""
+    return settings.upload_dir / job.stored_name
+
+
+async def get_or_raise(*, session: AsyncSession, job_id: int) -> Job:
+    """Return a job by id or raise NotFoundError."""
+    job = await session.get(Job, job_id)
+    if job is None:
+        raise NotFoundError(f"job {job_id} not found")
+    return job
+
+
+async def get_visible(*, session: AsyncSession, job_id: int, user: User) -> Job:
+    """Return a job the user may see: their own, or any for staff."""
+    job = await get_or_raise(session=session, job_id=job_id)
+    if job.owner_id != user.id and not is_staff(user):
+        raise NotFoundError(f"job {job_id} not found")
+    return job
+
+
+async def list_jobs(
+    *, session: AsyncSession, user: User, mine: bool = False, states: list[JobState] | None = None
+) -> list[Job]:
+    """Return jobs, newest first: members see their own, staff everyone's."""
+    stmt = select(Job).order_by(Job.id.desc()).limit(500)
+    if mine or not is_staff(user):
+        stmt = stmt.where(Job.owner_id == user.id)
+    if states:
+        stmt = stmt.where(Job.state.in_(states))
+    return list((await session.execute(stmt)).scalars())
+
+
+async def create_from_upload(
+    *,
+    session: AsyncSession,
+    owner: User,
+    stored: StoredFile,
+    title: str | None,
+    machine_kind: MachineKind | None,
+    machine_id: int | None,
+) -> Job:
+    """Create a job from an uploaded G-code file; refuse anything that is not G-code text."""
+    try:
+        lines_total = await asyncio.to_thread(check_gcode_file, stored.path)
+        requested: Machine | None = None
+        if machine_id is not None:
+            requested = await machine_service.get_or_raise(session=session, machine_id=machine_id)
+            if machine_kind is not None and requested.kind != machine_kind:
+                raise InvalidInputError(
+                    f"machine {requested.name!r} is a {requested.kind.value}, "
+                    f"not a {machine_kind.value}"
+                )
+            machine_kind = requested.kind
+        if machine_kind is None:
+            raise InvalidInputError("give a machine_id or a machine_kind for the job")
+    except BaseException:
+        stored.path.unlink(missing_ok=True)  # nothing stored half-made
+        raise
+    trusted = owner.trusted or is_staff(owner)
+    now = utcnow()
+    job = Job(
+        owner_id=owner.id,
+        title=(title or stored.original_name)[:200],
+        state=JobState.APPROVED if trusted else JobState.SUBMITTED,
+        machine_kind=machine_kind,
+        requested_machine_id=requested.id if requested else None,
+        file_name=stored.original_name,
+        stored_name=stored.stored_name,
+        file_sha256=stored.sha256,
+        file_size=stored.size,
+        lines_total=lines_total,
+        progress={"percent": 0.0, "lines_acked": 0, "lines_total": lines_total, "eta_s": None},
+        approved_at=now if trusted else None,
+        approved_by_id=owner.id if trusted else None,
+    )
+    session.add(job)
+    await session.flush()
+    return job
+
+
+async def approve(*, session: AsyncSession, job: Job, by: User) -> Job:
+    """Approve a submitted job (operators)."""
+    if job.state is not JobState.SUBMITTED:
+        raise ConflictError(
+            f"job {job.id} is {job.state.value}; only submitted jobs can be approved"
+        )
+    job.state = JobState.APPROVED
+    job.approved_at = utcnow()
+    job.approved_by_id = by.id
+    await session.flush()
+    return job
+
+
+def _refuse_machine(machine: Machine, job: Job, fleet: Fleet) -> str | None:
+    """Return why this machine cannot take this job now, or None."""
+    if not machine.enabled:
+        return f"machine {machine.name!r} is disabled"
+    if machine.maintenance:
+        return f"machine {machine.name!r} is under maintenance"
+    if machine.driver == "manual":
+        return f"machine {machine.name!r} is manual: it cannot be sent G-code"
+    if machine.kind != job.machine_kind:
+        return (
+            f"machine {machine.name!r} is a {machine.kind.value.replace('_', ' ')}, "
+            f"and this job needs a {job.machine_kind.value.replace('_', ' ')}"
+        )
+    state = fleet.status(machine).get("state")
+    if state != "idle":
+        message = fleet.status(machine).get("message") or ""
+        detail = f" ({message})" if message else ""
+        return f"machine {machine.name!r} is {state}{detail}, not idle"
+    return None
+
+
+async def _machine_busy_with_job(session: AsyncSession, machine_id: int) -> Job | None:
+    """Return the job holding a machine: running, or ended with its bed not cleared."""
+    stmt = select(Job).where(
+        Job.machine_id == machine_id, Job.state.in_(list(ACTIVE_STATES | ENDED_STATES))
+    )
+    return (await session.execute(stmt.limit(1))).scalar_one_or_none()
+
+
+async def dispatch(*, session: AsyncSession, job: Job, fleet: Fleet, machine_id: int | None) -> Job:
+    """Assign an approved job to an idle, compatible machine (operators).
+
+    The caller commits and then tells the machine's supervisor to start: machine commands
+    happen after the commit.
+    """
+    if job.state not in (JobState.APPROVED, JobState.QUEUED):
+        raise ConflictError(
+            f"job {job.id} is {job.state.value}; only approved or queued jobs can be dispatched"
+        )
+    target_id = machine_id or job.requested_machine_id
+    candidates: list[Machine]
+    if target_id is not None:
+        candidates = [await machine_service.get_or_raise(session=session, machine_id=target_id)]
+    else:
+        candidates = [
+            m
+            for m in await machine_service.list_machines(session=session)
+            if m.kind == job.machine_kind
+        ]
+        if not candidates:
+            raise ConflictError(f"no machine of kind {job.machine_kind.value} in this shop")
+    reasons = []
+    for machine in candidates:
+        reason = _refuse_machine(machine, job, fleet)
+        if reason is None:
+            holder = await _machine_busy_with_job(session, machine.id)
+            if holder is not None:
+                bed = "; its bed must be cleared" if holder.state in ENDED_STATES else ""
+                reason = (
+                    f"machine {machine.name!r} is held by job {holder.id} "
+                    f"({holder.state.value}{bed})"
+                )
+        if reason is None:
+            job.machine_id = machine.id
+            job.state = JobState.ASSIGNED
+            job.failure_reason = None
+            await session.flush()
+            return job
+        reasons.append(reason)
+    raise ConflictError("cannot dispatch: " + "; ".join(reasons))
+
+
+def check_can_control(job: Job, user: User) -> None:
+    """Refuse members controlling someone else's job."""
+    if job.owner_id != user.id and not is_staff(user):
+        raise PermissionDeniedError("only operators or the job's owner can do this")
+
+
+async def cancel_unstarted(*, session: AsyncSession, job: Job) -> bool:
+    """Cancel a job that never reached a machine; return False if it is on a machine."""
+    if job.state in (JobState.SUBMITTED, JobState.APPROVED, JobState.QUEUED):
+        job.state = JobState.CANCELLED
+        job.ended_at = utcnow()
+        job.failure_reason = None
+        await session.flush()
+        return True
+    if job.state in ACTIVE_STATES:
+        return False
+    raise ConflictError(f"job {job.id} is {job.state.value} and cannot be cancelled")
+
+
+def check_running_state(job: Job, wanted: set[JobState], action: str) -> None:
+    """Refuse an action that needs the job in one of `wanted` states."""
+    if job.state not in wanted or job.machine_id is None:
+        names = " or ".join(sorted(s.value for s in wanted))
+        raise ConflictError(f"job {job.id} is {job.state.value}; it must be {names} to {action}")
+
+
+async def clear(
+    *, session: AsyncSession, job: Job, by: User, outcome: str, requeue: bool, notes: str
+) -> tuple[Job, Job | None]:
+    """Confirm the bed is clear after a job ended, with its outcome; maybe requeue it."""
+    if job.state not in ENDED_STATES or job.machine_id is None:
+        raise ConflictError(
+            f"job {job.id} is {job.state.value}; only finished, failed or cancelled jobs "
+            "that ran on a machine can be cleared"
+        )
+    job.state = JobState.CLEARED
+    job.outcome = outcome
+    job.cleared_at = utcnow()
+    job.cleared_by_id = by.id
+    if notes:
+        job.notes = (job.notes + "\n" + notes).strip()
+    again = None
+    if requeue:
+        if outcome != "bad":
+            raise InvalidInputError("only a bad outcome can be requeued")
+        again = Job(
+            owner_id=job.owner_id,
+            title=job.title,
+            state=JobState.APPROVED,
+            machine_kind=job.machine_kind,
+            requested_machine_id=job.requested_machine_id,
+            file_name=job.file_name,
+            stored_name=job.stored_name,
+            file_sha256=job.file_sha256,
+            file_size=job.file_size,
+            lines_total=job.lines_total,
+            progress={
+                "percent": 0.0,
+                "lines_acked": 0,
+                "lines_total": job.lines_total,
+                "eta_s": None,
+            },
+            analysis=job.analysis,
+            priority=job.priority,
+            approved_at=utcnow(),
+            approved_by_id=by.id,
+            notes=f"requeued after job {job.id} came out bad",
+        )
+        session.add(again)
+    await session.flush()
+    return job, again
+
+
+async def set_priority(*, session: AsyncSession, job: Job, priority: int) -> Job:
+    """Set a job's priority (operators)."""
+    if job.state in ENDED_STATES or job.state is JobState.CLEARED:
+        raise ConflictError(f"job {job.id} is {job.state.value}; its priority no longer matters")
+    job.priority = priority
+    await session.flush()
+    return job
+
+
+async def unassign(*, session: AsyncSession, job_id: int, reason: str) -> None:
+    """Put an assigned job back to approved when its machine refused to start it."""
+    job = await session.get(Job, job_id)
+    if job is not None and job.state is JobState.ASSIGNED:
+        job.state = JobState.APPROVED
+        job.machine_id = None
+        job.failure_reason = reason
+        await session.flush()

@@ -1,0 +1,407 @@
+"""Machine supervisors: one asyncio task per driven machine.
+
+A supervisor is the only thing that talks to its machine's driver. It connects and
+reconnects with backoff, keeps the status snapshot that the API and dashboard read, runs
+jobs, and writes job state and usage records in transactions of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from drivers import (
+    Driver,
+    DriverError,
+    Event,
+    EventKind,
+    MachineBusy,
+    MachineState,
+    Program,
+    Status,
+    create_driver,
+)
+from microfactory.db import utcnow
+from microfactory.errors import ConflictError
+from microfactory.jobs.models import ACTIVE_STATES, Job, JobState
+from microfactory.usage import service as usage_service
+
+log = logging.getLogger("microfactory.supervisor")
+
+BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+CONNECT_TIMEOUT_S = 60.0
+PROGRESS_WRITE_INTERVAL_S = 2.0  # at most one progress write per machine per interval
+# Commands an operator may send while a job runs: they report or stop, never move.
+SAFE_WHILE_RUNNING = frozenset({"M105", "M114", "M115", "M112", "M108", "?", "!", "~"})
+
+
+class Supervisor:
+    """Owns one machine: its driver, its status snapshot and the job it runs."""
+
+    def __init__(
+        self,
+        *,
+        machine_id: int,
+        name: str,
+        driver_name: str,
+        connection: dict[str, Any],
+        sessionmaker: async_sessionmaker[AsyncSession],
+        upload_dir: Path,
+        on_status: Callable[[int, dict[str, Any]], None],
+        material_kind: str | None = None,
+    ) -> None:
+        self.machine_id = machine_id
+        self.name = name
+        self.driver_name = driver_name
+        self.connection = dict(connection)
+        self.sessionmaker = sessionmaker
+        self.upload_dir = upload_dir
+        self.material_kind = material_kind
+        self._on_status = on_status
+        self.driver: Driver | None = None
+        self.job_id: int | None = None
+        self._job_started_at: dt.datetime | None = None
+        self._paused_at: float | None = None
+        self._paused_s = 0.0
+        self._last_progress_write = 0.0
+        self._status = Status(state=MachineState.CONNECTING, message="starting")
+        self._task: asyncio.Task[None] | None = None
+        self._command_lock = asyncio.Lock()
+        self._job_lock = asyncio.Lock()
+        self.connected = asyncio.Event()
+
+    # -- status ---------------------------------------------------------------------
+
+    def status_dict(self) -> dict[str, Any]:
+        """Return the live status the API and the dashboard show."""
+        data = self._status.as_dict()
+        data["job_id"] = self.job_id
+        return data
+
+    def _publish(self, status: Status) -> None:
+        self._status = status
+        self._on_status(self.machine_id, self.status_dict())
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the connect-and-watch loop."""
+        self._task = asyncio.create_task(self._run(), name=f"supervisor-{self.machine_id}")
+
+    async def stop(self) -> None:
+        """Stop watching and close the driver."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self.driver is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.driver.close(), 10)
+            self.driver = None
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            driver = create_driver(self.driver_name, self.connection)
+            self._publish(Status(state=MachineState.CONNECTING, message="connecting"))
+            try:
+                await asyncio.wait_for(driver.connect(), CONNECT_TIMEOUT_S)
+            except (DriverError, TimeoutError, OSError) as exc:
+                with contextlib.suppress(Exception):
+                    await driver.close()
+                delay = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+                attempt += 1
+                reason = str(exc) or type(exc).__name__
+                log.warning(
+                    "machine %s: cannot connect: %s (retry in %ss)", self.name, reason, delay
+                )
+                self._publish(
+                    Status(state=MachineState.OFFLINE, message=f"{reason}; retrying in {delay:g} s")
+                )
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            self.driver = driver
+            events = driver.events()
+            try:
+                self._publish(await driver.status())
+                self.connected.set()
+                await self._after_connect(driver)
+                async for event in events:
+                    await self._handle(event)
+                    if event.kind is EventKind.DISCONNECTED:
+                        break
+            finally:
+                self.connected.clear()
+                with contextlib.suppress(Exception):
+                    await events.aclose()  # type: ignore[attr-defined]
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(driver.close(), 10)
+                self.driver = None
+            self._publish(Status(state=MachineState.OFFLINE, message="link lost; reconnecting"))
+            await asyncio.sleep(BACKOFF_S[0])
+
+    async def _after_connect(self, driver: Driver) -> None:
+        """Re-attach to a job the machine kept running while we were away (OctoPrint)."""
+        attach = getattr(driver, "attach", None)
+        async with self.sessionmaker() as session:
+            from sqlalchemy import select
+
+            job = (
+                await session.execute(
+                    select(Job).where(
+                        Job.machine_id == self.machine_id, Job.state.in_(list(ACTIVE_STATES))
+                    )
+                )
+            ).scalar_one_or_none()
+        if job is None:
+            return
+        if attach is None:
+            return  # serial jobs were failed at startup; nothing to re-attach
+        progress = await attach()
+        if progress is None:
+            await self._end_job(
+                JobState.FAILED,
+                reason="the machine is no longer printing this job after a restart of "
+                "microfactory; check the bed before clearing it",
+                job_id=job.id,
+            )
+            return
+        self.job_id = job.id
+        self._job_started_at = job.started_at or utcnow()
+        log.info("machine %s: re-attached to job %s", self.name, job.id)
+
+    # -- events ---------------------------------------------------------------------
+
+    async def _handle(self, event: Event) -> None:
+        kind = event.kind
+        if kind is EventKind.STATUS:
+            status = event.data["status"]
+            assert isinstance(status, Status)
+            self._publish(status)
+            await self._maybe_write_progress(status)
+        elif kind is EventKind.PAUSED:
+            if self._paused_at is None:
+                self._paused_at = time.monotonic()
+            await self._set_job_state(JobState.PAUSED)
+        elif kind is EventKind.RESUMED:
+            if self._paused_at is not None:
+                self._paused_s += time.monotonic() - self._paused_at
+                self._paused_at = None
+            await self._set_job_state(JobState.RUNNING)
+        elif kind is EventKind.FINISHED:
+            await self._end_job(JobState.FINISHED)
+        elif kind is EventKind.CANCELLED:
+            await self._end_job(JobState.CANCELLED, reason=event.data.get("reason") or "cancelled")
+        elif kind is EventKind.FAILED:
+            await self._end_job(JobState.FAILED, reason=str(event.data.get("reason") or "failed"))
+        elif kind is EventKind.DISCONNECTED:
+            reason = str(event.data.get("reason") or "the link was lost")
+            await self._end_job(JobState.FAILED, reason=f"machine disconnected: {reason}")
+        elif kind is EventKind.LOG:
+            log.info("machine %s: %s", self.name, event.data.get("line", ""))
+        elif kind is EventKind.ACTION:
+            log.info("machine %s: firmware action %s", self.name, event.data.get("action"))
+
+    async def _maybe_write_progress(self, status: Status) -> None:
+        if self.job_id is None or status.progress is None:
+            return
+        now = time.monotonic()
+        if now - self._last_progress_write < PROGRESS_WRITE_INTERVAL_S:
+            return
+        self._last_progress_write = now
+        job_id = self.job_id
+        progress = status.progress
+
+        async with self.sessionmaker() as session, session.begin():
+            job = await session.get(Job, job_id)
+            if job is None or job.state not in ACTIVE_STATES:
+                return
+            job.progress = progress.as_dict()
+            job.last_acked_line = progress.lines_acked
+            job.last_line_text = (progress.last_line or "")[:500] or None
+
+    async def _set_job_state(self, state: JobState) -> None:
+        if self.job_id is None:
+            return
+        async with self.sessionmaker() as session, session.begin():
+            job = await session.get(Job, self.job_id)
+            if job is not None and job.state in ACTIVE_STATES:
+                job.state = state
+
+    async def _end_job(
+        self, state: JobState, reason: str | None = None, job_id: int | None = None
+    ) -> None:
+        """Record how a job ended, with its usage; the machine stays held until cleared."""
+        async with self._job_lock:
+            job_id = job_id or self.job_id
+            if job_id is None:
+                return
+            progress = self._status.progress
+            ended = utcnow()
+            async with self.sessionmaker() as session, session.begin():
+                job = await session.get(Job, job_id)
+                if job is None or job.state not in ACTIVE_STATES:
+                    self.job_id = None
+                    return
+                job.state = state
+                job.ended_at = ended
+                if reason:
+                    job.failure_reason = reason
+                if progress is not None:
+                    job.progress = progress.as_dict()
+                    job.last_acked_line = progress.lines_acked
+                    job.last_line_text = (progress.last_line or "")[:500] or None
+                    if state is JobState.FINISHED:
+                        job.progress = {**job.progress, "percent": 100.0, "eta_s": 0}
+                if state is JobState.FAILED and job.last_acked_line is not None and reason:
+                    job.failure_reason = (
+                        f"{reason} (last acknowledged line {job.last_acked_line}"
+                        + (f": {job.last_line_text}" if job.last_line_text else "")
+                        + ")"
+                    )
+                started = job.started_at or self._job_started_at or ended
+                paused = self._paused_s
+                if self._paused_at is not None:
+                    paused += time.monotonic() - self._paused_at
+                job.paused_s = paused
+                await usage_service.append(
+                    session=session,
+                    user_id=job.owner_id,
+                    machine_id=self.machine_id,
+                    job_id=job.id,
+                    source="job",
+                    started_at=started,
+                    ended_at=ended,
+                    active_s=(ended - started).total_seconds() - paused,
+                    outcome=state.value,
+                    lines_sent=progress.lines_sent if progress else 0,
+                    material_kind=self.material_kind,
+                    material_g=_material_g(job, progress.lines_acked if progress else 0),
+                )
+            log.info(
+                "machine %s: job %s %s%s",
+                self.name,
+                job_id,
+                state.value,
+                f": {reason}" if reason else "",
+            )
+            self.job_id = None
+            self._paused_at = None
+            self._paused_s = 0.0
+
+    # -- commands -------------------------------------------------------------------
+
+    def _require_driver(self) -> Driver:
+        if self.driver is None or not self.connected.is_set():
+            raise ConflictError(
+                f"machine {self.name!r} is {self._status.state.value}: {self._status.message}"
+            )
+        return self.driver
+
+    async def start_job(self, job_id: int) -> None:
+        """Start an assigned job on this machine."""
+        driver = self._require_driver()
+        async with self._job_lock:
+            if self.job_id is not None:
+                raise ConflictError(f"machine {self.name!r} is already running job {self.job_id}")
+            async with self.sessionmaker() as session:
+                job = await session.get(Job, job_id)
+                if job is None or job.state is not JobState.ASSIGNED:
+                    raise ConflictError(f"job {job_id} is not assigned to a machine")
+                path = self.upload_dir / job.stored_name
+                title = job.title
+            program = await asyncio.to_thread(Program.from_file, path, title)
+            self.job_id = job_id
+            self._paused_s = 0.0
+            self._paused_at = None
+            self._last_progress_write = 0.0
+            self._job_started_at = utcnow()
+            async with self.sessionmaker() as session, session.begin():
+                job = await session.get(Job, job_id)
+                assert job is not None
+                job.state = JobState.RUNNING
+                job.started_at = self._job_started_at
+        try:
+            await driver.start(program)
+        except DriverError as exc:
+            await self._end_job(JobState.FAILED, reason=f"the machine refused the job: {exc}")
+            raise ConflictError(f"machine {self.name!r} refused the job: {exc}") from exc
+
+    async def _control(self, action: str) -> None:
+        driver = self._require_driver()
+        try:
+            await getattr(driver, action)()
+        except DriverError as exc:
+            raise ConflictError(
+                f"machine {self.name!r} could not {action.replace('_', ' ')}: {exc}"
+            ) from exc
+
+    async def pause(self) -> None:
+        """Pause the running job."""
+        await self._control("pause")
+        # Record it now so the caller sees the new state; the driver's event is idempotent.
+        if self._paused_at is None:
+            self._paused_at = time.monotonic()
+        await self._set_job_state(JobState.PAUSED)
+
+    async def resume(self) -> None:
+        """Resume the paused job."""
+        await self._control("resume")
+        if self._paused_at is not None:
+            self._paused_s += time.monotonic() - self._paused_at
+            self._paused_at = None
+        await self._set_job_state(JobState.RUNNING)
+
+    async def cancel(self) -> None:
+        """Cancel the running job safely."""
+        await self._control("cancel")
+        await self._end_job(JobState.CANCELLED, reason="cancelled")
+
+    async def emergency_stop(self) -> None:
+        """Stop the machine now; the running job fails."""
+        await self._control("emergency_stop")
+        if self.job_id is not None:
+            await self._end_job(JobState.FAILED, reason="emergency stop by an operator")
+
+    async def send_commands(self, lines: list[str]) -> list[dict[str, Any]]:
+        """Send raw lines; while a job runs only safe real-time commands pass."""
+        driver = self._require_driver()
+        if self.job_id is not None:
+            unsafe = [
+                ln for ln in lines if ln.strip().split(" ")[0].upper() not in SAFE_WHILE_RUNNING
+            ]
+            if unsafe:
+                raise ConflictError(
+                    f"machine {self.name!r} is running job {self.job_id}: only "
+                    f"{', '.join(sorted(SAFE_WHILE_RUNNING))} may be sent now, not {unsafe[0]!r}"
+                )
+        results = []
+        async with self._command_lock:
+            for line in lines:
+                try:
+                    reply = await driver.send(line.strip())
+                except MachineBusy as exc:
+                    raise ConflictError(f"machine {self.name!r} is busy: {exc}") from exc
+                except DriverError as exc:
+                    results.append({"line": line, "ok": False, "reply": [], "error": str(exc)})
+                    continue
+                results.append({"line": line, "ok": True, "reply": reply})
+        return results
+
+
+def _material_g(job: Job, lines_acked: int) -> float | None:
+    """Estimate material used: the analysis total, pro rata of lines run."""
+    grams = (job.analysis or {}).get("filament_g")
+    if not grams or not job.lines_total:
+        return None
+    share = min(1.0, lines_acked / job.lines_total) if job.state is not JobState.FINISHED else 1.0
+    return round(float(grams) * share, 2)

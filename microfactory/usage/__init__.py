@@ -1,0 +1,1 @@
+"""The usage log: an append-only record of every machine session."""
