@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI, Form, Request
+from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
@@ -23,7 +23,11 @@ from microfactory.dashboard.web import (
 )
 from microfactory.deps import SESSION_COOKIE, SessionDep, check_csrf
 from microfactory.errors import DomainError, NotAuthenticatedError
+from microfactory.jobs import service as job_service
+from microfactory.jobs.explain import explain_failure
+from microfactory.jobs.files import store_upload
 from microfactory.machines import service as machine_service
+from microfactory.machines.models import MachineKind
 
 router = APIRouter(include_in_schema=False)
 
@@ -105,7 +109,108 @@ async def machines_page(request: Request, session: SessionDep, user: WebMember) 
         machine_service.to_read(m, fleet.status(m))
         for m in await machine_service.list_machines(session=session)
     ]
-    return render(request, "machines.html", {"machines": machines})
+    return render(
+        request,
+        "machines.html",
+        {"machines": machines, "staff": job_service.is_staff(user)},
+    )
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+async def jobs_page(request: Request, session: SessionDep, user: WebMember) -> HTMLResponse:
+    """Show jobs: a member's own, or the whole shop's for operators."""
+    jobs = await job_service.list_jobs(session=session, user=user)
+    machines = {m.id: m for m in await machine_service.list_machines(session=session)}
+    return render(
+        request,
+        "jobs.html",
+        {"jobs": jobs, "machines": machines, "staff": job_service.is_staff(user)},
+    )
+
+
+@router.get("/jobs/new", response_class=HTMLResponse)
+async def job_new_page(request: Request, session: SessionDep, user: WebMember) -> HTMLResponse:
+    """Show the form to submit a G-code job."""
+    machines = await machine_service.list_machines(session=session)
+    return render(
+        request, "job_new.html", {"machines": machines, "kinds": list(MachineKind), "error": None}
+    )
+
+
+@router.post("/jobs/new", response_class=HTMLResponse)
+async def job_new_submit(
+    request: Request,
+    session: SessionDep,
+    user: WebMember,
+    file: Annotated[UploadFile, File()],
+    csrf_token: Annotated[str, Form()] = "",
+    title: Annotated[str, Form(max_length=200)] = "",
+    target: Annotated[str, Form()] = "",
+) -> Response:
+    """Submit a G-code job from the dashboard."""
+    check_csrf(request, csrf_token)
+    settings = request.app.state.settings
+    machine_id: int | None = None
+    kind: MachineKind | None = None
+    if target.startswith("machine:"):
+        machine_id = int(target.split(":", 1)[1]) if target[8:].isdigit() else None
+    elif target.startswith("kind:") and target[5:] in {k.value for k in MachineKind}:
+        kind = MachineKind(target[5:])
+    try:
+        stored = await store_upload(file, settings.upload_dir, settings.max_upload_bytes, ".gcode")
+        job = await job_service.create_from_upload(
+            session=session,
+            owner=user,
+            stored=stored,
+            title=title or None,
+            machine_kind=kind,
+            machine_id=machine_id,
+        )
+    except DomainError as exc:
+        machines = await machine_service.list_machines(session=session)
+        return render(
+            request,
+            "job_new.html",
+            {"machines": machines, "kinds": list(MachineKind), "error": exc.detail},
+            status_code=exc.status_code,
+        )
+    return redirect(f"/jobs/{job.id}")
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+async def job_page(
+    request: Request, job_id: int, session: SessionDep, user: WebMember
+) -> HTMLResponse:
+    """Show one job: state, machine, progress, and why it failed in plain words."""
+    job = await job_service.get_visible(session=session, job_id=job_id, user=user)
+    machine = (
+        await machine_service.get_or_raise(session=session, machine_id=job.machine_id)
+        if job.machine_id
+        else None
+    )
+    staff = job_service.is_staff(user)
+    candidates = []
+    if staff and job.state.value in ("approved", "queued"):
+        fleet = request.app.state.fleet
+        candidates = [
+            m
+            for m in await machine_service.list_machines(session=session)
+            if m.kind == job.machine_kind
+            and fleet.status(m).get("state") == "idle"
+            and m.driver != "manual"
+        ]
+    return render(
+        request,
+        "job.html",
+        {
+            "job": job,
+            "machine": machine,
+            "staff": staff,
+            "owner": job.owner_id == user.id,
+            "advice": explain_failure(job.failure_reason),
+            "candidates": candidates,
+        },
+    )
 
 
 @router.get("/admin/users", response_class=HTMLResponse)

@@ -1,0 +1,255 @@
+"""Jobs over HTTP without a running machine: uploads, bad files, approval, permissions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import UserFactory
+
+GCODE = b"; a tiny print\nG28\nG1 X10 Y10 F3000\nM104 S0\n"
+
+
+async def make_machine(
+    client: httpx.AsyncClient, headers: dict[str, str], **extra: Any
+) -> dict[str, Any]:
+    body = {
+        "name": "Printer",
+        "kind": "fdm_printer",
+        "driver": "marlin",
+        "connection": {"port": "/dev/ttyACM0"},
+        **extra,
+    }
+    resp = await client.post("/api/v1/machines", json=body, headers=headers)
+    assert resp.status_code == 201, resp.text
+    return dict(resp.json())
+
+
+async def upload(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    content: bytes = GCODE,
+    name: str = "part.gcode",
+    **form: Any,
+) -> httpx.Response:
+    data = {k: str(v) for k, v in form.items()}
+    data.setdefault("machine_kind", "fdm_printer")
+    return await client.post(
+        "/api/v1/jobs", files={"file": (name, content, "text/plain")}, data=data, headers=headers
+    )
+
+
+async def test_member_submits_a_job_and_an_operator_approves_it(
+    client: httpx.AsyncClient, member: dict[str, str], operator: dict[str, str]
+) -> None:
+    resp = await upload(client, member, title="Bracket")
+    assert resp.status_code == 201, resp.text
+    job = resp.json()
+    assert job["state"] == "submitted"
+    assert job["lines_total"] == 3  # comments are not commands
+    assert job["title"] == "Bracket"
+    assert job["progress"] == {"percent": 0.0, "lines_acked": 0, "lines_total": 3, "eta_s": None}
+
+    assert (
+        await client.post(f"/api/v1/jobs/{job['id']}/approve", headers=member)
+    ).status_code == 403
+    approved = await client.post(f"/api/v1/jobs/{job['id']}/approve", headers=operator)
+    assert approved.status_code == 200
+    assert approved.json()["state"] == "approved"
+    again = await client.post(f"/api/v1/jobs/{job['id']}/approve", headers=operator)
+    assert again.status_code == 409
+
+
+async def test_trusted_members_are_approved_automatically(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    await client.post(
+        "/api/v1/users",
+        json={"username": "trusty", "password": "trusty-pass-1", "trusted": True},
+        headers=admin,
+    )
+    token = (
+        await client.post(
+            "/api/v1/auth/token", data={"username": "trusty", "password": "trusty-pass-1"}
+        )
+    ).json()["access_token"]
+    resp = await upload(client, {"Authorization": f"Bearer {token}"})
+    assert resp.json()["state"] == "approved"
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"", "empty"),
+        (b"   \n\n", "empty"),
+        (b"\x00\x01\x02binary\x00", "binary"),
+        ("G1 X1 ; caf\u00e9".encode("latin-1"), "UTF-8"),
+        (b"; only comments\n; here\n", "no G-code commands"),
+    ],
+)
+async def test_bad_files_are_refused_and_nothing_is_kept(
+    client: httpx.AsyncClient,
+    member: dict[str, str],
+    settings: Any,
+    content: bytes,
+    needle: str,
+) -> None:
+    resp = await upload(client, member, content=content)
+    assert resp.status_code == 422
+    assert needle in resp.json()["detail"]
+    assert list(Path(settings.upload_dir).glob("*")) == []
+    assert (await client.get("/api/v1/jobs", headers=member)).json() == []
+
+
+async def test_file_over_the_upload_limit_is_413(
+    client: httpx.AsyncClient, member: dict[str, str], settings: Any
+) -> None:
+    big = b"G1 X1 Y1\n" * (settings.max_upload_bytes // 9 + 10)
+    resp = await upload(client, member, content=big)
+    assert resp.status_code == 413
+    assert list(Path(settings.upload_dir).glob("*")) == []
+
+
+async def test_upload_is_stored_under_a_generated_name(
+    client: httpx.AsyncClient, member: dict[str, str], settings: Any
+) -> None:
+    resp = await upload(client, member, name="../../etc/passwd.gcode")
+    assert resp.status_code == 201
+    assert resp.json()["file_name"] == "passwd.gcode"
+    stored = list(Path(settings.upload_dir).glob("*"))
+    assert len(stored) == 1
+    assert stored[0].name != "passwd.gcode"
+    assert stored[0].parent == Path(settings.upload_dir)
+
+
+async def test_job_needs_a_machine_or_kind(
+    client: httpx.AsyncClient, member: dict[str, str]
+) -> None:
+    resp = await client.post(
+        "/api/v1/jobs", files={"file": ("a.gcode", GCODE, "text/plain")}, headers=member
+    )
+    assert resp.status_code == 422
+    assert "machine_kind" in resp.json()["detail"]
+
+
+async def test_job_for_a_machine_of_another_kind_is_422(
+    client: httpx.AsyncClient, member: dict[str, str], operator: dict[str, str]
+) -> None:
+    machine = await make_machine(client, operator)
+    resp = await upload(client, member, machine_id=machine["id"], machine_kind="cnc_mill")
+    assert resp.status_code == 422
+
+
+async def test_members_see_only_their_own_jobs(
+    client: httpx.AsyncClient, make_user: UserFactory, operator: dict[str, str]
+) -> None:
+    _, alice = await make_user("member")
+    _, bob = await make_user("member")
+    job = (await upload(client, alice)).json()
+    assert (await client.get(f"/api/v1/jobs/{job['id']}", headers=bob)).status_code == 404
+    assert (await client.get("/api/v1/jobs", headers=bob)).json() == []
+    assert len((await client.get("/api/v1/jobs", headers=operator)).json()) == 1
+    # Bob cannot cancel Alice's job either.
+    assert (await client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=bob)).status_code == 404
+
+
+async def test_owner_cancels_an_unstarted_job(
+    client: httpx.AsyncClient, member: dict[str, str]
+) -> None:
+    job = (await upload(client, member)).json()
+    resp = await client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=member)
+    assert resp.status_code == 200
+    assert resp.json()["state"] == "cancelled"
+    again = await client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=member)
+    assert again.status_code == 409
+
+
+async def test_dispatch_to_an_offline_machine_is_409_naming_the_reason(
+    client: httpx.AsyncClient, member: dict[str, str], operator: dict[str, str]
+) -> None:
+    machine = await make_machine(client, operator)
+    job = (await upload(client, member, machine_id=machine["id"])).json()
+    await client.post(f"/api/v1/jobs/{job['id']}/approve", headers=operator)
+    resp = await client.post(f"/api/v1/jobs/{job['id']}/dispatch", headers=operator)
+    assert resp.status_code == 409
+    assert "offline" in resp.json()["detail"]
+    assert (await client.get(f"/api/v1/jobs/{job['id']}", headers=operator)).json()[
+        "state"
+    ] == "approved"
+
+
+async def test_dispatch_to_a_wrong_kind_or_manual_machine_is_409(
+    client: httpx.AsyncClient, member: dict[str, str], operator: dict[str, str]
+) -> None:
+    mill = await make_machine(
+        client,
+        operator,
+        name="Mill",
+        kind="cnc_mill",
+        driver="grbl",
+        connection={"port": "/dev/ttyUSB1"},
+    )
+    manual = await make_machine(client, operator, name="Ender", driver="manual", connection={})
+    job = (await upload(client, member)).json()
+    await client.post(f"/api/v1/jobs/{job['id']}/approve", headers=operator)
+    wrong = await client.post(
+        f"/api/v1/jobs/{job['id']}/dispatch", json={"machine_id": mill["id"]}, headers=operator
+    )
+    assert wrong.status_code == 409
+    assert "cnc mill" in wrong.json()["detail"]
+    man = await client.post(
+        f"/api/v1/jobs/{job['id']}/dispatch", json={"machine_id": manual["id"]}, headers=operator
+    )
+    assert man.status_code == 409
+    assert "manual" in man.json()["detail"]
+
+
+async def test_dispatching_an_unapproved_job_is_409(
+    client: httpx.AsyncClient, member: dict[str, str], operator: dict[str, str]
+) -> None:
+    job = (await upload(client, member)).json()
+    resp = await client.post(f"/api/v1/jobs/{job['id']}/dispatch", headers=operator)
+    assert resp.status_code == 409
+    assert "approved" in resp.json()["detail"]
+
+
+async def test_pause_of_a_job_that_is_not_running_is_409(
+    client: httpx.AsyncClient, member: dict[str, str], operator: dict[str, str]
+) -> None:
+    job = (await upload(client, member)).json()
+    resp = await client.post(f"/api/v1/jobs/{job['id']}/pause", headers=operator)
+    assert resp.status_code == 409
+    assert "running" in resp.json()["detail"]
+    assert (await client.post(f"/api/v1/jobs/{job['id']}/pause", headers=member)).status_code == 403
+
+
+async def test_clearing_a_job_that_never_ran_is_409(
+    client: httpx.AsyncClient, member: dict[str, str]
+) -> None:
+    job = (await upload(client, member)).json()
+    resp = await client.post(
+        f"/api/v1/jobs/{job['id']}/clear", json={"outcome": "good"}, headers=member
+    )
+    assert resp.status_code == 409
+    bad = await client.post(
+        f"/api/v1/jobs/{job['id']}/clear", json={"outcome": "meh"}, headers=member
+    )
+    assert bad.status_code == 422
+
+
+async def test_priority_is_set_by_operators(
+    client: httpx.AsyncClient, member: dict[str, str], operator: dict[str, str]
+) -> None:
+    job = (await upload(client, member)).json()
+    assert (
+        await client.post(
+            f"/api/v1/jobs/{job['id']}/priority", json={"priority": 5}, headers=member
+        )
+    ).status_code == 403
+    resp = await client.post(
+        f"/api/v1/jobs/{job['id']}/priority", json={"priority": 5}, headers=operator
+    )
+    assert resp.json()["priority"] == 5

@@ -1,0 +1,118 @@
+// microfactory dashboard: API actions from buttons, and the live machine stream.
+(function () {
+  "use strict";
+  const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
+
+  async function callApi(url, body) {
+    const resp = await fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf() },
+      body: body ? JSON.stringify(body) : "{}",
+    });
+    let data = null;
+    try { data = await resp.json(); } catch (e) { data = null; }
+    if (!resp.ok) {
+      const detail = data && data.detail ? data.detail : resp.statusText;
+      throw new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+    }
+    return data;
+  }
+
+  function showMessage(text, isError) {
+    let box = document.getElementById("flash");
+    if (!box) return alert(text);
+    box.textContent = text;
+    box.className = isError ? "flash error" : "flash";
+    box.hidden = false;
+  }
+
+  // <button data-api="/api/v1/jobs/1/pause" data-confirm="..." data-body='{"outcome":"good"}'>
+  document.addEventListener("click", async (ev) => {
+    const btn = ev.target.closest("[data-api]");
+    if (!btn) return;
+    ev.preventDefault();
+    if (btn.dataset.confirm && !window.confirm(btn.dataset.confirm)) return;
+    let body = btn.dataset.body ? JSON.parse(btn.dataset.body) : null;
+    const form = btn.closest("form[data-api-form]");
+    if (form) {
+      body = body || {};
+      new FormData(form).forEach((v, k) => {
+        if (k === "csrf_token") return;
+        body[k] = v === "" ? null : (/^\d+$/.test(v) ? Number(v) : (v === "true" ? true : (v === "false" ? false : v)));
+      });
+    }
+    btn.disabled = true;
+    btn.setAttribute("aria-busy", "true");
+    try {
+      await callApi(btn.dataset.api, body);
+      window.location.reload();
+    } catch (err) {
+      showMessage(err.message, true);
+      btn.disabled = false;
+      btn.removeAttribute("aria-busy");
+    }
+  });
+
+  function fmtEta(s) {
+    if (s === null || s === undefined) return "";
+    s = Math.round(s);
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+    return h ? `${h} h ${m} min` : (m ? `${m} min ${r} s` : `${r} s`);
+  }
+
+  function renderTemps(temps) {
+    const parts = [];
+    for (const [name, t] of Object.entries(temps || {})) {
+      const target = t.target ? ` / ${Math.round(t.target)}` : "";
+      parts.push(`${name} ${Math.round(t.actual)}${target} °C`);
+    }
+    return parts.join(" · ");
+  }
+
+  function renderPos(pos) {
+    const keys = Object.keys(pos || {});
+    if (!keys.length) return "";
+    return keys.map((k) => `${k.toUpperCase()} ${Number(pos[k]).toFixed(2)}`).join(" ");
+  }
+
+  function update(card, st) {
+    const set = (field, text) => {
+      const el = card.querySelector(`[data-field=${field}]`);
+      if (!el) return;
+      el.textContent = text || "";
+      const row = el.closest("[data-row]");
+      if (row) row.hidden = !text;
+    };
+    const state = card.querySelector("[data-field=state]");
+    if (state) { state.textContent = st.state; state.className = `state state-${st.state}`; }
+    set("message", st.message);
+    set("temps", renderTemps(st.temperatures));
+    set("position", renderPos(st.position));
+    const prog = st.progress;
+    const jobBox = card.querySelector("[data-job]");
+    if (jobBox) {
+      jobBox.hidden = !st.job_id;
+      const link = jobBox.querySelector("a");
+      if (link && st.job_id) { link.href = `/jobs/${st.job_id}`; link.textContent = `Job ${st.job_id}`; }
+      const bar = jobBox.querySelector("progress");
+      if (bar && prog) { bar.value = prog.percent; bar.textContent = `${prog.percent}%`; }
+      set("percent", prog ? `${prog.percent.toFixed(1)} %` : "");
+      set("eta", prog && prog.eta_s != null ? `ETA ${fmtEta(prog.eta_s)}` : "");
+      card.querySelectorAll("[data-job-action]").forEach((b) => {
+        const action = b.dataset.jobAction;
+        b.dataset.api = st.job_id ? `/api/v1/jobs/${st.job_id}/${action}` : "";
+        const allowed = { pause: ["running"], resume: ["paused"], cancel: ["running", "paused"] }[action];
+        b.hidden = !st.job_id || !allowed.includes(st.state);
+      });
+    }
+  }
+
+  if (document.querySelector("[data-live-machines]")) {
+    const source = new EventSource("/api/v1/machines/stream");
+    source.addEventListener("machine", (ev) => {
+      const data = JSON.parse(ev.data);
+      document.querySelectorAll(`[data-machine-id="${data.id}"]`).forEach((card) => update(card, data.status));
+    });
+  }
+})();
