@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database migrations")
     dbsub = db.add_subparsers(dest="db_command", required=True)
-    up = dbsub.add_parser("upgrade", help="migrate up (to head by default)")
-    up.add_argument("revision", nargs="?", default="head")
+    up = dbsub.add_parser("upgrade", help="migrate up (to the newest revision by default)")
+    up.add_argument("revision", nargs="?", default="heads")
     down = dbsub.add_parser("downgrade", help="migrate down to a revision ('base' for empty)")
     down.add_argument("revision")
     db.set_defaults(func=cmd_db)

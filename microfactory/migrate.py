@@ -25,7 +25,7 @@ def alembic_config(settings: Settings) -> Config:
     return cfg
 
 
-def upgrade(settings: Settings, revision: str = "head") -> None:
+def upgrade(settings: Settings, revision: str = "heads") -> None:
     """Migrate the database up to a revision."""
     if settings.sync_database_url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)

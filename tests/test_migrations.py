@@ -27,8 +27,8 @@ def empty_settings(request: pytest.FixtureRequest, tmp_path: Path):  # type: ign
     _drop_pg_database(PG_URL, url)
 
 
-def test_upgrade_to_head_matches_models_and_downgrade_to_base(empty_settings: Settings) -> None:
-    migrate.upgrade(empty_settings, "head")
+def test_upgrade_to_heads_matches_models_and_downgrade_to_base(empty_settings: Settings) -> None:
+    migrate.upgrade(empty_settings, "heads")
     engine = create_engine(empty_settings.sync_database_url)
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
@@ -44,4 +44,4 @@ def test_upgrade_to_head_matches_models_and_downgrade_to_base(empty_settings: Se
     assert left == set()
 
     # And up again: downgrades leave nothing behind that blocks a re-run.
-    migrate.upgrade(empty_settings, "head")
+    migrate.upgrade(empty_settings, "heads")

@@ -110,7 +110,13 @@ class Supervisor:
     async def _run(self) -> None:
         attempt = 0
         while True:
-            driver = create_driver(self.driver_name, self.connection)
+            try:
+                driver = create_driver(self.driver_name, self.connection)
+            except Exception as exc:  # a broken driver must not kill the supervisor silently
+                log.exception("machine %s: cannot create driver %s", self.name, self.driver_name)
+                self._publish(Status(state=MachineState.ERROR, message=f"driver failed: {exc}"))
+                await asyncio.sleep(BACKOFF_S[-1])
+                continue
             self._publish(Status(state=MachineState.CONNECTING, message="connecting"))
             try:
                 await asyncio.wait_for(driver.connect(), CONNECT_TIMEOUT_S)
