@@ -18,15 +18,22 @@ from sqlalchemy import text
 
 from microfactory import __version__
 from microfactory.accounts.routes import router as accounts_router
+from microfactory.bookings.wiring import routers as booking_routers
 from microfactory.config import Settings
 from microfactory.dashboard.routes import install_dashboard_handlers
 from microfactory.dashboard.routes import router as dashboard_router
 from microfactory.db import make_engine, make_sessionmaker
+from microfactory.designs.pages import router as design_pages_router
+from microfactory.designs.routes import router as designs_router
 from microfactory.errors import install_error_handlers
+from microfactory.fabrication.routes import router as slicer_profiles_router
+from microfactory.jobs.preparation import Preparer
+from microfactory.jobs.queue import QueueRunner
 from microfactory.jobs.routes import router as jobs_router
 from microfactory.machines.fleet import Fleet
 from microfactory.machines.routes import router as machines_router
 from microfactory.middleware import BodySizeLimit, Metrics, RequestMetrics
+from microfactory.scheduler import Scheduler
 
 log = logging.getLogger("microfactory")
 
@@ -60,11 +67,28 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.upload_dir.mkdir(parents=True, exist_ok=True)
+        runner = None
+        scheduler = None
+        preparer: Preparer = app.state.preparer
         if settings.run_supervisors:
+            # Bookings' periodic tasks; a database lease runs them once across processes.
+            scheduler = Scheduler(app.state.sessionmaker, settings)
+            scheduler.start()
             await app.state.fleet.start(app.state.sessionmaker, settings.upload_dir)
+            if settings.auto_dispatch:
+                runner = QueueRunner(app.state.sessionmaker, app.state.fleet, settings)
+                app.state.queue_runner = runner
+                runner.start()
+                preparer.on_ready.append(runner.wake)
+            await preparer.resume_pending()
         try:
             yield
         finally:
+            if scheduler is not None:
+                await scheduler.stop()
+            await preparer.stop()
+            if runner is not None:
+                await runner.stop()
             await app.state.fleet.stop()
             await app.state.engine.dispose()
 
@@ -78,6 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.engine = make_engine(settings.async_database_url)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
     app.state.fleet = Fleet()
+    app.state.preparer = Preparer(app.state.sessionmaker, settings)
     metrics = Metrics()
     metrics.registry.register(_FleetCollector(app))
     app.state.metrics = metrics
@@ -98,7 +123,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(accounts_router)
     app.include_router(machines_router)
     app.include_router(jobs_router)
+    app.include_router(designs_router)
+    app.include_router(slicer_profiles_router)
+    app.include_router(design_pages_router)
     app.include_router(dashboard_router)
+    for router in booking_routers():
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
 
     @app.get("/healthz", tags=["operations"])

@@ -80,6 +80,17 @@ class Settings(BaseSettings):
     run_supervisors: bool = True  # False on extra web workers: one process per host drives
     demo_speed_factor: float = Field(20.0, gt=0)  # simulated machines move this much faster
 
+    # Notifications: the outbox always records; email is sent only when smtp_url is set
+    # (smtp://, smtp+starttls:// or smtps://user:password@host:port).
+    smtp_url: str | None = None
+    mail_from: str = "microfactory@localhost"
+
+    # The shop-wide queue
+    auto_dispatch: bool = True  # the matcher starts queued jobs on free machines by itself
+    queue_interval_s: float = Field(2.0, gt=0, le=300)
+    max_heating_machines: int | None = Field(3, ge=1)  # staggered start; None = no limit
+    fair_share_window_days: int = Field(30, ge=1, le=365)  # recent usage that weighs a member
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, v: str) -> str:

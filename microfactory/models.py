@@ -1,9 +1,54 @@
 """Import every model so that the metadata is complete (Alembic and tests use this)."""
 
 from microfactory.accounts.models import ApiToken, User
+from microfactory.bookings.models import (
+    Booking,
+    BookingLock,
+    BookingPolicy,
+    CalendarToken,
+    Certification,
+    Closure,
+    MachineProfile,
+    MaintenanceBlock,
+    OpeningHours,
+    Quota,
+    Suspension,
+)
+from microfactory.costs.models import MachineKindRate, MaterialRate, MembershipPlan, PlanMembership
 from microfactory.db import Base
+from microfactory.designs.models import Design, DesignFile
+from microfactory.fabrication.models import SlicerProfile
 from microfactory.jobs.models import Job
 from microfactory.machines.models import Machine
+from microfactory.notifications.models import Notification
+from microfactory.scheduler import SchedulerLease
 from microfactory.usage.models import UsageRecord
 
-__all__ = ["ApiToken", "Base", "Job", "Machine", "UsageRecord", "User"]
+__all__ = [
+    "ApiToken",
+    "Base",
+    "Booking",
+    "BookingLock",
+    "BookingPolicy",
+    "CalendarToken",
+    "Certification",
+    "Closure",
+    "Design",
+    "DesignFile",
+    "Job",
+    "Machine",
+    "MachineKindRate",
+    "MachineProfile",
+    "MaintenanceBlock",
+    "MaterialRate",
+    "MembershipPlan",
+    "Notification",
+    "OpeningHours",
+    "PlanMembership",
+    "Quota",
+    "SchedulerLease",
+    "SlicerProfile",
+    "Suspension",
+    "UsageRecord",
+    "User",
+]

@@ -28,7 +28,14 @@ fi
 
 if [ ! -x "$VENV/bin/python" ]; then
     echo "creating $VENV with $("$PYTHON" --version)"
-    "$PYTHON" -m venv "$VENV"
+    existed=0
+    [ -e "$VENV" ] && existed=1
+    if ! "$PYTHON" -m venv "$VENV"; then
+        # A half-made venv would confuse the next run; remove it, but only if we made it.
+        [ "$existed" = 0 ] && rm -rf "$VENV"
+        echo "could not create a venv with $PYTHON; on Debian: apt-get install python3-venv" >&2
+        exit 1
+    fi
 fi
 
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip wheel

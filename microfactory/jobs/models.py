@@ -76,3 +76,21 @@ class Job(TimestampMixin, Base):
     cleared_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     paused_s: Mapped[float] = mapped_column(default=0.0)  # time spent paused, for active time
     paused_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+    # Made from a design: what, with which settings, and whose work it is.
+    design_id: Mapped[int | None] = mapped_column(index=True)
+    design_file_id: Mapped[int | None]
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    material: Mapped[str | None] = mapped_column(String(64))
+    copies: Mapped[int] = mapped_column(default=1)
+    required_tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    nozzle_diameter_mm: Mapped[float | None]  # the nozzle the G-code was sliced for
+    attribution: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    flags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # e.g. licence_nc
+    price: Mapped[float | None]  # what the shop charges for it, if anything
+    # Turning a design into G-code: ready (an upload), pending, running, failed.
+    preparation: Mapped[str] = mapped_column(String(16), default="ready")
+    preparation_log: Mapped[str | None] = mapped_column(Text)
+    allow_firmware_commands: Mapped[bool] = mapped_column(default=False)  # set by operators
+    queued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    waiting_reason: Mapped[str | None] = mapped_column(String(300))  # why it has not started

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
+from fastapi import APIRouter, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from microfactory.deps import AnyUser, SessionDep, SettingsDep, StaffUser
-from microfactory.errors import ConflictError
-from microfactory.jobs import service
+from microfactory.designs import service as design_service
+from microfactory.errors import ConflictError, InvalidInputError
+from microfactory.jobs import preparation, service
 from microfactory.jobs.files import store_upload
-from microfactory.jobs.models import JobState
-from microfactory.jobs.schemas import ClearRequest, DispatchRequest, JobRead, PriorityRequest
+from microfactory.jobs.models import Job, JobState
+from microfactory.jobs.schemas import (
+    ClearRequest,
+    DesignJobCreate,
+    DispatchRequest,
+    JobRead,
+    PriorityRequest,
+)
 from microfactory.machines import service as machine_service
 from microfactory.machines.fleet import Fleet
 from microfactory.machines.models import MachineKind
@@ -19,32 +29,144 @@ from microfactory.machines.models import MachineKind
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
 
+class UploadJobForm(BaseModel):
+    """The form fields that come with a G-code upload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(None, max_length=200)
+    machine_id: int | None = None
+    machine_kind: MachineKind | None = None
+    material: str | None = Field(None, max_length=64)
+    required_tags: list[str] = Field(default_factory=list, max_length=20)
+    allow_firmware_commands: bool = False
+
+
 def _fleet(request: Request) -> Fleet:
     fleet: Fleet = request.app.state.fleet
     return fleet
 
 
-@router.post("", response_model=JobRead, status_code=status.HTTP_201_CREATED)
+def _wake_queue(request: Request) -> None:
+    runner = getattr(request.app.state, "queue_runner", None)
+    if runner is not None:
+        runner.wake()
+
+
+_CREATE_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "title": {"type": "string"},
+                        "machine_id": {"type": "integer"},
+                        "machine_kind": {"type": "string", "enum": [k.value for k in MachineKind]},
+                        "material": {"type": "string"},
+                        "required_tags": {"type": "array", "items": {"type": "string"}},
+                        "allow_firmware_commands": {"type": "boolean"},
+                    },
+                }
+            },
+            "application/json": {"schema": DesignJobCreate.model_json_schema()},
+        },
+    }
+}
+
+
+@router.post(
+    "", response_model=JobRead, status_code=status.HTTP_201_CREATED, openapi_extra=_CREATE_DOC
+)
 async def create_job(
-    session: SessionDep,
-    settings: SettingsDep,
-    user: AnyUser,
-    file: Annotated[UploadFile, File(description="a G-code file")],
-    title: Annotated[str | None, Form(max_length=200)] = None,
-    machine_id: Annotated[int | None, Form()] = None,
-    machine_kind: Annotated[MachineKind | None, Form()] = None,
+    request: Request, session: SessionDep, settings: SettingsDep, user: AnyUser
 ) -> JobRead:
-    """Submit a G-code file as a job for a machine or a kind of machine."""
-    stored = await store_upload(file, settings.upload_dir, settings.max_upload_bytes, ".gcode")
+    """Submit a job: a G-code upload (multipart), or a design plus settings (JSON).
+
+    An upload is analysed and validated (process, build volume, temperatures, firmware
+    commands) before it is accepted. A design job is checked (licence, parameters, machine)
+    and its G-code is made after the commit; trusted members and operators skip approval.
+    """
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        try:
+            body = DesignJobCreate.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from None
+        job = await _create_from_design(session, settings, user, body)
+        await session.commit()
+        request.app.state.preparer.submit(job.id)
+        return JobRead.model_validate(job)
+    if not content_type.startswith("multipart/form-data"):
+        raise InvalidInputError(
+            "send a G-code file as multipart/form-data, or a design job as application/json"
+        )
+    form = await request.form(max_files=1, max_fields=50)
+    upload = form.get("file")
+    if not isinstance(upload, StarletteUploadFile):
+        raise InvalidInputError("the form needs a 'file' field holding the G-code")
+    try:
+        fields = UploadJobForm.model_validate(
+            {
+                "title": form.get("title") or None,
+                "machine_id": form.get("machine_id") or None,
+                "machine_kind": form.get("machine_kind") or None,
+                "material": form.get("material") or None,
+                "required_tags": [t for t in form.getlist("required_tags") if isinstance(t, str)],
+                "allow_firmware_commands": form.get("allow_firmware_commands") or False,
+            }
+        )
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+    stored = await store_upload(upload, settings.upload_dir, settings.max_upload_bytes, ".gcode")
     job = await service.create_from_upload(
         session=session,
         owner=user,
         stored=stored,
-        title=title,
-        machine_kind=machine_kind,
-        machine_id=machine_id,
+        title=fields.title,
+        machine_kind=fields.machine_kind,
+        machine_id=fields.machine_id,
+        material=fields.material,
+        required_tags=fields.required_tags,
+        allow_firmware_commands=fields.allow_firmware_commands,
     )
+    await session.commit()
+    _wake_queue(request)
     return JobRead.model_validate(job)
+
+
+async def _create_from_design(
+    session: SessionDep, settings: SettingsDep, user: AnyUser, body: DesignJobCreate
+) -> Job:
+    design = await design_service.get_or_raise(session=session, design_id=body.design_id)
+    if body.file_id is not None:
+        design_file = design_service.get_file_or_raise(design, body.file_id)
+    else:
+        printable = [f for f in design.files if f.kind in ("scad", "stl", "3mf", "gcode")]
+        if len(printable) != 1:
+            names = ", ".join(f"{f.id}: {f.name}" for f in printable) or "none"
+            raise InvalidInputError(f"choose the design file to make (file_id): {names}")
+        design_file = printable[0]
+    job = await preparation.create_from_design(
+        session=session,
+        owner=user,
+        design=design,
+        design_file=design_file,
+        parameters=body.parameters,
+        material=body.material,
+        copies=body.copies,
+        machine_kind=body.machine_kind,
+        machine_id=body.machine_id,
+        settings=settings,
+        required_tags=body.required_tags,
+        price=body.price,
+    )
+    if body.title:
+        job.title = body.title
+    return job
 
 
 @router.get("", response_model=list[JobRead])
@@ -68,10 +190,13 @@ async def get_job(job_id: int, session: SessionDep, user: AnyUser) -> JobRead:
 
 
 @router.post("/{job_id}/approve", response_model=JobRead)
-async def approve(job_id: int, session: SessionDep, user: StaffUser) -> JobRead:
-    """Approve a submitted job (operators)."""
+async def approve(job_id: int, request: Request, session: SessionDep, user: StaffUser) -> JobRead:
+    """Approve a submitted job (operators); it joins the queue."""
     job = await service.get_or_raise(session=session, job_id=job_id)
-    return JobRead.model_validate(await service.approve(session=session, job=job, by=user))
+    job = await service.approve(session=session, job=job, by=user)
+    await session.commit()
+    _wake_queue(request)
+    return JobRead.model_validate(job)
 
 
 @router.post("/{job_id}/dispatch", response_model=JobRead)
@@ -140,7 +265,9 @@ async def cancel(job_id: int, request: Request, session: SessionDep, user: AnyUs
 
 
 @router.post("/{job_id}/clear", response_model=JobRead)
-async def clear(job_id: int, body: ClearRequest, session: SessionDep, user: AnyUser) -> JobRead:
+async def clear(
+    job_id: int, body: ClearRequest, request: Request, session: SessionDep, user: AnyUser
+) -> JobRead:
     """Confirm the bed is clear after a job, with its outcome: the owner or an operator."""
     job = await service.get_visible(session=session, job_id=job_id, user=user)
     service.check_can_control(job, user)
@@ -152,6 +279,8 @@ async def clear(job_id: int, body: ClearRequest, session: SessionDep, user: AnyU
         requeue=body.requeue,
         notes=body.notes,
     )
+    await session.commit()
+    _wake_queue(request)  # the machine is free again
     return JobRead.model_validate(job)
 
 

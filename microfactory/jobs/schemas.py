@@ -35,6 +35,20 @@ class JobRead(BaseModel):
     last_line_text: str | None
     outcome: str | None
     notes: str
+    design_id: int | None
+    parameters: dict[str, Any]
+    material: str | None
+    copies: int
+    required_tags: list[str]
+    nozzle_diameter_mm: float | None
+    attribution: dict[str, Any]
+    flags: dict[str, Any]
+    price: float | None
+    preparation: str
+    preparation_log: str | None
+    allow_firmware_commands: bool
+    waiting_reason: str | None
+    queued_at: dt.datetime | None
     approved_at: dt.datetime | None
     started_at: dt.datetime | None
     ended_at: dt.datetime | None
@@ -67,3 +81,20 @@ class PriorityRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     priority: int = Field(ge=-100, le=100)
+
+
+class DesignJobCreate(BaseModel):
+    """A job made from a design of the commons, with its settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    design_id: int
+    file_id: int | None = None  # default: the design's only printable file
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    material: str | None = Field(None, max_length=64)
+    copies: int = Field(1, ge=1, le=50)
+    machine_kind: MachineKind | None = None
+    machine_id: int | None = None
+    required_tags: list[str] = Field(default_factory=list, max_length=20)
+    title: str | None = Field(None, max_length=200)
+    price: float | None = Field(None, ge=0)

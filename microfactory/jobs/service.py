@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.accounts.models import Role, User
+from microfactory.analysis import AnalysisError, analyse_gcode_async
+from microfactory.analysis.gcode import limits_from_dict
 from microfactory.config import Settings
 from microfactory.db import utcnow
 from microfactory.errors import (
@@ -17,6 +20,7 @@ from microfactory.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from microfactory.jobs import queue
 from microfactory.jobs.files import StoredFile, check_gcode_file
 from microfactory.jobs.models import ACTIVE_STATES, ENDED_STATES, Job, JobState
 from microfactory.machines import service as machine_service
@@ -64,6 +68,24 @@ async def list_jobs(
     return list((await session.execute(stmt)).scalars())
 
 
+async def analyse_file(path: Path, machine: Machine | None = None) -> dict[str, Any]:
+    """Analyse a G-code file off the event loop; bad files are a 422."""
+    limits = None
+    if machine is not None and (machine.capabilities or {}).get("motion_limits"):
+        limits = limits_from_dict(machine.capabilities["motion_limits"])
+    try:
+        result = await analyse_gcode_async(path, machine_limits=limits)
+    except AnalysisError as exc:
+        raise InvalidInputError(str(exc)) from None
+    data = result.as_dict()
+    # Thumbnails can be large; keep their sizes, serve the images elsewhere if ever needed.
+    data["thumbnails"] = [
+        {"width": t["width"], "height": t["height"]} for t in data.get("thumbnails", [])
+    ]
+    data.pop("slicer_config", None)
+    return data
+
+
 async def create_from_upload(
     *,
     session: AsyncSession,
@@ -72,8 +94,11 @@ async def create_from_upload(
     title: str | None,
     machine_kind: MachineKind | None,
     machine_id: int | None,
+    material: str | None = None,
+    required_tags: list[str] | None = None,
+    allow_firmware_commands: bool = False,
 ) -> Job:
-    """Create a job from an uploaded G-code file; refuse anything that is not G-code text."""
+    """Create a job from an uploaded G-code file, analysed and validated before it queues."""
     try:
         lines_total = await asyncio.to_thread(check_gcode_file, stored.path)
         requested: Machine | None = None
@@ -87,29 +112,62 @@ async def create_from_upload(
             machine_kind = requested.kind
         if machine_kind is None:
             raise InvalidInputError("give a machine_id or a machine_kind for the job")
+        if allow_firmware_commands and not is_staff(owner):
+            raise PermissionDeniedError("only operators may allow firmware-altering commands")
+        analysis = await analyse_file(stored.path, requested)
+        job = Job(
+            owner_id=owner.id,
+            title=(title or stored.original_name)[:200],
+            state=JobState.SUBMITTED,
+            preparation="ready",
+            machine_kind=machine_kind,
+            requested_machine_id=requested.id if requested else None,
+            file_name=stored.original_name,
+            stored_name=stored.stored_name,
+            file_sha256=stored.sha256,
+            file_size=stored.size,
+            lines_total=lines_total,
+            progress=fresh_progress(lines_total),
+            analysis=analysis,
+            material=material,
+            required_tags=sorted(set(required_tags or [])),
+            allow_firmware_commands=allow_firmware_commands,
+            created_at=utcnow(),
+        )
+        machines = (
+            [requested] if requested else await machine_service.list_machines(session=session)
+        )
+        queue.validate_job(
+            analysis=analysis,
+            kind=machine_kind,
+            machines=machines,
+            allow_firmware_commands=allow_firmware_commands,
+            job_view=queue.queued_job(job),
+        )
     except BaseException:
         stored.path.unlink(missing_ok=True)  # nothing stored half-made
         raise
-    trusted = owner.trusted or is_staff(owner)
-    now = utcnow()
-    job = Job(
-        owner_id=owner.id,
-        title=(title or stored.original_name)[:200],
-        state=JobState.APPROVED if trusted else JobState.SUBMITTED,
-        machine_kind=machine_kind,
-        requested_machine_id=requested.id if requested else None,
-        file_name=stored.original_name,
-        stored_name=stored.stored_name,
-        file_sha256=stored.sha256,
-        file_size=stored.size,
-        lines_total=lines_total,
-        progress={"percent": 0.0, "lines_acked": 0, "lines_total": lines_total, "eta_s": None},
-        approved_at=now if trusted else None,
-        approved_by_id=owner.id if trusted else None,
-    )
+    if owner.trusted or is_staff(owner):
+        mark_approved(job, owner)
     session.add(job)
     await session.flush()
     return job
+
+
+def fresh_progress(lines_total: int) -> dict[str, Any]:
+    return {"percent": 0.0, "lines_acked": 0, "lines_total": lines_total, "eta_s": None}
+
+
+def mark_approved(job: Job, by: User) -> None:
+    """Approve a job: it joins the queue once its G-code is ready."""
+    now = utcnow()
+    job.approved_at = now
+    job.approved_by_id = by.id
+    if job.preparation == "ready":
+        job.state = JobState.QUEUED
+        job.queued_at = now
+    else:
+        job.state = JobState.APPROVED
 
 
 async def approve(*, session: AsyncSession, job: Job, by: User) -> Job:
@@ -118,9 +176,7 @@ async def approve(*, session: AsyncSession, job: Job, by: User) -> Job:
         raise ConflictError(
             f"job {job.id} is {job.state.value}; only submitted jobs can be approved"
         )
-    job.state = JobState.APPROVED
-    job.approved_at = utcnow()
-    job.approved_by_id = by.id
+    mark_approved(job, by)
     await session.flush()
     return job
 
@@ -245,7 +301,18 @@ async def clear(
         again = Job(
             owner_id=job.owner_id,
             title=job.title,
-            state=JobState.APPROVED,
+            state=JobState.QUEUED,
+            queued_at=utcnow(),
+            material=job.material,
+            required_tags=job.required_tags,
+            nozzle_diameter_mm=job.nozzle_diameter_mm,
+            attribution=job.attribution,
+            flags=job.flags,
+            design_id=job.design_id,
+            design_file_id=job.design_file_id,
+            parameters=job.parameters,
+            copies=job.copies,
+            allow_firmware_commands=job.allow_firmware_commands,
             machine_kind=job.machine_kind,
             requested_machine_id=job.requested_machine_id,
             file_name=job.file_name,
@@ -253,12 +320,7 @@ async def clear(
             file_sha256=job.file_sha256,
             file_size=job.file_size,
             lines_total=job.lines_total,
-            progress={
-                "percent": 0.0,
-                "lines_acked": 0,
-                "lines_total": job.lines_total,
-                "eta_s": None,
-            },
+            progress=fresh_progress(job.lines_total),
             analysis=job.analysis,
             priority=job.priority,
             approved_at=utcnow(),
@@ -283,7 +345,7 @@ async def unassign(*, session: AsyncSession, job_id: int, reason: str) -> None:
     """Put an assigned job back to approved when its machine refused to start it."""
     job = await session.get(Job, job_id)
     if job is not None and job.state is JobState.ASSIGNED:
-        job.state = JobState.APPROVED
+        job.state = JobState.QUEUED
         job.machine_id = None
         job.failure_reason = reason
         await session.flush()

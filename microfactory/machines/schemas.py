@@ -63,19 +63,61 @@ class OctoPrintConnection(_Strict):
 
     url: AnyHttpUrl
     api_key: str = Field(min_length=8, max_length=256)
-    printer_port: str = "AUTO"
+    printer_port: str = "AUTO"  # the printer's port as OctoPrint names it; VIRTUAL for tests
+    baudrate: int | None = None  # None: OctoPrint chooses
+    timeout_s: float | None = Field(None, gt=0, le=300)  # per HTTP request
+    poll_interval_s: float | None = Field(None, gt=0, le=60)
+    connect_timeout_s: float | None = Field(None, gt=0, le=300)
+    max_backoff_s: float | None = Field(None, gt=0, le=600)
 
 
 class ManualConnection(_Strict):
     """No connection: booked and logged only."""
 
 
-class SimConnection(_Strict):
-    """A built-in simulator on a pty."""
+class SimConnection(BaseModel):
+    """A built-in simulator on a pty; its other options (fault injection) are the driver's."""
 
-    speed_factor: float = Field(20.0, gt=0, le=10000)
-    baud: int | None = Field(None, ge=1200)  # emulate the link's byte rate; None = 115200
-    faults: dict[str, Any] = Field(default_factory=dict)  # fault injection, for tests
+    model_config = ConfigDict(extra="allow")
+
+    speed_factor: float = Field(20.0, ge=0, le=10000)  # 0: instant
+    baud: int | None = Field(None, ge=0)  # emulate the link's byte rate; None = 115200, 0 = off
+
+    @model_validator(mode="after")
+    def _known_options(self) -> SimConnection:
+        known = sim_options(self._driver) if hasattr(self, "_driver") else None
+        extra = set(self.model_extra or {})
+        if known is not None and extra - known:
+            raise ValueError(
+                f"unknown simulator option(s) {', '.join(sorted(extra - known))}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        return self
+
+
+class SimMarlinConnection(SimConnection):
+    """sim-marlin: options are the fields of drivers.sim.marlin.SimOptions."""
+
+    _driver = "sim-marlin"
+
+
+class SimGrblConnection(SimConnection):
+    """sim-grbl: options are drivers.sim.grbl.SimGrblDriver.extra_settings."""
+
+    _driver = "sim-grbl"
+
+
+def sim_options(driver: str) -> set[str]:
+    """Return the options a simulator driver accepts."""
+    import dataclasses
+
+    if driver == "sim-marlin":
+        from drivers.sim.marlin import SimOptions
+
+        return {f.name for f in dataclasses.fields(SimOptions)}
+    from drivers.sim.grbl import SimGrblDriver
+
+    return set(SimGrblDriver.extra_settings)
 
 
 CONNECTION_MODELS: dict[str, type[BaseModel]] = {
@@ -83,8 +125,8 @@ CONNECTION_MODELS: dict[str, type[BaseModel]] = {
     "grbl": GrblConnection,
     "octoprint": OctoPrintConnection,
     "manual": ManualConnection,
-    "sim-marlin": SimConnection,
-    "sim-grbl": SimConnection,
+    "sim-marlin": SimMarlinConnection,
+    "sim-grbl": SimGrblConnection,
 }
 SECRET_FIELDS = frozenset({"api_key"})
 assert set(CONNECTION_MODELS) == set(DRIVER_NAMES)

@@ -172,7 +172,8 @@ class Supervisor:
             return
         if attach is None:
             return  # serial jobs were failed at startup; nothing to re-attach
-        progress = await attach()
+        remote_file = (job.flags or {}).get("remote_file")
+        progress = await attach(remote_file, lines_total=job.lines_total)
         if progress is None:
             await self._end_job(
                 JobState.FAILED,
@@ -341,6 +342,13 @@ class Supervisor:
         except DriverError as exc:
             await self._end_job(JobState.FAILED, reason=f"the machine refused the job: {exc}")
             raise ConflictError(f"machine {self.name!r} refused the job: {exc}") from exc
+        remote_file = getattr(driver, "job_file", None)
+        if remote_file:
+            # OctoPrint keeps printing across our restarts: remember its file to re-attach.
+            async with self.sessionmaker() as session, session.begin():
+                job = await session.get(Job, job_id)
+                if job is not None:
+                    job.flags = {**(job.flags or {}), "remote_file": remote_file}
 
     async def _control(self, action: str) -> None:
         driver = self._require_driver()

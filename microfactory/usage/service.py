@@ -7,7 +7,16 @@ import datetime as dt
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from microfactory.bookings.models import MachineProfile
 from microfactory.usage.models import UsageRecord
+
+
+async def _energy_estimate(session: AsyncSession, machine_id: int, active_s: float) -> float | None:
+    # Rated power x active time: an upper bound (heaters cycle), good enough to share costs.
+    power_w = await session.scalar(
+        select(MachineProfile.power_w).where(MachineProfile.machine_id == machine_id)
+    )
+    return None if power_w is None else round(power_w * active_s / 3600.0, 3)
 
 
 async def append(
@@ -25,8 +34,12 @@ async def append(
     material_kind: str | None = None,
     material_g: float | None = None,
     note: str = "",
+    booking_id: int | None = None,
+    energy_wh: float | None = None,
 ) -> UsageRecord:
     """Append one usage record (the log is never updated or deleted)."""
+    if energy_wh is None:
+        energy_wh = await _energy_estimate(session, machine_id, max(0.0, active_s))
     record = UsageRecord(
         user_id=user_id,
         machine_id=machine_id,
@@ -40,6 +53,8 @@ async def append(
         material_g=material_g,
         outcome=outcome,
         note=note,
+        booking_id=booking_id,
+        energy_wh=energy_wh,
     )
     session.add(record)
     await session.flush()

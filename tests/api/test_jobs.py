@@ -28,6 +28,19 @@ async def make_machine(
     return dict(resp.json())
 
 
+@pytest.fixture(autouse=True)
+async def shop_printer(client: httpx.AsyncClient, make_user: UserFactory) -> dict[str, Any]:
+    """Every test shop has one FDM printer (offline: no supervisors run here)."""
+    _, staff = await make_user("operator", username="setup-operator")
+    return await make_machine(
+        client,
+        staff,
+        name="Shop printer",
+        build_volume_mm={"x": 220, "y": 220, "z": 250},
+        capabilities={"nozzle_diameter_mm": 0.4, "max_hotend_c": 260, "max_bed_c": 100},
+    )
+
+
 async def upload(
     client: httpx.AsyncClient,
     headers: dict[str, str],
@@ -58,7 +71,8 @@ async def test_member_submits_a_job_and_an_operator_approves_it(
     ).status_code == 403
     approved = await client.post(f"/api/v1/jobs/{job['id']}/approve", headers=operator)
     assert approved.status_code == 200
-    assert approved.json()["state"] == "approved"
+    assert approved.json()["state"] == "queued"
+    assert approved.json()["queued_at"] is not None
     again = await client.post(f"/api/v1/jobs/{job['id']}/approve", headers=operator)
     assert again.status_code == 409
 
@@ -77,7 +91,7 @@ async def test_trusted_members_are_approved_automatically(
         )
     ).json()["access_token"]
     resp = await upload(client, {"Authorization": f"Bearer {token}"})
-    assert resp.json()["state"] == "approved"
+    assert resp.json()["state"] == "queued"
 
 
 @pytest.mark.parametrize(
@@ -138,7 +152,7 @@ async def test_job_needs_a_machine_or_kind(
 async def test_job_for_a_machine_of_another_kind_is_422(
     client: httpx.AsyncClient, member: dict[str, str], operator: dict[str, str]
 ) -> None:
-    machine = await make_machine(client, operator)
+    machine = await make_machine(client, operator, name="Other printer")
     resp = await upload(client, member, machine_id=machine["id"], machine_kind="cnc_mill")
     assert resp.status_code == 422
 
@@ -170,15 +184,14 @@ async def test_owner_cancels_an_unstarted_job(
 async def test_dispatch_to_an_offline_machine_is_409_naming_the_reason(
     client: httpx.AsyncClient, member: dict[str, str], operator: dict[str, str]
 ) -> None:
-    machine = await make_machine(client, operator)
+    machine = await make_machine(client, operator, name="Other printer")
     job = (await upload(client, member, machine_id=machine["id"])).json()
     await client.post(f"/api/v1/jobs/{job['id']}/approve", headers=operator)
     resp = await client.post(f"/api/v1/jobs/{job['id']}/dispatch", headers=operator)
     assert resp.status_code == 409
     assert "offline" in resp.json()["detail"]
-    assert (await client.get(f"/api/v1/jobs/{job['id']}", headers=operator)).json()[
-        "state"
-    ] == "approved"
+    after = (await client.get(f"/api/v1/jobs/{job['id']}", headers=operator)).json()
+    assert after["state"] == "queued"
 
 
 async def test_dispatch_to_a_wrong_kind_or_manual_machine_is_409(
@@ -253,3 +266,68 @@ async def test_priority_is_set_by_operators(
         f"/api/v1/jobs/{job['id']}/priority", json={"priority": 5}, headers=operator
     )
     assert resp.json()["priority"] == 5
+
+
+FDM = (
+    b"M140 S60\nM104 S215\nG28\nG90\nM82\nG92 E0\n"
+    b"G1 Z0.2 F600\nG1 X10 Y10 E1 F1200\nG1 X60 Y10 E3\nG1 X60 Y60 E5\nM104 S0\n"
+)
+
+
+async def test_job_is_analysed_on_upload(client: httpx.AsyncClient, member: dict[str, str]) -> None:
+    job = (await upload(client, member, content=FDM)).json()
+    analysis = job["analysis"]
+    assert analysis["process"] == "fdm"
+    assert analysis["max_hotend_c"] == 215
+    assert analysis["bbox_mm"]["max_x"] == 60
+    assert analysis["estimated_time_s"] > 0
+
+
+async def test_job_too_big_for_every_machine_is_422(
+    client: httpx.AsyncClient, member: dict[str, str], settings: Any
+) -> None:
+    huge = FDM.replace(b"X60 Y60", b"X400 Y60")
+    resp = await upload(client, member, content=huge)
+    assert resp.status_code == 422
+    assert "too big" in resp.json()["detail"]
+    assert "Shop printer" in resp.json()["detail"]
+    assert list(Path(settings.upload_dir).glob("*")) == []
+
+
+async def test_hotend_hotter_than_the_machine_allows_is_422(
+    client: httpx.AsyncClient, member: dict[str, str]
+) -> None:
+    resp = await upload(client, member, content=FDM.replace(b"M104 S215", b"M104 S300"))
+    assert resp.status_code == 422
+    assert "hotend temperature" in resp.json()["detail"]
+
+
+async def test_process_must_match_the_machine_kind(
+    client: httpx.AsyncClient, member: dict[str, str]
+) -> None:
+    resp = await upload(client, member, content=FDM, machine_kind="cnc_mill")
+    assert resp.status_code == 422
+    assert "fdm program" in resp.json()["detail"]
+
+
+async def test_firmware_altering_commands_need_an_operator(
+    client: httpx.AsyncClient, member: dict[str, str], operator: dict[str, str]
+) -> None:
+    risky = FDM + b"M500\n"
+    refused = await upload(client, member, content=risky)
+    assert refused.status_code == 422
+    assert "M500" in refused.json()["detail"]
+    assert "line 12" in refused.json()["detail"]
+    sneaky = await upload(client, member, content=risky, allow_firmware_commands="true")
+    assert sneaky.status_code == 403
+    allowed = await upload(client, operator, content=risky, allow_firmware_commands="true")
+    assert allowed.status_code == 201, allowed.text
+    assert allowed.json()["allow_firmware_commands"] is True
+
+
+async def test_kind_with_no_machine_in_the_shop_is_422(
+    client: httpx.AsyncClient, member: dict[str, str]
+) -> None:
+    resp = await upload(client, member, content=b"G21\nG0 X1\n", machine_kind="laser_cutter")
+    assert resp.status_code == 422
+    assert "no laser cutter" in resp.json()["detail"]

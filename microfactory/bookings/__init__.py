@@ -1,0 +1,1 @@
+"""Machine bookings: opening hours, rules, check-in, no-shows, maintenance and calendars."""

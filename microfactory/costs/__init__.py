@@ -1,0 +1,1 @@
+"""Mutualised costs: rates, membership plans and monthly statements from the usage log."""

@@ -1,0 +1,1 @@
+"""The design commons: content-addressed open designs, their licences, and OKH import."""

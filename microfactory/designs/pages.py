@@ -1,0 +1,246 @@
+"""Dashboard pages of the design library: browse, search, view, add, import, make.
+
+Members browse, add designs and make jobs from them; operators also import OKH manifests.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse, Response
+
+from microfactory.dashboard.web import (
+    CsrfChecked,
+    WebMember,
+    WebStaff,
+    redirect,
+    render,
+)
+from microfactory.deps import SessionDep, check_csrf
+from microfactory.designs import service
+from microfactory.designs.licences import licence_flags
+from microfactory.designs.models import Design
+from microfactory.designs.schemas import build_create
+from microfactory.designs.storage import store_uploads
+from microfactory.errors import DomainError, InvalidInputError
+from microfactory.fabrication.prusaslicer import MATERIALS
+from microfactory.jobs import preparation as job_preparation
+from microfactory.jobs import service as job_service
+from microfactory.machines import service as machine_service
+from microfactory.machines.models import MachineKind
+
+router = APIRouter(include_in_schema=False)
+
+PARAM_PREFIX = "p."
+
+
+@router.get("/designs", response_class=HTMLResponse)
+async def designs_page(
+    request: Request, session: SessionDep, user: WebMember, q: str = ""
+) -> HTMLResponse:
+    """Browse and search the design library."""
+    designs = await service.list_designs(session=session, q=q[:200] or None)
+    return render(
+        request,
+        "designs.html",
+        {
+            "designs": designs,
+            "q": q[:200],
+            "flags": {d.id: licence_flags(d.licence) for d in designs},
+            "staff": job_service.is_staff(user),
+        },
+    )
+
+
+def _new_context(error: str | None = None, form: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": error, "form": form or {}}
+
+
+@router.get("/designs/new", response_class=HTMLResponse)
+async def design_new_page(request: Request, user: WebMember) -> HTMLResponse:
+    """Show the form to add a design."""
+    return render(request, "design_new.html", _new_context())
+
+
+@router.post("/designs/new", response_class=HTMLResponse)
+async def design_new_submit(
+    request: Request,
+    session: SessionDep,
+    user: WebMember,
+    files: Annotated[list[UploadFile], File()],
+    csrf_token: Annotated[str, Form()] = "",
+    title: Annotated[str, Form(max_length=200)] = "",
+    licence: Annotated[str, Form(max_length=200)] = "",
+    description: Annotated[str, Form(max_length=20000)] = "",
+    authors: Annotated[str, Form(max_length=2000)] = "",
+    source_url: Annotated[str, Form(max_length=500)] = "",
+    version: Annotated[str, Form(max_length=64)] = "",
+    tags: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    """Add a design from the dashboard; the same files lead to the existing design."""
+    check_csrf(request, csrf_token)
+    settings = request.app.state.settings
+    form = {
+        "title": title,
+        "licence": licence,
+        "description": description,
+        "authors": authors,
+        "source_url": source_url,
+        "version": version,
+        "tags": tags,
+    }
+    try:
+        design_in = build_create(
+            title=title,
+            licence=licence,
+            description=description,
+            authors=[a for a in authors.splitlines() if a.strip()],
+            source_url=source_url or None,
+            version=version or None,
+            tags=[tags],
+        )
+        stored = await store_uploads(
+            [f for f in files if f.filename], settings.upload_dir, settings.max_upload_bytes
+        )
+        design, _created = await service.create(
+            session=session, owner=user, design_in=design_in, files=stored
+        )
+    except DomainError as exc:
+        return render(
+            request, "design_new.html", _new_context(exc.detail, form), status_code=exc.status_code
+        )
+    return redirect(f"/designs/{design.id}")
+
+
+@router.get("/designs/import", response_class=HTMLResponse)
+async def design_import_page(request: Request, user: WebStaff) -> HTMLResponse:
+    """Show the OKH import form (operators)."""
+    return render(request, "design_import.html", {"error": None})
+
+
+@router.post("/designs/import", response_class=HTMLResponse)
+async def design_import_submit(
+    request: Request,
+    session: SessionDep,
+    user: WebStaff,
+    files: Annotated[list[UploadFile], File()],
+    csrf_token: Annotated[str, Form()] = "",
+) -> Response:
+    """Import a design from an OKH manifest with its files, or a zip (operators)."""
+    check_csrf(request, csrf_token)
+    settings = request.app.state.settings
+    try:
+        stored = await store_uploads(
+            [f for f in files if f.filename],
+            settings.upload_dir,
+            settings.max_upload_bytes,
+            allow_zip=True,
+        )
+        design, _created = await service.import_okh(
+            session=session, owner=user, uploads=stored, settings=settings
+        )
+    except DomainError as exc:
+        return render(
+            request, "design_import.html", {"error": exc.detail}, status_code=exc.status_code
+        )
+    return redirect(f"/designs/{design.id}")
+
+
+async def _design_context(
+    request: Request, session: SessionDep, design: Design, user: Any
+) -> dict[str, Any]:
+    settings = request.app.state.settings
+    scad = service.parametric_file(design)
+    params = await service.parameter_schema(settings=settings, design_file=scad) if scad else []
+    groups: dict[str, list[Any]] = {}
+    for p in params:
+        groups.setdefault(p.group, []).append(p)
+    machines = [
+        m
+        for m in await machine_service.list_machines(session=session)
+        if m.driver != "manual" and m.enabled
+    ]
+    return {
+        "design": design,
+        "read": service.to_read(design),
+        "flags": licence_flags(design.licence),
+        "scad": scad,
+        "groups": groups,
+        "machines": machines,
+        "kinds": list(MachineKind),
+        "materials": list(MATERIALS),
+        "staff": job_service.is_staff(user),
+        "error": None,
+        "values": {},
+    }
+
+
+@router.get("/designs/{design_id}", response_class=HTMLResponse)
+async def design_page(
+    request: Request, design_id: int, session: SessionDep, user: WebMember
+) -> HTMLResponse:
+    """Show a design: licence and attribution, files with analysis, parameters, make."""
+    design = await service.get_or_raise(session=session, design_id=design_id)
+    return render(request, "design.html", await _design_context(request, session, design, user))
+
+
+def _form_parameters(form: Any) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for key in form:
+        if key.startswith(PARAM_PREFIX):
+            # A checkbox posts a hidden "false" and, when ticked, "true": the last one wins.
+            entries = [v for v in form.getlist(key) if isinstance(v, str)]
+            if entries:
+                values[key[len(PARAM_PREFIX) :]] = entries[-1]
+    return values
+
+
+@router.post("/designs/{design_id}/make", response_class=HTMLResponse)
+async def design_make(
+    request: Request, design_id: int, session: SessionDep, user: WebMember, _csrf: CsrfChecked
+) -> Response:
+    """Make a job from a design with the form's parameters, material, copies and machine."""
+    settings = request.app.state.settings
+    design = await service.get_or_raise(session=session, design_id=design_id)
+    form = await request.form()
+    raw = _form_parameters(form)
+    try:
+        file_field = str(form.get("file_id") or "")
+        if not file_field.isdigit():
+            raise InvalidInputError("choose which file of the design to make")
+        design_file = service.get_file_or_raise(design, int(file_field))
+        copies_field = str(form.get("copies") or "1")
+        if not copies_field.isdigit():
+            raise InvalidInputError("copies must be a whole number")
+        target = str(form.get("target") or "")
+        machine_id: int | None = None
+        machine_kind: MachineKind | None = None
+        if target.startswith("machine:") and target[8:].isdigit():
+            machine_id = int(target[8:])
+        elif target.startswith("kind:") and target[5:] in {k.value for k in MachineKind}:
+            machine_kind = MachineKind(target[5:])
+        parameters: dict[str, Any] = {}
+        if design_file.kind == "scad":
+            values, changed = await service.check_parameters(
+                settings=settings, design=design, design_file=design_file, parameters=raw
+            )
+            # The job records only what differs from the published design.
+            parameters = {name: values[name] for name in changed}
+        job = await job_preparation.create_from_design(
+            session=session,
+            owner=user,
+            design=design,
+            design_file=design_file,
+            parameters=parameters,
+            material=str(form.get("material") or "").strip() or None,
+            copies=int(copies_field),
+            machine_kind=machine_kind,
+            machine_id=machine_id,
+            settings=settings,
+        )
+    except DomainError as exc:
+        context = await _design_context(request, session, design, user)
+        context.update({"error": exc.detail, "values": raw})
+        return render(request, "design.html", context, status_code=exc.status_code)
+    return redirect(f"/jobs/{job.id}")

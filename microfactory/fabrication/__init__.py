@@ -1,0 +1,1 @@
+"""Turning designs into G-code: bounded OpenSCAD and PrusaSlicer workers, slicer profiles."""

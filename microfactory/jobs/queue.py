@@ -1,0 +1,303 @@
+"""The shop-wide queue: validation before queueing, and the matcher run against the database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from microfactory.config import Settings
+from microfactory.db import utcnow
+from microfactory.errors import ConflictError, InvalidInputError
+from microfactory.jobs.matcher import MachineView, QueuedJob, decide, incompatibility
+from microfactory.jobs.models import ENDED_STATES, Job, JobState
+from microfactory.machines.fleet import Fleet
+from microfactory.machines.models import Machine, MachineKind
+from microfactory.usage.models import UsageRecord
+
+log = logging.getLogger("microfactory.queue")
+
+PROCESS_KIND = {
+    "fdm": MachineKind.FDM_PRINTER,
+    "cnc": MachineKind.CNC_MILL,
+    "laser": MachineKind.LASER_CUTTER,
+}
+HEATING_MARGIN_C = 5.0  # a heater this far below its target is still warming up
+
+
+def _extents(analysis: dict[str, Any]) -> tuple[float, float, float] | None:
+    bbox = analysis.get("bbox_mm")
+    if not bbox:
+        return None
+    return (
+        round(bbox["max_x"] - bbox["min_x"], 3),
+        round(bbox["max_y"] - bbox["min_y"], 3),
+        round(bbox["max_z"] - bbox["min_z"], 3),
+    )
+
+
+def queued_job(job: Job) -> QueuedJob:
+    """Build the matcher's view of a job."""
+    analysis = job.analysis or {}
+    return QueuedJob(
+        id=job.id,
+        owner_id=job.owner_id,
+        kind=job.machine_kind.value,
+        priority=job.priority,
+        created_at=job.created_at,
+        estimated_s=analysis.get("estimated_time_s"),
+        size_mm=_extents(analysis) if job.machine_kind is MachineKind.FDM_PRINTER else None,
+        nozzle_mm=job.nozzle_diameter_mm,
+        material=job.material,
+        tags=frozenset(job.required_tags or []),
+        machine_id=job.requested_machine_id,
+        heats=job.machine_kind is MachineKind.FDM_PRINTER,
+        max_hotend_c=analysis.get("max_hotend_c"),
+        max_bed_c=analysis.get("max_bed_c"),
+    )
+
+
+def machine_view(machine: Machine, status: dict[str, Any], bed_clear: bool = True) -> MachineView:
+    """Build the matcher's view of a machine from the registry and its live status."""
+    caps = machine.capabilities or {}
+    volume = None
+    if machine.build_volume_x_mm and machine.build_volume_y_mm and machine.build_volume_z_mm:
+        volume = (machine.build_volume_x_mm, machine.build_volume_y_mm, machine.build_volume_z_mm)
+    temps = status.get("temperatures") or {}
+    heating = any(
+        (t.get("target") or 0) > 0
+        and t.get("actual", 0) < (t.get("target") or 0) - HEATING_MARGIN_C
+        for t in temps.values()
+    )
+    return MachineView(
+        id=machine.id,
+        kind=machine.kind.value,
+        volume_mm=volume,
+        nozzle_mm=caps.get("nozzle_diameter_mm"),
+        loaded_material=caps.get("loaded_material"),
+        tags=frozenset(caps.get("tags") or []),
+        idle=(
+            machine.enabled
+            and not machine.maintenance
+            and machine.driver != "manual"
+            and status.get("state") == "idle"
+            and not status.get("job_id")
+        ),
+        bed_clear=bed_clear,
+        heating=heating,
+        max_hotend_c=caps.get("max_hotend_c"),
+        max_bed_c=caps.get("max_bed_c"),
+    )
+
+
+def validate_job(
+    *,
+    analysis: dict[str, Any],
+    kind: MachineKind,
+    machines: list[Machine],
+    allow_firmware_commands: bool,
+    job_view: QueuedJob,
+) -> None:
+    """Refuse a job that no machine of the shop may run, with the reason (a 422).
+
+    Checks the process against the machine kind, firmware-altering commands, the build
+    volume, temperatures, nozzle, material and tags.
+    """
+    process = analysis.get("process")
+    expected = PROCESS_KIND.get(str(process))
+    if expected is not None and kind is not MachineKind.OTHER and expected is not kind:
+        raise InvalidInputError(
+            f"this G-code is a {process} program, but the job is for a "
+            f"{kind.value.replace('_', ' ')}"
+        )
+    commands = analysis.get("firmware_commands") or []
+    if commands and not allow_firmware_commands:
+        first = commands[0]
+        raise InvalidInputError(
+            f"line {first['line']}: {first['reason']}. Programs that change a machine's "
+            "firmware settings need an operator's permission for this job "
+            "(allow_firmware_commands)"
+        )
+    candidates = [m for m in machines if m.kind is kind]
+    if not candidates:
+        raise InvalidInputError(f"this shop has no {kind.value.replace('_', ' ')}")
+    reasons = []
+    for machine in candidates:
+        why = incompatibility(job_view, machine_view(machine, {"state": "idle"}))
+        if why is None or why == "pinned to another machine":
+            if why is None:
+                return
+            continue
+        reasons.append(f"{machine.name}: {why}")
+    size = job_view.size_mm
+    part = f" (the part is {size[0]:g} × {size[1]:g} × {size[2]:g} mm)" if size else ""
+    raise InvalidInputError(
+        f"no machine in this shop can run this job{part}: " + "; ".join(reasons)
+    )
+
+
+async def recent_usage(
+    session: AsyncSession, since: dt.datetime, owners: set[int]
+) -> dict[int, float]:
+    """Return each member's machine seconds since a time (the fair-share weight)."""
+    if not owners:
+        return {}
+    rows = await session.execute(
+        select(UsageRecord.user_id, func.sum(UsageRecord.active_s))
+        .where(UsageRecord.started_at >= since, UsageRecord.user_id.in_(owners))
+        .group_by(UsageRecord.user_id)
+    )
+    return {int(uid): float(total or 0) for uid, total in rows.all()}
+
+
+BlockedCheck = Callable[[QueuedJob, MachineView], str | None]
+
+
+async def _booking_checker(
+    session: AsyncSession, jobs: list[QueuedJob], machines: list[MachineView], now: dt.datetime
+) -> BlockedCheck | None:
+    """Return a check that refuses a machine a member has booked during the job's run."""
+    try:
+        from microfactory.bookings import service as booking_service
+    except ImportError:  # bookings not installed in this build
+        return None
+    conflicting = getattr(booking_service, "conflicting_booking", None)
+    if conflicting is None:
+        return None
+    verdicts: dict[tuple[int, int], str | None] = {}
+    for job in jobs:
+        for machine in machines:
+            if not machine.idle or incompatibility(job, machine) is not None:
+                continue
+            end = now + dt.timedelta(seconds=job.duration_s)
+            booking = await conflicting(
+                session=session, machine_id=machine.id, start=now, end=end, user_id=job.owner_id
+            )
+            if booking is not None:
+                verdicts[(job.id, machine.id)] = "the machine is booked by a member during the run"
+
+    def blocked(job: QueuedJob, machine: MachineView) -> str | None:
+        return verdicts.get((job.id, machine.id))
+
+    return blocked
+
+
+async def plan(
+    *, session: AsyncSession, fleet: Fleet, settings: Settings, now: dt.datetime | None = None
+) -> list[tuple[int, int]]:
+    """Match queued jobs to free machines and mark them assigned; return (job, machine) pairs.
+
+    The caller commits, then tells the supervisors to start (machines move after the commit).
+    """
+    now = now or utcnow()
+    jobs = list(
+        (
+            await session.execute(
+                select(Job).where(Job.state == JobState.QUEUED, Job.preparation == "ready")
+            )
+        ).scalars()
+    )
+    if not jobs:
+        return []
+    machines = list((await session.execute(select(Machine))).scalars())
+    held = set(
+        (
+            await session.execute(
+                select(Job.machine_id).where(
+                    Job.machine_id.is_not(None),
+                    Job.state.in_(
+                        [*ENDED_STATES, JobState.ASSIGNED, JobState.RUNNING, JobState.PAUSED]
+                    ),
+                )
+            )
+        ).scalars()
+    )
+    views = [machine_view(m, fleet.status(m), bed_clear=m.id not in held) for m in machines]
+    queued = [queued_job(j) for j in jobs]
+    usage = await recent_usage(
+        session,
+        now - dt.timedelta(days=settings.fair_share_window_days),
+        {j.owner_id for j in jobs},
+    )
+    blocked = await _booking_checker(session, queued, views, now)
+    decision = decide(
+        queued,
+        views,
+        recent_usage_s=usage,
+        max_heating=settings.max_heating_machines,
+        blocked=blocked,
+    )
+    by_id = {j.id: j for j in jobs}
+    for job_id, reason in decision.waiting.items():
+        by_id[job_id].waiting_reason = reason[:300]
+    for a in decision.assignments:
+        job = by_id[a.job_id]
+        job.state = JobState.ASSIGNED
+        job.machine_id = a.machine_id
+        job.waiting_reason = None
+    await session.flush()
+    return [(a.job_id, a.machine_id) for a in decision.assignments]
+
+
+class QueueRunner:
+    """Runs the matcher every few seconds, and at once when woken (a job queued, a bed cleared)."""
+
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], fleet: Fleet, settings: Settings
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.fleet = fleet
+        self.settings = settings
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the loop."""
+        self._task = asyncio.create_task(self._run(), name="queue-runner")
+
+    async def stop(self) -> None:
+        """Stop the loop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def wake(self) -> None:
+        """Run the matcher soon."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.queue_interval_s)
+            self._wake.clear()
+            try:
+                await self.run_once()
+            except Exception:  # the loop must survive one bad pass; the next one retries
+                log.exception("queue pass failed")
+
+    async def run_once(self) -> list[tuple[int, int]]:
+        """Assign what can be assigned and start it."""
+        async with self.sessionmaker() as session:
+            pairs = await plan(session=session, fleet=self.fleet, settings=self.settings)
+            await session.commit()
+        for job_id, machine_id in pairs:
+            sup = self.fleet.supervisors.get(machine_id)
+            try:
+                if sup is None:
+                    raise ConflictError("machine has no supervisor")
+                await sup.start_job(job_id)
+            except ConflictError as exc:
+                async with self.sessionmaker() as session, session.begin():
+                    job = await session.get(Job, job_id)
+                    if job is not None and job.state is JobState.ASSIGNED:
+                        job.state = JobState.QUEUED
+                        job.machine_id = None
+                        job.waiting_reason = f"start refused: {exc.detail}"[:300]
+        return pairs

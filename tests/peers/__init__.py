@@ -1,0 +1,1 @@
+"""Real peers (servers, simulators) that integration tests run against."""
