@@ -212,6 +212,8 @@ the simulator's turnaround and the driver's, and any latency (USB-serial adapter
 flight, about 6 short lines, which hides round trips up to about 11 ms at 115200 baud.
 pocket-and-contour.nc is motion-bound: its arcs take seconds each, so both methods finish
 together; streaming strategy matters for short segments (lasers, 3D-carved surfaces).
+Runs vary by a few percent from one to the next on a small machine:
+the simulator, the driver and the pty share the CPUs.
 """
     (REPO / "docs" / "bench-grbl.md").write_text(doc, encoding="utf-8")
     print(f"wrote {REPO / 'docs' / 'bench-grbl.md'}", file=sys.stderr)

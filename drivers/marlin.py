@@ -43,6 +43,7 @@ from drivers.base import (
 from drivers.serial_io import AsyncSerialLink
 
 log = logging.getLogger(__name__)
+_debug = log.isEnabledFor(logging.DEBUG)  # checked per line: a wire trace when asked for
 
 #: Commands that legitimately keep the firmware silent for minutes (homing, probing, heating,
 #: waiting for moves, filament change, dwell, auto-tune, calibration).
@@ -118,6 +119,7 @@ class Reply:
     temperatures: Mapping[str, Temperature] = field(default_factory=dict)
     position: Mapping[str, float] = field(default_factory=dict)
     error_class: ErrorClass | None = None
+    got: int | None = None  # the line number the firmware received (VirtualPrinter says it)
     message: str = ""  # error text, echo text or action name and arguments
 
 
@@ -130,6 +132,7 @@ _OK_P_RE = re.compile(r"(?:^|\s)P(\d+)(?=\s|$)")
 _OK_B_RE = re.compile(r"(?:^|\s)B(\d+)(?=\s|$)")
 _RESEND_RE = re.compile(r"^(?:resend|rs)\s*:?\s*N?\s*(\d+)", re.IGNORECASE)
 _LAST_LINE_RE = re.compile(r"Last Line:\s*(-?\d+)", re.IGNORECASE)
+_EXPECTED_GOT_RE = re.compile(r"expected line (\d+) got (\d+)", re.IGNORECASE)
 _FIRMWARE_NAME_RE = re.compile(r"FIRMWARE_NAME:\s*(.*?)(?:\s+[A-Z_]+:|$)")
 _CAP_RE = re.compile(r"^Cap:([A-Z0-9_]+):(\d)")
 
@@ -190,12 +193,18 @@ def parse_reply(line: str) -> Reply:
     if low.startswith("error:") or low.startswith("!!"):
         message = text[6:].strip() if low.startswith("error:") else text[2:].strip()
         last = _LAST_LINE_RE.search(message)
+        number = int(last.group(1)) if last else None
+        got = None
+        expected_got = _EXPECTED_GOT_RE.search(message)
+        if expected_got:
+            number, got = int(expected_got.group(1)) - 1, int(expected_got.group(2))
         error_class = classify_error(message) if low.startswith("error:") else ErrorClass.FATAL
         return Reply(
             ReplyKind.ERROR,
             text,
-            number=int(last.group(1)) if last else None,
+            number=number,
             error_class=error_class,
+            got=got,
             message=message,
         )
     if low.startswith(("busy:", "echo:busy")):
@@ -348,6 +357,7 @@ class MarlinDriver(Driver):
         self._junk_ok = False  # the ok of a cut line tail the firmware ran as a command
         self._loose_newlines = False  # the peer glues replies together (VirtualPrinter)
         self._settling = False  # after a rewind: waiting for stale replies to stop
+        self._sent_since_rewind: set[int] = set()
         self._settle_handle: asyncio.TimerHandle | None = None
         now = time.monotonic()
         self._last_progress = now
@@ -749,9 +759,13 @@ class MarlinDriver(Driver):
         assert self._link is not None
         if not self._inflight:
             self._last_progress = time.monotonic()  # the reply clock starts now
+        if _debug:
+            log.debug("marlin -> %s", line.wire)
         self._link.write(line.wire)
         self._inflight.append(line)
         self.stats["lines_sent"] += 1
+        if self._rewind_n is not None and line.number is not None:
+            self._sent_since_rewind.add(line.number)
 
     def _transmit_unnumbered(self, command: str) -> None:
         """Send a command at once, ahead of the window (M108); its ok is still counted."""
@@ -814,6 +828,8 @@ class MarlinDriver(Driver):
 
     def _on_line(self, text: str) -> None:
         reply = parse_reply(text)
+        if _debug:
+            log.debug("marlin <- %s", text)
         now = time.monotonic()
         self._last_rx = now
         if self._settling:
@@ -968,12 +984,35 @@ class MarlinDriver(Driver):
             self._halt(f"firmware error: {reply.message}")
             return
         self._last_error_class = error_class
+        if reply.number is not None and reply.got is not None:
+            wanted = reply.number + 1
+            if self._stale_copy(reply.got, wanted):
+                self.stats["stale_resends"] += 1
+                self._error_rewound = wanted  # the "Resend:" that follows is handled
+                self._pump()
+                return
         if reply.number is not None:
             # Marlin names the last good line; a "Resend:" for the next one follows. Rewind
             # now: some firmware (and VirtualPrinter's missing_lineno) never sends it.
             wanted = reply.number + 1
             self._resend(wanted, error_class)
             self._error_rewound = wanted
+
+    def _stale_copy(self, got: int, wanted: int) -> bool:
+        """Tell from "expected line X got Y" whether Y was a copy that needs no rewind."""
+        if got < wanted:
+            # A second copy of a line the firmware already has: forget that copy.
+            for line in self._inflight:
+                if line.number == got:
+                    self._inflight.remove(line)
+                    break
+            if self._rewind_n is not None and wanted > self._rewind_n:
+                self._rewind_n = None  # the firmware has the resent line
+                self._settling = False
+            self._cursor = max(self._cursor, min(wanted, self._next_n))
+            return self._cursor >= wanted
+        # A line sent before the last rewind, arriving out of sequence.
+        return self._rewind_n == wanted and got not in self._sent_since_rewind
 
     def _on_resend_line(self, number: int) -> None:
         self._paired_ok = True
@@ -1032,6 +1071,7 @@ class MarlinDriver(Driver):
         self._cursor = number
         self.stats["resends"] += 1
         log.info("marlin: resend from line %s (%s, %s in flight)", number, error_class, removed)
+        self._sent_since_rewind.clear()
         self._settling = True
         self._schedule_settle()
 
@@ -1159,6 +1199,7 @@ class MarlinDriver(Driver):
                 and now - self._last_probe > self.resend_probe_s
             ):
                 # The resent line got no reply at all: it was lost too. Send it again.
+                log.info("marlin: no reply to resent line %s; sending it again", self._rewind_n)
                 self._last_probe = now
                 self.stats["probes"] += 1
                 self._drop_inflight_from(self._rewind_n)
@@ -1175,6 +1216,7 @@ class MarlinDriver(Driver):
             ):
                 # No ok for a while: if one was lost on the link, the M105's "ok T:" answer
                 # accounts for every line before it (see _on_ok).
+                log.info("marlin: no ok for %.1f s; probing with M105", now - self._last_progress)
                 self._last_probe = now
                 self.stats["probes"] += 1
                 with contextlib.suppress(MachineOffline):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -10,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role
 from microfactory.accounts.schemas import UserCreate
+from microfactory.bookings import demo as booking_demo
 from microfactory.config import Environment, Settings
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import Machine
@@ -98,6 +100,34 @@ def demo_machines(speed_factor: float) -> list[MachineCreate]:
     ]
 
 
+DEMO_DESIGNS = Path(__file__).resolve().parent / "demo_data"
+
+
+async def seed_designs(*, session: AsyncSession, settings: Settings) -> None:
+    """Import the sample designs of the commons (the parametric L-bracket) if none exist."""
+    from starlette.datastructures import UploadFile
+
+    from microfactory.designs import service as design_service
+    from microfactory.designs.models import Design
+    from microfactory.designs.storage import store_uploads
+
+    if (await session.execute(select(Design.id).limit(1))).first() is not None:
+        return
+    for folder in sorted(p for p in DEMO_DESIGNS.iterdir() if p.is_dir()):
+        handles = [path.open("rb") for path in sorted(folder.iterdir()) if path.is_file()]
+        try:
+            uploads = [UploadFile(file=fh, filename=Path(fh.name).name) for fh in handles]
+            stored = await store_uploads(
+                uploads, settings.upload_dir, settings.max_upload_bytes, allow_zip=True
+            )
+            await design_service.import_okh(
+                session=session, owner=None, uploads=stored, settings=settings
+            )
+        finally:
+            for fh in handles:
+                fh.close()
+
+
 async def seed(*, session: AsyncSession, settings: Settings) -> list[DemoLogin]:
     """Seed the demo shop if the database is empty; return the demo logins."""
     if settings.environment is Environment.PRODUCTION:
@@ -111,12 +141,16 @@ async def seed(*, session: AsyncSession, settings: Settings) -> list[DemoLogin]:
                     password=login.password,
                     role=login.role,
                     full_name=f"Demo {login.role.value}",
+                    # The demo member is trusted, so their jobs start without approval.
+                    trusted=login.role is Role.MEMBER,
                 ),
             )
     has_machines = (await session.execute(select(Machine.id).limit(1))).first() is not None
     if not has_machines:
         for machine_in in demo_machines(settings.demo_speed_factor):
             await machine_service.create(session=session, machine_in=machine_in)
+    await seed_designs(session=session, settings=settings)
+    await booking_demo.seed(session=session)  # opening hours, machine profiles, rates, a plan
     return list(DEMO_USERS)
 
 

@@ -2,9 +2,10 @@
 
 How it stays fast (measured on vase.gcode, 6.3 MB, 224k lines; see docs/bench-analysis.md):
 
-- One vectorised pass over the bytes finds the plain ``G0``/``G1``/``G92`` lines, which are
-  97 % of a slicer's output, and parses their numbers eight bytes at a time (SWAR arithmetic
-  on uint64 words). Every other line goes through a small Python interpreter.
+- One vectorised pass over the bytes finds the plain ``G0``/``G1``/``G92`` lines (83 to 97 %
+  of the lines in the PrusaSlicer samples) and parses their numbers eight bytes at a time
+  (SWAR arithmetic on uint64 words). Every other line goes through a small Python
+  interpreter, except the slicer's per-feature tags, which are skipped.
 - Positions come from cumulative sums over the moves, in the order of the file.
 - The time estimate is a Marlin-style planner (classic jerk as PrusaSlicer models it, or
   junction deviation), but its look-ahead passes are min-plus scans over whole arrays instead
@@ -209,6 +210,7 @@ _UNTIMED_M: Final[dict[int, str]] = {
     0: "M0",
     10: "M1",
     6000: "M600",
+    60: "M6",
     1160: "M116",
 }
 _UNTIMED_G: Final[dict[int, str]] = {290: "G29", 380: "G38", 382: "G38.2", 383: "G38.3"}
@@ -252,7 +254,7 @@ _CURA_KEYS: Final = {
 }
 
 # Row kinds in the per-line table.
-_K_NONE, _K_G1, _K_G0, _K_G92, _K_G28, _K_CW, _K_CCW = 0, 1, 2, 3, 4, 5, 6
+_K_NONE, _K_G1, _K_G0, _K_G92, _K_G28, _K_CW, _K_CCW, _K_MODAL = 0, 1, 2, 3, 4, 5, 6, 7
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -277,11 +279,13 @@ def _read_source(source: str | bytes | os.PathLike[str]) -> tuple[bytes, str | N
 def _check_text(data: bytes, name: str | None) -> None:
     """Refuse binary or non-UTF-8 content with a clear message."""
     label = name or "input"
-    if not data.strip():
+    if not data or data.isspace():  # isspace stops at the first other byte; strip would copy
         raise AnalysisError(f"empty G-code file: {label}")
     nul = data.find(b"\x00")
     if nul >= 0:
         raise AnalysisError(f"not a text G-code file: {label} has a NUL byte at offset {nul}")
+    if data.isascii():
+        return
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -308,7 +312,7 @@ _FILL = np.array(
 )
 _POW10 = 10.0 ** np.arange(24)
 _AXIS_CODE = np.zeros(256, dtype=np.int64)
-for _i, _c in enumerate(b"XYZEF"):
+for _i, _c in enumerate(b"XYZEFS"):
     _AXIS_CODE[_c] = _i + 1
 _PAD = b"\n" * 32  # room for the eight-byte loads past the last line
 
@@ -372,13 +376,13 @@ _CHUNK: Final = 1 << 15
 
 @dataclass(slots=True)
 class _Table:
-    """Per-line arrays: row kind and X, Y, Z, E, F values (NaN when absent), axis-major."""
+    """Per-line arrays: row kind and X, Y, Z, E, F, S values (NaN when absent), axis-major."""
 
     nlines: int
     starts: I64
     ends: I64
     kind: npt.NDArray[np.int8]
-    vals: F64  # (5, nlines)
+    vals: F64  # (6, nlines)
     fast: Bools  # parsed already, or nothing for the interpreter to do
 
 
@@ -424,13 +428,15 @@ def _scan_slice(
     g0 = is_g & (b1 == 48) & (b2 == 32)
     g1 = is_g & (b1 == 49) & (b2 == 32)
     g92 = is_g & (b1 == 57) & (b2 == 50) & (b3 == 32)
-    cand = g0 | g1 | g92
+    # CAM programs often write moves as bare axis words that repeat the last G0/G1.
+    modal = (b0 == 88) | (b0 == 89) | (b0 == 90)
+    cand = g0 | g1 | g92 | modal
     # Lines the interpreter can skip: blank lines and PrusaSlicer/Cura tags such as ;TYPE:,
     # ;WIDTH:, ;HEIGHT:, ;Z: (about 15 % of a print file, 1 us each in Python).
     tag = (b0 == 59) & (((b1 == 84) & (b2 == 89)) | (b1 == 87) | (b1 == 72) | (b1 == 90))
     skip = tag | (starts == ends)
     kind = np.zeros(nlines, dtype=np.int8)
-    vals = np.full((5, nlines), np.nan)
+    vals = np.full((6, nlines), np.nan)
 
     # A word starts after a space or tab; a CR only ends one (CRLF files stay fast).
     line_of_sep = np.cumsum(sep_nl) - sep_nl
@@ -440,8 +446,18 @@ def _scan_slice(
     keep = cand[tok_line]
     tok, tok_line = tok[keep], tok_line[keep]
     letter_at = seps[tok] + 1
+    word_end = seps[tok + 1]
+    first = np.flatnonzero(modal)
+    if first.size:
+        # The first word of a modal line starts the line; it ends at the line's first separator.
+        first_sep = np.empty(nlines, dtype=np.int64)
+        first_sep[0] = 0
+        first_sep[1:] = np.flatnonzero(sep_nl)[:-1] + 1
+        letter_at = np.concatenate([letter_at, starts[first]])
+        word_end = np.concatenate([word_end, seps[first_sep[first]]])
+        tok_line = np.concatenate([tok_line, first])
     code = _AXIS_CODE[buf[letter_at]]
-    value, ok = _parse_numbers(buf, words, letter_at + 1, seps[tok + 1])
+    value, ok = _parse_numbers(buf, words, letter_at + 1, word_end)
     ok &= code > 0
     cand[tok_line[~ok]] = False  # any odd word sends the whole line to the slow path
     keep = cand[tok_line]
@@ -449,6 +465,7 @@ def _scan_slice(
     kind[g1 & cand] = _K_G1
     kind[g0 & cand] = _K_G0
     kind[g92 & cand] = _K_G92
+    kind[modal & cand] = _K_MODAL
     return starts, ends, kind, vals, cand | skip
 
 
@@ -464,7 +481,6 @@ class _Events:
     syncs: list[int] = field(default_factory=list)
     dwells: list[tuple[int, float | None, float | None]] = field(default_factory=list)
     arcs: dict[int, tuple[float, float, float | None]] = field(default_factory=dict)
-    spindle: dict[int, float] = field(default_factory=dict)  # S words, by line
     firmware: list[FirmwareCommand] = field(default_factory=list)
     untimed: dict[str, int] = field(default_factory=dict)
     notes: set[str] = field(default_factory=set)
@@ -496,7 +512,7 @@ class _Interpreter:
         self.t = table
         self.data = data
         self.ev = _Events()
-        self.motion = _K_NONE
+        self.motion = _K_G0  # GRBL's power-on motion mode
         self.motion_line = -1
         self.tool = 0
         self.plane = 17
@@ -621,14 +637,14 @@ class _Interpreter:
                 p[letter] = float(num) if num else None
         for m in ms:
             self._mcode(m, p, i)
-        if "T" in p and not ms and not gs:
+        if "T" in p and not gs and (not ms or 60 in ms):  # "T1" (Marlin), "M6 T1" (CNC)
             tool = int(p["T"] or 0)
             if tool != self.tool:
                 self.tool = tool
                 ev.tool_changes += 1
                 ev.syncs.append(i)
         if "S" in p and p["S"] is not None and not ms:
-            ev.spindle[i] = p["S"]
+            self.t.vals[5, i] = p["S"]  # spindle speed or laser power
         if "F" in p and p["F"] is not None:
             self.t.vals[4, i] = p["F"]
         motion_written = False
@@ -729,7 +745,7 @@ class _Interpreter:
             ev.spindle_on = True
             ev.m4 = ev.m4 or m == 40
             if s is not None:
-                ev.spindle[i] = s
+                self.t.vals[5, i] = s
         elif m == 820:
             ev.modes.append((i, "M82"))
         elif m == 830:
@@ -741,7 +757,7 @@ class _Interpreter:
         if m in _UNTIMED_M:
             name = _UNTIMED_M[m]
             ev.untimed[name] = ev.untimed.get(name, 0) + 1
-            if m in (0, 10, 6000):
+            if m in (0, 10, 60, 6000):
                 ev.syncs.append(i)
         if m in _FIRMWARE_M:
             reason, persistent = _FIRMWARE_M[m]
@@ -785,7 +801,8 @@ def _state_at(lines: I64, events: list[tuple[int, str]], on: str, off: str, init
         return np.full(lines.size, initial)
     at = np.array([ln for ln, _ in pts], dtype=np.int64)
     state = np.array([initial] + [v for _, v in pts])
-    return state[np.searchsorted(at, lines, side="left")]
+    # side="right": "G91 G1 X10" moves relatively; modes apply before motion on their line.
+    return state[np.searchsorted(at, lines, side="right")]
 
 
 @dataclass(slots=True)
@@ -825,22 +842,26 @@ def _positions(t: _Table, ev: _Events) -> _Placed:
         v = np.where(inch, v * INCH, v)
     # Feed is modal across every line, not just rows (a CNC line may hold only F).
     fcol = t.vals[4]
-    last_f = _ffill_index(~np.isnan(fcol))[rows]
+    last_f = _ffill_index(fcol > 0)[rows]  # Marlin ignores F0 (and NaN > 0 is False)
     feed_mm_min = np.where(last_f >= 0, fcol[np.maximum(last_f, 0)], DEFAULT_FEED_MM_S * 60)
     if inch.any():
         inch_f = _state_at(np.maximum(last_f, 0), ev.modes, "G20", "G21", False)
         feed_mm_min = np.where((last_f >= 0) & inch_f, feed_mm_min * INCH, feed_mm_min)
     present = ~np.isnan(v)
     setter = (kinds == _K_G92) | (kinds == _K_G28)
+    n = v.shape[1]
     pos = np.empty_like(v)
-    prev = np.empty_like(v)
+    prev = np.zeros_like(v)
     if not rel_e.any():
         # All absolute (the usual slicer output): a position is the last value written.
-        index = np.arange(v.shape[1])
+        # Column 0 of `padded` is the start position, so "nothing written yet" needs no
+        # special case.
+        padded = np.zeros((4, n + 1))
+        padded[:, 1:] = v
+        step = np.arange(1, n + 1)
         for a in range(4):
-            last = np.maximum.accumulate(np.where(present[a], index, -1))
-            pos[a] = np.where(last >= 0, v[a][np.maximum(last, 0)], 0.0)
-        prev[:, 0] = 0.0
+            last = np.maximum.accumulate(step * present[a])
+            pos[a] = padded[a][last]
         prev[:, 1:] = pos[:, :-1]
         delta = pos - prev
     else:
@@ -855,7 +876,6 @@ def _positions(t: _Table, ev: _Events) -> _Placed:
             at = np.maximum(last_abs, 0)
             base = np.where(last_abs >= 0, va[at] - cs[at], 0.0)
             pos[a] = np.where(here & ~relative, va, base + cs)
-            prev[a, 0] = 0.0
             prev[a, 1:] = pos[a, :-1]
             # Relative words are their own delta: exact, with no cancellation error.
             delta[a] = np.where(inc, va, pos[a] - prev[a])
@@ -1301,16 +1321,30 @@ def _sum_floats(text: str | None) -> float | None:
         return None
 
 
-def _detect_process(ev: _Events, extruding: bool, min_cut_z: float | None, arcs: bool) -> str:
+def _resolve_modal(t: _Table) -> None:
+    """Give the bare axis-word lines the motion of the last G0/G1/G2/G3 before them."""
+    modal = t.kind == _K_MODAL
+    if not modal.any():
+        return
+    kind = t.kind
+    motion = (kind == _K_G0) | (kind == _K_G1) | (kind == _K_CW) | (kind == _K_CCW)
+    last = _ffill_index(motion)
+    resolved = np.where(last >= 0, kind[np.maximum(last, 0)], _K_G0)  # GRBL starts in G0
+    # An arc needs its own I/J or R; without them the line is a straight feed move.
+    resolved = np.where((resolved == _K_CW) | (resolved == _K_CCW), _K_G1, resolved)
+    kind[modal] = resolved[modal]
+
+
+def _detect_process(ev: _Events, extruding: bool, min_cut_z: float | None, power: bool) -> str:
     """Tell 3D printing, milling and laser cutting apart."""
     if extruding or ev.heaters:
         return "fdm"
     if ev.laser_mode:
         return "laser"
     cuts_below_zero = min_cut_z is not None and min_cut_z < 0
-    if ev.spindle_on and not cuts_below_zero and (ev.m4 or bool(ev.spindle)):
+    if ev.spindle_on and not cuts_below_zero and (ev.m4 or power):
         return "laser" if min_cut_z is None or ev.m4 else "cnc"
-    if ev.spindle_on or cuts_below_zero or arcs:
+    if ev.spindle_on or cuts_below_zero or ev.arcs:
         return "cnc"
     return "unknown"
 
@@ -1322,13 +1356,16 @@ def analyse_gcode(
 ) -> GcodeAnalysis:
     """Analyse a G-code file (a path, or text containing newlines, or raw bytes).
 
-    Raises AnalysisError for empty, binary or non-UTF-8 input. CPU-bound: about 25 MB/s on
-    slicer output; from async code use analyse_gcode_async.
+    Raises AnalysisError for empty, binary or non-UTF-8 input. CPU-bound (20 to 40 MB/s on
+    slicer output on a small VM): from async code use analyse_gcode_async.
     """
     data, name = _read_source(path_or_text)
     _check_text(data, name)
     table = _scan(data)
     ev = _Interpreter(table, data).run(np.flatnonzero(~table.fast))
+    _resolve_modal(table)
+    s_col = table.vals[5]
+    s_vals = s_col[~np.isnan(s_col)]
 
     # Process first, from end points (arcs are split differently by Marlin and GRBL).
     placed = _positions(table, ev)
@@ -1338,7 +1375,7 @@ def analyse_gcode(
     extruding = bool(np.any(feed_rows & (delta[3] > 0) & ((delta[0] != 0) | (delta[1] != 0))))
     cut_z = placed.pos[2][feed_rows & moved_xyz]
     min_cut_z = float(cut_z.min()) if cut_z.size else None
-    process = _detect_process(ev, extruding, min_cut_z, bool(ev.arcs))
+    process = _detect_process(ev, extruding, min_cut_z, bool(s_vals.size))
 
     mv = _moves(placed, ev, process)
     n = mv.d.shape[1]
@@ -1355,8 +1392,9 @@ def analyse_gcode(
     work = (de > 0) & dxy if process == "fdm" else ~mv.rapid & (dxy | (dz != 0))
     bbox = None
     if work.any():
-        ends = np.compress(work, mv.end[:3], axis=1)
-        starts = ends - np.compress(work, mv.d[:3], axis=1)
+        which = np.flatnonzero(work)
+        ends = np.take(mv.end[:3], which, axis=1)
+        starts = ends - np.take(mv.d[:3], which, axis=1)
         lo = np.minimum(starts.min(axis=1), ends.min(axis=1))
         hi = np.maximum(starts.max(axis=1), ends.max(axis=1))
         bbox = BoundingBox(*(round(float(v), 4) for v in (*lo, *hi)))
@@ -1419,12 +1457,15 @@ def analyse_gcode(
 
     units = "mixed" if ev.inch_seen and ev.mm_seen else ("inch" if ev.inch_seen else "mm")
     notes = sorted(ev.notes)
+    if source == "defaults" and n:
+        kind = "GRBL" if process in ("cnc", "laser") else "Marlin"
+        notes.append(f"time assumes typical {kind} limits: pass the machine's limits to refine it")
     if ev.untimed:
         notes.append(
             "not timed (duration unknown): "
             + ", ".join(f"{k} x{v}" for k, v in sorted(ev.untimed.items()))
         )
-    spindle = max(ev.spindle.values()) if ev.spindle else None
+    spindle = float(s_vals.max()) if s_vals.size else None
     return GcodeAnalysis(
         process=process,
         line_count=table.nlines,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
@@ -18,14 +18,19 @@ from microfactory.dashboard.web import (
     LoginRequired,
     WebAdmin,
     WebMember,
+    WebStaff,
     redirect,
     render,
 )
+from microfactory.db import utcnow
 from microfactory.deps import SESSION_COOKIE, SessionDep, check_csrf
 from microfactory.errors import DomainError, NotAuthenticatedError
+from microfactory.jobs import queue as job_queue
 from microfactory.jobs import service as job_service
 from microfactory.jobs.explain import explain_failure
 from microfactory.jobs.files import store_upload
+from microfactory.jobs.matcher import order_queue
+from microfactory.jobs.models import ENDED_STATES, JobState
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import MachineKind
 
@@ -125,6 +130,55 @@ async def jobs_page(request: Request, session: SessionDep, user: WebMember) -> H
         request,
         "jobs.html",
         {"jobs": jobs, "machines": machines, "staff": job_service.is_staff(user)},
+    )
+
+
+@router.get("/queue", response_class=HTMLResponse)
+async def queue_page(request: Request, session: SessionDep, user: WebStaff) -> HTMLResponse:
+    """Show the shop-wide queue to operators: approve, reprioritise, dispatch, clear beds."""
+    fleet = request.app.state.fleet
+    machines = await machine_service.list_machines(session=session)
+    by_id = {m.id: m for m in machines}
+    jobs = await job_service.list_jobs(session=session, user=user)
+    owners = {u.id: u.username for u in await account_service.list_users(session=session)}
+    groups: dict[str, list[Any]] = {
+        "approval": [],
+        "preparing": [],
+        "queued": [],
+        "active": [],
+        "bed": [],
+    }
+    for j in jobs:
+        if j.state is JobState.SUBMITTED:
+            groups["approval"].append(j)
+        elif j.state is JobState.APPROVED:
+            groups["preparing"].append(j)
+        elif j.state is JobState.QUEUED:
+            groups["queued"].append(j)
+        elif j.state in (JobState.ASSIGNED, JobState.RUNNING, JobState.PAUSED):
+            groups["active"].append(j)
+        elif j.state in ENDED_STATES and j.machine_id is not None:
+            groups["bed"].append(j)
+    # Show the queue in the order the matcher would take it.
+    usage = await job_queue.recent_usage(
+        session,
+        utcnow() - dt.timedelta(days=request.app.state.settings.fair_share_window_days),
+        {j.owner_id for j in groups["queued"]},
+    )
+    order = [q.id for q in order_queue([job_queue.queued_job(j) for j in groups["queued"]], usage)]
+    groups["queued"].sort(key=lambda j: order.index(j.id))
+    idle = {
+        kind: [
+            m
+            for m in machines
+            if m.kind is kind and fleet.status(m).get("state") == "idle" and m.driver != "manual"
+        ]
+        for kind in MachineKind
+    }
+    return render(
+        request,
+        "queue.html",
+        {"groups": groups, "machines": by_id, "owners": owners, "idle": idle},
     )
 
 

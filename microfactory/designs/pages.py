@@ -243,4 +243,6 @@ async def design_make(
         context = await _design_context(request, session, design, user)
         context.update({"error": exc.detail, "values": raw})
         return render(request, "design.html", context, status_code=exc.status_code)
+    await session.commit()  # the job exists before its G-code is made
+    request.app.state.preparer.submit(job.id)
     return redirect(f"/jobs/{job.id}")

@@ -25,8 +25,7 @@ from microfactory.db import utcnow
 from microfactory.designs import service as design_service
 from microfactory.designs.licences import attribution, licence_flags
 from microfactory.designs.models import Design, DesignFile
-from microfactory.errors import ConflictError, DomainError, InvalidInputError
-from microfactory.fabrication import customizer
+from microfactory.errors import DomainError, InvalidInputError
 from microfactory.fabrication import service as fabrication_service
 from microfactory.fabrication.pipeline import prepare_gcode
 from microfactory.fabrication.runner import Limits
@@ -41,25 +40,6 @@ log = logging.getLogger("microfactory.preparation")
 
 SLICED_KINDS = frozenset({"stl", "3mf", "scad"})
 MAX_COPIES = 50
-
-
-def _check_parameters(
-    design: Design, design_file: DesignFile, path: Path, parameters: dict[str, Any]
-) -> dict[str, Any]:
-    """Validate parameters against the file's Customizer schema and the design's licence."""
-    if design_file.kind != "scad":
-        if parameters:
-            raise InvalidInputError(f"a {design_file.kind} file has no parameters to change")
-        return {}
-    params = customizer.parse_customizer(path.read_text(encoding="utf-8", errors="replace"))
-    values = customizer.validate_values(params, parameters)
-    changed = customizer.changed_names(params, parameters)
-    if changed and licence_flags(design.licence)["nd"]:
-        raise ConflictError(
-            f"the licence {design.licence} forbids derivatives, so the parameters "
-            f"({', '.join(changed)}) cannot be changed; make it with the default values"
-        )
-    return values
 
 
 async def _slicing_machine(
@@ -102,10 +82,14 @@ async def create_from_design(
     """Create a job from a design and settings; the G-code is made after the commit."""
     if not 1 <= copies <= MAX_COPIES:
         raise InvalidInputError(f"copies must be between 1 and {MAX_COPIES}")
-    path = design_service.file_path(settings, design_file)
-    values = await asyncio.to_thread(
-        _check_parameters, design, design_file, path, dict(parameters or {})
-    )
+    if design_file.kind == "scad":
+        values = await design_service.resolve_parameters(
+            settings=settings, design=design, design_file=design_file, parameters=parameters or {}
+        )
+    elif parameters:
+        raise InvalidInputError(f"a {design_file.kind} file has no parameters to change")
+    else:
+        values = {}
     if design_file.kind in SLICED_KINDS:
         kind = MachineKind.FDM_PRINTER
         if machine_kind not in (None, MachineKind.FDM_PRINTER):

@@ -11,7 +11,10 @@ from microfactory.bookings.models import MachineProfile
 from microfactory.usage.models import UsageRecord
 
 
-async def _energy_estimate(session: AsyncSession, machine_id: int, active_s: float) -> float | None:
+async def energy_estimate(
+    *, session: AsyncSession, machine_id: int, active_s: float
+) -> float | None:
+    """Estimate energy in Wh from the machine's rated power, or None when it has none."""
     # Rated power x active time: an upper bound (heaters cycle), good enough to share costs.
     power_w = await session.scalar(
         select(MachineProfile.power_w).where(MachineProfile.machine_id == machine_id)
@@ -39,7 +42,9 @@ async def append(
 ) -> UsageRecord:
     """Append one usage record (the log is never updated or deleted)."""
     if energy_wh is None:
-        energy_wh = await _energy_estimate(session, machine_id, max(0.0, active_s))
+        energy_wh = await energy_estimate(
+            session=session, machine_id=machine_id, active_s=max(0.0, active_s)
+        )
     record = UsageRecord(
         user_id=user_id,
         machine_id=machine_id,

@@ -158,9 +158,7 @@ MANIFEST = b"title: Evil\nlicense: MIT\ndesign-files:\n  - path: part.scad\n"
         (make_zip({"okh.yml": MANIFEST, "part.scad": b"x", "../evil.scad": b"x"}), 422, "climbs"),
         (make_zip({"okh.yml": MANIFEST, "/etc/evil.scad": b"x"}), 422, "absolute"),
         (
-            make_zip(
-                {"okh.yml": b"title: E\nlicense: MIT\ndesign-files: [{path: ../x.scad}]\n"}
-            ),
+            make_zip({"okh.yml": b"title: E\nlicense: MIT\ndesign-files: [{path: ../x.scad}]\n"}),
             422,
             "outside",
         ),

@@ -47,7 +47,8 @@ def test_the_sample_bracket_parameters() -> None:
 
 def test_every_annotation_kind() -> None:
     params = {p.name: p for p in parse_customizer(SCAD)}
-    assert list(params) == ["label", "size", "style", "plain", "rounded", "offset", "depth", "ratio"]
+    names = ["label", "size", "style", "plain", "rounded", "offset", "depth", "ratio"]
+    assert list(params) == names
     assert params["label"].description == "Label printed on the part"
     assert params["label"].max_length == 8
     assert [(o.value, o.label) for o in params["size"].options] == [(10, "Small"), (20, "Large")]

@@ -41,7 +41,7 @@ async def test_arguments_are_never_given_to_a_shell(tmp_path: Path) -> None:
 async def test_a_timeout_kills_the_process_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
     started = time.monotonic()
-    with pytest.raises(ToolTimeout, match="ran longer than 0.5 s") as caught:
+    with pytest.raises(ToolTimeout, match=r"ran longer than 0\.5 s") as caught:
         await run_bounded(
             ["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"],
             limits=Limits(timeout_s=0.5),

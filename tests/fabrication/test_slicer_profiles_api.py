@@ -27,7 +27,10 @@ async def make_printer(
 
 
 async def test_profile_is_generated_from_the_machine_and_editable_by_operators(
-    client: httpx.AsyncClient, admin: dict[str, str], operator: dict[str, str], member: dict[str, str]
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    operator: dict[str, str],
+    member: dict[str, str],
 ) -> None:
     machine = await make_printer(client, admin)
     url = f"/api/v1/machines/{machine['id']}/slicer-profile"

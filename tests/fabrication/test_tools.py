@@ -89,8 +89,10 @@ async def test_scad_to_gcode_with_a_generated_profile(tmp_path: Path) -> None:
     assert analysis["process"] == "fdm"
     assert analysis["max_hotend_c"] >= 240  # PETG temperatures from the generated profile
     bbox = analysis["bbox_mm"]
-    assert 0 <= bbox["min_x"] and bbox["max_x"] <= 220
-    assert 0 <= bbox["min_y"] and bbox["max_y"] <= 220
+    assert bbox["min_x"] >= 0
+    assert bbox["max_x"] <= 220
+    assert bbox["min_y"] >= 0
+    assert bbox["max_y"] <= 220
     assert bbox["max_z"] == pytest.approx(20, abs=0.3)
     # Two copies of a 40 x 30 mm footprint cannot fit inside one 40 x 30 box.
     assert (bbox["max_x"] - bbox["min_x"]) * (bbox["max_y"] - bbox["min_y"]) > 2 * 40 * 30

@@ -116,7 +116,8 @@ async def test_design_to_finished_print(
     assert [(u.job_id, u.outcome, u.material_kind) for u in usage] == [
         (job["id"], "finished", "PLA")
     ]
-    assert usage[0].material_g is not None and usage[0].material_g > 0
+    assert usage[0].material_g is not None
+    assert usage[0].material_g > 0
 
 
 async def test_a_tool_failure_is_shown_on_the_job(

@@ -125,6 +125,25 @@ class BridgedPrinter(virtual.VirtualPrinter):
 
     motion_scale = 1.0
 
+
+class FixedCounterPrinter(BridgedPrinter):
+    """VirtualPrinter whose checksum errors ask for lastN + 1, as Marlin does.
+
+    VirtualPrinter answers a checksum mismatch with `Resend: current_line + 1`, where
+    current_line counts every line with a valid checksum, including lines it rejected as out
+    of sequence. After a host has sent ahead (or resent a line the printer already had), the
+    next checksum error makes it skip lines or ask for one never sent. Tying current_line to
+    lastN removes that bug and nothing else (tests/drivers/marlin records the difference).
+    """
+
+    @property  # type: ignore[override]
+    def current_line(self) -> int:
+        return int(getattr(self, "lastN", 0))
+
+    @current_line.setter
+    def current_line(self, value: int) -> None:
+        pass  # lastN is set beside it wherever VirtualPrinter sets current_line
+
     def _performMove(self, line: str) -> None:  # noqa: N802 - VirtualPrinter's name
         _tls.motion_scale = self.motion_scale
         try:
@@ -165,8 +184,11 @@ class Bridge:
         self.stats["lines_from_host"] += 1
         if self.corrupt_rate <= 0 or self.rng.random() >= self.corrupt_rate or len(line) < 2:
             return line
+        # Only bytes before "*": VirtualPrinter's reader thread dies on a checksum that is
+        # not a number (int() raises), which would test nothing but that.
         body = bytearray(line[:-1])
-        i = self.rng.randrange(len(body))
+        star = body.rfind(b"*")
+        i = self.rng.randrange(star if star > 0 else len(body))
         body[i] = self.rng.choice([c for c in b"0123456789XYZEGN .-" if c != body[i]])
         self.stats["lines_corrupted"] += 1
         return bytes(body) + b"\n"
@@ -239,6 +261,11 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--simulated-errors", default="", help="e.g. 20:resend,30:checksum_mismatch"
     )
     parser.add_argument("--terminate", action="store_true", help="end every reply with \\n")
+    parser.add_argument(
+        "--fix-resend-counter",
+        action="store_true",
+        help="make checksum errors ask for lastN + 1 (see FixedCounterPrinter)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
     return parser.parse_args(argv)
 
@@ -258,9 +285,10 @@ def main(argv: list[str] | None = None) -> None:
     recorder = _Recorder(virtual.VirtualPrinter.command_regex, args.record)
     virtual.VirtualPrinter.command_regex = recorder
     BridgedPrinter.motion_scale = args.motion_scale
+    printer_class = FixedCounterPrinter if args.fix_resend_counter else BridgedPrinter
     data_folder = os.path.join(basedir, "data")
     os.makedirs(data_folder, exist_ok=True)
-    printer = BridgedPrinter(
+    printer = printer_class(
         StubSettings(values, basedir), None, data_folder, read_timeout=0.5, write_timeout=2.0
     )
     bridge = Bridge(printer, args)

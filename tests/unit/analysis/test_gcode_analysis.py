@@ -187,17 +187,21 @@ def test_result_is_json_ready() -> None:
 # -- both parsing paths agree ----------------------------------------------------------------
 
 
-def test_slow_path_gives_the_same_answer_as_the_fast_path() -> None:
+@pytest.mark.parametrize(
+    "path", [p for p in SAMPLES if p.name != "vase.gcode"], ids=lambda p: p.name
+)
+def test_slow_path_gives_the_same_answer_as_the_fast_path(path: Path) -> None:
     # A trailing comment sends every line through the Python interpreter instead of the
     # vectorised scan; bracket.gcode also spans two scan slices.
-    path = GCODE / "fdm" / "bracket.gcode"
     fast = analysed(path)
     lines = path.read_text().splitlines()
-    slow = analyse_gcode("\n".join(f"{line} ; x" if line[:1] == "G" else line for line in lines))
+    slow = analyse_gcode("\n".join(f"{line} ; x" if line[:1] in "GXYZ" else line for line in lines))
     assert slow.estimated_time_s == pytest.approx(fast.estimated_time_s, rel=1e-9)
     assert slow.filament_mm == pytest.approx(fast.filament_mm, rel=1e-9)
     assert slow.bbox_mm == fast.bbox_mm
     assert slow.move_count == fast.move_count
+    assert slow.max_spindle_s == fast.max_spindle_s
+    assert slow.process == fast.process
 
 
 def test_crlf_and_tabs_do_not_change_the_result() -> None:
@@ -275,6 +279,16 @@ def test_time_grows_with_distance_and_shrinks_with_feed() -> None:
     assert fast.estimated_time_s < slow.estimated_time_s / 5
 
 
+def test_empty_programs_and_zero_feed() -> None:
+    nothing = analyse_gcode("; only a comment\nG91\nM83\n")
+    assert nothing.move_count == 0
+    assert nothing.estimated_time_s == 0
+    assert nothing.bbox_mm is None
+    assert nothing.process == "unknown"
+    # F0 is ignored, as Marlin does: the move keeps the previous feed.
+    assert analyse_gcode("G1 X10 F600\nG1 X20 F0\n").estimated_time_s == pytest.approx(2, rel=0.05)
+
+
 def test_machine_limits_apply_when_the_file_has_none() -> None:
     program = "".join(f"G1 X{10 * (i % 2)} Y{i} F12000\n" for i in range(200))
     default = analyse_gcode(program)
@@ -329,11 +343,18 @@ def test_radius_arcs_take_the_short_way_for_positive_r() -> None:
     assert three_q.travel_distance_mm == pytest.approx(1 + 1.5 * half, rel=1e-3)
 
 
-def test_modal_cnc_lines_repeat_the_last_motion() -> None:
+@pytest.mark.parametrize("comment", ["", " ; slow path"])
+def test_modal_cnc_lines_repeat_the_last_motion(comment: str) -> None:
     explicit = analyse_gcode("M3 S1\nG1 Z-1 F300\nG1 X10\nG1 Y10\nG1 X0\n")
-    modal = analyse_gcode("M3 S1\nG1 Z-1 F300\nX10\nY10\nX0\n")
+    modal = analyse_gcode(f"M3 S1\nG1 Z-1 F300\nX10{comment}\nY10\nX0{comment}\n")
     assert modal.travel_distance_mm == pytest.approx(explicit.travel_distance_mm)
     assert modal.estimated_time_s == pytest.approx(explicit.estimated_time_s)
+    # Before any motion word GRBL is in G0; after an arc, bare words are straight feeds.
+    rapid = analyse_gcode(f"M3 S1\nX10 Y10{comment}\nG1 Z-1 F60\n")
+    assert rapid.bbox_mm is not None
+    assert rapid.bbox_mm.min_x == 10.0  # the first move was a rapid, not part of the work
+    after_arc = analyse_gcode(f"M3 S1\nG1 Z-1 F300\nG2 X10 Y0 I5 J0\nX20{comment}\n")
+    assert after_arc.travel_distance_mm == pytest.approx(1 + math.pi * 5 + 10, rel=1e-3)
 
 
 # -- risks, metadata and thumbnails ------------------------------------------------------------
@@ -556,3 +577,10 @@ def test_tool_changes_and_homing() -> None:
     # G28 X is timed as a move back to X0 at the current feed, as PrusaSlicer does.
     assert result.travel_distance_mm == pytest.approx(20.0)
     assert result.extrude_distance_mm == pytest.approx(20.0)
+
+
+def test_modes_apply_to_moves_on_their_own_line() -> None:
+    split = analyse_gcode("G1 X10 F600\nG91\nG1 X10\nG90\nG1 X5\n")
+    same = analyse_gcode("G1 X10 F600\nG91 G1 X10\nG90 G1 X5\n")
+    assert same.travel_distance_mm == pytest.approx(split.travel_distance_mm)
+    assert same.travel_distance_mm == pytest.approx(10 + 10 + 15)

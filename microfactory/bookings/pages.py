@@ -1,0 +1,606 @@
+"""Dashboard pages for bookings, usage and statements; they call the same services as the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import inspect
+
+from microfactory.accounts import service as account_service
+from microfactory.accounts.models import User
+from microfactory.bookings import hours, service
+from microfactory.bookings.deps import now as clock_now
+from microfactory.bookings.models import BookingStatus
+from microfactory.bookings.schemas import (
+    BookingCreate,
+    CertificationCreate,
+    ClosureCreate,
+    MaintenanceCreate,
+    OpeningHoursUpdate,
+    OpeningInterval,
+)
+from microfactory.costs import service as cost_service
+from microfactory.dashboard.web import CsrfChecked, WebMember, WebStaff, redirect, render
+from microfactory.deps import SessionDep
+from microfactory.errors import DomainError, InvalidInputError
+from microfactory.machines import service as machine_service
+from microfactory.machines.models import MachineKind
+from microfactory.notifications import service as notification_service
+from microfactory.usage import reports
+
+router = APIRouter(include_in_schema=False)
+DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+DURATIONS = (15, 30, 45, 60, 90, 120, 180, 240)
+
+
+def _tz(request: Request) -> ZoneInfo:
+    return ZoneInfo(request.app.state.settings.shop_timezone)
+
+
+def _parse_local(value: str, tz: ZoneInfo) -> dt.datetime:
+    """Parse a form's "YYYY-MM-DDTHH:MM" as shop-local time."""
+    try:
+        naive = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInputError(f"{value!r} is not a date and time like 2026-12-01T10:00") from None
+    if naive.tzinfo is not None:
+        return naive
+    return naive.replace(tzinfo=tz)
+
+
+async def _after_rollback(session: Any, user: User) -> User:
+    """Undo a refused action's writes and reload the caller (a rollback expires objects)."""
+    identity = inspect(user).identity  # readable even when the object is expired
+    await session.rollback()
+    assert identity is not None
+    return await account_service.get_or_raise(session=session, user_id=int(identity[0]))
+
+
+def _error_text(exc: DomainError) -> str:
+    return exc.detail
+
+
+def _with_message(url: str, message: str, key: str = "msg") -> str:
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}{key}={quote(message)}"
+
+
+# -- overview --------------------------------------------------------------------------------
+
+
+@router.get("/bookings", response_class=HTMLResponse)
+async def bookings_page(
+    request: Request, session: SessionDep, user: WebMember, msg: str | None = None
+) -> HTMLResponse:
+    """Show the machines to book, the member's bookings, their messages and calendar feed."""
+    tz = _tz(request)
+    now = clock_now(request)
+    machines = await machine_service.list_machines(session=session)
+    mine = await service.list_bookings(
+        session=session, user=user, start=now - dt.timedelta(days=1), mine=True
+    )
+    policy = await service.get_policy(session=session)
+    rows = []
+    for b in mine:
+        opens, closes = service.checkin_window(b, policy.checkin_grace_minutes)
+        rows.append(
+            {
+                "b": b,
+                "start": b.start_at.astimezone(tz),
+                "end": b.end_at.astimezone(tz),
+                "can_check_in": b.status is BookingStatus.BOOKED and opens <= now <= closes,
+                "can_cancel": b.status is BookingStatus.BOOKED
+                and (
+                    service.is_staff(user)
+                    or now <= b.start_at - dt.timedelta(minutes=policy.cancel_cutoff_minutes)
+                ),
+            }
+        )
+    notes = await notification_service.list_for_user(session=session, user_id=user.id, limit=20)
+    feed = await service.feed_token_of(session=session, user=user)
+    return render(
+        request,
+        "bookings.html",
+        {
+            "machines": machines,
+            "rows": rows,
+            "notes": notes,
+            "feed": feed,
+            "feed_url": request.query_params.get("feed_url"),
+            "msg": msg,
+            "tz": tz,
+            "machine_names": {m.id: m.name for m in machines},
+            "policy": policy,
+        },
+    )
+
+
+@router.post("/bookings/{booking_id}/cancel")
+async def cancel_submit(
+    request: Request, booking_id: int, session: SessionDep, user: WebMember, _csrf: CsrfChecked
+) -> Response:
+    """Cancel a booking from the dashboard."""
+    back = request.headers.get("referer") or "/bookings"
+    if not back.startswith(str(request.base_url)):
+        back = "/bookings"
+    try:
+        await service.cancel(
+            session=session,
+            booking_id=booking_id,
+            user=user,
+            tz=_tz(request),
+            now=clock_now(request),
+        )
+    except DomainError as exc:
+        return redirect(_with_message("/bookings", _error_text(exc)))
+    return redirect(_with_message("/bookings", f"Booking {booking_id} cancelled."))
+
+
+@router.post("/bookings/{booking_id}/check-in")
+async def check_in_submit(
+    request: Request, booking_id: int, session: SessionDep, user: WebMember, _csrf: CsrfChecked
+) -> Response:
+    """Check in to a booking from the dashboard."""
+    try:
+        await service.check_in(
+            session=session,
+            booking_id=booking_id,
+            user=user,
+            tz=_tz(request),
+            now=clock_now(request),
+        )
+    except DomainError as exc:
+        return redirect(_with_message("/bookings", _error_text(exc)))
+    return redirect(_with_message("/bookings", f"Checked in to booking {booking_id}."))
+
+
+@router.post("/bookings/feed")
+async def feed_submit(
+    request: Request,
+    session: SessionDep,
+    user: WebMember,
+    _csrf: CsrfChecked,
+    action: Annotated[str, Form()] = "new",
+) -> Response:
+    """Make (or revoke) the member's private calendar feed URL."""
+    if action == "revoke":
+        await service.revoke_feed_tokens(session=session, user=user)
+        return redirect(_with_message("/bookings", "Calendar feed URL revoked."))
+    value, _ = await service.new_feed_token(session=session, user=user)
+    url = str(request.url_for("member_feed")) + f"?token={value}"
+    # Shown once, like API tokens; the page keeps only the prefix afterwards.
+    return redirect("/bookings?feed_url=" + quote(url))
+
+
+# -- week calendar ---------------------------------------------------------------------------
+
+
+async def _calendar_context(
+    request: Request, session: Any, user: User, machine_id: int, start: str | None
+) -> dict[str, Any]:
+    tz = _tz(request)
+    now = clock_now(request)
+    machine = await machine_service.get_or_raise(session=session, machine_id=machine_id)
+    profile = await service.get_profile(session=session, machine_id=machine_id)
+    today = now.astimezone(tz).date()
+    try:
+        first = dt.date.fromisoformat(start) if start else today
+    except ValueError:
+        first = today
+    days = [first + dt.timedelta(days=i) for i in range(7)]
+    weekly = await service.weekly_schedule(session=session)
+    closures = await service.closure_days(session=session)
+    if weekly:
+        lo = min(o for _, o, _ in weekly)
+        hi = max(c for _, _, c in weekly)
+    else:
+        lo, hi = 8 * 60, 20 * 60  # open around the clock: show the usual working day
+    step = profile.slot_minutes
+    lo -= lo % step
+    range_start = hours.local_datetime(days[0], 0, tz)
+    range_end = hours.local_datetime(days[-1] + dt.timedelta(days=1), 0, tz)
+    busy = await service.busy_intervals(
+        session=session, machine_id=machine_id, start=range_start, end=range_end, user=user
+    )
+    open_spans = hours.open_intervals(
+        weekly=weekly, closures=closures, tz=tz, start=range_start, end=range_end
+    )
+    rows = []
+    for minute in range(lo, hi, step):
+        cells = []
+        for day in days:
+            s = hours.local_datetime(day, minute, tz)
+            e = s + dt.timedelta(minutes=step)
+            state, booking_id = "free", None
+            if not any(a <= s and e <= b for a, b in open_spans):
+                state = "closed"
+            for item in busy:
+                if item["start_at"] < e and item["end_at"] > s:
+                    state = "mine" if item["mine"] else item["kind"]
+                    booking_id = item["booking_id"]
+                    if item["kind"] == "booking":
+                        break
+            if state == "free" and s < now:
+                state = "past"
+            local = s.astimezone(tz)
+            cells.append(
+                {
+                    "state": state,
+                    "value": local.strftime("%Y-%m-%dT%H:%M"),
+                    "label": f"{DAY_NAMES[day.weekday()]} {day.day} {local.strftime('%H:%M')}",
+                    "booking_id": booking_id,
+                }
+            )
+        rows.append({"time": hours.format_minute(minute), "cells": cells})
+    durations = [d for d in DURATIONS if d % step == 0] or [step]
+    return {
+        "machine": machine,
+        "profile": profile,
+        "days": [
+            {"date": d, "label": f"{DAY_NAMES[d.weekday()]} {d.strftime('%d %b')}"} for d in days
+        ],
+        "rows": rows,
+        "prev": (first - dt.timedelta(days=7)).isoformat(),
+        "next": (first + dt.timedelta(days=7)).isoformat(),
+        "first": first.isoformat(),
+        "durations": durations,
+        "tzname": str(tz),
+        "ics_url": f"/api/v1/calendars/machines/{machine_id}.ics",
+    }
+
+
+@router.get("/bookings/machines/{machine_id}", response_class=HTMLResponse)
+async def calendar_page(
+    request: Request,
+    machine_id: int,
+    session: SessionDep,
+    user: WebMember,
+    start: str | None = None,
+    msg: str | None = None,
+    error: str | None = None,
+) -> HTMLResponse:
+    """Show a machine's week: free time to book, your bookings, others' taken time."""
+    ctx = await _calendar_context(request, session, user, machine_id, start)
+    return render(request, "booking_calendar.html", {**ctx, "msg": msg, "error": error})
+
+
+@router.post("/bookings/machines/{machine_id}", response_class=HTMLResponse)
+async def calendar_book(
+    request: Request,
+    machine_id: int,
+    session: SessionDep,
+    user: WebMember,
+    _csrf: CsrfChecked,
+    start: Annotated[str, Form(max_length=40)],
+    minutes: Annotated[int, Form(ge=1, le=24 * 60)] = 60,
+    week: Annotated[str, Form(max_length=20)] = "",
+) -> Response:
+    """Book the free time clicked on the calendar."""
+    tz = _tz(request)
+    back = f"/bookings/machines/{machine_id}" + (f"?start={quote(week)}" if week else "")
+    try:
+        begin = _parse_local(start, tz)
+        await service.create(
+            session=session,
+            booking_in=BookingCreate(
+                machine_id=machine_id, start=begin, end=begin + dt.timedelta(minutes=minutes)
+            ),
+            member=user,
+            tz=tz,
+            now=clock_now(request),
+        )
+    except DomainError as exc:
+        user = await _after_rollback(session, user)
+        ctx = await _calendar_context(request, session, user, machine_id, week or None)
+        return render(
+            request,
+            "booking_calendar.html",
+            {**ctx, "msg": None, "error": exc.detail},
+            status_code=exc.status_code,
+        )
+    local = begin.astimezone(tz).strftime("%a %d %b %H:%M")
+    return redirect(_with_message(back, f"Booked from {local} for {minutes} minutes."))
+
+
+# -- usage and statement ---------------------------------------------------------------------
+
+
+@router.get("/usage", response_class=HTMLResponse)
+async def usage_page(
+    request: Request, session: SessionDep, user: WebMember, month: str | None = None
+) -> HTMLResponse:
+    """Show the member's usage this month and every machine's utilisation over 14 days."""
+    tz = _tz(request)
+    now = clock_now(request)
+    month = month or cost_service.current_month(now, tz)
+    start, end = reports.month_bounds(month, tz)
+    records = await reports.entries(
+        session=session, user=user, start=start, end=end, user_id=user.id
+    )
+    by_machine = await reports.summary(
+        session=session, user=user, start=start, end=end, group_by="machine", user_id=user.id
+    )
+    days = 14
+    first = now.astimezone(tz).date() - dt.timedelta(days=days - 1)
+    util = await reports.utilisation(session=session, tz=tz, first_day=first, days=days)
+    charts: dict[int, dict[str, Any]] = {}
+    for row in util:
+        chart = charts.setdefault(
+            row["machine_id"], {"name": row["machine_name"], "bars": [], "used": 0.0, "open": 0.0}
+        )
+        chart["bars"].append(row)
+        chart["used"] += row["used_h"]
+        chart["open"] += row["open_h"]
+    machines = {m.id: m.name for m in await machine_service.list_machines(session=session)}
+    return render(
+        request,
+        "usage.html",
+        {
+            "month": month,
+            "records": records,
+            "by_machine": by_machine,
+            "charts": list(charts.values()),
+            "machines": machines,
+            "tz": tz,
+            "first": first,
+            "days": days,
+        },
+    )
+
+
+@router.get("/statement", response_class=HTMLResponse)
+async def statement_page(
+    request: Request, session: SessionDep, user: WebMember, month: str | None = None
+) -> HTMLResponse:
+    """Show the member's monthly statement."""
+    tz = _tz(request)
+    month = month or cost_service.current_month(clock_now(request), tz)
+    data = await cost_service.statement(
+        session=session, viewer=user, user_id=user.id, month=month, tz=tz
+    )
+    first = dt.date.fromisoformat(month + "-01")
+    prev = (first - dt.timedelta(days=1)).strftime("%Y-%m")
+    nxt = (first + dt.timedelta(days=32)).strftime("%Y-%m")
+    return render(request, "statement.html", {"st": data, "prev": prev, "next": nxt, "tz": tz})
+
+
+# -- operators -------------------------------------------------------------------------------
+
+
+async def _admin_context(request: Request, session: Any, user: User) -> dict[str, Any]:
+    weekly = await service.weekly_schedule(session=session)
+    per_day: dict[int, list[str]] = {d: [] for d in range(7)}
+    for w, o, c in weekly:
+        per_day[w].append(f"{hours.format_minute(o)}-{hours.format_minute(c)}")
+    machines = await machine_service.list_machines(session=session)
+    return {
+        "hours": [
+            {"day": DAY_NAMES[d], "weekday": d, "value": ", ".join(per_day[d])} for d in range(7)
+        ],
+        "closures": await service.list_closures(session=session),
+        "certs": await service.list_certifications(session=session, user=user),
+        "blocks": await service.list_maintenance(session=session),
+        "quotas": {
+            q.machine_kind.value: q.hours_per_week
+            for q in await service.list_quotas(session=session)
+        },
+        "machines": machines,
+        "machine_names": {m.id: m.name for m in machines},
+        "users": await account_service.list_users(session=session),
+        "kinds": list(MachineKind),
+        "tz": _tz(request),
+    }
+
+
+@router.get("/bookings/admin", response_class=HTMLResponse)
+async def admin_page(
+    request: Request,
+    session: SessionDep,
+    user: WebStaff,
+    msg: str | None = None,
+    error: str | None = None,
+) -> HTMLResponse:
+    """Show the operators' booking views: hours, closures, certifications, maintenance, quotas."""
+    ctx = await _admin_context(request, session, user)
+    return render(request, "booking_admin.html", {**ctx, "msg": msg, "error": error})
+
+
+async def _admin_action(
+    request: Request, session: Any, user: User, action: Any, done: str
+) -> Response:
+    try:
+        await action()
+    except DomainError as exc:
+        user = await _after_rollback(session, user)
+        ctx = await _admin_context(request, session, user)
+        return render(
+            request,
+            "booking_admin.html",
+            {**ctx, "msg": None, "error": exc.detail},
+            status_code=exc.status_code,
+        )
+    except ValueError as exc:  # pydantic validation of form input
+        user = await _after_rollback(session, user)
+        ctx = await _admin_context(request, session, user)
+        return render(
+            request, "booking_admin.html", {**ctx, "msg": None, "error": str(exc)}, status_code=422
+        )
+    return redirect(_with_message("/bookings/admin", done))
+
+
+@router.post("/bookings/admin/hours", response_class=HTMLResponse)
+async def admin_hours(
+    request: Request, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
+) -> Response:
+    """Replace the weekly opening hours ("09:00-12:00, 13:00-18:00" per day; empty = closed)."""
+    form = await request.form()
+
+    async def action() -> None:
+        intervals = []
+        for d in range(7):
+            text = str(form.get(f"day{d}", "")).strip()
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                if "-" not in part:
+                    raise InvalidInputError(f"{DAY_NAMES[d]}: write intervals like 09:00-18:00")
+                opens, closes = (x.strip() for x in part.split("-", 1))
+                intervals.append(OpeningInterval(weekday=d, opens=opens, closes=closes))
+        await service.set_weekly_schedule(
+            session=session, hours_in=OpeningHoursUpdate(intervals=intervals)
+        )
+
+    return await _admin_action(request, session, user, action, "Opening hours saved.")
+
+
+@router.post("/bookings/admin/closures", response_class=HTMLResponse)
+async def admin_closure(
+    request: Request,
+    session: SessionDep,
+    user: WebStaff,
+    _csrf: CsrfChecked,
+    first_day: Annotated[dt.date, Form()],
+    last_day: Annotated[dt.date | None, Form()] = None,
+    reason: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    """Close the shop for whole days."""
+
+    async def action() -> None:
+        await service.add_closure(
+            session=session,
+            closure_in=ClosureCreate(
+                first_day=first_day, last_day=last_day or first_day, reason=reason
+            ),
+        )
+
+    return await _admin_action(request, session, user, action, "Closure added.")
+
+
+@router.post("/bookings/admin/closures/{closure_id}/remove", response_class=HTMLResponse)
+async def admin_closure_remove(
+    request: Request, closure_id: int, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
+) -> Response:
+    """Remove a closure."""
+
+    async def action() -> None:
+        await service.remove_closure(session=session, closure_id=closure_id)
+
+    return await _admin_action(request, session, user, action, "Closure removed.")
+
+
+@router.post("/bookings/admin/certifications", response_class=HTMLResponse)
+async def admin_certify(
+    request: Request,
+    session: SessionDep,
+    user: WebStaff,
+    _csrf: CsrfChecked,
+    user_id: Annotated[int, Form()],
+    scope: Annotated[str, Form()],
+    expires: Annotated[str, Form()] = "",
+    note: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    """Certify a member for a machine ("machine:ID") or a kind ("kind:KIND")."""
+    tz = _tz(request)
+
+    async def action() -> None:
+        machine_id = (
+            int(scope[8:]) if scope.startswith("machine:") and scope[8:].isdigit() else None
+        )
+        kind = MachineKind(scope[5:]) if scope.startswith("kind:") else None
+        expires_at = (
+            hours.local_datetime(dt.date.fromisoformat(expires) + dt.timedelta(days=1), 0, tz)
+            if expires
+            else None
+        )
+        await service.grant_certification(
+            session=session,
+            cert_in=CertificationCreate(
+                user_id=user_id,
+                machine_id=machine_id,
+                machine_kind=kind,
+                expires_at=expires_at,
+                note=note,
+            ),
+            operator=user,
+        )
+
+    return await _admin_action(request, session, user, action, "Certification granted.")
+
+
+@router.post("/bookings/admin/certifications/{cert_id}/revoke", response_class=HTMLResponse)
+async def admin_revoke(
+    request: Request, cert_id: int, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
+) -> Response:
+    """Revoke a certification."""
+
+    async def action() -> None:
+        await service.revoke_certification(session=session, cert_id=cert_id)
+
+    return await _admin_action(request, session, user, action, "Certification revoked.")
+
+
+@router.post("/bookings/admin/maintenance", response_class=HTMLResponse)
+async def admin_maintenance(
+    request: Request,
+    session: SessionDep,
+    user: WebStaff,
+    _csrf: CsrfChecked,
+    machine_id: Annotated[int, Form()],
+    start: Annotated[str, Form()],
+    end: Annotated[str, Form()],
+    reason: Annotated[str, Form(max_length=2000)] = "",
+    on_conflict: Annotated[str, Form()] = "",
+) -> Response:
+    """Block machine time; overlapping bookings are cancelled or kept as chosen."""
+    tz = _tz(request)
+
+    async def action() -> None:
+        await service.create_maintenance(
+            session=session,
+            block_in=MaintenanceCreate(
+                machine_id=machine_id,
+                start=_parse_local(start, tz),
+                end=_parse_local(end, tz),
+                reason=reason,
+                on_conflict=on_conflict if on_conflict in ("cancel", "keep") else None,
+            ),
+            operator=user,
+            tz=tz,
+        )
+
+    return await _admin_action(request, session, user, action, "Maintenance block added.")
+
+
+@router.post("/bookings/admin/maintenance/{block_id}/remove", response_class=HTMLResponse)
+async def admin_maintenance_remove(
+    request: Request, block_id: int, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
+) -> Response:
+    """Remove a maintenance block."""
+
+    async def action() -> None:
+        await service.remove_maintenance(session=session, block_id=block_id)
+
+    return await _admin_action(request, session, user, action, "Maintenance block removed.")
+
+
+@router.post("/bookings/admin/quotas", response_class=HTMLResponse)
+async def admin_quota(
+    request: Request,
+    session: SessionDep,
+    user: WebStaff,
+    _csrf: CsrfChecked,
+    kind: Annotated[MachineKind, Form()],
+    hours_per_week: Annotated[str, Form()] = "",
+) -> Response:
+    """Set or clear a weekly quota."""
+
+    async def action() -> None:
+        value = float(hours_per_week) if hours_per_week.strip() else None
+        if value is not None and not 0 < value <= 168:
+            raise InvalidInputError("hours per week must be between 0 and 168")
+        await service.set_quota(session=session, kind=kind, hours_per_week=value)
+
+    return await _admin_action(request, session, user, action, "Quota saved.")

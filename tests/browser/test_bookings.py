@@ -1,0 +1,94 @@
+"""Bookings in Chromium on the demo shop: book a free slot, see it, cancel it; no double booking."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.browser.conftest import DemoServer, login
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _token(base: str, username: str, password: str) -> dict[str, str]:
+    resp = httpx.post(
+        base + "/api/v1/auth/token", data={"username": username, "password": password}, timeout=10
+    )
+    resp.raise_for_status()
+    return {"Authorization": f"Bearer {resp.json()['access_token']}"}
+
+
+def test_member_books_sees_and_cancels_and_nobody_else_gets_the_slot(
+    browser: Any, page: Any, demo_server: DemoServer
+) -> None:
+    base = demo_server.url
+    admin = _token(base, "admin", "admin-demo-pass")
+    created = httpx.post(
+        base + "/api/v1/users",
+        json={"username": "member2", "password": "member2-demo-pass"},
+        headers=admin,
+        timeout=10,
+    )
+    assert created.status_code in (201, 409)
+    machines = httpx.get(base + "/api/v1/machines", headers=admin, timeout=10).json()
+    printer = next(m for m in machines if m["name"] == "Prusa MK3S #2")
+    # The demo shop runs in UTC and opens 08:00-20:00 every day.
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).date()
+    slot = f"{tomorrow.isoformat()}T10:00"
+
+    login(page, base, "member", "member-demo-pass")
+    page.wait_for_url("**/machines")
+    page.get_by_role("link", name="Bookings", exact=True).click()
+    page.wait_for_url("**/bookings")
+    page.get_by_role("link", name="Prusa MK3S #2").click()
+    page.goto(f"{base}/bookings/machines/{printer['id']}?start={tomorrow.isoformat()}")
+    page.get_by_label("Length").select_option("60")
+    page.locator(f'button[data-start="{slot}"]').click()
+    page.wait_for_load_state()
+    assert "Booked from" in page.get_by_role("status").inner_text()
+    assert page.locator(f'[data-mine="{slot}"]').count() == 1
+    assert page.locator(f'button[data-start="{slot}"]').count() == 0
+
+    # It is in the member's .ics feed.
+    member = _token(base, "member", "member-demo-pass")
+    feed = httpx.post(base + "/api/v1/calendars/feed-token", headers=member, timeout=10).json()
+    ics = httpx.get(feed["url"], timeout=10).text
+    assert f"DTSTART;TZID=UTC:{tomorrow.strftime('%Y%m%d')}T100000" in ics or (
+        f"DTSTART:{tomorrow.strftime('%Y%m%d')}T100000Z" in ics
+    )
+
+    # A second member sees the time taken and cannot book it.
+    other_ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    other = other_ctx.new_page()
+    login(other, base, "member2", "member2-demo-pass")
+    other.wait_for_url("**/machines")
+    other.goto(f"{base}/bookings/machines/{printer['id']}?start={tomorrow.isoformat()}")
+    assert other.locator(f'button[data-start="{slot}"]').count() == 0
+    member2 = _token(base, "member2", "member2-demo-pass")
+    start = dt.datetime.fromisoformat(slot).replace(tzinfo=dt.UTC)
+    refused = httpx.post(
+        base + "/api/v1/bookings",
+        json={
+            "machine_id": printer["id"],
+            "start": (start + dt.timedelta(minutes=30)).isoformat(),
+            "end": (start + dt.timedelta(minutes=90)).isoformat(),
+        },
+        headers=member2,
+        timeout=10,
+    )
+    assert refused.status_code == 409
+    assert "already booked" in refused.json()["detail"]
+    other_ctx.close()
+
+    # The member sees it in their list and cancels it; the slot is free again.
+    page.goto(base + "/bookings")
+    row = page.locator("#my-bookings tbody tr", has_text="Prusa MK3S #2")
+    assert "booked" in row.inner_text()
+    row.get_by_role("button", name="Cancel").click()
+    page.wait_for_load_state()
+    assert "cancelled" in page.get_by_role("status").inner_text()
+    page.goto(f"{base}/bookings/machines/{printer['id']}?start={tomorrow.isoformat()}")
+    assert page.locator(f'button[data-start="{slot}"]').count() == 1
