@@ -114,7 +114,7 @@ class AsyncSerialLink:
         self._rxbuf.clear()
         return data
 
-    async def readline(self, timeout: float) -> str:
+    async def readline(self, timeout: float) -> str:  # noqa: ASYNC109 (a per-call budget)
         """Return the next line (without its newline); raise TimeoutError after `timeout` s."""
         async with asyncio.timeout(timeout):
             while not self._lines:
@@ -160,7 +160,7 @@ class AsyncSerialLink:
             loop.remove_writer(self._fd)
             self._tx_drained.set()
 
-    async def drain(self, timeout: float = 10.0) -> None:
+    async def drain(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 (per-call budget)
         """Wait until every queued byte has been handed to the kernel."""
         async with asyncio.timeout(timeout):
             await self._tx_drained.wait()
@@ -170,4 +170,3 @@ class AsyncSerialLink:
     def settings(self) -> dict[str, Any]:
         """Return the port settings, for status reports."""
         return {"port": self.port, "baudrate": self.baudrate}
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from sqlalchemy import text
 
 from microfactory import __version__
 from microfactory.accounts.routes import router as accounts_router
+from microfactory.analysis import shutdown_analysis_pool
 from microfactory.bookings.wiring import routers as booking_routers
 from microfactory.config import Settings
 from microfactory.dashboard.routes import install_dashboard_handlers
@@ -90,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
             if runner is not None:
                 await runner.stop()
             await app.state.fleet.stop()
+            await asyncio.to_thread(shutdown_analysis_pool)
             await app.state.engine.dispose()
 
     app = FastAPI(

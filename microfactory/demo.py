@@ -105,7 +105,7 @@ DEMO_DESIGNS = Path(__file__).resolve().parent / "demo_data"
 
 async def seed_designs(*, session: AsyncSession, settings: Settings) -> None:
     """Import the sample designs of the commons (the parametric L-bracket) if none exist."""
-    from starlette.datastructures import UploadFile
+    from fastapi import UploadFile
 
     from microfactory.designs import service as design_service
     from microfactory.designs.models import Design

@@ -44,7 +44,10 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": the commit happens when the route returns, before the response is sent.
+# With the default (after the response), a browser following a login redirect could arrive
+# before its session token was committed, and be sent back to the login page.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 

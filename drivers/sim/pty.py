@@ -3,6 +3,7 @@ opens the slave path exactly as it would open /dev/ttyUSB0."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import termios
 import tty
@@ -22,9 +23,7 @@ class PtyPair:
     def close(self) -> None:
         """Close both ends; a driver reading the slave sees the link drop."""
         for fd in (self.master_fd, self._slave_fd):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self.master_fd = -1
         self._slave_fd = -1

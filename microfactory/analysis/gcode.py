@@ -197,7 +197,6 @@ _FIRMWARE_M: Final[dict[int, tuple[str, bool]]] = {
     6650: ("M665 changes delta geometry", False),
     6660: ("M666 changes endstop adjustments", False),
     9070: ("M907 changes motor currents", False),
-    5040: ("M504 validates EEPROM contents", False),
 }
 _FIRMWARE_G: Final[dict[int, tuple[str, bool]]] = {
     281: ("G28.1 stores the G28 position in EEPROM (GRBL)", True),
@@ -516,6 +515,7 @@ class _Interpreter:
         self.motion_line = -1
         self.tool = 0
         self.plane = 17
+        self.text = ""  # the command being interpreted, comments removed
         self.thumb: tuple[int, int, int, list[str], str] | None = None
 
     def run(self, lines: I64) -> _Events:
@@ -621,6 +621,7 @@ class _Interpreter:
         head = code_part.split(None, 1)[0]
         if head in _M_STRING_ARGS:
             return
+        self.text = code_part
         gs: list[int] = []
         ms: list[int] = []
         p: dict[str, float | None] = {}
@@ -714,13 +715,11 @@ class _Interpreter:
             self.motion = _K_NONE
             self.motion_line = i
         elif g == 100 and p.get("L") in (2.0, 20.0):
-            lval = int(p["L"] or 0)
-            ev.firmware.append(
-                FirmwareCommand(i + 1, f"G10 L{lval}", "G10 L2/L20 writes work offsets", True)
-            )
+            reason = "G10 L2/L20 writes work offsets to EEPROM"
+            ev.firmware.append(FirmwareCommand(i + 1, self.text, reason, True))
         elif g in _FIRMWARE_G:
             reason, persistent = _FIRMWARE_G[g]
-            ev.firmware.append(FirmwareCommand(i + 1, f"G{g / 10:g}", reason, persistent))
+            ev.firmware.append(FirmwareCommand(i + 1, self.text, reason, persistent))
         elif g in _UNTIMED_G:
             name = _UNTIMED_G[g]
             ev.untimed[name] = ev.untimed.get(name, 0) + 1
@@ -761,7 +760,7 @@ class _Interpreter:
                 ev.syncs.append(i)
         if m in _FIRMWARE_M:
             reason, persistent = _FIRMWARE_M[m]
-            ev.firmware.append(FirmwareCommand(i + 1, f"M{m // 10}", reason, persistent))
+            ev.firmware.append(FirmwareCommand(i + 1, self.text, reason, persistent))
 
     def _limits(self, m: int, p: dict[str, float | None], i: int) -> None:
         out = self.ev.limits

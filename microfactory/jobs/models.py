@@ -78,8 +78,12 @@ class Job(TimestampMixin, Base):
     paused_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
     # Made from a design: what, with which settings, and whose work it is.
-    design_id: Mapped[int | None] = mapped_column(index=True)
-    design_file_id: Mapped[int | None]
+    design_id: Mapped[int | None] = mapped_column(
+        ForeignKey("designs.id", ondelete="SET NULL"), index=True
+    )
+    design_file_id: Mapped[int | None] = mapped_column(
+        ForeignKey("design_files.id", ondelete="SET NULL")
+    )
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     material: Mapped[str | None] = mapped_column(String(64))
     copies: Mapped[int] = mapped_column(default=1)

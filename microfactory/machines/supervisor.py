@@ -29,6 +29,7 @@ from drivers import (
     Status,
     create_driver,
 )
+from microfactory.bookings import service as booking_service
 from microfactory.db import utcnow
 from microfactory.errors import ConflictError
 from microfactory.jobs.models import ACTIVE_STATES, Job, JobState
@@ -337,6 +338,13 @@ class Supervisor:
                 assert job is not None
                 job.state = JobState.RUNNING
                 job.started_at = self._job_started_at
+                # Starting a job on a machine the member booked checks them in.
+                await booking_service.check_in_by_job(
+                    session=session,
+                    user_id=job.owner_id,
+                    machine_id=self.machine_id,
+                    at=self._job_started_at,
+                )
         try:
             await driver.start(program)
         except DriverError as exc:

@@ -79,8 +79,13 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one test module.
+
+    Module scope, not session: Playwright's sync API runs an event loop in this thread while
+    it is open, and the async tests of later modules need the thread free of one.
+    """
     require_or_skip(
         Path(CHROMIUM).exists() or shutil.which("chromium") is not None,
         "Debian's chromium is not installed (/usr/bin/chromium)",

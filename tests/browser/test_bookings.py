@@ -47,7 +47,7 @@ def test_member_books_sees_and_cancels_and_nobody_else_gets_the_slot(
     page.goto(f"{base}/bookings/machines/{printer['id']}?start={tomorrow.isoformat()}")
     page.get_by_label("Length").select_option("60")
     page.locator(f'button[data-start="{slot}"]').click()
-    page.wait_for_load_state()
+    page.wait_for_url("**msg=**")
     assert "Booked from" in page.get_by_role("status").inner_text()
     assert page.locator(f'[data-mine="{slot}"]').count() == 1
     assert page.locator(f'button[data-start="{slot}"]').count() == 0
@@ -88,7 +88,7 @@ def test_member_books_sees_and_cancels_and_nobody_else_gets_the_slot(
     row = page.locator("#my-bookings tbody tr", has_text="Prusa MK3S #2")
     assert "booked" in row.inner_text()
     row.get_by_role("button", name="Cancel").click()
-    page.wait_for_load_state()
+    page.wait_for_url("**/bookings?msg=**")
     assert "cancelled" in page.get_by_role("status").inner_text()
     page.goto(f"{base}/bookings/machines/{printer['id']}?start={tomorrow.isoformat()}")
     assert page.locator(f'button[data-start="{slot}"]').count() == 1

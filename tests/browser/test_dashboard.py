@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.conftest import DemoServer, login
 
@@ -16,7 +17,7 @@ SCREENSHOTS = Path(os.environ.get("MICROFACTORY_TEST_SCREENSHOTS", "/tmp/microfa
 
 def test_member_logs_in_and_sees_the_machines(page: Any, demo_server: DemoServer) -> None:
     login(page, demo_server.url, "member", "member-demo-pass")
-    page.wait_for_url("**/machines")
+    expect(page.get_by_role("heading", name="Machines", level=1)).to_be_visible()
     assert page.get_by_role("heading", name="Machines", level=1).is_visible()
     names = page.locator("article.machine h2").all_inner_texts()
     assert sorted(names) == sorted(
@@ -34,35 +35,35 @@ def test_member_logs_in_and_sees_the_machines(page: Any, demo_server: DemoServer
 
 def test_member_is_refused_the_admin_page(page: Any, demo_server: DemoServer) -> None:
     login(page, demo_server.url, "member", "member-demo-pass")
-    page.wait_for_url("**/machines")
+    expect(page.get_by_role("heading", name="Machines", level=1)).to_be_visible()
     response = page.goto(demo_server.url + "/admin/users")
     assert response.status == 403
-    assert page.get_by_role("heading", name="Not allowed").is_visible()
+    expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
     assert "admin" not in page.locator("main").inner_text().split("Not allowed", 1)[0]
 
 
 def test_admin_creates_a_user_on_the_admin_page(page: Any, demo_server: DemoServer) -> None:
     login(page, demo_server.url, "admin", "admin-demo-pass")
-    page.wait_for_url("**/machines")
-    page.get_by_role("link", name="Users").click()
+    expect(page.get_by_role("heading", name="Machines", level=1)).to_be_visible()
+    page.get_by_role("link", name="Users", exact=True).click()
     page.wait_for_url("**/admin/users")
     page.get_by_label("Username").fill("newbie")
     page.get_by_label("Password (8+ characters)").fill("newbie-pass-1")
     page.get_by_role("button", name="Create user").click()
-    page.wait_for_url("**/admin/users")
-    assert page.get_by_role("cell", name="newbie", exact=True).is_visible()
+    expect(page.get_by_role("cell", name="newbie", exact=True)).to_be_visible()
 
 
 def test_wrong_password_shows_an_error(page: Any, demo_server: DemoServer) -> None:
     login(page, demo_server.url, "member", "wrong-password")
-    assert page.get_by_role("alert").inner_text() == "incorrect username or password"
+    expect(page.get_by_role("alert")).to_have_text("incorrect username or password")
 
 
 def test_logout_ends_the_session(page: Any, demo_server: DemoServer) -> None:
     login(page, demo_server.url, "member", "member-demo-pass")
-    page.wait_for_url("**/machines")
+    expect(page.get_by_role("heading", name="Machines", level=1)).to_be_visible()
     page.get_by_role("button", name="Log out member").click()
     page.wait_for_url("**/login")
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
     page.goto(demo_server.url + "/machines")
     assert "/login" in page.url  # the session is gone
 
@@ -71,7 +72,7 @@ def test_phone_sized_screen_is_readable(browser: Any, demo_server: DemoServer) -
     context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
     page = context.new_page()
     login(page, demo_server.url, "member", "member-demo-pass")
-    page.wait_for_url("**/machines")
+    expect(page.get_by_role("heading", name="Machines", level=1)).to_be_visible()
     # No horizontal scrolling on a phone.
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 375

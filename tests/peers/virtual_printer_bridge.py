@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     data_folder = os.path.join(basedir, "data")
     os.makedirs(data_folder, exist_ok=True)
     printer = printer_class(
-        StubSettings(values, basedir), None, data_folder, read_timeout=0.5, write_timeout=2.0
+        StubSettings(values, basedir), None, data_folder, read_timeout=0.5, write_timeout=0.3
     )
     bridge = Bridge(printer, args)
     threads = [

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from microfactory.analysis import AnalysisError, analyse_3mf, analyse_mesh, analyse_stl
+from microfactory.analysis.mesh import _weld
 
 
 def _shared_data() -> Path:
@@ -245,3 +246,17 @@ def test_3mf_without_model_part() -> None:
         z.writestr("readme.txt", "hi")
     with pytest.raises(AnalysisError, match="no 3D model part"):
         analyse_3mf(buf.getvalue())
+
+
+def test_vertex_welding_matches_exact_comparison() -> None:
+    # float32 positions (binary STL) widened to float64 share 29 zero low bits; the hash
+    # must still tell them apart, and equal positions must get the same number.
+    rng = np.random.default_rng(1)
+    points = rng.random((50_000, 3)).astype(np.float32).astype(np.float64)
+    corners = points[rng.integers(0, len(points), 200_000)]
+    ours = _weld(corners)
+    _, expected = np.unique(corners, axis=0, return_inverse=True)
+    expected = expected.reshape(-1)
+    # Same partition: a one-to-one map between the two numberings.
+    pairs = np.unique(np.stack([ours, expected], axis=1), axis=0)
+    assert len(pairs) == len(np.unique(ours)) == len(np.unique(expected))
