@@ -90,6 +90,28 @@ def cli(data: Path, *args: str, stdin: str = "") -> str:
     return out.stdout.strip()
 
 
+def cpu_seconds(pid: int) -> float:
+    """Return a process's user + system CPU time so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """Return the CPU time of a process's live children (the simulator processes)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def run_streams(client: httpx.Client, machines: list[dict[str, Any]], gcode: bytes) -> list[float]:
     """Start one job per machine at once; return each stream's lines/s."""
     jobs = []
@@ -196,7 +218,13 @@ def main() -> None:
             stop = threading.Event()
             t = threading.Thread(target=poll_latency, args=(server.url, token, stop, lat))
             t.start()
+            cpu0 = cpu_seconds(server.proc.pid)
+            sims0 = children_cpu_seconds(server.proc.pid)
+            wall0 = time.monotonic()
             rates = run_streams(client, machines, gcode)
+            wall = time.monotonic() - wall0
+            server_cpu = (cpu_seconds(server.proc.pid) - cpu0) / wall
+            sims_cpu = (children_cpu_seconds(server.proc.pid) - sims0) / wall
             stop.set()
             t.join()
         finally:
@@ -216,6 +244,10 @@ def main() -> None:
     print(
         f"GET /api/v1/machines while streaming: p50 {q[49]:.1f} ms, p99 {q[98]:.1f} ms "
         f"({len(lat)} requests); idle p50 {statistics.median(idle_lat):.1f} ms"
+    )
+    print(
+        f"CPU while streaming: server process {server_cpu * 100:.0f} % of one core; the "
+        f"{len(rates)} simulator processes {sims_cpu * 100:.0f} % (machine: {os.cpu_count()} cores)"
     )
 
 

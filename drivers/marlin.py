@@ -43,7 +43,6 @@ from drivers.base import (
 from drivers.serial_io import AsyncSerialLink
 
 log = logging.getLogger(__name__)
-_debug = log.isEnabledFor(logging.DEBUG)  # checked per line: a wire trace when asked for
 
 #: Commands that legitimately keep the firmware silent for minutes (homing, probing, heating,
 #: waiting for moves, filament change, dwell, auto-tune, calibration).
@@ -330,6 +329,7 @@ class MarlinDriver(Driver):
         self._reader_task: asyncio.Task[None] | None = None
         self._ticker_task: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
+        self._trace = False
         self._reset_protocol_state()
 
     # -- state ----------------------------------------------------------------------------
@@ -402,6 +402,7 @@ class MarlinDriver(Driver):
         baudrate = int(self.settings.get("baudrate", 115200))
         await self._teardown()
         self._reset_protocol_state()
+        self._trace = log.isEnabledFor(logging.DEBUG)  # a wire trace, line by line
         self._set_status(state=MachineState.CONNECTING, message=f"connecting to {port}")
         link = AsyncSerialLink(str(port), baudrate)
         try:
@@ -759,7 +760,7 @@ class MarlinDriver(Driver):
         assert self._link is not None
         if not self._inflight:
             self._last_progress = time.monotonic()  # the reply clock starts now
-        if _debug:
+        if self._trace:
             log.debug("marlin -> %s", line.wire)
         self._link.write(line.wire)
         self._inflight.append(line)
@@ -828,7 +829,7 @@ class MarlinDriver(Driver):
 
     def _on_line(self, text: str) -> None:
         reply = parse_reply(text)
-        if _debug:
+        if self._trace:
             log.debug("marlin <- %s", text)
         now = time.monotonic()
         self._last_rx = now

@@ -110,10 +110,11 @@ class _Recorder:
         self.count = 0
 
     def match(self, data: str) -> Any:
-        self.count += 1
-        if self._file is not None:
-            self._file.write(data.strip() + "\n")
-            self._file.flush()
+        if data.strip():  # VirtualPrinter passes empty lines through here too
+            self.count += 1
+            if self._file is not None:
+                self._file.write(data.strip() + "\n")
+                self._file.flush()
         return self._regex.match(data)
 
     def __getattr__(self, name: str) -> Any:
@@ -124,6 +125,26 @@ class BridgedPrinter(virtual.VirtualPrinter):
     """VirtualPrinter with its move time scaled by --motion-scale."""
 
     motion_scale = 1.0
+
+    # _performMove sleeps in slices of _read_timeout; with moves taking no time, a long move
+    # (VirtualPrinter starts in relative mode, so absolute coordinates add up) would spin
+    # through millions of empty slices. Inside a move the slice is infinite instead.
+    @property
+    def _read_timeout(self) -> float:
+        if getattr(_tls, "motion_scale", 1.0) == 0:
+            return float("inf")
+        return self._bridge_read_timeout
+
+    @_read_timeout.setter
+    def _read_timeout(self, value: float) -> None:
+        self._bridge_read_timeout = value
+
+    def _performMove(self, line: str) -> None:  # noqa: N802 - VirtualPrinter's name
+        _tls.motion_scale = self.motion_scale
+        try:
+            super()._performMove(line)
+        finally:
+            _tls.motion_scale = 1.0
 
 
 class FixedCounterPrinter(BridgedPrinter):
@@ -143,13 +164,6 @@ class FixedCounterPrinter(BridgedPrinter):
     @current_line.setter
     def current_line(self, value: int) -> None:
         pass  # lastN is set beside it wherever VirtualPrinter sets current_line
-
-    def _performMove(self, line: str) -> None:  # noqa: N802 - VirtualPrinter's name
-        _tls.motion_scale = self.motion_scale
-        try:
-            super()._performMove(line)
-        finally:
-            _tls.motion_scale = 1.0
 
 
 def _write_all(fd: int, data: bytes, stop: threading.Event) -> None:
@@ -308,7 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.stats:
         with open(args.stats, "w", encoding="utf-8") as fh:
             json.dump({**bridge.stats, "executed": recorder.count}, fh)
-    sys.exit(0)
+    sys.stdout.flush()
+    # VirtualPrinter's RepeatedTimer threads (M155, M27) are not daemons: leave without them.
+    os._exit(0)
 
 
 if __name__ == "__main__":

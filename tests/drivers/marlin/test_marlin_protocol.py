@@ -103,7 +103,7 @@ def test_resend_forms(line: str, number: int) -> None:
         ("Error:Line Number is not Last Line Number+1, Last Line: 41", ErrorClass.LINENO, 41),
         ("Error:No Checksum with line number, Last Line: 3", ErrorClass.FORMAT, 3),
         ("Error:No Line Number with checksum, Last Line: 3", ErrorClass.FORMAT, 3),
-        ("Error: expected line 106 got 107", ErrorClass.LINENO, None),  # VirtualPrinter
+        ("Error: expected line 106 got 107", ErrorClass.LINENO, 105),  # VirtualPrinter
         ("Error: Checksum mismatch", ErrorClass.CHECKSUM, None),  # VirtualPrinter
         ("Error: Missing checksum", ErrorClass.FORMAT, None),  # VirtualPrinter
         ("Error:Thermal Runaway, system stopped! Heater_ID: 0", ErrorClass.FATAL, None),
@@ -117,6 +117,10 @@ def test_errors_are_classified(line: str, error_class: ErrorClass, number: int |
     assert reply.kind is ReplyKind.ERROR
     assert reply.error_class is error_class
     assert reply.number == number
+
+
+def test_virtual_printer_names_the_line_it_got() -> None:
+    assert parse_reply("Error: expected line 106 got 107").got == 107
 
 
 def test_busy_wait_echo_action_start() -> None:

@@ -136,22 +136,22 @@ async def test_emergency_stop(tmp_path: Path, bridges: list[Bridge]) -> None:
 # -- recorded differences between VirtualPrinter and Marlin (sim-marlin) ------------------
 
 
-async def converse(path: str, lines: list[str], quiet: float = 0.4) -> list[str]:
-    """Send raw lines, return every reply until the peer is quiet (newlines or not)."""
+async def converse(path: str, lines: list[str], quiet: float = 0.3) -> list[str]:
+    """Send raw lines one at a time; return every reply (newlines or not), "wait" left out."""
     link = AsyncSerialLink(path)
     await link.open()
     replies: list[str] = []
     try:
         for line in lines:
             link.write(line.encode() + b"\n")
-        while True:
-            try:
-                text = await link.readline(quiet)
-            except TimeoutError:
-                if not link.pending_partial():
-                    break
-                text = link.take_partial().decode()
-            replies.extend(p for p in split_replies(text) if p != "wait")
+            while True:  # until the peer has been quiet for `quiet` s
+                try:
+                    text = await link.readline(quiet)
+                except TimeoutError:
+                    if not link.pending_partial():
+                        break
+                    text = link.take_partial().decode()
+                replies.extend(p for p in split_replies(text) if p != "wait")
     finally:
         link.close()
     return replies
