@@ -177,17 +177,10 @@ async def recover_after_restart(session: AsyncSession) -> None:
         job.state = JobState.FAILED
         job.failure_reason = f"interrupted by a restart of microfactory{last}"
         job.ended_at = now
-        started = job.started_at or now
-        await usage_service.append(
+        await usage_service.record_job_run(
             session=session,
-            user_id=job.owner_id,
-            machine_id=machine.id,
-            job_id=job.id,
-            source="job",
-            started_at=started,
+            job=job,
             ended_at=now,
-            active_s=(now - started).total_seconds() - (job.paused_s or 0),
-            outcome=JobState.FAILED.value,
             lines_sent=job.last_acked_line,
             note="interrupted by restart; end time is the restart time",
         )

@@ -276,21 +276,16 @@ class Supervisor:
                         + (f": {job.last_line_text}" if job.last_line_text else "")
                         + ")"
                     )
-                started = job.started_at or self._job_started_at or ended
+                if job.started_at is None:
+                    job.started_at = self._job_started_at or ended
                 paused = self._paused_s
                 if self._paused_at is not None:
                     paused += time.monotonic() - self._paused_at
                 job.paused_s = paused
-                await usage_service.append(
+                await usage_service.record_job_run(
                     session=session,
-                    user_id=job.owner_id,
-                    machine_id=self.machine_id,
-                    job_id=job.id,
-                    source="job",
-                    started_at=started,
+                    job=job,
                     ended_at=ended,
-                    active_s=(ended - started).total_seconds() - paused,
-                    outcome=state.value,
                     lines_sent=progress.lines_sent if progress else 0,
                     material_kind=self.material_kind,
                     material_g=_material_g(job, progress.lines_acked if progress else 0),
