@@ -361,6 +361,7 @@ class MarlinDriver(Driver):
         self._settle_handle: asyncio.TimerHandle | None = None
         now = time.monotonic()
         self._last_progress = now
+        self._job_progress_at = now
         self._last_rx = now
         self._last_poll = now
         self._last_probe = 0.0
@@ -556,7 +557,7 @@ class MarlinDriver(Driver):
         if not program.lines:
             raise DriverError(f"program {program.name!r} has no G-code lines")
         self._job = _Job(program=program, started_at=time.time())
-        self._last_progress = time.monotonic()
+        self._last_progress = self._job_progress_at = time.monotonic()
         self._set_status(
             state=MachineState.RUNNING, message=program.name, progress=self._progress()
         )
@@ -579,6 +580,7 @@ class MarlinDriver(Driver):
             return
         self._require_ready()
         job.paused = False
+        self._job_progress_at = time.monotonic()
         self._set_status(state=MachineState.RUNNING, progress=self._progress())
         self._emit(EventKind.RESUMED, program=job.program.name)
         self._pump()
@@ -935,6 +937,7 @@ class MarlinDriver(Driver):
             self._last_poll = time.monotonic()
         job = self._job
         if job is not None and line.job_index is not None:
+            self._job_progress_at = time.monotonic()
             job.acked += 1
             job.last_acked = line.command
             now = time.monotonic()
@@ -1180,11 +1183,29 @@ class MarlinDriver(Driver):
         link = self._link
         if link is None or not link.is_open or self._halted is not None:
             return
-        waiting = bool(self._inflight) or self._cursor < self._next_n
+        job = self._job
+        job_waits = job is not None and not job.paused
+        waiting = bool(self._inflight) or self._cursor < self._next_n or job_waits
         long = any(e.long for e in self._inflight)
         if waiting:
             silent = now - self._last_progress
             limit = self.long_timeout_s if long else self.timeout_s
+            job_lines_out = any(e.job_index is not None for e in self._inflight)
+            if (
+                job is not None
+                and job_waits
+                and not job_lines_out
+                and self._cursor == self._next_n
+                and now - self._job_progress_at > limit
+            ):
+                # Everything was sent and nothing is in flight, yet lines are unanswered:
+                # the firmware skipped lines (VirtualPrinter's resend counter does).
+                total = len(job.program.lines)
+                self._halt(
+                    f"the job stalled: the printer acknowledged {job.acked} of {total} lines "
+                    "and nothing is in flight: it skipped lines or lost them; check the program ran"
+                )
+                return
             if silent > limit:
                 oldest = self._inflight[0] if self._inflight else None
                 what = f" for line {oldest.number} {oldest.command!r}" if oldest else ""

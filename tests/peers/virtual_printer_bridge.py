@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import os
+import queue
 import random
 import select
 import signal
@@ -184,6 +185,8 @@ class Bridge:
         self.printer = printer
         self.terminate = args.terminate
         self.corrupt_rate = args.corrupt_rate
+        self.latency = args.latency_ms / 1000.0
+        self._delayed: queue.Queue[tuple[float, bytes]] = queue.Queue()
         self.rng = random.Random(args.seed)
         self.stats = {"lines_from_host": 0, "lines_corrupted": 0, "unterminated_replies": 0}
         self.stop = threading.Event()
@@ -227,13 +230,19 @@ class Bridge:
                 self._feed(line)
 
     def _feed(self, data: bytes) -> None:
-        while data and not self.stop.is_set():
+        # Hand over only what fits in its 64-byte rx queue: VirtualPrinter.write() blocks on
+        # a full queue while holding _incoming_lock, which its reader needs to report a
+        # checksum error, so a blocking write stalls every error by write_timeout.
+        incoming = self.printer.incoming
+        while data and not self.stop.is_set() and incoming is not None:
+            space = incoming.maxsize - incoming.qsize()
+            if space <= 0:
+                time.sleep(0.0005)
+                continue
             try:
-                written = self.printer.write(data)
+                written = self.printer.write(data[:space])
             except SerialTimeoutException:
-                continue  # its rx queue stayed full for write_timeout s: keep trying
-            if not written and self.printer.incoming is None:
-                return  # closed
+                continue
             data = data[written:]
 
     def printer_to_host(self) -> None:
@@ -253,6 +262,21 @@ class Bridge:
                 self.stats["unterminated_replies"] += 1
                 if self.terminate:
                     item += b"\n"
+            if self.latency:
+                self._delayed.put((time.monotonic() + self.latency, item))
+            else:
+                _write_all(self.master_fd, item, self.stop)
+
+    def delay_line(self) -> None:
+        """Write replies `latency` after VirtualPrinter made them, in order (a USB adapter)."""
+        while not self.stop.is_set():
+            try:
+                due, item = self._delayed.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
             _write_all(self.master_fd, item, self.stop)
 
     def close(self) -> None:
@@ -273,6 +297,9 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--motion-scale", type=float, default=1.0)
     parser.add_argument(
         "--simulated-errors", default="", help="e.g. 20:resend,30:checksum_mismatch"
+    )
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="delay every reply (USB adapter latency)"
     )
     parser.add_argument("--terminate", action="store_true", help="end every reply with \\n")
     parser.add_argument(
@@ -309,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = [
         threading.Thread(target=bridge.host_to_printer, name="host->vp", daemon=True),
         threading.Thread(target=bridge.printer_to_host, name="vp->host", daemon=True),
+        threading.Thread(target=bridge.delay_line, name="latency", daemon=True),
     ]
     for thread in threads:
         thread.start()
