@@ -100,6 +100,10 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description="Operations server for makerspaces and microfactories.",
         lifespan=lifespan,
+        # FastAPI's /docs and /redoc pages load their JavaScript from a CDN; the server must
+        # work offline, so only the OpenAPI document itself is served.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = make_engine(settings.async_database_url)
