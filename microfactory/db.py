@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.engine import Dialect
@@ -96,27 +95,3 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Create the session factory; objects stay usable after commit."""
     return async_sessionmaker(engine, expire_on_commit=False)
-
-
-T = TypeVar("T")
-
-
-async def in_transaction(
-    sessionmaker: async_sessionmaker[AsyncSession], fn: Callable[[AsyncSession], Awaitable[T]]
-) -> T:
-    """Run `fn` in its own session and transaction (for scheduled tasks and supervisors)."""
-    async with sessionmaker() as session, session.begin():
-        return await fn(session)
-
-
-async def session_scope(
-    sessionmaker: async_sessionmaker[AsyncSession],
-) -> AsyncIterator[AsyncSession]:
-    """Yield a session that commits on success and rolls back on error."""
-    async with sessionmaker() as session:
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise

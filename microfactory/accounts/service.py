@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from microfactory.accounts.models import ApiToken, Role, TokenKind, User
+from microfactory.accounts.models import ApiToken, TokenKind, User
 from microfactory.accounts.schemas import UserCreate, UserUpdate
 from microfactory.accounts.security import (
     hash_password,
@@ -180,8 +180,3 @@ async def revoke_all_tokens(*, session: AsyncSession, user: User) -> None:
 async def count_users(*, session: AsyncSession) -> int:
     """Return how many users exist."""
     return int(await session.scalar(select(func.count(User.id))) or 0)
-
-
-def has_role(user: User, *roles: Role) -> bool:
-    """Return whether the user holds one of these roles (exact, not by rank)."""
-    return user.role in roles

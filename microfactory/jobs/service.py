@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from microfactory.accounts.models import Role, User
 from microfactory.analysis import AnalysisError, analyse_gcode_async
 from microfactory.analysis.gcode import limits_from_dict
-from microfactory.config import Settings
 from microfactory.db import utcnow
 from microfactory.errors import (
     ConflictError,
@@ -33,11 +32,6 @@ STAFF = frozenset({Role.OPERATOR, Role.ADMIN})
 def is_staff(user: User) -> bool:
     """Return whether the user is an operator or admin."""
     return user.role in STAFF
-
-
-def job_path(settings: Settings, job: Job) -> Path:
-    """Return where a job's G-code is stored."""
-    return settings.upload_dir / job.stored_name
 
 
 async def get_or_raise(*, session: AsyncSession, job_id: int) -> Job:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
     AnyHttpUrl,
@@ -258,6 +258,3 @@ class CommandResult(BaseModel):
     """What the machine answered to each line."""
 
     results: list[dict[str, Any]]
-
-
-StatusState = Literal["offline", "connecting", "idle", "running", "paused", "error"]

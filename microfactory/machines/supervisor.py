@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from drivers import (
@@ -160,8 +161,6 @@ class Supervisor:
         """Re-attach to a job the machine kept running while we were away (OctoPrint)."""
         attach = getattr(driver, "attach", None)
         async with self.sessionmaker() as session:
-            from sqlalchemy import select
-
             job = (
                 await session.execute(
                     select(Job).where(

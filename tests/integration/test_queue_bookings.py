@@ -111,3 +111,36 @@ async def test_starting_a_job_on_your_booked_machine_checks_you_in(
     got = (await live_client.get(f"/api/v1/bookings/{booked.json()['id']}", headers=member)).json()
     assert got["status"] == "checked_in"
     _ = member_user
+
+
+async def test_your_own_booking_is_no_obstacle_but_the_next_members_is(
+    live_app: Any, live_client: httpx.AsyncClient, make_user: UserFactory
+) -> None:
+    live_app.state.clock = Clock(NOW)
+    _, operator = await make_user("operator")
+    _, alice = await make_user("member")
+    _, bob = await make_user("member")
+    mill = await _setup(live_client, operator)
+    mine = await book(
+        live_client, alice, mill["id"], NOW + dt.timedelta(minutes=15), NOW + dt.timedelta(hours=1)
+    )
+    theirs = await book(
+        live_client, bob, mill["id"], NOW + dt.timedelta(hours=2), NOW + dt.timedelta(hours=3)
+    )
+    assert mine.status_code == theirs.status_code == 201
+    job = await _queued_job(live_client, alice, mill)
+    await live_client.post(f"/api/v1/jobs/{job['id']}/approve", headers=operator)
+
+    async def with_estimate(seconds: float) -> list[tuple[int, int]]:
+        async with live_app.state.sessionmaker() as session, session.begin():
+            from microfactory.jobs.models import Job
+
+            row = await session.get(Job, job["id"])
+            assert row is not None
+            row.analysis = {**row.analysis, "estimated_time_s": seconds}
+        return await _plan(live_app, NOW)
+
+    # Ninety minutes: runs into Alice's own booking (fine), ends before Bob's.
+    assert await with_estimate(90 * 60) == [(job["id"], mill["id"])]
+    # Three hours: would run into Bob's booking.
+    assert await with_estimate(3 * 3600) == []
