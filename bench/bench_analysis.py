@@ -53,12 +53,12 @@ print(json.dumps(out))
 """
 
 
-def shared_data() -> Path:
-    """Return ../shared/data beside the repository."""
-    for candidate in (REPO.parent / "shared" / "data", REPO / "shared" / "data"):
-        if candidate.is_dir():
-            return candidate
-    raise SystemExit("../shared/data not found beside the repository")
+def fdm_samples() -> list[Path]:
+    """Return the committed FDM samples plus the generated vase (tests/samples.py)."""
+    sys.path.insert(0, str(REPO))
+    from tests import samples
+
+    return [*sorted((samples.GCODE / "fdm").glob("*.gcode")), samples.vase_gcode()]
 
 
 @dataclass
@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
-    paths = sorted((shared_data() / "gcode" / "fdm").glob("*.gcode"))
+    paths = fdm_samples()
     ours: dict[Path, list[float]] = {p: [] for p in paths}
     theirs: dict[Path, list[float]] = {p: [] for p in paths}
     estimates: dict[Path, tuple[float, float | None]] = {}

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from drivers.base import EventKind, Program  # noqa: E402
 from drivers.sim.grbl import SimGrblDriver  # noqa: E402
 
-SAMPLES = REPO.parent / "shared" / "data" / "gcode"
+SAMPLES = REPO / "tests" / "data" / "gcode"
 BYTE_RATE = 115200 / 10
 
 

@@ -37,7 +37,6 @@ from drivers.marlin import MarlinDriver, format_line  # noqa: E402
 from drivers.serial_io import AsyncSerialLink  # noqa: E402
 
 BRIDGE = REPO / "tests" / "peers" / "virtual_printer_bridge.py"
-VASE = REPO.parent / "shared" / "data" / "gcode" / "fdm" / "vase.gcode"
 OWN = re.compile(r"^(M105|M110|M115|M155)\b")  # lines the hosts send on their own
 
 
@@ -165,7 +164,9 @@ async def run(args: argparse.Namespace) -> list[Result]:
     python = Path(args.octoprint_venv) / "bin" / "python"
     if not python.exists():
         raise SystemExit(f"OctoPrint's venv not found at {python}; run scripts/octoprint-venv.sh")
-    source = Program.from_file(VASE)
+    from tests.samples import vase_gcode
+
+    source = Program.from_file(vase_gcode())
     lines = tuple(
         line for line in source.lines[: args.lines] if not re.match(r"M(109|190)\b", line)
     )

@@ -31,11 +31,10 @@ PG_URL = os.environ.get("MICROFACTORY_TEST_POSTGRES_URL")
 
 
 def shared_data_dir() -> Path:
-    """Return the shared sample data (../shared/data beside the repo)."""
-    for candidate in (REPO.parent / "shared" / "data", REPO / "shared" / "data"):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("../shared/data not found beside the repository")
+    """Return the committed sample data (tests/data; see its README)."""
+    from tests.samples import DATA
+
+    return DATA
 
 
 def require_or_skip(available: bool, reason: str) -> None:

@@ -21,8 +21,9 @@ from drivers.base import (
 )
 from drivers.registry import create_driver
 from drivers.sim.grbl import GrblSimulator, SimGrblDriver
+from tests import samples
 
-SHARED = Path(__file__).resolve().parents[4] / "shared" / "data" / "gcode"
+SHARED = samples.GCODE
 
 
 def sample(name: str) -> Program:

@@ -23,20 +23,10 @@ from microfactory.analysis import (
     analyse_gcode_async,
     shutdown_analysis_pool,
 )
+from tests import samples
 
 
-def _shared_data() -> Path:
-    """Find ../shared/data beside the repository (CI keeps a copy there too)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "pyproject.toml").is_file():
-            for candidate in (parent.parent / "shared" / "data", parent / "shared" / "data"):
-                if candidate.is_dir():
-                    return candidate
-    raise FileNotFoundError("../shared/data not found beside the repository")
-
-
-DATA = _shared_data()
+DATA = samples.DATA
 GCODE = DATA / "gcode"
 FDM = sorted((GCODE / "fdm").glob("*.gcode"))
 SAMPLES = sorted(p for p in GCODE.rglob("*") if p.is_file())
@@ -44,13 +34,13 @@ SAMPLES = sorted(p for p in GCODE.rglob("*") if p.is_file())
 
 @cache
 def analysed(path: Path) -> GcodeAnalysis:
-    """Analyse each sample once per test session (vase.gcode takes a few hundred ms)."""
+    """Analyse each sample once per test session."""
     return analyse_gcode(path)
 
 
 def test_every_sample_is_present() -> None:
     names = {p.name for p in SAMPLES}
-    assert {"cube.gcode", "bracket.gcode", "vase.gcode", "laser-spiral.nc"} <= names
+    assert {"cube.gcode", "bracket.gcode", "laser-spiral.nc"} <= names
     assert {"helloworld-cambam.nc", "pocket-and-contour.nc"} <= names
 
 
@@ -59,7 +49,6 @@ def test_every_sample_is_present() -> None:
     [
         ("cube.gcode", "fdm"),
         ("bracket.gcode", "fdm"),
-        ("vase.gcode", "fdm"),
         ("helloworld-cambam.nc", "cnc"),
         ("pocket-and-contour.nc", "cnc"),
         ("laser-spiral.nc", "laser"),

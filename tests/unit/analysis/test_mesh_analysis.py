@@ -13,19 +13,10 @@ import pytest
 
 from microfactory.analysis import AnalysisError, analyse_3mf, analyse_mesh, analyse_stl
 from microfactory.analysis.mesh import _weld
+from tests import samples
 
 
-def _shared_data() -> Path:
-    """Find ../shared/data beside the repository (CI keeps a copy there too)."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "pyproject.toml").is_file():
-            for candidate in (parent.parent / "shared" / "data", parent / "shared" / "data"):
-                if candidate.is_dir():
-                    return candidate
-    raise FileNotFoundError("../shared/data not found beside the repository")
-
-
-BRACKET = _shared_data() / "designs" / "l-bracket" / "l-bracket.stl"
+BRACKET = samples.BRACKET / "l-bracket.stl"
 
 # A unit cube, 12 triangles wound counter-clockwise seen from outside (outward normals).
 CUBE_V = np.array(
