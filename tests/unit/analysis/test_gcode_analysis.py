@@ -25,7 +25,6 @@ from microfactory.analysis import (
 )
 from tests import samples
 
-
 DATA = samples.DATA
 GCODE = DATA / "gcode"
 FDM = sorted((GCODE / "fdm").glob("*.gcode"))

@@ -15,7 +15,6 @@ from microfactory.analysis import AnalysisError, analyse_3mf, analyse_mesh, anal
 from microfactory.analysis.mesh import _weld
 from tests import samples
 
-
 BRACKET = samples.BRACKET / "l-bracket.stl"
 
 # A unit cube, 12 triangles wound counter-clockwise seen from outside (outward normals).
