@@ -1,4 +1,14 @@
 # microfactory: python:3.11-slim, a non-root user, data in a volume.
+# Stage 1 builds the wheel (migrations and dashboard files ship inside it); stage 2 installs it.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY microfactory ./microfactory
+COPY drivers ./drivers
+COPY migrations ./migrations
+COPY web ./web
+RUN pip wheel --no-cache-dir --no-deps -w /dist .
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,14 +26,8 @@ RUN apt-get update \
  && useradd --create-home --uid 10001 --user-group microfactory \
  && mkdir -p /data && chown microfactory:microfactory /data
 
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY microfactory ./microfactory
-COPY drivers ./drivers
-COPY migrations ./migrations
-COPY web ./web
-# Editable install: migrations/ and web/ are found beside the package.
-RUN pip install -e . && chown -R root:root /app
+COPY --from=build /dist /dist
+RUN pip install /dist/*.whl && rm -rf /dist
 
 USER microfactory
 VOLUME ["/data"]

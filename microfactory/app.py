@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 
-from microfactory import __version__
+from microfactory import __version__, resources
 from microfactory.accounts.routes import router as accounts_router
 from microfactory.analysis import shutdown_analysis_pool
 from microfactory.bookings.wiring import routers as booking_routers
@@ -38,8 +37,6 @@ from microfactory.middleware import BodySizeLimit, Metrics, RequestMetrics
 from microfactory.scheduler import Scheduler
 
 log = logging.getLogger("microfactory")
-
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 class _FleetCollector(Collector):
@@ -136,7 +133,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(dashboard_router)
     for router in booking_routers():
         app.include_router(router)
-    app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+    app.mount("/static", StaticFiles(directory=resources.web_dir() / "static"), name="static")
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(request: Request) -> JSONResponse:

@@ -16,9 +16,20 @@ log = logging.getLogger("microfactory.cli")
 T = TypeVar("T")
 
 
+def _require_database(settings: Settings) -> None:
+    """Exit with one line saying what to run when the database is missing or not migrated."""
+    from microfactory import migrate
+
+    problem = migrate.problem(settings)
+    if problem is not None:
+        raise SystemExit(f"error: {problem}")
+
+
 def _run_db(settings: Settings, fn: Callable[..., Awaitable[T]]) -> T:
-    """Run a coroutine with a session that commits on success."""
+    """Run a coroutine with a session that commits on success, on a migrated database."""
     from microfactory.db import make_engine, make_sessionmaker
+
+    _require_database(settings)
 
     async def runner() -> T:
         engine = make_engine(settings.async_database_url)
@@ -58,6 +69,9 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     if args.db_command == "upgrade":
         migrate.upgrade(settings, args.revision)
     else:
+        problem = migrate.problem(settings)
+        if problem is not None and "no database" in problem:
+            raise SystemExit(f"error: {problem}")
         migrate.downgrade(settings, args.revision)
     print(f"database {args.db_command}d to {args.revision}")
     return 0
@@ -83,6 +97,7 @@ def cmd_user(settings: Settings, args: argparse.Namespace) -> int:
     from microfactory.accounts.schemas import UserCreate
     from microfactory.errors import DomainError
 
+    _require_database(settings)  # before asking for a password that could not be stored
     password = _read_password(args)
     try:
         user_in = UserCreate(
@@ -184,7 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         args.host = args.host or settings.host
         args.port = args.port or settings.port
-    result: int = args.func(settings, args)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        result: int = args.func(settings, args)
+    except SQLAlchemyError as exc:
+        # One line that says what is wrong, not a traceback: usually an unreachable server.
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(f"error: database error: {reason}", file=sys.stderr)
+        return 1
     return result
 
 

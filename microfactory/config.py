@@ -99,6 +99,14 @@ class Settings(BaseSettings):
             raise ValueError("log_level must be DEBUG, INFO, WARNING or ERROR")
         return v
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, v: Path) -> Path:
+        # Resolved once, here: every path under it (uploads, work folders, the SQLite file) is
+        # then absolute, so external tools run with another working directory (OpenSCAD and
+        # PrusaSlicer run in the job's work folder) still find their inputs.
+        return Path(v).expanduser().resolve()
+
     @field_validator("database_url")
     @classmethod
     def _db_url(cls, v: str | None) -> str | None:

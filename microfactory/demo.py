@@ -8,6 +8,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from microfactory import resources
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role
 from microfactory.accounts.schemas import UserCreate
@@ -100,7 +101,7 @@ def demo_machines(speed_factor: float) -> list[MachineCreate]:
     ]
 
 
-DEMO_DESIGNS = Path(__file__).resolve().parent / "demo_data"
+DEMO_DESIGNS = resources.demo_data_dir()
 
 
 async def seed_designs(*, session: AsyncSession, settings: Settings) -> None:

@@ -105,3 +105,51 @@ def test_unknown_role_refused(tmp_path: Path, role: str) -> None:
     result = run_cli(["user", "create", "--username", "x", "--role", role], tmp_path)
     assert result.returncode != 0
     assert "invalid choice" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["user", "create", "--username", "ada", "--password-stdin"],
+        ["token", "create", "--username", "ada"],
+    ],
+    ids=["user-create", "token-create"],
+)
+def test_commands_on_a_missing_data_directory_say_what_to_run(
+    tmp_path: Path, args: list[str]
+) -> None:
+    data_dir = tmp_path / "not-made-yet"
+    done = run_cli(args, data_dir, stdin="ada-password-1\n")
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "microfactory db upgrade" in lines[0]
+    assert not data_dir.exists()  # nothing was created on the way
+
+
+def test_commands_on_an_unmigrated_database_say_what_to_run(tmp_path: Path) -> None:
+    (tmp_path / "microfactory.sqlite3").touch()  # an empty file: a database with no tables
+    done = run_cli(["user", "create", "--username", "ada", "--password-stdin"], tmp_path, "x")
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "error: the database is empty; run `microfactory db upgrade` first"
+    ]
+    assert run_cli(["db", "upgrade"], tmp_path).returncode == 0
+    again = run_cli(["user", "create", "--username", "ada", "--password-stdin"], tmp_path, "a" * 9)
+    assert again.returncode == 0, again.stderr
+
+
+def test_an_unreachable_database_is_one_line(tmp_path: Path) -> None:
+    env_url = "postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFACTORY_")}
+    env |= {"MICROFACTORY_DATA_DIR": str(tmp_path), "MICROFACTORY_DATABASE_URL": env_url}
+    for args in (["db", "upgrade"], ["token", "create", "--username", "ada"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "microfactory.cli", *args],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode != 0
+        assert "Traceback" not in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "database" in done.stderr

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
+from microfactory import resources
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, User
 from microfactory.deps import CSRF_COOKIE, SESSION_COOKIE, SessionDep, check_csrf
 from microfactory.errors import NotAuthenticatedError, PermissionDeniedError
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "web" / "templates"
+TEMPLATES_DIR = resources.web_dir() / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 
 

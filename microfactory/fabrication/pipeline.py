@@ -56,6 +56,11 @@ async def prepare_gcode(
     """
     if not 1 <= copies <= MAX_COPIES:
         raise InvalidInputError(f"copies must be between 1 and {MAX_COPIES}, not {copies}")
+    # The tools run with `workdir` as their working directory: every path they get must be
+    # absolute, or a relative data directory (the demo's default) breaks them.
+    workdir, design_file_path, support_files = await asyncio.to_thread(
+        _absolute, workdir, design_file_path, support_files or {}
+    )
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     logs: list[str] = []
     out = workdir / "output.gcode"
@@ -120,3 +125,10 @@ def _copy_in(main: Path, target: Path, support: Mapping[str, Path]) -> None:
         if safe and safe != target.name:
             shutil.copyfile(path, target.parent / safe)
     shutil.copyfile(main, target)
+
+
+def _absolute(
+    workdir: Path, source: Path, support: Mapping[str, Path]
+) -> tuple[Path, Path, dict[str, Path]]:
+    """Resolve the paths a tool gets (it runs with the work folder as its working directory)."""
+    return workdir.resolve(), source.resolve(), {n: p.resolve() for n, p in support.items()}

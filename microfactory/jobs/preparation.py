@@ -195,6 +195,7 @@ class Preparer:
             try:
                 await self._prepare(job_id, workdir)
             except DomainError as exc:
+                _log_failure(job_id, exc)
                 await self._fail(job_id, exc.detail)
             except Exception as exc:  # a tool or bug must fail the job visibly, not hang it
                 log.exception("preparing job %s failed", job_id)
@@ -282,6 +283,19 @@ class Preparer:
                 job.state = JobState.FAILED
                 job.failure_reason = f"could not make G-code from the design: {message}"
                 job.ended_at = utcnow()
+
+
+def _log_failure(job_id: int, exc: DomainError) -> None:
+    """Log why a job could not be prepared, with the tool's last output lines."""
+    tool_log = str(exc.extra.get("log") or "")
+    tail = "\n".join(tool_log.strip().splitlines()[-12:])
+    log.warning(
+        "preparing job %s failed (%s): %s%s",
+        job_id,
+        exc.extra.get("tool") or "check",
+        exc.detail,
+        f"\n{tail}" if tail else "",
+    )
 
 
 def _digest(path: Path) -> tuple[str, int]:

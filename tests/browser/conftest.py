@@ -38,16 +38,23 @@ def free_port() -> int:
 
 
 class DemoServer:
-    """A `microfactory serve --demo` process on a free loopback port."""
+    """A `microfactory serve --demo` process on a free loopback port.
 
-    def __init__(self, data_dir: Path) -> None:
+    It runs as `scripts/demo.sh` runs it: in its own folder, with the default *relative* data
+    directory `data`, so the tools' working directories differ from the server's.
+    """
+
+    def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = workdir / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFACTORY_")}
-        env.update(MICROFACTORY_DATA_DIR=str(data_dir), MICROFACTORY_LOG_JSON="false")
-        self.log = (data_dir.parent / "server.log").open("w")
+        env.update(MICROFACTORY_LOG_JSON="false")
+        self.log_path = workdir / "server.log"
+        self.log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "microfactory.cli", "serve", "--demo", "--port", str(self.port)],
+            cwd=workdir,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -74,7 +81,7 @@ class DemoServer:
 
 @pytest.fixture(scope="session")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
-    server = DemoServer(tmp_path_factory.mktemp("demo") / "data")
+    server = DemoServer(tmp_path_factory.mktemp("demo"))
     yield server
     server.stop()
 

@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 
 from tests.browser.conftest import DemoServer, login
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_member_makes_the_bracket_wider_and_watches_it_print(
@@ -27,11 +27,18 @@ def test_member_makes_the_bracket_wider_and_watches_it_print(
     page.wait_for_url(re.compile(r"/jobs/\d+$"))
     expect(page.get_by_text("width = 35")).to_be_visible()
     expect(page.get_by_role("heading", name="Design and licence")).to_be_visible()
-    # OpenSCAD and PrusaSlicer make the G-code, the queue picks a simulated printer, and
-    # the job page (which refreshes itself) shows it running.
+    # OpenSCAD and PrusaSlicer make the G-code (with the demo's relative data directory),
+    # the queue picks a simulated printer, and the job page (which refreshes itself) shows
+    # it running.
     expect(page.locator("#job-state")).to_have_text(re.compile("running|finished"), timeout=180_000)
     expect(page.get_by_text(re.compile(r"Prusa MK3S #\d"))).to_be_visible()
+    job_url = page.url
     # The live machine grid shows the job on its printer.
     page.get_by_role("link", name="Machines", exact=True).click()
     card = page.locator("article.machine", has=page.get_by_role("link", name=re.compile("Job")))
     expect(card.first).to_be_visible(timeout=30_000)
+    # The simulated printer runs the whole program: the job ends finished.
+    page.goto(job_url)
+    expect(page.locator("#job-state")).to_have_text("finished", timeout=400_000)
+    assert demo_server.data_dir.is_dir()
+    assert "preparing job" not in demo_server.log_path.read_text()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,11 +20,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 @pytest.fixture
-def live_settings(settings: Settings) -> Settings:
-    """Supervisors, the preparer and the queue all running (auto dispatch on)."""
-    return settings.model_copy(
-        update={"run_supervisors": True, "auto_dispatch": True, "queue_interval_s": 0.5}
-    )
+def live_settings(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Supervisors, the preparer and the queue all running (auto dispatch on).
+
+    The data directory is the relative `data`, as in the demo: the tools run in the job's
+    work folder, so they must be given absolute paths.
+    """
+    monkeypatch.chdir(tmp_path)
+    fields = settings.model_dump(exclude={"data_dir"})
+    live = Settings(
+        **fields
+        | {"data_dir": "data", "run_supervisors": True, "auto_dispatch": True,
+           "queue_interval_s": 0.5}
+    )  # fmt: skip
+    assert live.data_dir == tmp_path / "data"  # resolved once, at startup
+    return live
 
 
 async def test_design_to_finished_print(

@@ -1,0 +1,1 @@
+"""Alembic migrations; installed as `microfactory.migrations` (see pyproject.toml)."""
