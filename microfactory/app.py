@@ -34,6 +34,7 @@ from microfactory.jobs.routes import router as jobs_router
 from microfactory.machines.fleet import Fleet
 from microfactory.machines.routes import router as machines_router
 from microfactory.middleware import BodySizeLimit, Metrics, RequestMetrics
+from microfactory.runtime.remote import MachineHost, QueueWaker, RemoteFleet, libpq_dsn
 from microfactory.scheduler import Scheduler
 
 log = logging.getLogger("microfactory")
@@ -69,6 +70,12 @@ def create_app(settings: Settings) -> FastAPI:
         runner = None
         scheduler = None
         preparer: Preparer = app.state.preparer
+        host: MachineHost | None = None
+        fleet = app.state.fleet
+        if isinstance(fleet, RemoteFleet):
+            # A web worker: machines are driven by the machine host, reached through NOTIFY.
+            await fleet.start()
+            app.state.queue_runner = QueueWaker(fleet)
         if settings.run_supervisors:
             # Bookings' periodic tasks; a database lease runs them once across processes.
             scheduler = Scheduler(app.state.sessionmaker, settings)
@@ -80,9 +87,20 @@ def create_app(settings: Settings) -> FastAPI:
                 runner.start()
                 preparer.on_ready.append(runner.wake)
             await preparer.resume_pending()
+            if settings.is_postgresql:
+                # Web workers in other processes command these machines through the database.
+                host = MachineHost(
+                    app.state.fleet,
+                    app.state.sessionmaker,
+                    libpq_dsn(settings.sync_database_url),
+                    on_wake=runner.wake if runner is not None else None,
+                )
+                await host.start()
         try:
             yield
         finally:
+            if host is not None:
+                await host.stop()
             if scheduler is not None:
                 await scheduler.stop()
             await preparer.stop()
@@ -105,7 +123,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.engine = make_engine(settings.async_database_url)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
-    app.state.fleet = Fleet()
+    app.state.fleet = (
+        RemoteFleet(libpq_dsn(settings.sync_database_url))
+        if settings.is_postgresql and not settings.run_supervisors
+        else Fleet()
+    )
     app.state.preparer = Preparer(app.state.sessionmaker, settings)
     metrics = Metrics()
     metrics.registry.register(_FleetCollector(app))
@@ -156,3 +178,13 @@ def create_app(settings: Settings) -> FastAPI:
         BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
     )
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Build the app from MICROFACTORY_* settings (uvicorn's factory for `--workers N`)."""
+    from microfactory.config import load_settings
+    from microfactory.logs import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return create_app(settings)

@@ -6,6 +6,9 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
+import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -45,20 +48,79 @@ def _run_db(settings: Settings, fn: Callable[..., Awaitable[T]]) -> T:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    """Migrate, optionally seed the demo shop, then serve."""
+    """Migrate, optionally seed the demo shop, then serve.
+
+    One process by default. `--workers N` (PostgreSQL) runs N web workers and one machine
+    host process; `--no-machines` runs web workers only, for a shop whose machines hang off
+    another computer running `microfactory machines`.
+    """
     import uvicorn
 
     from microfactory import migrate
     from microfactory.app import create_app
 
+    if (args.workers > 1 or args.no_machines) and not settings.is_postgresql:
+        what = f"--workers {args.workers}" if args.workers > 1 else "--no-machines"
+        raise SystemExit(
+            f"error: {what} needs PostgreSQL: web workers reach the machine host through "
+            "PostgreSQL's LISTEN/NOTIFY, and SQLite allows one writer at a time; set "
+            "MICROFACTORY_DATABASE_URL=postgresql+psycopg://… or serve with one worker"
+        )
     migrate.upgrade(settings)
     if args.demo:
         from microfactory import demo
 
         logins = _run_db(settings, lambda s: demo.seed(session=s, settings=settings))
         demo.print_logins(logins, host=args.host, port=args.port)
-    app = create_app(settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+    if args.workers == 1 and not args.no_machines:
+        app = create_app(settings)
+        uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
+        return 0
+    host = None
+    if not args.no_machines:
+        # Exactly one machine host: the supervisors, the queue and the scheduler.
+        host = subprocess.Popen([sys.executable, "-m", "microfactory.cli", "machines"])
+    # The workers read their settings from the environment, like this process did.
+    os.environ["MICROFACTORY_RUN_SUPERVISORS"] = "false"
+    try:
+        uvicorn.run(
+            "microfactory.app:create_app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_config=None,
+            access_log=False,
+        )
+    finally:
+        if host is not None:
+            host.terminate()
+            try:
+                host.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                host.kill()
+    return 0
+
+
+def cmd_machines(settings: Settings, _args: argparse.Namespace) -> int:
+    """Run the machine host alone: supervisors, the queue and the scheduler, no HTTP."""
+    from microfactory import migrate
+    from microfactory.app import create_app
+
+    migrate.upgrade(settings)
+    app = create_app(settings.model_copy(update={"run_supervisors": True}))
+
+    async def host() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with app.router.lifespan_context(app):
+            log.info("machine host running (pid %s)", os.getpid())
+            await stop.wait()
+        log.info("machine host stopped")
+
+    asyncio.run(host())
     return 0
 
 
@@ -154,7 +216,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--demo", action="store_true", help="seed a demo shop with simulated machines and users"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="web worker processes (PostgreSQL only); one machine host runs beside them",
+    )
+    serve.add_argument(
+        "--no-machines",
+        action="store_true",
+        help="web workers only; the machines are driven by `microfactory machines` elsewhere",
+    )
     serve.set_defaults(func=cmd_serve)
+
+    machines = sub.add_parser(
+        "machines", help="run the machine host only (supervisors, queue, scheduler; no HTTP)"
+    )
+    machines.set_defaults(func=cmd_machines)
 
     db = sub.add_parser("db", help="database migrations")
     dbsub = db.add_subparsers(dest="db_command", required=True)
@@ -199,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         args.host = args.host or settings.host
         args.port = args.port or settings.port
+        if args.workers < 1:
+            print("error: --workers must be at least 1", file=sys.stderr)
+            return 2
     from sqlalchemy.exc import SQLAlchemyError
 
     try:

@@ -151,6 +151,11 @@ class Settings(BaseSettings):
         return url
 
     @property
+    def is_postgresql(self) -> bool:
+        """Return whether the database is PostgreSQL (several processes can share it)."""
+        return self.sync_database_url.startswith("postgresql")
+
+    @property
     def upload_dir(self) -> Path:
         """Return where uploaded files are stored, under generated names."""
         return self.data_dir / "files"

@@ -153,3 +153,14 @@ def test_an_unreachable_database_is_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert "database" in done.stderr
+
+
+@pytest.mark.parametrize("flags", [["--workers", "3"], ["--no-machines"]])
+def test_several_workers_on_sqlite_are_refused_with_the_reason(
+    tmp_path: Path, flags: list[str]
+) -> None:
+    done = run_cli(["serve", *flags], tmp_path)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert "needs PostgreSQL" in done.stderr
+    assert "SQLite allows one writer" in done.stderr

@@ -1,0 +1,1 @@
+"""The runtime: what drives the machines, above the domain packages."""
