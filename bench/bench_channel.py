@@ -89,7 +89,7 @@ class Shop:
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            )
         )
 
     def stop(self) -> None:
