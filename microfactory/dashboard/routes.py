@@ -25,6 +25,7 @@ from microfactory.dashboard.web import (
 from microfactory.db import utcnow
 from microfactory.deps import SESSION_COOKIE, SessionDep, check_csrf
 from microfactory.errors import DomainError, NotAuthenticatedError
+from microfactory.jobs import lifecycle as job_lifecycle
 from microfactory.jobs import queue as job_queue
 from microfactory.jobs import service as job_service
 from microfactory.jobs.explain import explain_failure
@@ -253,6 +254,7 @@ async def job_page(
             and fleet.status(m).get("state") == "idle"
             and m.driver != "manual"
         ]
+    events = await job_lifecycle.events_of(session=session, job_id=job.id)
     return render(
         request,
         "job.html",
@@ -263,6 +265,8 @@ async def job_page(
             "owner": job.owner_id == user.id,
             "advice": explain_failure(job.failure_reason),
             "candidates": candidates,
+            "events": events,
+            "actors": await job_lifecycle.actor_names(session=session, events=events),
         },
     )
 

@@ -236,6 +236,15 @@ async def events_of(*, session: AsyncSession, job_id: int) -> list[JobEvent]:
     return list(result.scalars())
 
 
+async def actor_names(*, session: AsyncSession, events: Iterable[JobEvent]) -> dict[int, str]:
+    """Return the usernames of the people in a job's history, by id."""
+    ids = {e.actor_id for e in events if e.actor_id is not None}
+    if not ids:
+        return {}
+    rows = await session.execute(select(User.id, User.username).where(User.id.in_(ids)))
+    return {int(uid): str(name) for uid, name in rows.all()}
+
+
 # -- the moves, with the columns each one sets ----------------------------------------------
 
 
