@@ -35,10 +35,10 @@ from microfactory.fabrication.routes import router as slicer_profiles_router
 from microfactory.jobs.preparation import Preparer
 from microfactory.jobs.queue import QueueRunner
 from microfactory.jobs.routes import router as jobs_router
-from microfactory.machines.fleet import Fleet
 from microfactory.machines.routes import router as machines_router
 from microfactory.middleware import BodySizeLimit, Metrics, RequestMetrics
 from microfactory.notifications import subscribers as notification_subscribers
+from microfactory.runtime.fleet import Fleet
 from microfactory.scheduler import Scheduler
 from microfactory.usage import subscribers as usage_subscribers
 

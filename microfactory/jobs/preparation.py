@@ -29,8 +29,8 @@ from microfactory.errors import DomainError, InvalidInputError
 from microfactory.fabrication import service as fabrication_service
 from microfactory.fabrication.pipeline import prepare_gcode
 from microfactory.fabrication.runner import Limits
+from microfactory.files import check_gcode_file
 from microfactory.jobs import lifecycle, queue
-from microfactory.jobs.files import check_gcode_file
 from microfactory.jobs.models import Job, JobState
 from microfactory.jobs.service import add_submitted, fresh_progress
 from microfactory.machines import service as machine_service

@@ -19,8 +19,8 @@ from microfactory.errors import ConflictError, InvalidInputError
 from microfactory.jobs import lifecycle
 from microfactory.jobs.matcher import MachineView, QueuedJob, decide, incompatibility
 from microfactory.jobs.models import ENDED_STATES, Job, JobState
-from microfactory.machines.fleet import Fleet
 from microfactory.machines.models import Machine, MachineKind
+from microfactory.runtime.fleet import Fleet
 from microfactory.usage.models import UsageRecord
 
 log = logging.getLogger("microfactory.queue")

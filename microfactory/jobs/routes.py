@@ -13,8 +13,8 @@ from microfactory.accounts.models import User
 from microfactory.deps import AnyUser, SessionDep, SettingsDep, StaffUser
 from microfactory.designs import service as design_service
 from microfactory.errors import ConflictError, InvalidInputError
+from microfactory.files import store_upload
 from microfactory.jobs import lifecycle, preparation, service
-from microfactory.jobs.files import store_upload
 from microfactory.jobs.models import Job, JobState
 from microfactory.jobs.schemas import (
     ClearRequest,
@@ -25,8 +25,8 @@ from microfactory.jobs.schemas import (
     PriorityRequest,
 )
 from microfactory.machines import service as machine_service
-from microfactory.machines.fleet import Fleet
 from microfactory.machines.models import MachineKind
+from microfactory.runtime.fleet import Fleet
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 

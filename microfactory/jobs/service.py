@@ -19,12 +19,12 @@ from microfactory.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from microfactory.files import StoredFile, check_gcode_file
 from microfactory.jobs import lifecycle, queue
-from microfactory.jobs.files import StoredFile, check_gcode_file
 from microfactory.jobs.models import ACTIVE_STATES, ENDED_STATES, Job, JobState
 from microfactory.machines import service as machine_service
-from microfactory.machines.fleet import Fleet
 from microfactory.machines.models import Machine, MachineKind
+from microfactory.runtime.fleet import Fleet
 
 STAFF = frozenset({Role.OPERATOR, Role.ADMIN})
 

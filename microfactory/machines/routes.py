@@ -12,7 +12,6 @@ from fastapi.responses import StreamingResponse
 from microfactory.deps import AnyUser, SessionDep, StaffUser
 from microfactory.errors import ConflictError
 from microfactory.machines import service
-from microfactory.machines.fleet import Fleet
 from microfactory.machines.schemas import (
     CommandRequest,
     CommandResult,
@@ -20,6 +19,7 @@ from microfactory.machines.schemas import (
     MachineRead,
     MachineUpdate,
 )
+from microfactory.runtime.fleet import Fleet
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
 

@@ -21,7 +21,7 @@ from microfactory.jobs import lifecycle
 from microfactory.jobs.models import ACTIVE_STATES, Job, JobState
 from microfactory.machines.models import Machine
 from microfactory.machines.service import offline_status
-from microfactory.machines.supervisor import Supervisor
+from microfactory.runtime.supervisor import Supervisor
 
 log = logging.getLogger("microfactory.fleet")
 

@@ -16,7 +16,7 @@ from microfactory.accounts.models import Role, User
 from microfactory.deps import CSRF_COOKIE, SESSION_COOKIE, SessionDep, check_csrf
 from microfactory.errors import NotAuthenticatedError, PermissionDeniedError
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "web" / "templates"
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "web" / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
 
 
