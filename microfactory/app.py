@@ -15,10 +15,12 @@ from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from microfactory import __version__, resources
 from microfactory.accounts.routes import router as accounts_router
 from microfactory.analysis import shutdown_analysis_pool
+from microfactory.bookings import wiring as booking_wiring
 from microfactory.bookings.wiring import routers as booking_routers
 from microfactory.config import Settings
 from microfactory.dashboard.routes import install_dashboard_handlers
@@ -27,15 +29,24 @@ from microfactory.db import make_engine, make_sessionmaker
 from microfactory.designs.pages import router as design_pages_router
 from microfactory.designs.routes import router as designs_router
 from microfactory.errors import install_error_handlers
+from microfactory.events import BUS_KEY, EventBus, JobChanged
 from microfactory.fabrication.routes import router as slicer_profiles_router
 from microfactory.jobs.preparation import Preparer
 from microfactory.jobs.queue import QueueRunner
 from microfactory.jobs.routes import router as jobs_router
-from microfactory.machines.fleet import Fleet
 from microfactory.machines.routes import router as machines_router
 from microfactory.middleware import BodySizeLimit, Metrics, RequestMetrics
-from microfactory.runtime.remote import MachineHost, QueueWaker, RemoteFleet, libpq_dsn
+from microfactory.notifications import subscribers as notification_subscribers
+from microfactory.runtime.fleet import Fleet
+from microfactory.runtime.remote import (
+    JobEventRelay,
+    MachineHost,
+    QueueWaker,
+    RemoteFleet,
+    libpq_dsn,
+)
 from microfactory.scheduler import Scheduler
+from microfactory.usage import subscribers as usage_subscribers
 
 log = logging.getLogger("microfactory")
 
@@ -60,6 +71,38 @@ class _FleetCollector(Collector):
         yield gauge
 
 
+def _wire_events(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    fleet: Fleet,
+    relay: JobEventRelay | None = None,
+) -> EventBus:
+    """Create the event bus and subscribe the reactions to the job lifecycle.
+
+    Each session of the app carries the bus, so the lifecycle publishes after its commit.
+    """
+    bus = EventBus()
+    sessionmaker.configure(info={BUS_KEY: bus})
+    usage_subscribers.subscribe(bus, sessionmaker)
+    booking_wiring.subscribe(bus, sessionmaker)
+    notification_subscribers.subscribe(bus, sessionmaker)
+
+    async def to_stream(event: JobChanged) -> None:
+        # Only what any member may see: no title, owner or reason on the shared stream.
+        payload = {
+            "topic": event.topic,
+            "machine_id": event.machine_id,
+            "from": event.from_state,
+            "to": event.to_state,
+            "at": event.at.isoformat(),
+        }
+        fleet.hub.publish_job(event.job_id, payload)
+        if relay is not None:
+            relay.forward(event.job_id, payload)  # to the other processes' streams
+
+    bus.subscribe("job.*", to_stream)
+    return bus
+
+
 def create_app(settings: Settings) -> FastAPI:
     """Build the app for these settings."""
 
@@ -70,6 +113,10 @@ def create_app(settings: Settings) -> FastAPI:
         runner = None
         scheduler = None
         preparer: Preparer = app.state.preparer
+        bus: EventBus = app.state.events
+        bus.start()
+        if app.state.job_relay is not None:
+            await app.state.job_relay.start()
         host: MachineHost | None = None
         fleet = app.state.fleet
         if isinstance(fleet, RemoteFleet):
@@ -101,12 +148,15 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             if host is not None:
                 await host.stop()
+            if app.state.job_relay is not None:
+                await app.state.job_relay.stop()
             if scheduler is not None:
                 await scheduler.stop()
             await preparer.stop()
             if runner is not None:
                 await runner.stop()
             await app.state.fleet.stop()
+            await bus.stop()  # what the last transitions published is delivered first
             await asyncio.to_thread(shutdown_analysis_pool)
             await app.state.engine.dispose()
 
@@ -128,6 +178,12 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.is_postgresql and not settings.run_supervisors
         else Fleet()
     )
+    app.state.job_relay = (
+        JobEventRelay(libpq_dsn(settings.sync_database_url), app.state.fleet.hub)
+        if settings.is_postgresql
+        else None
+    )
+    app.state.events = _wire_events(app.state.sessionmaker, app.state.fleet, app.state.job_relay)
     app.state.preparer = Preparer(app.state.sessionmaker, settings)
     metrics = Metrics()
     metrics.registry.register(_FleetCollector(app))

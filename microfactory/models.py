@@ -18,7 +18,7 @@ from microfactory.costs.models import MachineKindRate, MaterialRate, MembershipP
 from microfactory.db import Base
 from microfactory.designs.models import Design, DesignFile
 from microfactory.fabrication.models import SlicerProfile
-from microfactory.jobs.models import Job
+from microfactory.jobs.models import Job, JobEvent
 from microfactory.machines.models import Machine
 from microfactory.notifications.models import Notification
 from microfactory.scheduler import SchedulerLease
@@ -36,6 +36,7 @@ __all__ = [
     "Design",
     "DesignFile",
     "Job",
+    "JobEvent",
     "Machine",
     "MachineKindRate",
     "MachineProfile",

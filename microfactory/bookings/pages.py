@@ -25,13 +25,13 @@ from microfactory.bookings.schemas import (
     OpeningInterval,
 )
 from microfactory.costs import service as cost_service
-from microfactory.dashboard.web import CsrfChecked, WebMember, WebStaff, redirect, render
 from microfactory.deps import SessionDep
 from microfactory.errors import DomainError, InvalidInputError
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import MachineKind
 from microfactory.notifications import service as notification_service
 from microfactory.usage import reports
+from microfactory.web import CsrfChecked, WebMember, WebStaff, redirect, render
 
 router = APIRouter(include_in_schema=False)
 DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")

@@ -13,7 +13,19 @@ from pydantic import ValidationError
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, TokenKind
 from microfactory.accounts.schemas import UserCreate, UserUpdate
-from microfactory.dashboard.web import (
+from microfactory.db import utcnow
+from microfactory.deps import SESSION_COOKIE, SessionDep, check_csrf
+from microfactory.errors import DomainError, NotAuthenticatedError
+from microfactory.files import store_upload
+from microfactory.jobs import lifecycle as job_lifecycle
+from microfactory.jobs import queue as job_queue
+from microfactory.jobs import service as job_service
+from microfactory.jobs.explain import explain_failure
+from microfactory.jobs.matcher import order_queue
+from microfactory.jobs.models import ENDED_STATES, JobState
+from microfactory.machines import service as machine_service
+from microfactory.machines.models import MachineKind
+from microfactory.web import (
     CsrfChecked,
     LoginRequired,
     WebAdmin,
@@ -22,17 +34,6 @@ from microfactory.dashboard.web import (
     redirect,
     render,
 )
-from microfactory.db import utcnow
-from microfactory.deps import SESSION_COOKIE, SessionDep, check_csrf
-from microfactory.errors import DomainError, NotAuthenticatedError
-from microfactory.jobs import queue as job_queue
-from microfactory.jobs import service as job_service
-from microfactory.jobs.explain import explain_failure
-from microfactory.jobs.files import store_upload
-from microfactory.jobs.matcher import order_queue
-from microfactory.jobs.models import ENDED_STATES, JobState
-from microfactory.machines import service as machine_service
-from microfactory.machines.models import MachineKind
 
 router = APIRouter(include_in_schema=False)
 
@@ -253,6 +254,7 @@ async def job_page(
             and fleet.status(m).get("state") == "idle"
             and m.driver != "manual"
         ]
+    events = await job_lifecycle.events_of(session=session, job_id=job.id)
     return render(
         request,
         "job.html",
@@ -263,6 +265,8 @@ async def job_page(
             "owner": job.owner_id == user.id,
             "advice": explain_failure(job.failure_reason),
             "candidates": candidates,
+            "events": events,
+            "actors": await job_lifecycle.actor_names(session=session, events=events),
         },
     )
 

@@ -16,7 +16,7 @@ import yaml
 
 from microfactory.designs.storage import KINDS, write_stream
 from microfactory.errors import InvalidInputError, PayloadTooLargeError
-from microfactory.jobs.files import StoredFile
+from microfactory.files import StoredFile
 
 MAX_MANIFEST_BYTES = 256 * 1024
 MAX_YAML_ALIASES = 50  # anchors and aliases can make a small file expand without end

@@ -10,13 +10,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
 
-from microfactory.dashboard.web import (
-    CsrfChecked,
-    WebMember,
-    WebStaff,
-    redirect,
-    render,
-)
 from microfactory.deps import SessionDep, check_csrf
 from microfactory.designs import service
 from microfactory.designs.licences import licence_flags
@@ -29,6 +22,13 @@ from microfactory.jobs import preparation as job_preparation
 from microfactory.jobs import service as job_service
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import MachineKind
+from microfactory.web import (
+    CsrfChecked,
+    WebMember,
+    WebStaff,
+    redirect,
+    render,
+)
 
 router = APIRouter(include_in_schema=False)
 

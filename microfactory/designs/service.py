@@ -22,7 +22,7 @@ from microfactory.designs.storage import KINDS, content_hash, discard, file_kind
 from microfactory.errors import ConflictError, InvalidInputError, NotFoundError
 from microfactory.fabrication import customizer
 from microfactory.fabrication.pipeline import compact_analysis
-from microfactory.jobs.files import StoredFile
+from microfactory.files import StoredFile
 
 __all__ = [
     "attribution",

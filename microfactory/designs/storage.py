@@ -12,7 +12,7 @@ from typing import IO
 from fastapi import UploadFile
 
 from microfactory.errors import InvalidInputError, PayloadTooLargeError
-from microfactory.jobs.files import StoredFile, safe_display_name, store_upload
+from microfactory.files import StoredFile, safe_display_name, store_upload
 
 CHUNK = 1024 * 1024
 MAX_FILES = 50

@@ -98,3 +98,21 @@ class Job(TimestampMixin, Base):
     allow_firmware_commands: Mapped[bool] = mapped_column(default=False)  # set by operators
     queued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     waiting_reason: Mapped[str | None] = mapped_column(String(300))  # why it has not started
+
+
+class JobEvent(Base):
+    """One state transition of a job: the job's history, append-only."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    from_state: Mapped[JobState | None] = mapped_column(_enum(JobState, 16))  # None: created
+    to_state: Mapped[JobState] = mapped_column(_enum(JobState, 16))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))  # who, when a person
+    actor: Mapped[str] = mapped_column(String(16))  # "user", "machine" or "system"
+    reason: Mapped[str | None] = mapped_column(Text)
+    last_acked_line: Mapped[int | None]  # where relevant: the program line last acknowledged
+    last_line_text: Mapped[str | None] = mapped_column(String(500))

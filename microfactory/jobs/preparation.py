@@ -29,10 +29,10 @@ from microfactory.errors import DomainError, InvalidInputError
 from microfactory.fabrication import service as fabrication_service
 from microfactory.fabrication.pipeline import prepare_gcode
 from microfactory.fabrication.runner import Limits
-from microfactory.jobs import queue
-from microfactory.jobs.files import check_gcode_file
+from microfactory.files import check_gcode_file
+from microfactory.jobs import lifecycle, queue
 from microfactory.jobs.models import Job, JobState
-from microfactory.jobs.service import fresh_progress, is_staff, mark_approved
+from microfactory.jobs.service import add_submitted, fresh_progress
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import Machine, MachineKind
 
@@ -145,11 +145,7 @@ async def create_from_design(
     )
     if slicer is not None:
         job.flags = {**job.flags, "sliced_for_machine_id": slicer.id}
-    if owner.trusted or is_staff(owner):
-        mark_approved(job, owner)
-    session.add(job)
-    await session.flush()
-    return job
+    return await add_submitted(session=session, job=job, owner=owner)
 
 
 class Preparer:
@@ -263,8 +259,9 @@ class Preparer:
                 job.preparation = "ready"
                 job.preparation_log = prepared.log[-4000:]
                 if job.state is JobState.APPROVED:
-                    job.state = JobState.QUEUED
-                    job.queued_at = utcnow()
+                    await lifecycle.queue(
+                        session=session, job=job, actor=lifecycle.SYSTEM, reason="G-code ready"
+                    )
         except BaseException:
             target.unlink(missing_ok=True)
             raise
@@ -279,10 +276,15 @@ class Preparer:
                 return
             job.preparation = "failed"
             job.preparation_log = message[-4000:]
-            if job.state in (JobState.SUBMITTED, JobState.APPROVED, JobState.QUEUED):
-                job.state = JobState.FAILED
-                job.failure_reason = f"could not make G-code from the design: {message}"
-                job.ended_at = utcnow()
+            if job.state in lifecycle.UNSTARTED:
+                await lifecycle.end(
+                    session=session,
+                    job=job,
+                    state=JobState.FAILED,
+                    actor=lifecycle.SYSTEM,
+                    reason=f"could not make G-code from the design: {message}",
+                    only_from=lifecycle.UNSTARTED,
+                )
 
 
 def _log_failure(job_id: int, exc: DomainError) -> None:

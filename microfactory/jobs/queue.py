@@ -16,10 +16,11 @@ from microfactory.bookings import service as booking_service
 from microfactory.config import Settings
 from microfactory.db import utcnow
 from microfactory.errors import ConflictError, InvalidInputError
+from microfactory.jobs import lifecycle
 from microfactory.jobs.matcher import MachineView, QueuedJob, decide, incompatibility
 from microfactory.jobs.models import ENDED_STATES, Job, JobState
-from microfactory.machines.fleet import Fleet
 from microfactory.machines.models import Machine, MachineKind
+from microfactory.runtime.fleet import Fleet
 from microfactory.usage.models import UsageRecord
 
 log = logging.getLogger("microfactory.queue")
@@ -251,13 +252,17 @@ async def plan(
     by_id = {j.id: j for j in jobs}
     for job_id, reason in decision.waiting.items():
         by_id[job_id].waiting_reason = reason[:300]
-    for a in decision.assignments:
-        job = by_id[a.job_id]
-        job.state = JobState.ASSIGNED
-        job.machine_id = a.machine_id
-        job.waiting_reason = None
     await session.flush()
-    return [(a.job_id, a.machine_id) for a in decision.assignments]
+    pairs = []
+    for a in decision.assignments:
+        try:
+            await lifecycle.assign(
+                session=session, job=a.job_id, machine_id=a.machine_id, actor=lifecycle.SYSTEM
+            )
+        except lifecycle.TransitionRefused:
+            continue  # cancelled or dispatched by hand since we read the queue
+        pairs.append((a.job_id, a.machine_id))
+    return pairs
 
 
 class QueueRunner:
@@ -304,15 +309,18 @@ class QueueRunner:
             await session.commit()
         for job_id, machine_id in pairs:
             sup = self.fleet.supervisors.get(machine_id)
-            try:
-                if sup is None:
-                    raise ConflictError("machine has no supervisor")
-                await sup.start_job(job_id)
-            except ConflictError as exc:
+            if sup is None:
                 async with self.sessionmaker() as session, session.begin():
-                    job = await session.get(Job, job_id)
-                    if job is not None and job.state is JobState.ASSIGNED:
-                        job.state = JobState.QUEUED
-                        job.machine_id = None
-                        job.waiting_reason = f"start refused: {exc.detail}"[:300]
+                    with contextlib.suppress(lifecycle.TransitionRefused):
+                        await lifecycle.unassign(
+                            session=session,
+                            job=job_id,
+                            reason="start refused: the machine has no supervisor",
+                            actor=lifecycle.SYSTEM,
+                        )
+                continue
+            # A refused start is handled by the supervisor: the job goes back to the queue
+            # as it was, or fails when it cannot run at all (its file is gone).
+            with contextlib.suppress(ConflictError):
+                await sup.start_job(job_id)
         return pairs

@@ -9,22 +9,24 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
+from microfactory.accounts.models import User
 from microfactory.deps import AnyUser, SessionDep, SettingsDep, StaffUser
 from microfactory.designs import service as design_service
 from microfactory.errors import ConflictError, InvalidInputError
-from microfactory.jobs import preparation, service
-from microfactory.jobs.files import store_upload
+from microfactory.files import store_upload
+from microfactory.jobs import lifecycle, preparation, service
 from microfactory.jobs.models import Job, JobState
 from microfactory.jobs.schemas import (
     ClearRequest,
     DesignJobCreate,
     DispatchRequest,
+    JobEventRead,
     JobRead,
     PriorityRequest,
 )
 from microfactory.machines import service as machine_service
-from microfactory.machines.fleet import Fleet
 from microfactory.machines.models import MachineKind
+from microfactory.runtime.fleet import Fleet
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -199,59 +201,84 @@ async def approve(job_id: int, request: Request, session: SessionDep, user: Staf
     return JobRead.model_validate(job)
 
 
+@router.get("/{job_id}/events", response_model=list[JobEventRead])
+async def job_events(job_id: int, session: SessionDep, user: AnyUser) -> list[JobEventRead]:
+    """Return a job's state transitions, oldest first: members see only their own jobs'."""
+    await service.get_visible(session=session, job_id=job_id, user=user)
+    return [
+        JobEventRead.model_validate(e)
+        for e in await lifecycle.events_of(session=session, job_id=job_id)
+    ]
+
+
 @router.post("/{job_id}/dispatch", response_model=JobRead)
 async def dispatch(
     job_id: int,
     request: Request,
     session: SessionDep,
-    _user: StaffUser,
+    user: StaffUser,
     body: DispatchRequest | None = None,
 ) -> JobRead:
-    """Send an approved job to an idle, compatible machine (operators)."""
+    """Send a queued job to an idle, compatible machine (operators).
+
+    The assignment commits first; then the machine's supervisor starts the job. When the
+    machine refuses, the supervisor has already put the job back as it was (or failed it,
+    when its file is gone); this route never writes its own copy of the job back.
+    """
     fleet = _fleet(request)
     job = await service.get_or_raise(session=session, job_id=job_id)
     job = await service.dispatch(
-        session=session, job=job, fleet=fleet, machine_id=body.machine_id if body else None
+        session=session,
+        job=job,
+        fleet=fleet,
+        machine_id=body.machine_id if body else None,
+        actor=lifecycle.Actor.of(user),
     )
     assert job.machine_id is not None
     machine = await machine_service.get_or_raise(session=session, machine_id=job.machine_id)
+    supervisor = fleet.get(machine)  # refuses before the commit if there is none
     await session.commit()  # the assignment is durable before the machine moves
-    try:
-        await fleet.get(machine).start_job(job.id)
-    except ConflictError as exc:
-        await service.unassign(session=session, job_id=job.id, reason=exc.detail)
-        await session.commit()
-        raise
+    await supervisor.start_job(job.id, actor=lifecycle.Actor.of(user))
     await session.refresh(job)
     return JobRead.model_validate(job)
 
 
-async def _control(job_id: int, request: Request, session: SessionDep, action: str) -> JobRead:
+async def _control(
+    job_id: int, request: Request, session: SessionDep, action: str, user: User
+) -> JobRead:
     job = await service.get_or_raise(session=session, job_id=job_id)
     wanted = {
         "pause": {JobState.RUNNING},
         "resume": {JobState.PAUSED},
-        "cancel": {JobState.RUNNING, JobState.PAUSED, JobState.ASSIGNED},
+        "cancel": {JobState.RUNNING, JobState.PAUSED},
     }[action]
     service.check_running_state(job, wanted, action)
     assert job.machine_id is not None
     machine = await machine_service.get_or_raise(session=session, machine_id=job.machine_id)
     await session.commit()
-    await getattr(_fleet(request).get(machine), action)()
+    actor = lifecycle.Actor.of(user)
+    try:
+        await getattr(_fleet(request).get(machine), action)(actor=actor)
+    except ConflictError:
+        if action != "cancel":
+            raise
+        # Cancel always works: a machine that cannot be reached is not running it for us.
+        await service.cancel_unreachable(session=session, job=job, by=user)
+        await session.commit()
     await session.refresh(job)
     return JobRead.model_validate(job)
 
 
 @router.post("/{job_id}/pause", response_model=JobRead)
-async def pause(job_id: int, request: Request, session: SessionDep, _user: StaffUser) -> JobRead:
+async def pause(job_id: int, request: Request, session: SessionDep, user: StaffUser) -> JobRead:
     """Pause a running job (operators)."""
-    return await _control(job_id, request, session, "pause")
+    return await _control(job_id, request, session, "pause", user)
 
 
 @router.post("/{job_id}/resume", response_model=JobRead)
-async def resume(job_id: int, request: Request, session: SessionDep, _user: StaffUser) -> JobRead:
+async def resume(job_id: int, request: Request, session: SessionDep, user: StaffUser) -> JobRead:
     """Resume a paused job (operators)."""
-    return await _control(job_id, request, session, "resume")
+    return await _control(job_id, request, session, "resume", user)
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
@@ -259,9 +286,10 @@ async def cancel(job_id: int, request: Request, session: SessionDep, user: AnyUs
     """Cancel a job: the owner or an operator."""
     job = await service.get_visible(session=session, job_id=job_id, user=user)
     service.check_can_control(job, user)
-    if await service.cancel_unstarted(session=session, job=job):
+    if await service.cancel_unstarted(session=session, job=job, by=user):
+        await session.refresh(job)
         return JobRead.model_validate(job)
-    return await _control(job_id, request, session, "cancel")
+    return await _control(job_id, request, session, "cancel", user)
 
 
 @router.post("/{job_id}/clear", response_model=JobRead)

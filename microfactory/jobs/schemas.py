@@ -57,6 +57,23 @@ class JobRead(BaseModel):
     updated_at: dt.datetime
 
 
+class JobEventRead(BaseModel):
+    """One transition of a job's life: from, to, when, who, why."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    job_id: int
+    from_state: JobState | None  # None: the job was created
+    to_state: JobState
+    at: dt.datetime
+    actor: str  # "user", "machine" or "system"
+    actor_id: int | None  # the person, when a person did it
+    reason: str | None
+    last_acked_line: int | None
+    last_line_text: str | None
+
+
 class DispatchRequest(BaseModel):
     """Which machine to run a job on (default: the requested one, or any idle compatible one)."""
 

@@ -19,12 +19,12 @@ from microfactory.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from microfactory.jobs import queue
-from microfactory.jobs.files import StoredFile, check_gcode_file
+from microfactory.files import StoredFile, check_gcode_file
+from microfactory.jobs import lifecycle, queue
 from microfactory.jobs.models import ACTIVE_STATES, ENDED_STATES, Job, JobState
 from microfactory.machines import service as machine_service
-from microfactory.machines.fleet import Fleet
 from microfactory.machines.models import Machine, MachineKind
+from microfactory.runtime.fleet import Fleet
 
 STAFF = frozenset({Role.OPERATOR, Role.ADMIN})
 
@@ -141,38 +141,28 @@ async def create_from_upload(
     except BaseException:
         stored.path.unlink(missing_ok=True)  # nothing stored half-made
         raise
-    if owner.trusted or is_staff(owner):
-        mark_approved(job, owner)
+    return await add_submitted(session=session, job=job, owner=owner)
+
+
+async def add_submitted(*, session: AsyncSession, job: Job, owner: User) -> Job:
+    """Store a new job as submitted; trusted members' and operators' jobs are approved at once."""
+    job.state = JobState.SUBMITTED  # a new row: its first state, recorded as its first event
     session.add(job)
     await session.flush()
+    await lifecycle.record_created(session=session, job=job, actor=lifecycle.Actor.of(owner))
+    if owner.trusted or is_staff(owner):
+        job = await lifecycle.approve(session=session, job=job, by=owner)
     return job
 
 
 def fresh_progress(lines_total: int) -> dict[str, Any]:
+    """Return the progress of a job that has not started."""
     return {"percent": 0.0, "lines_acked": 0, "lines_total": lines_total, "eta_s": None}
-
-
-def mark_approved(job: Job, by: User) -> None:
-    """Approve a job: it joins the queue once its G-code is ready."""
-    now = utcnow()
-    job.approved_at = now
-    job.approved_by_id = by.id
-    if job.preparation == "ready":
-        job.state = JobState.QUEUED
-        job.queued_at = now
-    else:
-        job.state = JobState.APPROVED
 
 
 async def approve(*, session: AsyncSession, job: Job, by: User) -> Job:
     """Approve a submitted job (operators)."""
-    if job.state is not JobState.SUBMITTED:
-        raise ConflictError(
-            f"job {job.id} is {job.state.value}; only submitted jobs can be approved"
-        )
-    mark_approved(job, by)
-    await session.flush()
-    return job
+    return await lifecycle.approve(session=session, job=job, by=by)
 
 
 def _refuse_machine(machine: Machine, job: Job, fleet: Fleet) -> str | None:
@@ -204,15 +194,25 @@ async def _machine_busy_with_job(session: AsyncSession, machine_id: int) -> Job 
     return (await session.execute(stmt.limit(1))).scalar_one_or_none()
 
 
-async def dispatch(*, session: AsyncSession, job: Job, fleet: Fleet, machine_id: int | None) -> Job:
-    """Assign an approved job to an idle, compatible machine (operators).
+async def dispatch(
+    *,
+    session: AsyncSession,
+    job: Job,
+    fleet: Fleet,
+    machine_id: int | None,
+    actor: lifecycle.Actor,
+) -> Job:
+    """Assign a queued job to an idle, compatible machine (operators).
 
     The caller commits and then tells the machine's supervisor to start: machine commands
-    happen after the commit.
+    happen after the commit. Every check that can refuse happens here, before the job moves.
     """
-    if job.state not in (JobState.APPROVED, JobState.QUEUED):
-        raise ConflictError(
-            f"job {job.id} is {job.state.value}; only approved or queued jobs can be dispatched"
+    if job.state is not JobState.QUEUED:
+        raise lifecycle.TransitionRefused(
+            f"job {job.id} is {job.state.value}; cannot dispatch it: "
+            + lifecycle.RULES["assign"].rule,
+            rule="assign",
+            state=job.state.value,
         )
     target_id = machine_id or job.requested_machine_id
     candidates: list[Machine]
@@ -238,11 +238,9 @@ async def dispatch(*, session: AsyncSession, job: Job, fleet: Fleet, machine_id:
                     f"({holder.state.value}{bed})"
                 )
         if reason is None:
-            job.machine_id = machine.id
-            job.state = JobState.ASSIGNED
-            job.failure_reason = None
-            await session.flush()
-            return job
+            return await lifecycle.assign(
+                session=session, job=job, machine_id=machine.id, actor=actor
+            )
         reasons.append(reason)
     raise ConflictError("cannot dispatch: " + "; ".join(reasons))
 
@@ -253,17 +251,41 @@ def check_can_control(job: Job, user: User) -> None:
         raise PermissionDeniedError("only operators or the job's owner can do this")
 
 
-async def cancel_unstarted(*, session: AsyncSession, job: Job) -> bool:
-    """Cancel a job that never reached a machine; return False if it is on a machine."""
-    if job.state in (JobState.SUBMITTED, JobState.APPROVED, JobState.QUEUED):
-        job.state = JobState.CANCELLED
-        job.ended_at = utcnow()
-        job.failure_reason = None
-        await session.flush()
+async def cancel_unstarted(*, session: AsyncSession, job: Job, by: User) -> bool:
+    """Cancel a job that no machine is running; return False if a machine is running it.
+
+    An assigned job that its machine has not started yet is cancelled here too: cancel
+    always works, whatever the machine's state (the supervisor sees the job is gone).
+    """
+    if job.state in (*lifecycle.UNSTARTED, JobState.ASSIGNED):
+        await lifecycle.end(
+            session=session,
+            job=job,
+            state=JobState.CANCELLED,
+            actor=lifecycle.Actor.of(by),
+            reason="cancelled",
+            only_from=(*lifecycle.UNSTARTED, JobState.ASSIGNED),
+        )
         return True
     if job.state in ACTIVE_STATES:
         return False
-    raise ConflictError(f"job {job.id} is {job.state.value} and cannot be cancelled")
+    raise lifecycle.TransitionRefused(
+        f"job {job.id} is {job.state.value}; cannot cancel it: " + lifecycle.RULES["cancel"].rule,
+        rule="cancel",
+        state=job.state.value,
+    )
+
+
+async def cancel_unreachable(*, session: AsyncSession, job: Job, by: User) -> Job:
+    """Cancel a job on a machine that cannot take commands (offline, no supervisor)."""
+    return await lifecycle.end(
+        session=session,
+        job=job,
+        state=JobState.CANCELLED,
+        actor=lifecycle.Actor.of(by),
+        reason="cancelled while its machine could not be reached: check the machine",
+        only_from=ACTIVE_STATES,
+    )
 
 
 def check_running_state(job: Job, wanted: set[JobState], action: str) -> None:
@@ -277,31 +299,20 @@ async def clear(
     *, session: AsyncSession, job: Job, by: User, outcome: str, requeue: bool, notes: str
 ) -> tuple[Job, Job | None]:
     """Confirm the bed is clear after a job ended, with its outcome; maybe requeue it."""
-    if job.state not in ENDED_STATES or job.machine_id is None:
-        raise ConflictError(
-            f"job {job.id} is {job.state.value}; only finished, failed or cancelled jobs "
-            "that ran on a machine can be cleared"
-        )
-    job.state = JobState.CLEARED
-    job.outcome = outcome
-    job.cleared_at = utcnow()
-    job.cleared_by_id = by.id
-    if notes:
-        job.notes = (job.notes + "\n" + notes).strip()
+    if requeue and outcome != "bad":
+        raise InvalidInputError("only a bad outcome can be requeued")
+    job = await lifecycle.clear(session=session, job=job, by=by, outcome=outcome, notes=notes)
     again = None
     if requeue:
-        if outcome != "bad":
-            raise InvalidInputError("only a bad outcome can be requeued")
         again = Job(
             owner_id=job.owner_id,
             title=job.title,
-            state=JobState.QUEUED,
-            queued_at=utcnow(),
+            preparation="ready",
             material=job.material,
             required_tags=job.required_tags,
             nozzle_diameter_mm=job.nozzle_diameter_mm,
             attribution=job.attribution,
-            flags=job.flags,
+            flags={k: v for k, v in (job.flags or {}).items() if k != "remote_file"},
             design_id=job.design_id,
             design_file_id=job.design_file_id,
             parameters=job.parameters,
@@ -317,12 +328,13 @@ async def clear(
             progress=fresh_progress(job.lines_total),
             analysis=job.analysis,
             priority=job.priority,
-            approved_at=utcnow(),
-            approved_by_id=by.id,
             notes=f"requeued after job {job.id} came out bad",
+            created_at=utcnow(),
         )
         session.add(again)
-    await session.flush()
+        await session.flush()
+        await lifecycle.record_created(session=session, job=again, actor=lifecycle.Actor.of(by))
+        again = await lifecycle.approve(session=session, job=again, by=by)
     return job, again
 
 
@@ -333,13 +345,3 @@ async def set_priority(*, session: AsyncSession, job: Job, priority: int) -> Job
     job.priority = priority
     await session.flush()
     return job
-
-
-async def unassign(*, session: AsyncSession, job_id: int, reason: str) -> None:
-    """Put an assigned job back to approved when its machine refused to start it."""
-    job = await session.get(Job, job_id)
-    if job is not None and job.state is JobState.ASSIGNED:
-        job.state = JobState.QUEUED
-        job.machine_id = None
-        job.failure_reason = reason
-        await session.flush()

@@ -12,7 +12,6 @@ from fastapi.responses import StreamingResponse
 from microfactory.deps import AnyUser, SessionDep, StaffUser
 from microfactory.errors import ConflictError
 from microfactory.machines import service
-from microfactory.machines.fleet import Fleet
 from microfactory.machines.schemas import (
     CommandRequest,
     CommandResult,
@@ -20,6 +19,7 @@ from microfactory.machines.schemas import (
     MachineRead,
     MachineUpdate,
 )
+from microfactory.runtime.fleet import Fleet
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
 
@@ -40,7 +40,7 @@ async def list_machines(request: Request, session: SessionDep, _user: AnyUser) -
 
 @router.get("/stream", response_class=StreamingResponse)
 async def stream_status(request: Request, _user: AnyUser) -> StreamingResponse:
-    """Push every machine's live status as Server-Sent Events (`machine` events)."""
+    """Push live updates as Server-Sent Events: `machine` (a status) and `job` (a transition)."""
     fleet = _fleet(request)
 
     async def events() -> AsyncIterator[bytes]:
@@ -52,12 +52,13 @@ async def stream_status(request: Request, _user: AnyUser) -> StreamingResponse:
         try:
             while not await request.is_disconnected():
                 try:
-                    machine_id, st = await asyncio.wait_for(anext(updates), timeout=15)
+                    kind, item_id, data = await asyncio.wait_for(anext(updates), timeout=15)
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
-                payload = json.dumps({"id": machine_id, "status": st}, default=str)
-                yield f"event: machine\ndata: {payload}\n\n".encode()
+                key = "status" if kind == "machine" else "event"
+                payload = json.dumps({"id": item_id, key: data}, default=str)
+                yield f"event: {kind}\ndata: {payload}\n\n".encode()
         finally:
             await updates.aclose()  # type: ignore[attr-defined]
 

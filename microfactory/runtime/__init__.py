@@ -1,1 +1,4 @@
-"""The runtime: what drives the machines, above the domain packages."""
+"""The runtime: machine supervisors, the fleet and the command channel, above the domains.
+
+It is the only package that talks to drivers/.
+"""

@@ -33,14 +33,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from microfactory import errors
-from microfactory.machines.fleet import Fleet
 from microfactory.machines.models import Machine
 from microfactory.machines.service import offline_status
+from microfactory.runtime.fleet import Fleet
 
 log = logging.getLogger("microfactory.runtime.remote")
 
 COMMANDS = "mf_machine_commands"
 STATUS = "mf_machine_status"
+JOB_EVENTS = "mf_job_events"
 CHUNK_CHARS = 7000  # below NOTIFY's 8,000-byte payload limit, with room for the envelope
 STATUS_INTERVAL_S = 0.1  # coalesce status changes; a dashboard needs no more than 10 a second
 HEARTBEAT_S = 3.0  # full snapshot; a worker that hears none for 3 beats shows machines offline
@@ -236,8 +237,9 @@ class MachineHost:
     async def _collect(self) -> None:
         updates = self.fleet.hub.subscribe()
         try:
-            async for machine_id, status in updates:
-                self._changed[machine_id] = status
+            async for kind, machine_id, status in updates:
+                if kind == "machine":
+                    self._changed[machine_id] = status
         finally:
             await updates.aclose()  # type: ignore[attr-defined]
 
@@ -549,3 +551,40 @@ class QueueWaker:
     def wake(self) -> None:
         """Ask the host to look at the queue now."""
         self.fleet.wake_queue()
+
+
+class JobEventRelay:
+    """Job transitions on every process's live stream, whichever process committed them.
+
+    The lifecycle publishes a transition after its commit in the process that made it (a web
+    worker approving, the machine host finishing a print). Each process forwards its own on
+    `mf_job_events` and puts the others' on its local hub, so every SSE stream shows them.
+    """
+
+    def __init__(self, dsn: str, hub: Any) -> None:
+        self.hub = hub
+        self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.bus = Bus(dsn, [JOB_EVENTS])
+        self.bus.handlers.append(self._on_message)
+
+    async def start(self) -> None:
+        """Start listening."""
+        await self.bus.start()
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        await self.bus.stop()
+
+    def forward(self, job_id: int, event: dict[str, Any]) -> None:
+        """Send a local transition to the other processes (fire and forget)."""
+
+        async def send() -> None:
+            with contextlib.suppress(Exception):  # the local stream has it; others may miss it
+                await self.bus.send(JOB_EVENTS, {"origin": self.origin, "job_id": job_id,
+                                                 "event": event})  # fmt: skip
+
+        self.bus._spawn(send())
+
+    async def _on_message(self, _channel: str, message: Any) -> None:
+        if isinstance(message, dict) and message.get("origin") != self.origin:
+            self.hub.publish_job(int(message["job_id"]), dict(message.get("event") or {}))

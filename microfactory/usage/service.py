@@ -8,7 +8,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.bookings.models import MachineProfile
-from microfactory.jobs.models import Job
 from microfactory.usage.models import UsageRecord
 
 
@@ -73,33 +72,3 @@ async def for_job(*, session: AsyncSession, job_id: int) -> list[UsageRecord]:
         select(UsageRecord).where(UsageRecord.job_id == job_id).order_by(UsageRecord.id)
     )
     return list(result.scalars())
-
-
-async def record_job_run(
-    *,
-    session: AsyncSession,
-    job: Job,
-    ended_at: dt.datetime,
-    lines_sent: int | None,
-    material_kind: str | None = None,
-    material_g: float | None = None,
-    note: str = "",
-) -> UsageRecord:
-    """Append the usage of one job run, from its start to `ended_at`, pauses excluded."""
-    assert job.machine_id is not None
-    started = job.started_at or ended_at
-    return await append(
-        session=session,
-        user_id=job.owner_id,
-        machine_id=job.machine_id,
-        job_id=job.id,
-        source="job",
-        started_at=started,
-        ended_at=ended_at,
-        active_s=(ended_at - started).total_seconds() - (job.paused_s or 0.0),
-        outcome=job.state.value,
-        lines_sent=lines_sent,
-        material_kind=material_kind,
-        material_g=material_g,
-        note=note,
-    )

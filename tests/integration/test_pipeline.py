@@ -122,6 +122,7 @@ async def test_design_to_finished_print(
         f"/api/v1/jobs/{job['id']}/clear", json={"outcome": "good"}, headers=member
     )
     assert cleared.json()["state"] == "cleared"
+    await live_app.state.events.drain()  # usage is recorded by a subscriber, after the commit
     async with live_app.state.sessionmaker() as session:
         usage = list((await session.execute(select(UsageRecord))).scalars())
     assert [(u.job_id, u.outcome, u.material_kind) for u in usage] == [

@@ -108,6 +108,7 @@ async def test_starting_a_job_on_your_booked_machine_checks_you_in(
     await live_client.post(f"/api/v1/jobs/{job['id']}/approve", headers=operator)
     resp = await live_client.post(f"/api/v1/jobs/{job['id']}/dispatch", headers=operator)
     assert resp.status_code == 200, resp.text
+    await live_app.state.events.drain()  # check-in reacts to job.started after its commit
     got = (await live_client.get(f"/api/v1/bookings/{booked.json()['id']}", headers=member)).json()
     assert got["status"] == "checked_in"
     _ = member_user

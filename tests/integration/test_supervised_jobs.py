@@ -84,6 +84,7 @@ async def test_job_runs_to_completion_and_usage_is_recorded(
     assert done["progress"]["percent"] == 100.0
     assert done["progress"]["lines_acked"] == done["lines_total"]
 
+    await live_app.state.events.drain()  # usage is recorded by a subscriber, after the commit
     async with live_app.state.sessionmaker() as session:
         usage = list((await session.execute(select(UsageRecord))).scalars())
     assert len(usage) == 1
@@ -165,6 +166,7 @@ async def test_disconnect_mid_job_fails_it_with_reason_and_last_line(
     assert "disconnect" in failed["failure_reason"]
     assert failed["last_acked_line"] is not None
     assert failed["last_acked_line"] < failed["lines_total"]
+    await live_app.state.events.drain()  # usage is recorded by a subscriber, after the commit
     async with live_app.state.sessionmaker() as session:
         usage = list((await session.execute(select(UsageRecord))).scalars())
     assert [u.outcome for u in usage] == ["failed"]

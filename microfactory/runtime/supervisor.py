@@ -2,21 +2,21 @@
 
 A supervisor is the only thing that talks to its machine's driver. It connects and
 reconnects with backoff, keeps the status snapshot that the API and dashboard read, runs
-jobs, and writes job state and usage records in transactions of its own.
+jobs, and moves job state through the job lifecycle in transactions of its own. Usage and
+booking check-in are not its business: they subscribe to the lifecycle's events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from drivers import (
@@ -30,11 +30,10 @@ from drivers import (
     Status,
     create_driver,
 )
-from microfactory.bookings import service as booking_service
 from microfactory.db import utcnow
 from microfactory.errors import ConflictError
+from microfactory.jobs import lifecycle
 from microfactory.jobs.models import ACTIVE_STATES, Job, JobState
-from microfactory.usage import service as usage_service
 
 log = logging.getLogger("microfactory.supervisor")
 
@@ -58,7 +57,6 @@ class Supervisor:
         sessionmaker: async_sessionmaker[AsyncSession],
         upload_dir: Path,
         on_status: Callable[[int, dict[str, Any]], None],
-        material_kind: str | None = None,
     ) -> None:
         self.machine_id = machine_id
         self.name = name
@@ -66,13 +64,9 @@ class Supervisor:
         self.connection = dict(connection)
         self.sessionmaker = sessionmaker
         self.upload_dir = upload_dir
-        self.material_kind = material_kind
         self._on_status = on_status
         self.driver: Driver | None = None
         self.job_id: int | None = None
-        self._job_started_at: dt.datetime | None = None
-        self._paused_at: float | None = None
-        self._paused_s = 0.0
         self._last_progress_write = 0.0
         self._status = Status(state=MachineState.CONNECTING, message="starting")
         self._task: asyncio.Task[None] | None = None
@@ -183,7 +177,6 @@ class Supervisor:
             )
             return
         self.job_id = job.id
-        self._job_started_at = job.started_at or utcnow()
         log.info("machine %s: re-attached to job %s", self.name, job.id)
 
     # -- events ---------------------------------------------------------------------
@@ -196,13 +189,8 @@ class Supervisor:
             self._publish(status)
             await self._maybe_write_progress(status)
         elif kind is EventKind.PAUSED:
-            if self._paused_at is None:
-                self._paused_at = time.monotonic()
             await self._set_job_state(JobState.PAUSED)
         elif kind is EventKind.RESUMED:
-            if self._paused_at is not None:
-                self._paused_s += time.monotonic() - self._paused_at
-                self._paused_at = None
             await self._set_job_state(JobState.RUNNING)
         elif kind is EventKind.FINISHED:
             await self._end_job(JobState.FINISHED)
@@ -225,80 +213,71 @@ class Supervisor:
         if now - self._last_progress_write < PROGRESS_WRITE_INTERVAL_S:
             return
         self._last_progress_write = now
-        job_id = self.job_id
         progress = status.progress
-
+        # Progress is not state: a conditional write that only touches a job still on the
+        # machine, so it can never resurrect a job that ended meanwhile.
         async with self.sessionmaker() as session, session.begin():
-            job = await session.get(Job, job_id)
-            if job is None or job.state not in ACTIVE_STATES:
-                return
-            job.progress = progress.as_dict()
-            job.last_acked_line = progress.lines_acked
-            job.last_line_text = (progress.last_line or "")[:500] or None
+            await session.execute(
+                update(Job)
+                .where(Job.id == self.job_id, Job.state.in_(list(ACTIVE_STATES)))
+                .values(
+                    progress=progress.as_dict(),
+                    last_acked_line=progress.lines_acked,
+                    last_line_text=(progress.last_line or "")[:500] or None,
+                )
+                .execution_options(synchronize_session=False)
+            )
 
-    async def _set_job_state(self, state: JobState) -> None:
+    async def _set_job_state(self, state: JobState, actor: lifecycle.Actor | None = None) -> None:
+        """Record a pause or resume the machine reported (idempotent: a repeat is ignored)."""
         if self.job_id is None:
             return
+        move = lifecycle.pause if state is JobState.PAUSED else lifecycle.resume
         async with self.sessionmaker() as session, session.begin():
-            job = await session.get(Job, self.job_id)
-            if job is not None and job.state in ACTIVE_STATES:
-                job.state = state
+            with contextlib.suppress(lifecycle.TransitionRefused):
+                await move(session=session, job=self.job_id, actor=actor or lifecycle.MACHINE)
 
     async def _end_job(
-        self, state: JobState, reason: str | None = None, job_id: int | None = None
+        self,
+        state: JobState,
+        reason: str | None = None,
+        job_id: int | None = None,
+        actor: lifecycle.Actor | None = None,
     ) -> None:
-        """Record how a job ended, with its usage; the machine stays held until cleared."""
+        """Record how a job ended; the machine stays held until its bed is cleared.
+
+        Usage is recorded by the usage log's subscriber once this commits.
+        """
         async with self._job_lock:
             job_id = job_id or self.job_id
             if job_id is None:
                 return
             progress = self._status.progress
-            ended = utcnow()
-            async with self.sessionmaker() as session, session.begin():
-                job = await session.get(Job, job_id)
-                if job is None or job.state not in ACTIVE_STATES:
-                    self.job_id = None
-                    return
-                job.state = state
-                job.ended_at = ended
-                if reason:
-                    job.failure_reason = reason
-                if progress is not None:
-                    job.progress = progress.as_dict()
-                    job.last_acked_line = progress.lines_acked
-                    job.last_line_text = (progress.last_line or "")[:500] or None
-                    if state is JobState.FINISHED:
-                        job.progress = {**job.progress, "percent": 100.0, "eta_s": 0}
-                if state is JobState.FAILED and job.last_acked_line is not None and reason:
-                    job.failure_reason = (
-                        f"{reason} (last acknowledged line {job.last_acked_line}"
-                        + (f": {job.last_line_text}" if job.last_line_text else "")
-                        + ")"
+            details = {"lines_sent": progress.lines_sent} if progress is not None else {}
+            try:
+                async with self.sessionmaker() as session, session.begin():
+                    await lifecycle.end(
+                        session=session,
+                        job=job_id,
+                        state=state,
+                        actor=actor or lifecycle.MACHINE,
+                        reason=reason,
+                        progress=progress.as_dict() if progress is not None else None,
+                        details=details,
+                        only_from=ACTIVE_STATES,
                     )
-                if job.started_at is None:
-                    job.started_at = self._job_started_at or ended
-                paused = self._paused_s
-                if self._paused_at is not None:
-                    paused += time.monotonic() - self._paused_at
-                job.paused_s = paused
-                await usage_service.record_job_run(
-                    session=session,
-                    job=job,
-                    ended_at=ended,
-                    lines_sent=progress.lines_sent if progress else 0,
-                    material_kind=self.material_kind,
-                    material_g=_material_g(job, progress.lines_acked if progress else 0),
+            except lifecycle.TransitionRefused as exc:
+                log.info("machine %s: job %s already ended: %s", self.name, job_id, exc.detail)
+            else:
+                log.info(
+                    "machine %s: job %s %s%s",
+                    self.name,
+                    job_id,
+                    state.value,
+                    f": {reason}" if reason else "",
                 )
-            log.info(
-                "machine %s: job %s %s%s",
-                self.name,
-                job_id,
-                state.value,
-                f": {reason}" if reason else "",
-            )
-            self.job_id = None
-            self._paused_at = None
-            self._paused_s = 0.0
+            if self.job_id == job_id:
+                self.job_id = None
 
     # -- commands -------------------------------------------------------------------
 
@@ -309,41 +288,62 @@ class Supervisor:
             )
         return self.driver
 
-    async def start_job(self, job_id: int) -> None:
-        """Start an assigned job on this machine."""
-        driver = self._require_driver()
+    async def start_job(self, job_id: int, actor: lifecycle.Actor | None = None) -> None:
+        """Start a job assigned to this machine.
+
+        A refused start leaves the job as it was before it was assigned (back in the queue,
+        no usage); a job that can never run here (its stored file is gone) fails with why.
+        """
         async with self._job_lock:
-            if self.job_id is not None:
-                raise ConflictError(f"machine {self.name!r} is already running job {self.job_id}")
             async with self.sessionmaker() as session:
                 job = await session.get(Job, job_id)
                 if job is None or job.state is not JobState.ASSIGNED:
-                    raise ConflictError(f"job {job_id} is not assigned to a machine")
+                    state = job.state.value if job is not None else "gone"
+                    raise ConflictError(f"job {job_id} is {state}, not assigned to a machine")
+                if job.machine_id != self.machine_id:
+                    raise ConflictError(f"job {job_id} is assigned to another machine")
                 path = self.upload_dir / job.stored_name
                 title = job.title
-            program = await asyncio.to_thread(Program.from_file, path, title)
+            try:
+                driver = self._require_driver()
+                if self.job_id is not None:
+                    raise ConflictError(
+                        f"machine {self.name!r} is already running job {self.job_id}"
+                    )
+                try:
+                    program = await asyncio.to_thread(Program.from_file, path, title)
+                except (OSError, UnicodeDecodeError) as exc:
+                    missing = isinstance(exc, FileNotFoundError)
+                    reason = (
+                        f"the job's G-code file is missing from storage ({path.name})"
+                        if missing
+                        else f"the job's G-code file cannot be read: {exc}"
+                    )
+                    await self._fail_unstarted(job_id, reason)
+                    raise ConflictError(f"job {job_id} cannot start: {reason}") from None
+                started = utcnow()
+                try:
+                    await driver.start(program)
+                except DriverError as exc:
+                    raise ConflictError(f"machine {self.name!r} refused the job: {exc}") from exc
+            except ConflictError as exc:
+                await self._unassign(job_id, f"start refused: {exc.detail}")
+                raise
             self.job_id = job_id
-            self._paused_s = 0.0
-            self._paused_at = None
             self._last_progress_write = 0.0
-            self._job_started_at = utcnow()
-            async with self.sessionmaker() as session, session.begin():
-                job = await session.get(Job, job_id)
-                assert job is not None
-                job.state = JobState.RUNNING
-                job.started_at = self._job_started_at
-                # Starting a job on a machine the member booked checks them in.
-                await booking_service.check_in_by_job(
-                    session=session,
-                    user_id=job.owner_id,
-                    machine_id=self.machine_id,
-                    at=self._job_started_at,
-                )
-        try:
-            await driver.start(program)
-        except DriverError as exc:
-            await self._end_job(JobState.FAILED, reason=f"the machine refused the job: {exc}")
-            raise ConflictError(f"machine {self.name!r} refused the job: {exc}") from exc
+            try:
+                async with self.sessionmaker() as session, session.begin():
+                    await lifecycle.start(
+                        session=session, job=job_id, at=started, actor=actor or lifecycle.MACHINE
+                    )
+            except lifecycle.TransitionRefused as exc:
+                # Cancelled while we were starting it: the database is the truth, stop the
+                # machine again.
+                log.warning("machine %s: job %s: %s; stopping", self.name, job_id, exc.detail)
+                self.job_id = None
+                with contextlib.suppress(DriverError):
+                    await driver.cancel()
+                raise
         remote_file = getattr(driver, "job_file", None)
         if remote_file:
             # OctoPrint keeps printing across our restarts: remember its file to re-attach.
@@ -351,6 +351,22 @@ class Supervisor:
                 job = await session.get(Job, job_id)
                 if job is not None:
                     job.flags = {**(job.flags or {}), "remote_file": remote_file}
+
+    async def _unassign(self, job_id: int, reason: str) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            with contextlib.suppress(lifecycle.TransitionRefused):
+                await lifecycle.unassign(session=session, job=job_id, reason=reason)
+
+    async def _fail_unstarted(self, job_id: int, reason: str) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            with contextlib.suppress(lifecycle.TransitionRefused):
+                await lifecycle.end(
+                    session=session,
+                    job=job_id,
+                    state=JobState.FAILED,
+                    reason=reason,
+                    only_from={JobState.ASSIGNED},
+                )
 
     async def _control(self, action: str) -> None:
         driver = self._require_driver()
@@ -361,32 +377,29 @@ class Supervisor:
                 f"machine {self.name!r} could not {action.replace('_', ' ')}: {exc}"
             ) from exc
 
-    async def pause(self) -> None:
+    async def pause(self, actor: lifecycle.Actor | None = None) -> None:
         """Pause the running job."""
         await self._control("pause")
         # Record it now so the caller sees the new state; the driver's event is idempotent.
-        if self._paused_at is None:
-            self._paused_at = time.monotonic()
-        await self._set_job_state(JobState.PAUSED)
+        await self._set_job_state(JobState.PAUSED, actor)
 
-    async def resume(self) -> None:
+    async def resume(self, actor: lifecycle.Actor | None = None) -> None:
         """Resume the paused job."""
         await self._control("resume")
-        if self._paused_at is not None:
-            self._paused_s += time.monotonic() - self._paused_at
-            self._paused_at = None
-        await self._set_job_state(JobState.RUNNING)
+        await self._set_job_state(JobState.RUNNING, actor)
 
-    async def cancel(self) -> None:
+    async def cancel(self, actor: lifecycle.Actor | None = None) -> None:
         """Cancel the running job safely."""
         await self._control("cancel")
-        await self._end_job(JobState.CANCELLED, reason="cancelled")
+        await self._end_job(JobState.CANCELLED, reason="cancelled", actor=actor)
 
-    async def emergency_stop(self) -> None:
+    async def emergency_stop(self, actor: lifecycle.Actor | None = None) -> None:
         """Stop the machine now; the running job fails."""
         await self._control("emergency_stop")
         if self.job_id is not None:
-            await self._end_job(JobState.FAILED, reason="emergency stop by an operator")
+            await self._end_job(
+                JobState.FAILED, reason="emergency stop by an operator", actor=actor
+            )
 
     async def send_commands(self, lines: list[str]) -> list[dict[str, Any]]:
         """Send raw lines; while a job runs only safe real-time commands pass."""
@@ -412,12 +425,3 @@ class Supervisor:
                     continue
                 results.append({"line": line, "ok": True, "reply": reply})
         return results
-
-
-def _material_g(job: Job, lines_acked: int) -> float | None:
-    """Estimate material used: the analysis total, pro rata of lines run."""
-    grams = (job.analysis or {}).get("filament_g")
-    if not grams or not job.lines_total:
-        return None
-    share = min(1.0, lines_acked / job.lines_total) if job.state is not JobState.FINISHED else 1.0
-    return round(float(grams) * share, 2)

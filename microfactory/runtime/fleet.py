@@ -16,13 +16,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from microfactory.db import utcnow
 from microfactory.errors import ConflictError
+from microfactory.jobs import lifecycle
 from microfactory.jobs.models import ACTIVE_STATES, Job, JobState
 from microfactory.machines.models import Machine
 from microfactory.machines.service import offline_status
-from microfactory.machines.supervisor import Supervisor
-from microfactory.usage import service as usage_service
+from microfactory.runtime.supervisor import Supervisor
 
 log = logging.getLogger("microfactory.fleet")
 
@@ -31,22 +30,33 @@ SELF_HOSTED_DRIVERS = frozenset({"octoprint"})
 
 
 class StatusHub:
-    """Fan-out of (machine id, status) updates to dashboard streams."""
+    """Fan-out of live updates to dashboard streams: machine statuses and job transitions.
+
+    Each item is (kind, id, payload): ("machine", machine id, status) or ("job", job id, event).
+    """
 
     def __init__(self) -> None:
-        self._queues: set[asyncio.Queue[tuple[int, dict[str, Any]]]] = set()
+        self._queues: set[asyncio.Queue[tuple[str, int, dict[str, Any]]]] = set()
 
     def publish(self, machine_id: int, status: dict[str, Any]) -> None:
+        """Deliver a machine's status."""
+        self._put(("machine", machine_id, status))
+
+    def publish_job(self, job_id: int, event: dict[str, Any]) -> None:
+        """Deliver a job's transition (after its commit)."""
+        self._put(("job", job_id, event))
+
+    def _put(self, item: tuple[str, int, dict[str, Any]]) -> None:
         """Deliver an update; a slow subscriber loses its oldest update, never blocks us."""
         for q in self._queues:
             if q.full():
                 with contextlib.suppress(asyncio.QueueEmpty):
                     q.get_nowait()
-            q.put_nowait((machine_id, status))
+            q.put_nowait(item)
 
-    async def subscribe(self) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    async def subscribe(self) -> AsyncIterator[tuple[str, int, dict[str, Any]]]:
         """Yield updates until the caller stops."""
-        q: asyncio.Queue[tuple[int, dict[str, Any]]] = asyncio.Queue(500)
+        q: asyncio.Queue[tuple[str, int, dict[str, Any]]] = asyncio.Queue(500)
         self._queues.add(q)
         try:
             while True:
@@ -122,7 +132,6 @@ class Fleet:
             sessionmaker=self._sessionmaker,
             upload_dir=self._upload_dir,
             on_status=self.hub.publish,
-            material_kind=(machine.capabilities or {}).get("loaded_material"),
         )
         self.supervisors[machine.id] = sup
         sup.start()
@@ -140,7 +149,6 @@ class Fleet:
             )
         ):
             old.name = machine.name
-            old.material_kind = (machine.capabilities or {}).get("loaded_material")
             return
         if old is not None:
             if old.job_id is not None:
@@ -157,31 +165,29 @@ async def recover_after_restart(session: AsyncSession) -> None:
     """Fail serial jobs that a restart interrupted; OctoPrint jobs are re-attached later.
 
     A serial machine stops when its host stops streaming, so the job cannot go on. OctoPrint
-    keeps printing on its own, so its supervisor re-attaches once connected.
+    keeps printing on its own, so its supervisor re-attaches once connected. The usage of a
+    job that had started is recorded by the usage log's subscriber, ending at the restart.
     """
     rows = (
         await session.execute(
-            select(Job, Machine)
+            select(Job.id, Job.state, Job.last_acked_line, Machine.driver, Machine.name)
             .join(Machine, Machine.id == Job.machine_id)
             .where(Job.state.in_(list(ACTIVE_STATES)))
         )
     ).all()
-    now = utcnow()
-    for job, machine in rows:
-        if machine.driver in SELF_HOSTED_DRIVERS:
+    for job_id, state, last_acked, driver, machine_name in rows:
+        if driver in SELF_HOSTED_DRIVERS:
             continue
-        last = f" (last acknowledged line {job.last_acked_line}" if job.last_acked_line else ""
-        if last and job.last_line_text:
-            last += f": {job.last_line_text}"
-        last += ")" if last else ""
-        job.state = JobState.FAILED
-        job.failure_reason = f"interrupted by a restart of microfactory{last}"
-        job.ended_at = now
-        await usage_service.record_job_run(
+        await lifecycle.end(
             session=session,
-            job=job,
-            ended_at=now,
-            lines_sent=job.last_acked_line,
-            note="interrupted by restart; end time is the restart time",
+            job=job_id,
+            state=JobState.FAILED,
+            actor=lifecycle.SYSTEM,
+            reason="interrupted by a restart of microfactory",
+            only_from=ACTIVE_STATES,
+            details={
+                "lines_sent": last_acked,
+                "usage_note": "interrupted by restart; end time is the restart time",
+            },
         )
-        log.warning("job %s on %s failed: interrupted by restart", job.id, machine.name)
+        log.warning("job %s (%s) on %s failed: interrupted by restart", job_id, state, machine_name)
