@@ -1,7 +1,7 @@
 """Find the files the package ships: migrations, dashboard templates and static files, demo data.
 
 The repository keeps `migrations/` and `web/` at its top level (the fixed layout); the wheel
-installs them as the packages `microfactory.migrations` and `microfactory.web` (pyproject.toml
+installs them as the packages `microfactory.migrations` and `microfactory.assets` (pyproject.toml
 maps them). `importlib.resources` finds them in a wheel install and in an editable one alike.
 """
 
@@ -40,7 +40,7 @@ def migrations_dir() -> Path:
 @cache
 def web_dir() -> Path:
     """Return the dashboard's folder (templates/ and static/)."""
-    return _package_dir("microfactory.web")
+    return _package_dir("microfactory.assets")
 
 
 @cache

@@ -30,7 +30,7 @@ def test_every_python_package_is_in_the_wheel() -> None:
     assert found - listed == set(), "add these packages to [tool.setuptools] in pyproject.toml"
     assert config["package-dir"] == {
         "microfactory.migrations": "migrations",
-        "microfactory.web": "web",
+        "microfactory.assets": "web",
     }
 
 

@@ -1,1 +1,1 @@
-"""The dashboard's templates and static files; installed as `microfactory.web`."""
+"""The dashboard's templates and static files; installed as `microfactory.assets`."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -49,17 +50,24 @@ async def stream_status(request: Request, _user: AnyUser) -> StreamingResponse:
             payload = json.dumps({"id": machine_id, "status": sup.status_dict()})
             yield f"event: machine\ndata: {payload}\n\n".encode()
         updates = fleet.hub.subscribe()
+        # One pending read survives the keep-alive timeouts: cancelling it (wait_for) would
+        # end the subscription generator, and the stream would die after 15 quiet seconds.
+        pending = asyncio.ensure_future(anext(updates))
         try:
             while not await request.is_disconnected():
-                try:
-                    kind, item_id, data = await asyncio.wait_for(anext(updates), timeout=15)
-                except TimeoutError:
+                done, _ = await asyncio.wait({pending}, timeout=15)
+                if not done:
                     yield b": keep-alive\n\n"
                     continue
+                kind, item_id, data = pending.result()
+                pending = asyncio.ensure_future(anext(updates))
                 key = "status" if kind == "machine" else "event"
                 payload = json.dumps({"id": item_id, key: data}, default=str)
                 yield f"event: {kind}\ndata: {payload}\n\n".encode()
         finally:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
             await updates.aclose()  # type: ignore[attr-defined]
 
     return StreamingResponse(

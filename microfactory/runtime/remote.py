@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from microfactory import errors
+from microfactory.jobs import lifecycle
 from microfactory.machines.models import Machine
 from microfactory.machines.service import offline_status
 from microfactory.runtime.fleet import Fleet
@@ -189,6 +190,24 @@ class Bus:
         task.add_done_callback(self._tasks.discard)
 
 
+def _with_actor(args: dict[str, Any], actor: lifecycle.Actor | None) -> dict[str, Any]:
+    """Add who asked, so the job's history names the person, not the machine host."""
+    if actor is not None:
+        args["actor"] = {"kind": actor.kind, "user_id": actor.user_id, "name": actor.name}
+    return args
+
+
+def _actor_from(data: Any) -> lifecycle.Actor | None:
+    if not isinstance(data, dict):
+        return None
+    user_id = data.get("user_id")
+    return lifecycle.Actor(
+        str(data.get("kind") or "user"),
+        int(user_id) if user_id is not None else None,
+        str(data["name"]) if data.get("name") is not None else None,
+    )
+
+
 # -- the machine host -------------------------------------------------------------------
 
 
@@ -314,10 +333,11 @@ class MachineHost:
         if op == "send_commands":
             return await self.fleet.send_commands(machine, [str(x) for x in args["lines"]])
         handle = self.fleet.get(machine)
+        actor = _actor_from(args.get("actor"))
         if op == "start_job":
-            await handle.start_job(int(args["job_id"]))
+            await handle.start_job(int(args["job_id"]), actor=actor)
         elif op in ("pause", "resume", "cancel", "emergency_stop"):
-            await getattr(handle, op)()
+            await getattr(handle, op)(actor=actor)
         else:
             raise errors.BadRequestError(f"unknown machine command {op!r}")
         return None
@@ -344,25 +364,27 @@ class RemoteMachine:
         """Return the machine's last reported status."""
         return dict(self._fleet.cached.get(self.machine_id) or {"state": "offline"})
 
-    async def start_job(self, job_id: int) -> None:
+    async def start_job(self, job_id: int, actor: lifecycle.Actor | None = None) -> None:
         """Start an assigned job on the machine."""
-        await self._fleet.request("start_job", self.machine_id, {"job_id": job_id})
+        await self._fleet.request(
+            "start_job", self.machine_id, _with_actor({"job_id": job_id}, actor)
+        )
 
-    async def pause(self) -> None:
+    async def pause(self, actor: lifecycle.Actor | None = None) -> None:
         """Pause the running job."""
-        await self._fleet.request("pause", self.machine_id)
+        await self._fleet.request("pause", self.machine_id, _with_actor({}, actor))
 
-    async def resume(self) -> None:
+    async def resume(self, actor: lifecycle.Actor | None = None) -> None:
         """Resume the paused job."""
-        await self._fleet.request("resume", self.machine_id)
+        await self._fleet.request("resume", self.machine_id, _with_actor({}, actor))
 
-    async def cancel(self) -> None:
+    async def cancel(self, actor: lifecycle.Actor | None = None) -> None:
         """Cancel the running job."""
-        await self._fleet.request("cancel", self.machine_id)
+        await self._fleet.request("cancel", self.machine_id, _with_actor({}, actor))
 
-    async def emergency_stop(self) -> None:
+    async def emergency_stop(self, actor: lifecycle.Actor | None = None) -> None:
         """Stop the machine now."""
-        await self._fleet.request("emergency_stop", self.machine_id)
+        await self._fleet.request("emergency_stop", self.machine_id, _with_actor({}, actor))
 
     async def send_commands(self, lines: list[str]) -> list[dict[str, Any]]:
         """Send raw lines and return the replies."""

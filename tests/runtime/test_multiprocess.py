@@ -115,14 +115,26 @@ class Stream:
         with httpx.stream(
             "GET", f"{base}/api/v1/machines/stream", headers=headers, timeout=60
         ) as resp:
+            kind = ""
             for line in resp.iter_lines():
                 if self._stop:
                     return
-                if line.startswith("data: "):
-                    self.events.append(json.loads(line[6:]))
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    self.events.append({"kind": kind, **json.loads(line[6:])})
 
     def saw(self, machine_id: int, since: int, test: Callable[[dict[str, Any]], bool]) -> bool:
-        return any(e["id"] == machine_id and test(e["status"]) for e in list(self.events)[since:])
+        return any(
+            e["kind"] == "machine" and e["id"] == machine_id and test(e["status"])
+            for e in list(self.events)[since:]
+        )
+
+    def saw_job(self, job_id: int, since: int, to: str) -> bool:
+        return any(
+            e["kind"] == "job" and e["id"] == job_id and e["event"]["to"] == to
+            for e in list(self.events)[since:]
+        )
 
     def close(self) -> None:
         self._stop = True
@@ -222,6 +234,9 @@ def test_every_command_from_any_worker_acts_on_the_machine(tmp_path: Path, pg_ur
             poll(lambda s=stream, n=since: s.saw(mill["id"], n,
                                                lambda st: st.get("job_id") == job["id"]),
                  what="every stream shows the job on the mill")  # fmt: skip
+            # The transition itself, committed by the machine host, reaches every stream.
+            poll(lambda s=stream, n=since: s.saw_job(job["id"], n, "running"),
+                 what="every stream shows the job's transition to running")  # fmt: skip
 
         mark = [len(s.events) for s in streams]
         act(b, "pause")
