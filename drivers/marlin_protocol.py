@@ -224,7 +224,9 @@ def parse_reply(line: str) -> Reply:
 # "wait", "Resend:5", "Error: ..."), so on a byte stream they run together:
 # "Error: Checksum mismatchResend:5ok". These patterns never occur inside one real Marlin
 # line, so splitting at them is safe.
-_GLUE_START_RE = re.compile(r"(?<=\S)(?=Resend:|Error:|Cap:|//action:|FIRMWARE_NAME:)")
+_GLUE_START_RE = re.compile(
+    r"(?<=\S)(?=Resend:|Error:|Cap:|//action:|FIRMWARE_NAME:|echo:)|(?<=\d)(?=(?:ok|wait)$)"
+)
 _GLUE_LEAD_RE = re.compile(
     r"^(ok|wait)(?=ok|wait|echo:|busy|T\d*:|B:|X:|start|Resend|Error|Cap:|//|FIRMWARE_NAME)"
 )
@@ -423,7 +425,8 @@ class MarlinProtocol:
         self._clean = 0
         self._burst: _Burst | None = None
         self._swallow = 0
-        self._streak_n: int | None = None
+        self._credit = 0
+        self._streak_cmd: Cmd | None = None  # the line the firmware keeps asking for
         self._streak = 0
         self._writes: list[bytes] = []
         self._done: list[tuple[Cmd, str]] = []
@@ -593,15 +596,26 @@ class MarlinProtocol:
         self.stats["lines_sent"] += 1
 
     def _write_anchor(self, target: int) -> None:
-        """Set the firmware's line counter to `target - 1`; `target` is sent after its ok."""
-        number = target - 1
-        body = f"M110 N{number}"
-        anchor = Cmd(body, number=number, anchor=True)
-        anchor.wire = (format_line(number, body) + "\n").encode("ascii")
-        for n in range(target, self._next_n):
-            line = self._history.get(n)
-            if line is not None:
-                line.copies = 0
+        """Renumber the lines from `target` on and set the firmware's counter before them.
+
+        The anchor is `N<target> M110 N<target>`; the line that was `target` becomes
+        `target + 1`, and so on. Numbers only ever move forward, so a stale reply can never
+        be mistaken for a request for a renumbered line, and a firmware that misbehaves at
+        a given number (VirtualPrinter's simulated errors are keyed by number and re-armed
+        by M110) meets a new one.
+        """
+        tail = [self._history.pop(n) for n in range(target, self._next_n) if n in self._history]
+        for i, line in enumerate(tail):
+            line.number = target + 1 + i
+            line.wire = (format_line(line.number, line.command) + "\n").encode("ascii", "replace")
+            line.copies = line.copies_since_request = 0
+            line.requested = False
+            self._history[line.number] = line
+        self._next_n = target + 1 + len(tail)
+        self._cursor = target + 1
+        body = f"M110 N{target}"
+        anchor = Cmd(body, number=target, anchor=True)
+        anchor.wire = (format_line(target, body) + "\n").encode("ascii")
         self.stats["anchors"] += 1
         self._write(anchor)
 
@@ -678,11 +692,12 @@ class MarlinProtocol:
             return
         cmd.done = True
         if cmd.number is not None:
-            if self._streak_n is not None and cmd.number >= self._streak_n:
-                self._streak_n, self._streak = None, 0
+            if self._streak_cmd is cmd:
+                self._streak_cmd, self._streak = None, 0
             self._clean += 1
             if self._window < self.max_window and self._clean >= self.clean_lines:
                 self._window = self.max_window
+                self._credit = 0  # the link has been clean: old surplus means nothing
         self._done.append((cmd, text))
 
     def _on_request(self, number: int | None, now: float, pair: bool) -> None:
@@ -835,13 +850,16 @@ class MarlinProtocol:
                 if not cmd.unnumbered:
                     self._confirm(cmd, "ok")
         self._inflight.clear()
-        expected = burst.pairs + burst.junk + owed
-        extra = burst.oks - expected
-        self._swallow = max(0, -extra)
-        if self._streak_n == target:
+        # One ok per "Resend:" line, per junk echo and per line the firmware still owes an
+        # ok for. Surplus oks (a resent line accepted while the burst's replies were still
+        # coming) are credited: they are the owed oks of the next burst.
+        balance = burst.oks + self._credit - (burst.pairs + burst.junk + owed)
+        self._credit, self._swallow = max(0, balance), max(0, -balance)
+        key = self._history.get(target)
+        if key is not None and self._streak_cmd is key:
             self._streak += 1
         else:
-            self._streak_n, self._streak = target, 1
+            self._streak_cmd, self._streak = key, 1
         if self.max_resends and self._streak >= self.max_resends:
             line = self._history.get(target)
             what = f" ({line.command!r})" if line is not None else ""
@@ -858,8 +876,11 @@ class MarlinProtocol:
             burst.pairs,
             burst.oks,
             owed,
-            ", anchored" if lie else "",
+            ", anchored" if lie or self.distrust else "",
         )
-        if lie:
+        if lie or self.distrust:
+            # A firmware that does not name the line it saw last may count rejected lines
+            # (VirtualPrinter's current_line does, and its next checksum error then asks for
+            # a line past the damaged one): reset its counter after every fault.
             self._write_anchor(target)
         self.pump()

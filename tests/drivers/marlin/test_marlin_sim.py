@@ -82,12 +82,17 @@ async def test_streams_a_program_exactly(make_sim: MakeSim) -> None:
 
 
 async def test_resends_with_several_lines_in_flight_under_corruption(make_sim: MakeSim) -> None:
-    # Lines 20 and 21 both damaged, 50 lost entirely, then 3 % random damage and 1 % loss.
+    # Lines 20 and 35 damaged, 50 lost entirely, then 2 % random damage and 1 % loss.
     driver = await make_sim(
         baud=115200,
-        corrupt_lines=[20, 21, 35],
+        # Not two damaged lines back to back: when Marlin drains its receive buffer on an
+        # error, a line behind it can be cut; if its "*" was damaged too, the tail runs as a
+        # plain unnumbered command. No host can prevent that with lines in flight (a host
+        # with one line in flight never has a line behind the bad one); it is rare enough
+        # on a real link, but it would make this test flaky.
+        corrupt_lines=[20, 35],
         drop_lines=[50],
-        corrupt_rate=0.03,
+        corrupt_rate=0.02,
         drop_rate=0.01,
         seed=7,
         line_timeout_s=0.5,  # a line lost while it is alone in flight is sent again
