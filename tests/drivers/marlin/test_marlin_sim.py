@@ -345,3 +345,45 @@ async def test_fifty_simulators_side_by_side(make_sim: MakeSim) -> None:
     replies = await asyncio.gather(*(d.send("M105") for d in drivers))
     assert all(r[-1].startswith("ok T:") for r in replies)
     assert len({d.settings["port"] for d in drivers}) == 50
+
+
+async def test_long_commands_finish_with_busy_and_short_timeouts(make_sim: MakeSim) -> None:
+    # Homing takes 2 s, heating 4 s (a report every second), M400 waits for the moves; a
+    # line unanswered for 0.3 s would be sent again, a long command after 1.5 s of silence.
+    driver = await make_sim(
+        speed_factor=1,
+        home_s=2.0,
+        busy_interval=0.2,
+        line_timeout_s=0.3,
+        long_timeout_s=1.5,
+    )
+    program = Program(
+        name="long",
+        lines=("G28", "G1 X10 F6000", "M109 S60", "G1 X20", "G29", "G1 X30", "M400", "G1 X1"),
+    )
+    end = await run_to_end(driver, program, within=60)
+    assert end.kind is EventKind.FINISHED, end.data
+    assert ran(sim_of(driver)) == list(program.lines)
+    assert driver.stats["timeouts"] == 0
+    assert driver.stats["resends"] == 0
+
+
+async def test_motion_limits_are_read_at_connect(make_sim: MakeSim) -> None:
+    driver = await make_sim(
+        advanced_ok=True, junction_deviation=0.02, max_feedrate=[200, 200, 8, 40]
+    )
+    limits = driver.motion_limits
+    assert limits["max_feedrate"] == (200.0, 200.0, 8.0, 40.0)
+    assert limits["max_acceleration"] == (3000.0, 3000.0, 100.0, 10000.0)
+    assert limits["junction_deviation"] == 0.02
+    assert "max_jerk" not in limits
+    assert limits["planner_blocks"] == 16  # from ADVANCED_OK's P on an idle printer
+    assert limits["source"] == f"M503+ADVANCED_OK on {driver.settings['port']}"
+    # A firmware on classic jerk, limits changed by G-code: read again
+    jerk = await make_sim(junction_deviation=None)
+    await jerk.send("M201 X500 Y600")
+    await jerk.send("M205 X7 Y8 Z0.2 E3")
+    limits = await jerk.read_settings()
+    assert limits["max_acceleration"][:2] == (500.0, 600.0)
+    assert limits["max_jerk"] == (7.0, 8.0, 0.2, 3.0)
+    assert limits["junction_deviation"] is None
