@@ -1,15 +1,11 @@
 """Marlin over USB serial: numbered, checksummed lines streamed ahead within the buffers.
 
-How a line travels: `_pump()` numbers it (`N<n> <cmd>*<xor>`), keeps it in `_history` and
-in `_inflight` until the firmware's `ok` comes back. Up to `window` lines are in flight (or
-the command slots the firmware reports through ADVANCED_OK); lines beyond the firmware's
-command slots must also fit its 128-byte receive buffer, because real Marlin drops bytes
-that do not fit. A `Resend: n` rewinds the send cursor to `n`; after a rewind only one line
-is in flight until the firmware accepts it, so that the stale replies of lines sent before
-the rewind cannot start a resend storm (see `_on_resend`).
-
-Everything runs on the event loop: a reader task parses replies and calls `_pump()`, a
-ticker task handles timeouts and temperature polls. No call blocks.
+This module is the I/O shell. The protocol itself (line numbers, the in-flight window,
+resends, ok accounting, timeouts) lives in `drivers.marlin_protocol.MarlinProtocol`, which
+has no I/O and an injected clock. Here a reader task splits the peer's bytes into reply
+lines and hands each to the core; whatever the core wants written is written; a timer
+runs the core's `tick()` when its `deadline()` is due; a ticker task polls temperatures
+and is the watchdog's backstop. No call blocks.
 """
 
 from __future__ import annotations
@@ -17,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
+from datetime import UTC, datetime
 from typing import Any
 
 from drivers.base import (
@@ -40,219 +34,52 @@ from drivers.base import (
     Temperature,
     strip_comment,
 )
+from drivers.marlin_protocol import (
+    _CAP_RE,
+    _ENDS_WITH_TOKEN,
+    _FIRMWARE_NAME_RE,
+    HEATING_COMMANDS,
+    LONG_COMMANDS,
+    Cmd,
+    ErrorClass,
+    MarlinProtocol,
+    Reply,
+    ReplyKind,
+    checksum,
+    classify_error,
+    command_code,
+    format_line,
+    parse_motion_limits,
+    parse_position,
+    parse_reply,
+    parse_temperatures,
+    split_replies,
+)
 from drivers.serial_io import AsyncSerialLink
 
 log = logging.getLogger(__name__)
 
-#: Commands that legitimately keep the firmware silent for minutes (homing, probing, heating,
-#: waiting for moves, filament change, dwell, auto-tune, calibration).
-LONG_COMMANDS = frozenset(
-    {"G28", "G29", "M109", "M190", "M191", "M400", "M600", "G4", "M0", "M1", "M303", "G33", "G34"}
-)
+__all__ = [
+    "HEATING_COMMANDS",
+    "LONG_COMMANDS",
+    "REALTIME_COMMANDS",
+    "ErrorClass",
+    "MarlinDriver",
+    "Reply",
+    "ReplyKind",
+    "checksum",
+    "classify_error",
+    "command_code",
+    "format_line",
+    "parse_position",
+    "parse_reply",
+    "parse_temperatures",
+    "split_replies",
+]
 
 #: Commands send() accepts while a program runs: they are answered without disturbing it.
 #: M105 and M114 go through the numbered stream like any line; M108 and M112 bypass it.
 REALTIME_COMMANDS = frozenset({"M105", "M114", "M108", "M112"})
-
-
-# ---------------------------------------------------------------------------------------
-# Wire format and reply parsing (pure functions, unit-tested without a port)
-
-
-def checksum(text: str) -> int:
-    """Return Marlin's checksum: the XOR of every byte of the text."""
-    value = 0
-    for byte in text.encode("ascii", errors="replace"):
-        value ^= byte
-    return value
-
-
-def format_line(number: int, command: str) -> str:
-    """Return `N<number> <command>*<checksum>` as Marlin expects it (no newline)."""
-    body = f"N{number} {command}"
-    return f"{body}*{checksum(body)}"
-
-
-def command_code(command: str) -> str:
-    """Return the G/M/T code of a command in upper case (`g1 x1` -> `G1`, `M104.1` -> `M104`)."""
-    match = re.match(r"\s*([A-Za-z])\s*(\d+)", command)
-    if not match:
-        return command.strip().split(" ", 1)[0].upper()
-    return f"{match.group(1).upper()}{int(match.group(2))}"
-
-
-class ReplyKind(StrEnum):
-    """What one line from the firmware means to the host."""
-
-    OK = "ok"
-    RESEND = "resend"
-    ERROR = "error"
-    BUSY = "busy"
-    WAIT = "wait"
-    ACTION = "action"
-    ECHO = "echo"
-    TEMPERATURE = "temperature"  # an auto-report or a heating progress line
-    POSITION = "position"  # an M114 report
-    START = "start"  # the firmware (re)booted
-    OTHER = "other"
-
-
-class ErrorClass(StrEnum):
-    """Kinds of `Error:` lines; only FATAL ones halt a job."""
-
-    LINENO = "lineno"  # a line arrived out of sequence (often a stale line after a resend)
-    CHECKSUM = "checksum"  # a line arrived corrupted
-    FORMAT = "format"  # checksum or line number missing: the line was damaged
-    FATAL = "fatal"  # thermal runaway, kill, MINTEMP, ...
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One parsed line from the firmware."""
-
-    kind: ReplyKind
-    text: str
-    number: int | None = None  # Resend: n, ok N<n>, Error "Last Line: n"
-    planner_free: int | None = None  # ADVANCED_OK P
-    slots_free: int | None = None  # ADVANCED_OK B
-    temperatures: Mapping[str, Temperature] = field(default_factory=dict)
-    position: Mapping[str, float] = field(default_factory=dict)
-    error_class: ErrorClass | None = None
-    got: int | None = None  # the line number the firmware received (VirtualPrinter says it)
-    message: str = ""  # error text, echo text or action name and arguments
-
-
-_TEMP_RE = re.compile(
-    r"(?<![A-Za-z@])(T\d*|B|C)\s*:\s*(-?\d+(?:\.\d+)?)(?:\s*/\s*(-?\d+(?:\.\d+)?))?"
-)
-_POS_RE = re.compile(r"(?<![A-Za-z])([XYZE])\s*:\s*(-?\d+(?:\.\d+)?)")
-_OK_N_RE = re.compile(r"(?:^|\s)N(\d+)(?=\s|$)")
-_OK_P_RE = re.compile(r"(?:^|\s)P(\d+)(?=\s|$)")
-_OK_B_RE = re.compile(r"(?:^|\s)B(\d+)(?=\s|$)")
-_RESEND_RE = re.compile(r"^(?:resend|rs)\s*:?\s*N?\s*(\d+)", re.IGNORECASE)
-_LAST_LINE_RE = re.compile(r"Last Line:\s*(-?\d+)", re.IGNORECASE)
-_EXPECTED_GOT_RE = re.compile(r"expected line (\d+) got (\d+)", re.IGNORECASE)
-_FIRMWARE_NAME_RE = re.compile(r"FIRMWARE_NAME:\s*(.*?)(?:\s+[A-Z_]+:|$)")
-_CAP_RE = re.compile(r"^Cap:([A-Z0-9_]+):(\d)")
-
-
-def parse_temperatures(text: str) -> dict[str, Temperature]:
-    """Parse `T:210.0 /210.0 B:60 /60 T0:...` into heaters (actual, target)."""
-    temps: dict[str, Temperature] = {}
-    for name, actual, target in _TEMP_RE.findall(text):
-        temps[name] = Temperature(float(actual), float(target) if target else None)
-    return temps
-
-
-def parse_position(text: str) -> dict[str, float]:
-    """Parse an M114 report `X:1.00 Y:2.00 Z:0.30 E:0.00 Count X:...` (stepper counts dropped)."""
-    head = text.split("Count", 1)[0]
-    return {axis: float(value) for axis, value in _POS_RE.findall(head)}
-
-
-def classify_error(message: str) -> ErrorClass:
-    """Tell a resend-related `Error:` from a firmware fault, in Marlin's and others' words."""
-    low = message.lower()
-    if "line number is not last line number" in low or "expected line" in low:
-        return ErrorClass.LINENO
-    if "checksum mismatch" in low or "wrong checksum" in low:
-        return ErrorClass.CHECKSUM
-    if (
-        "no checksum" in low
-        or "missing checksum" in low
-        or "no line number" in low
-        or "format error" in low
-    ):
-        return ErrorClass.FORMAT
-    return ErrorClass.FATAL
-
-
-def parse_reply(line: str) -> Reply:
-    """Parse one line from a Marlin-like firmware."""
-    text = line.strip()
-    low = text.lower()
-    if low == "ok" or low.startswith(("ok ", "ok:")):
-        rest = text[2:].lstrip(" :")
-        n = _OK_N_RE.search(rest)
-        p = _OK_P_RE.search(rest)
-        b = _OK_B_RE.search(rest)
-        position = parse_position(rest) if rest.startswith("X:") else {}
-        return Reply(
-            ReplyKind.OK,
-            text,
-            number=int(n.group(1)) if n else None,
-            planner_free=int(p.group(1)) if p else None,
-            slots_free=int(b.group(1)) if b else None,
-            temperatures=parse_temperatures(rest) if "T" in rest and not position else {},
-            position=position,
-        )
-    resend = _RESEND_RE.match(text)
-    if resend:
-        return Reply(ReplyKind.RESEND, text, number=int(resend.group(1)))
-    if low.startswith("error:") or low.startswith("!!"):
-        message = text[6:].strip() if low.startswith("error:") else text[2:].strip()
-        last = _LAST_LINE_RE.search(message)
-        number = int(last.group(1)) if last else None
-        got = None
-        expected_got = _EXPECTED_GOT_RE.search(message)
-        if expected_got:
-            number, got = int(expected_got.group(1)) - 1, int(expected_got.group(2))
-        error_class = classify_error(message) if low.startswith("error:") else ErrorClass.FATAL
-        return Reply(
-            ReplyKind.ERROR,
-            text,
-            number=number,
-            error_class=error_class,
-            got=got,
-            message=message,
-        )
-    if low.startswith(("busy:", "echo:busy")):
-        return Reply(ReplyKind.BUSY, text, message=text)
-    if low == "wait":
-        return Reply(ReplyKind.WAIT, text)
-    if text.startswith("//action:"):
-        return Reply(ReplyKind.ACTION, text, message=text[len("//action:") :].strip())
-    if low.startswith("echo:"):
-        return Reply(ReplyKind.ECHO, text, message=text[5:].strip())
-    if low == "start":
-        return Reply(ReplyKind.START, text)
-    if text.startswith("X:") and "Y:" in text:
-        return Reply(ReplyKind.POSITION, text, position=parse_position(text))
-    temps = parse_temperatures(text) if re.match(r"(T\d*|B|C)\s*:", text) else {}
-    if temps:
-        return Reply(ReplyKind.TEMPERATURE, text, temperatures=temps)
-    return Reply(ReplyKind.OTHER, text, message=text)
-
-
-# Splitting messages that a peer glued together without newlines. Real Marlin ends every
-# line with "\n"; OctoPrint's VirtualPrinter hands out many replies without one ("ok",
-# "wait", "Resend:5", "Error: ..."), so on a byte stream they run together:
-# "Error: Checksum mismatchResend:5ok". These patterns never occur inside one real Marlin
-# line, so splitting at them is safe.
-_GLUE_START_RE = re.compile(r"(?<=\S)(?=Resend:|Error:|Cap:|//action:|FIRMWARE_NAME:)")
-_GLUE_LEAD_RE = re.compile(
-    r"^(ok|wait)(?=ok|wait|echo:|busy|T\d*:|B:|X:|start|Resend|Error|Cap:|//|FIRMWARE_NAME)"
-)
-_ENDS_WITH_TOKEN = re.compile(rb"(?:^|ok|wait|\d|\S:\d)(?:ok|wait)$")
-_GLUE_HEAD_RE = re.compile(r"^(Resend:\s*\d+|Cap:[A-Z0-9_]+:\d)(?=[^\d\s])")
-
-
-def split_replies(text: str) -> list[str]:
-    """Split one received line into the firmware messages glued together in it."""
-    out: list[str] = []
-    for part in _GLUE_START_RE.split(text):
-        while part:
-            lead = _GLUE_LEAD_RE.match(part) or _GLUE_HEAD_RE.match(part)
-            if not lead:
-                break
-            out.append(lead.group(1))
-            part = part[lead.end() :]
-        if part:
-            out.append(part)
-    return out
-
-
-# ---------------------------------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -264,28 +91,21 @@ class _Waiter:
 
 
 @dataclass(slots=True)
-class _Line:
-    """One command on its way to the firmware."""
+class _Tag:
+    """What the driver needs to know about a command when the firmware accepts it."""
 
-    command: str
-    number: int | None = None  # None: sent unnumbered (M108, M112)
-    wire: bytes = b""
-    long: bool = False
     job_index: int | None = None  # index in the program, for progress
     waiter: _Waiter | None = None
     is_poll: bool = False  # an M105 the driver sent itself
-    acked: bool = False
 
 
 @dataclass(slots=True)
 class _Job:
     program: Program
     started_at: float
-    next_index: int = 0  # next program line to number and send
+    next_index: int = 0  # next program line to hand to the protocol core
     acked: int = 0
     last_acked: str | None = None
-    first_number: int | None = None
-    last_number: int | None = None  # number of the program's last line once sent
     paused: bool = False
     cancelling: bool = False
 
@@ -299,30 +119,30 @@ class MarlinDriver(Driver):
         super().__init__(settings)
         s = self.settings
         # Marlin's default BUFSIZE is 4 command slots; 4 lines in flight never spill into
-        # the 128-byte receive buffer. Measured on VirtualPrinter (docs/bench-marlin.md):
-        # window 4 streams short segments several times faster than one line in flight.
+        # the 128-byte receive buffer (docs/bench-marlin.md).
         self.window = max(1, int(s.get("window", 4)))
         self.buffer_slots = max(1, int(s.get("buffer_slots", 4)))
         self.rx_buffer = int(s.get("rx_buffer", 128))
-        self.timeout_s = float(s.get("timeout_s", 30.0))
+        # An unanswered line is sent again after this long (never a failure).
+        self.line_timeout_s = float(s.get("line_timeout_s", 3.0))
+        # Nothing at all from the printer for this long while waiting: the link is gone.
+        self.dead_after_s = float(s.get("dead_after_s", 60.0))
+        self.timeout_s = float(s.get("timeout_s", 30.0))  # stop commands on cancel
         self.long_timeout_s = float(s.get("long_timeout_s", 900.0))
         self.connect_timeout_s = float(s.get("connect_timeout_s", 10.0))
         self.poll_interval_s = float(s.get("poll_interval_s", 2.0))
         self.poll_interval_job_s = float(s.get("poll_interval_job_s", 5.0))
         self.autoreport_interval_s = int(s.get("autoreport_interval_s", 2))
         self.max_resends = int(s.get("max_resends", 10))
-        # A resent line that gets no reply at all within this time is sent again: covers a
-        # resent line lost on the link after the firmware flushed its receive buffer.
-        self.resend_probe_s = float(s.get("resend_probe_s", 2.0))
-        # No ok for this long (short of the timeout): send an M105 beyond the window.
-        self.stall_probe_s = float(s.get("stall_probe_s", 5.0))
+        self.clean_lines = int(s.get("clean_lines", 16))
+        self.tick_interval_s = float(s.get("tick_interval_s", 0.2))
+        self.read_settings_at_connect = bool(s.get("read_settings", True))
         # Bytes after the last newline are taken as a line once the peer has been quiet this
         # long (peers such as VirtualPrinter do not end every reply with a newline).
         self.partial_line_s = float(s.get("partial_line_s", 0.05))
-        # After a resend request, wait until the firmware has been quiet this long before
-        # resending: Marlin flushes its receive buffer on an error, and a line cut by that
-        # flush arrives as junk and triggers another error. 2 lines of 96 bytes at 115200
-        # baud take 17 ms.
+        # After a fault, the firmware must be quiet this long before the host resumes:
+        # Marlin drains its receive buffer on an error and every line in flight draws a
+        # duplicate request. 2 lines of 96 bytes at 115200 baud take 17 ms.
         baud = int(s.get("baudrate", 115200)) or 115200
         self.resend_settle_s = float(s.get("resend_settle_s", max(0.02, 2 * 96 * 10 / baud)))
         self._link: AsyncSerialLink | None = None
@@ -330,43 +150,51 @@ class MarlinDriver(Driver):
         self._ticker_task: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._trace = False
+        #: Motion limits read from the firmware at connect (see read_settings()).
+        self.motion_limits: dict[str, Any] = {}
         self._reset_protocol_state()
 
     # -- state ----------------------------------------------------------------------------
 
+    def _new_core(self) -> MarlinProtocol:
+        core = MarlinProtocol(
+            time.monotonic,
+            window=self.window,
+            buffer_slots=self.buffer_slots,
+            rx_buffer=self.rx_buffer,
+            line_timeout_s=self.line_timeout_s,
+            long_timeout_s=self.long_timeout_s,
+            dead_after_s=self.dead_after_s,
+            settle_s=self.resend_settle_s,
+            clean_lines=self.clean_lines,
+            max_resends=self.max_resends,
+        )
+        core.feed = self._feed
+        return core
+
     def _reset_protocol_state(self) -> None:
         self._handshake_q: asyncio.Queue[Reply] | None = None
-        self._history: dict[int, _Line] = {}
-        self._inflight: deque[_Line] = deque()
-        self._pending: deque[_Line] = deque()  # commands waiting to be numbered and sent
-        self._next_n = 0  # next fresh line number
-        self._cursor = 0  # next line number to transmit (< _next_n while resending)
+        self._core = self._new_core()
         self._job: _Job | None = None
         self._halted: str | None = None  # a firmware fault: send nothing more
         self.capabilities: dict[str, bool] = {}
-        self._advanced_ok = False
-        self._learned_slots: int | None = None
-        # resend bookkeeping
-        self._rewind_n: int | None = None  # line we rewound to; only one line in flight
-        self._stale_budget = 0  # replies still expected from lines sent before the rewind
-        self._streak_n: int | None = None
-        self._streak = 0
-        self._error_rewound: int | None = None  # rewound on an Error line; its Resend follows
-        self._last_error_class: ErrorClass | None = None
-        self._paired_ok = False  # the ok right after "Resend:" belongs to the rejected line
-        self._junk_ok = False  # the ok of a cut line tail the firmware ran as a command
+        self._m115_lines: list[str] = []
         self._loose_newlines = False  # the peer glues replies together (VirtualPrinter)
-        self._settling = False  # after a rewind: waiting for stale replies to stop
-        self._sent_since_rewind: set[int] = set()
-        self._settle_handle: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._poll_out = False
         now = time.monotonic()
-        self._last_progress = now
-        self._job_progress_at = now
-        self._last_rx = now
         self._last_poll = now
-        self._last_probe = 0.0
         self._last_publish = 0.0
-        self.stats = {"resends": 0, "stale_resends": 0, "probes": 0, "lines_sent": 0}
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Protocol counters: lines sent, faults, collapsed duplicates, anchors, timeouts."""
+        return self._core.stats
+
+    @property
+    def _learned_slots(self) -> int | None:
+        return self._core.learned_slots
 
     @property
     def connected(self) -> bool:
@@ -394,7 +222,7 @@ class MarlinDriver(Driver):
     # -- connect and close ----------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Open the port, reset line numbers (M110), read capabilities (M115), set reporting."""
+        """Open the port, reset line numbers (M110), read capabilities (M115) and limits."""
         if self.connected:
             return
         port = self.settings.get("port")
@@ -415,13 +243,19 @@ class MarlinDriver(Driver):
         self._handshake_q = asyncio.Queue()
         self._reader_task = asyncio.create_task(self._read_loop(link), name=f"marlin-rx {port}")
         try:
-            await self._handshake(str(port), baudrate)
+            next_n = await self._handshake(str(port), baudrate)
         except BaseException as exc:
             await self._teardown()
             self._set_status(state=MachineState.OFFLINE, message=str(exc))
             raise
+        self._core.start(next_n)
         self._handshake_q = None
         self._ticker_task = asyncio.create_task(self._tick_loop(), name=f"marlin-tick {port}")
+        if self.read_settings_at_connect:
+            try:
+                await asyncio.wait_for(self.read_settings(), self.connect_timeout_s)
+            except (DriverError, TimeoutError) as exc:
+                log.warning("marlin %s: could not read the motion limits: %s", port, exc)
         self._set_status(state=MachineState.IDLE, message="connected")
         log.info(
             "marlin %s connected: %s, capabilities %s",
@@ -429,6 +263,27 @@ class MarlinDriver(Driver):
             self._status.firmware,
             ",".join(k for k, v in sorted(self.capabilities.items()) if v),
         )
+
+    async def read_settings(self) -> dict[str, Any]:
+        """Read the motion limits in force (M503; planner size from M115 or ADVANCED_OK).
+
+        Returns a plain dict with keys named like `MachineLimits` (max_acceleration,
+        max_feedrate, max_jerk or junction_deviation, print/retract/travel_acceleration,
+        min_extrude/travel_feedrate), plus linear_advance_k, planner_blocks where known,
+        "source" and "read_at" (ISO 8601, UTC). Also kept as `self.motion_limits`.
+        """
+        lines = await self.send("M503")
+        limits = parse_motion_limits(lines, self._m115_lines, self._core.idle_planner_free)
+        sources = ["M503"]
+        if "planner_blocks" in limits:
+            in_m115 = parse_motion_limits((), self._m115_lines).get("planner_blocks")
+            sources.append("M115" if in_m115 is not None else "ADVANCED_OK")
+        self.motion_limits = {
+            **limits,
+            "source": "+".join(sources) + f" on {self.settings.get('port')}",
+            "read_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        return self.motion_limits
 
     async def _hs_reply(self, until: float) -> Reply:
         assert self._handshake_q is not None
@@ -441,7 +296,8 @@ class MarlinDriver(Driver):
         assert self._link is not None
         self._link.write((format_line(number, command) + "\n").encode("ascii"))
 
-    async def _handshake(self, port: str, baudrate: int) -> None:
+    async def _handshake(self, port: str, baudrate: int) -> int:
+        """Reset line numbers, read M115, set reporting; return the next line number."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.connect_timeout_s
         # 1. M110 N0 until a clean ok: a board that resets when the port opens (Arduino
@@ -485,6 +341,8 @@ class MarlinDriver(Driver):
                 raise ProtocolError(
                     f"the printer on {port} answered M110 but not M115 within 5 s"
                 ) from None
+            if reply.kind is not ReplyKind.OK:
+                self._m115_lines.append(reply.text)
             name = _FIRMWARE_NAME_RE.search(reply.text)
             cap = _CAP_RE.match(reply.text)
             if name:
@@ -495,15 +353,14 @@ class MarlinDriver(Driver):
                 if firmware is not None:
                     break
                 ok_seen_at = loop.time()
-        self._advanced_ok = self.capabilities.get("ADVANCED_OK", False)
-        self._next_n = self._cursor = 2
+        next_n = 2
         # 3. Temperature reports: the firmware pushes them (M155) or we poll M105.
         if self.capabilities.get("AUTOREPORT_TEMP"):
             self._hs_write(2, f"M155 S{self.autoreport_interval_s}")
             end = loop.time() + 5.0
             while (await self._hs_reply(end)).kind is not ReplyKind.OK:
                 pass
-            self._next_n = self._cursor = 3
+            next_n = 3
         self._set_status(
             firmware=firmware,
             extra={
@@ -513,6 +370,7 @@ class MarlinDriver(Driver):
                 "autoreport_temp": bool(self.capabilities.get("AUTOREPORT_TEMP")),
             },
         )
+        return next_n
 
     async def close(self) -> None:
         """Close the link; a running program is reported FAILED. Safe to call twice."""
@@ -524,6 +382,7 @@ class MarlinDriver(Driver):
             self._set_status(state=MachineState.OFFLINE, message="closed")
 
     async def _teardown(self) -> None:
+        self._cancel_timer()
         tasks = [t for t in (self._ticker_task, self._reader_task) if t is not None]
         current = asyncio.current_task()
         for task in tasks:
@@ -557,7 +416,6 @@ class MarlinDriver(Driver):
         if not program.lines:
             raise DriverError(f"program {program.name!r} has no G-code lines")
         self._job = _Job(program=program, started_at=time.time())
-        self._last_progress = self._job_progress_at = time.monotonic()
         self._set_status(
             state=MachineState.RUNNING, message=program.name, progress=self._progress()
         )
@@ -580,7 +438,6 @@ class MarlinDriver(Driver):
             return
         self._require_ready()
         job.paused = False
-        self._job_progress_at = time.monotonic()
         self._set_status(state=MachineState.RUNNING, progress=self._progress())
         self._emit(EventKind.RESUMED, program=job.program.name)
         self._pump()
@@ -595,20 +452,20 @@ class MarlinDriver(Driver):
         job = self._require_job()
         job.cancelling = True
         job.paused = True
-        stop: list[_Line] = []
+        stop: list[_Waiter] = []
         if self.connected and self._halted is None:
+            self._core.drop_unsent()
             # M108 unnumbered and at once: the firmware's emergency parser acts on it even
             # while M109/M190 block the command queue.
-            self._transmit_unnumbered("M108")
+            self._core.write_unnumbered("M108")
             for command in ("M104 S0", "M140 S0", "M107"):
-                line = _Line(command=command, waiter=_Waiter(self._new_future()))
-                self._pending.append(line)
-                stop.append(line)
-            self._pump()
-        for line in stop:
-            assert line.waiter is not None
+                waiter = _Waiter(self._new_future())
+                self._core.submit(Cmd.of(command, _Tag(waiter=waiter)))
+                stop.append(waiter)
+            self._flush()
+        for waiter in stop:
             with contextlib.suppress(DriverError, TimeoutError):
-                await asyncio.wait_for(asyncio.shield(line.waiter.future), self.timeout_s)
+                await asyncio.wait_for(asyncio.shield(waiter.future), self.timeout_s)
         if self._job is job:
             self._end_job(EventKind.CANCELLED, "cancelled by the operator")
 
@@ -642,145 +499,134 @@ class MarlinDriver(Driver):
                 "cancel the program first"
             )
         if code == "M108":
-            self._transmit_unnumbered("M108")
+            self._core.write_unnumbered("M108")
+            self._flush()
             return []
-        long = code in LONG_COMMANDS
-        limit = self.long_timeout_s if long else self.timeout_s
         async with self._send_lock:
             waiter = _Waiter(self._new_future())
-            self._pending.append(_Line(command=command, long=long, waiter=waiter))
-            self._pump()
-            # Wait as long as the firmware shows signs of life (ok, busy:, resends); the
-            # ticker fails the link after `limit` s of silence, this is the backstop.
-            while True:
-                try:
-                    return await asyncio.wait_for(asyncio.shield(waiter.future), 0.5)
-                except TimeoutError:
-                    silent = time.monotonic() - self._last_progress
-                    if silent > limit + 1.0:
-                        raise ProtocolError(
-                            f"no 'ok' for {command!r}: the printer was silent for {silent:.0f} s"
-                        ) from None
+            self._core.submit(Cmd.of(command, _Tag(waiter=waiter)))
+            self._flush()
+            # The core re-sends an unanswered line and fails the link when the printer has
+            # been silent too long; the future is settled either way.
+            return await asyncio.shield(waiter.future)
 
     def _new_future(self) -> asyncio.Future[list[str]]:
         return asyncio.get_running_loop().create_future()
 
-    # -- sending --------------------------------------------------------------------------
+    # -- the protocol core's I/O ----------------------------------------------------------
 
-    def _slots(self) -> int:
-        if self._learned_slots is not None:
-            return self._learned_slots
-        return self.buffer_slots
-
-    def _limit(self) -> int:
-        if self._learned_slots is not None:
-            return max(self.window, self._learned_slots)
-        return self.window
-
-    def _may_send(self, wire_len: int) -> bool:
-        if self._settling:
-            return False
-        if self._rewind_n is not None:
-            # Recovering from a resend: one line past the rewind point at a time.
-            return not any(
-                e.number is not None and e.number >= self._rewind_n for e in self._inflight
-            )
-        n = len(self._inflight)
-        if n >= self._limit():
-            return False
-        slots = self._slots()
-        if n >= slots:
-            # Lines beyond the command slots wait in the 128-byte receive buffer; real
-            # Marlin drops the bytes that do not fit.
-            spill = sum(len(e.wire) for e in list(self._inflight)[slots:])
-            if spill + wire_len > self.rx_buffer - 1:
-                return False
-        return True
-
-    def _next_fresh(self) -> _Line | None:
-        if self._pending:
-            return self._pending[0]
+    def _feed(self) -> Cmd | None:
+        """Hand the core the next program line, if the job wants one sent."""
         job = self._job
         if job is None or job.paused or job.next_index >= len(job.program.lines):
             return None
         index = job.next_index
-        command = job.program.lines[index]
-        return _Line(command=command, long=command_code(command) in LONG_COMMANDS, job_index=index)
+        job.next_index += 1
+        return Cmd.of(job.program.lines[index], _Tag(job_index=index))
 
     def _pump(self) -> None:
-        """Send every line the firmware's buffers have room for, strictly in order."""
+        if self._halted is not None or self._handshake_q is not None:
+            return
+        self._core.pump()
+        self._flush()
+
+    def _flush(self) -> None:
+        """Carry out what the core decided: write, complete commands, fail, set the timer."""
+        core = self._core
+        writes = core.take_writes()
         link = self._link
-        if link is None or not link.is_open or self._halted is not None:
+        if writes and link is not None and link.is_open and self._halted is None:
+            try:
+                for data in writes:
+                    if self._trace:
+                        log.debug("marlin -> %s", data)
+                    link.write(data)
+            except MachineOffline as exc:
+                self._on_link_lost(str(exc))
+                return
+        for cmd, text in core.take_done():
+            self._completed(cmd, text)
+        if core.failure is not None:
+            failure = core.failure
+            core.failure = None
+            core.halt()
+            self._link_failure(failure)
             return
-        if self._handshake_q is not None:
+        self._maybe_finish()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        deadline = self._core.deadline()
+        if deadline is None:
             return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= deadline:
+            return  # the armed timer fires first; it re-arms for the rest
+        self._cancel_timer()
         try:
-            while True:
-                if self._cursor < self._next_n:
-                    line = self._history.get(self._cursor)
-                    if line is None:
-                        self._protocol_failure(
-                            f"the firmware asked for line {self._cursor}, which is no longer "
-                            "in the resend history"
-                        )
-                        return
-                    if not self._may_send(len(line.wire)):
-                        return
-                    self._transmit(line)
-                    self._cursor += 1
-                    continue
-                line = self._next_fresh()
-                if line is None:
-                    return
-                wire = (format_line(self._next_n, line.command) + "\n").encode("ascii", "replace")
-                if not self._may_send(len(wire)):
-                    return
-                if self._pending and line is self._pending[0]:
-                    self._pending.popleft()
-                elif self._job is not None and line.job_index is not None:
-                    job = self._job
-                    job.next_index += 1
-                    if job.first_number is None:
-                        job.first_number = self._next_n
-                    if job.next_index == len(job.program.lines):
-                        job.last_number = self._next_n
-                self._send_fresh(line, wire)
-        except MachineOffline as exc:
-            self._on_link_lost(str(exc))
-
-    def _send_fresh(self, line: _Line, wire: bytes | None = None) -> None:
-        """Number a line, keep it for resends and write it."""
-        number = self._next_n
-        line.number = number
-        line.wire = wire or (format_line(number, line.command) + "\n").encode("ascii", "replace")
-        self._history[number] = line
-        self._next_n += 1
-        self._cursor = self._next_n
-        self._transmit(line)
-
-    def _transmit(self, line: _Line) -> None:
-        assert self._link is not None
-        if not self._inflight:
-            self._last_progress = time.monotonic()  # the reply clock starts now
-        if self._trace:
-            log.debug("marlin -> %s", line.wire)
-        self._link.write(line.wire)
-        self._inflight.append(line)
-        self.stats["lines_sent"] += 1
-        if self._rewind_n is not None and line.number is not None:
-            self._sent_since_rewind.add(line.number)
-
-    def _transmit_unnumbered(self, command: str) -> None:
-        """Send a command at once, ahead of the window (M108); its ok is still counted."""
-        if self._link is None or not self._link.is_open:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
             return
-        line = _Line(command=command, wire=(command + "\n").encode("ascii"))
+        self._timer_at = deadline
+        self._timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
         try:
-            self._link.write(line.wire)
-        except MachineOffline as exc:
-            self._on_link_lost(str(exc))
+            self._core.tick()
+            self._flush()
+        except Exception:  # a bug must not stop the timer chain; the ticker re-arms it
+            log.exception("marlin: protocol timer failed")
+
+    def _completed(self, cmd: Cmd, ok_text: str) -> None:
+        tag = cmd.tag
+        if not isinstance(tag, _Tag):
             return
-        self._inflight.append(line)
+        if tag.is_poll:
+            self._poll_out = False
+            self._last_poll = time.monotonic()
+        job = self._job
+        if job is not None and tag.job_index is not None:
+            job.acked += 1
+            job.last_acked = cmd.command
+            now = time.monotonic()
+            if now - self._last_publish >= 0.5:
+                self._last_publish = now
+                self._set_status(progress=self._progress())
+        if tag.waiter is not None and not tag.waiter.future.done():
+            tag.waiter.lines.append(ok_text)
+            tag.waiter.future.set_result(list(tag.waiter.lines))
+
+    def _maybe_finish(self) -> None:
+        job = self._job
+        if job is None or job.cancelling:
+            return
+        if job.next_index >= len(job.program.lines) and job.acked >= len(job.program.lines):
+            self._end_job(EventKind.FINISHED, "finished")
+
+    def _end_job(self, kind: EventKind, reason: str) -> None:
+        job = self._job
+        if job is None:
+            return
+        progress = self._progress()
+        self._job = None
+        data: dict[str, Any] = {
+            "program": job.program.name,
+            "reason": reason,
+            "lines_acked": job.acked,
+            "last_line": job.last_acked,
+            "elapsed_s": round(time.time() - job.started_at, 3),
+        }
+        if kind is EventKind.FINISHED or kind is EventKind.CANCELLED:
+            state = MachineState.IDLE if self._halted is None else MachineState.ERROR
+            self._set_status(state=state, message=reason, progress=progress)
+        else:
+            self._set_status(progress=progress)
+        self._emit(kind, **data)
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -833,10 +679,6 @@ class MarlinDriver(Driver):
         reply = parse_reply(text)
         if self._trace:
             log.debug("marlin <- %s", text)
-        now = time.monotonic()
-        self._last_rx = now
-        if self._settling:
-            self._schedule_settle()
         if reply.temperatures:
             self._update_temperatures(reply.temperatures)
         if reply.position:
@@ -844,264 +686,33 @@ class MarlinDriver(Driver):
         if self._handshake_q is not None:
             self._handshake_q.put_nowait(reply)
             return
-        if reply.kind is not ReplyKind.RESEND and reply.kind is not ReplyKind.ERROR:
-            self._error_rewound = None
         kind = reply.kind
-        if kind is ReplyKind.OK:
-            self._on_ok(reply)
-        elif kind is ReplyKind.RESEND:
-            assert reply.number is not None
-            self._on_resend_line(reply.number)
-        elif kind is ReplyKind.ERROR:
-            self._on_error(reply)
-        elif kind is ReplyKind.BUSY:
-            self._last_progress = now
-        elif kind is ReplyKind.WAIT:
-            pass  # an idle firmware's heartbeat: never an acknowledgement
-        elif kind is ReplyKind.ACTION:
-            self._on_action(reply.message)
-        elif kind is ReplyKind.TEMPERATURE:
-            if any(e.long for e in self._inflight):
-                self._last_progress = now  # heating progress during M109/M190
-        elif kind is ReplyKind.START:
-            self._on_firmware_restart()
-        else:
-            if kind is ReplyKind.ECHO:
-                self._emit(EventKind.LOG, line=reply.text)
-                junk = re.match(r'Unknown command:\s*"([^"]*)"', reply.message)
-                if junk and not re.match(r"\s*[GMTgmt]\d", junk.group(1)):
-                    self._junk_ok = True  # not a command we sent: a cut line's tail
-            self._collect(reply.text)
-        if kind in (ReplyKind.POSITION, ReplyKind.OTHER):
+        if kind is ReplyKind.ERROR and reply.error_class is ErrorClass.FATAL:
             self._emit(EventKind.LOG, line=reply.text)
+            self._halt(f"firmware error: {reply.message}")
+            return
+        if kind is ReplyKind.START:
+            self._on_firmware_restart()
+            return
+        if kind is ReplyKind.ACTION:
+            self._on_action(reply.message)
+        elif kind in (ReplyKind.ECHO, ReplyKind.POSITION, ReplyKind.OTHER):
+            self._emit(EventKind.LOG, line=reply.text)
+            self._collect(reply.text)
+        if self._halted is not None:
+            return
+        self._core.on_reply(reply)
+        self._flush()
 
     def _collect(self, text: str) -> None:
-        if self._inflight and self._inflight[0].waiter is not None:
-            self._inflight[0].waiter.lines.append(text)
+        oldest = self._core.oldest()
+        if oldest is not None and isinstance(oldest.tag, _Tag) and oldest.tag.waiter is not None:
+            oldest.tag.waiter.lines.append(text)
 
     def _update_temperatures(self, temps: Mapping[str, Temperature]) -> None:
         merged = dict(self._status.temperatures)
         merged.update(temps)
         self._set_status(temperatures=merged)
-
-    def _on_ok(self, reply: Reply) -> None:
-        self._last_progress = time.monotonic()
-        if reply.slots_free is not None:
-            # ADVANCED_OK reports free slots while the acknowledged command still holds
-            # one, so the buffer has B + 1 slots (an idle Marlin with BUFSIZE 4 says B3).
-            slots = min(64, reply.slots_free + 1)
-            if self._learned_slots is None or slots > self._learned_slots:
-                self._learned_slots = slots
-        if self._paired_ok or self._junk_ok:
-            # The ok after "Resend:" answers the rejected line, already taken out of flight;
-            # the ok after a junk "Unknown command" answers no line of ours.
-            self._paired_ok = self._junk_ok = False
-            self._pump()
-            return
-        numbered = [e.number for e in self._inflight if e.number is not None]
-        if reply.number is not None and reply.number in numbered:
-            # ADVANCED_OK names the acknowledged line: everything before it is done too.
-            self._ack_through(lambda e: e.number == reply.number, reply.text)
-        elif reply.number is not None and numbered and reply.number < numbered[0]:
-            pass  # an ok for a line already accounted for
-        elif reply.temperatures and any(e.is_poll or _is_m105(e) for e in self._inflight):
-            # "ok T:..." answers an M105: everything sent before it is done too. This
-            # resynchronises the count if an ok was ever lost on the link.
-            self._ack_through(lambda e: e.is_poll or _is_m105(e), reply.text)
-        elif self._inflight:
-            self._ack_through(lambda e: True, reply.text)
-        self._maybe_finish()
-        self._pump()
-
-    def _ack_through(self, is_last: Callable[[_Line], bool], ok_text: str) -> None:
-        while self._inflight:
-            line = self._inflight.popleft()
-            last = is_last(line)
-            self._complete(line, ok_text if last else "ok")
-            if last:
-                return
-
-    def _complete(self, line: _Line, ok_text: str) -> None:
-        if line.number is not None:
-            if self._rewind_n is not None and line.number >= self._rewind_n:
-                self._rewind_n = None  # the resent line went through: full window again
-                self._stale_budget = 0
-            if self._streak_n is not None and line.number > self._streak_n:
-                self._streak_n, self._streak = None, 0
-            # Keep a tail of acknowledged lines: a miscounted ok must still be resendable.
-            self._history.pop(line.number - 256, None)
-        if line.acked:
-            return  # sent again after a rewind; counted the first time
-        line.acked = True
-        if line.is_poll:
-            self._last_poll = time.monotonic()
-        job = self._job
-        if job is not None and line.job_index is not None:
-            self._job_progress_at = time.monotonic()
-            job.acked += 1
-            job.last_acked = line.command
-            now = time.monotonic()
-            if now - self._last_publish >= 0.5:
-                self._last_publish = now
-                self._set_status(progress=self._progress())
-        if line.waiter is not None and not line.waiter.future.done():
-            line.waiter.lines.append(ok_text)
-            line.waiter.future.set_result(list(line.waiter.lines))
-
-    def _maybe_finish(self) -> None:
-        job = self._job
-        if job is None or job.cancelling or job.last_number is None:
-            return
-        if self._cursor < self._next_n or self._rewind_n is not None:
-            return
-        if any(e.job_index is not None for e in self._inflight):
-            return
-        if job.acked >= len(job.program.lines):
-            self._end_job(EventKind.FINISHED, "finished")
-
-    def _end_job(self, kind: EventKind, reason: str) -> None:
-        job = self._job
-        if job is None:
-            return
-        progress = self._progress()
-        self._job = None
-        data: dict[str, Any] = {
-            "program": job.program.name,
-            "reason": reason,
-            "lines_acked": job.acked,
-            "last_line": job.last_acked,
-            "elapsed_s": round(time.time() - job.started_at, 3),
-        }
-        if kind is EventKind.FINISHED or kind is EventKind.CANCELLED:
-            state = MachineState.IDLE if self._halted is None else MachineState.ERROR
-            self._set_status(state=state, message=reason, progress=progress)
-        else:
-            self._set_status(progress=progress)
-        self._emit(kind, **data)
-
-    # -- resends --------------------------------------------------------------------------
-
-    def _on_error(self, reply: Reply) -> None:
-        error_class = reply.error_class or ErrorClass.FATAL
-        if error_class is ErrorClass.FATAL:
-            self._emit(EventKind.LOG, line=reply.text)
-            self._halt(f"firmware error: {reply.message}")
-            return
-        self._last_error_class = error_class
-        if reply.number is not None and reply.got is not None:
-            wanted = reply.number + 1
-            if self._stale_copy(reply.got, wanted):
-                self.stats["stale_resends"] += 1
-                self._error_rewound = wanted  # the "Resend:" that follows is handled
-                self._pump()
-                return
-        if reply.number is not None:
-            # Marlin names the last good line; a "Resend:" for the next one follows. Rewind
-            # now: some firmware (and VirtualPrinter's missing_lineno) never sends it.
-            wanted = reply.number + 1
-            self._resend(wanted, error_class)
-            self._error_rewound = wanted
-
-    def _stale_copy(self, got: int, wanted: int) -> bool:
-        """Tell from "expected line X got Y" whether Y was a copy that needs no rewind."""
-        if got < wanted:
-            # A second copy of a line the firmware already has: forget that copy.
-            for line in self._inflight:
-                if line.number == got:
-                    self._inflight.remove(line)
-                    break
-            if self._rewind_n is not None and wanted > self._rewind_n:
-                self._rewind_n = None  # the firmware has the resent line
-                self._settling = False
-            self._cursor = max(self._cursor, min(wanted, self._next_n))
-            return self._cursor >= wanted
-        # A line sent before the last rewind, arriving out of sequence.
-        return self._rewind_n == wanted and got not in self._sent_since_rewind
-
-    def _on_resend_line(self, number: int) -> None:
-        self._paired_ok = True
-        if self._error_rewound == number:
-            self._error_rewound = None  # the Error line before it did the rewind
-            self._last_error_class = None
-            return
-        self._error_rewound = None
-        error_class = self._last_error_class or ErrorClass.CHECKSUM
-        self._last_error_class = None
-        self._resend(number, error_class)
-
-    def _resend(self, number: int, error_class: ErrorClass) -> None:
-        """Rewind to `number`, unless this is a stale request from a line sent before."""
-        self._last_progress = time.monotonic()
-        if self._halted is not None:
-            return
-        if number >= self._next_n:
-            if number == self._next_n:
-                # The firmware has every line we sent: a duplicate caused a stale request.
-                self._drop_inflight_from(number)
-                self.stats["stale_resends"] += 1
-                return
-            self._protocol_failure(
-                f"the firmware asked to resend line {number}, but only lines up to "
-                f"{self._next_n - 1} were sent; it may have restarted"
-            )
-            return
-        if number not in self._history:
-            self._protocol_failure(
-                f"the firmware asked to resend line {number}, which is no longer in the "
-                "resend history; it may have restarted"
-            )
-            return
-        if self._settling and self._rewind_n == number:
-            # A line sent before the rewind arrived out of sequence (or cut by the
-            # firmware's buffer flush): its request is stale, the rewind already happened.
-            self._stale_budget -= 1
-            self.stats["stale_resends"] += 1
-            return
-        if self._streak_n == number:
-            self._streak += 1
-        else:
-            self._streak_n, self._streak = number, 1
-        if self._streak >= self.max_resends:
-            line = self._history[number]
-            self._link_failure(
-                f"the printer asked for line {number} ({line.command!r}) {self._streak} "
-                "times in a row: the serial link corrupts data; check the USB cable, "
-                "its shielding and the baud rate"
-            )
-            return
-        removed = self._drop_inflight_from(number)
-        self._stale_budget = max(0, removed - 1)
-        self._rewind_n = number
-        self._cursor = number
-        self.stats["resends"] += 1
-        log.info("marlin: resend from line %s (%s, %s in flight)", number, error_class, removed)
-        self._sent_since_rewind.clear()
-        self._settling = True
-        self._schedule_settle()
-
-    def _schedule_settle(self) -> None:
-        if self._settle_handle is not None:
-            self._settle_handle.cancel()
-        loop = asyncio.get_running_loop()
-        self._settle_handle = loop.call_later(self.resend_settle_s, self._end_settle)
-
-    def _end_settle(self) -> None:
-        """The firmware has been quiet since the rewind: resend, one line at a time."""
-        self._settle_handle = None
-        self._settling = False
-        self._stale_budget = 0
-        self._pump()
-
-    def _drop_inflight_from(self, number: int) -> int:
-        kept: deque[_Line] = deque()
-        removed = 0
-        for line in self._inflight:
-            if line.number is not None and line.number >= number:
-                removed += 1
-            else:
-                kept.append(line)
-        self._inflight = kept
-        return removed
 
     # -- actions, faults, link loss -------------------------------------------------------
 
@@ -1122,7 +733,7 @@ class MarlinDriver(Driver):
 
     def _on_firmware_restart(self) -> None:
         self._emit(EventKind.LOG, line="start")
-        if self._job is not None or self._inflight:
+        if self._job is not None or self._core.inflight():
             self._halt("the printer restarted (it printed 'start'); reconnect to continue")
 
     def _halt(self, reason: str) -> None:
@@ -1131,14 +742,10 @@ class MarlinDriver(Driver):
         self._halted = reason
         log.warning("marlin halted: %s", reason)
         self._fail_waiters(FirmwareError(reason))
-        self._pending.clear()
-        self._inflight.clear()
+        self._core.halt()
         if self._job is not None:
             self._end_job(EventKind.FAILED, reason)
         self._set_status(state=MachineState.ERROR, message=reason)
-
-    def _protocol_failure(self, reason: str) -> None:
-        self._link_failure(reason)
 
     def _link_failure(self, reason: str) -> None:
         """Stop on a broken link: report, close the port."""
@@ -1147,6 +754,7 @@ class MarlinDriver(Driver):
             self._link.close(reason)
 
     def _on_link_lost(self, reason: str) -> None:
+        self._core.halt()
         if self._status.state is MachineState.OFFLINE and self._job is None:
             return
         log.warning("marlin link lost: %s", reason)
@@ -1154,112 +762,52 @@ class MarlinDriver(Driver):
         if self._job is not None:
             self._end_job(EventKind.FAILED, reason)
         self._fail_waiters(MachineOffline(reason))
-        self._pending.clear()
-        self._inflight.clear()
         self._set_status(state=MachineState.OFFLINE, message=reason)
         self._emit(EventKind.DISCONNECTED, reason=reason, last_line=last)
         if self._link is not None:
             self._link.close(reason)
 
     def _fail_waiters(self, exc: DriverError) -> None:
-        for line in list(self._inflight) + list(self._pending):
-            if line.waiter is not None and not line.waiter.future.done():
-                line.waiter.future.set_exception(exc)
-                line.waiter.future.exception()  # mark retrieved: the caller may be gone
+        cmds = self._core.inflight() + self._core.drop_unsent()
+        for cmd in cmds:
+            tag = cmd.tag
+            if isinstance(tag, _Tag) and tag.waiter is not None and not tag.waiter.future.done():
+                tag.waiter.future.set_exception(exc)
+                tag.waiter.future.exception()  # mark retrieved: the caller may be gone
 
     # -- timers ---------------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
-        try:
-            while True:
-                await asyncio.sleep(0.2)
+        """The watchdog: runs `_tick` every `tick_interval_s`; an exception never stops it."""
+        while True:
+            await asyncio.sleep(self.tick_interval_s)
+            try:
                 self._tick(time.monotonic())
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("marlin ticker failed")
+            except Exception:
+                log.exception("marlin ticker: a tick failed; the watchdog carries on")
 
     def _tick(self, now: float) -> None:
         link = self._link
         if link is None or not link.is_open or self._halted is not None:
             return
-        job = self._job
-        job_waits = job is not None and not job.paused
-        waiting = bool(self._inflight) or self._cursor < self._next_n or job_waits
-        long = any(e.long for e in self._inflight)
-        if waiting:
-            silent = now - self._last_progress
-            limit = self.long_timeout_s if long else self.timeout_s
-            job_lines_out = any(e.job_index is not None for e in self._inflight)
-            if (
-                job is not None
-                and job_waits
-                and not job_lines_out
-                and self._cursor == self._next_n
-                and now - self._job_progress_at > limit
-            ):
-                # Everything was sent and nothing is in flight, yet lines are unanswered:
-                # the firmware skipped lines (VirtualPrinter's resend counter does).
-                total = len(job.program.lines)
-                self._halt(
-                    f"the job stalled: the printer acknowledged {job.acked} of {total} lines "
-                    "and nothing is in flight: it skipped lines or lost them; check the program ran"
-                )
-                return
-            if silent > limit:
-                oldest = self._inflight[0] if self._inflight else None
-                what = f" for line {oldest.number} {oldest.command!r}" if oldest else ""
-                self._link_failure(
-                    f"no reply from the printer for {silent:.0f} s (waiting for 'ok'{what}): "
-                    "the link is gone; check the USB cable and that the printer is on"
-                )
-                return
-            if (
-                self._rewind_n is not None
-                and not long
-                and now - self._last_progress > self.resend_probe_s
-                and now - self._last_probe > self.resend_probe_s
-            ):
-                # The resent line got no reply at all: it was lost too. Send it again.
-                log.info("marlin: no reply to resent line %s; sending it again", self._rewind_n)
-                self._last_probe = now
-                self.stats["probes"] += 1
-                self._drop_inflight_from(self._rewind_n)
-                self._cursor = self._rewind_n
-                self._pump()
-                return
-            if (
-                self._rewind_n is None
-                and not long
-                and self._cursor == self._next_n
-                and now - self._last_progress > self.stall_probe_s
-                and now - self._last_probe > self.stall_probe_s
-                and not any(e.is_poll or _is_m105(e) for e in self._inflight)
-            ):
-                # No ok for a while: if one was lost on the link, the M105's "ok T:" answer
-                # accounts for every line before it (see _on_ok).
-                log.info("marlin: no ok for %.1f s; probing with M105", now - self._last_progress)
-                self._last_probe = now
-                self.stats["probes"] += 1
-                with contextlib.suppress(MachineOffline):
-                    self._send_fresh(_Line(command="M105", is_poll=True))
-                return
+        core = self._core
+        core.tick()  # backstop for the timer
+        self._flush()
+        if self._halted is not None or self._handshake_q is not None:
+            return
         autoreport = self.capabilities.get("AUTOREPORT_TEMP", False)
         interval = self.poll_interval_job_s if self._job is not None else self.poll_interval_s
         if (
             not autoreport
-            and not long
+            and not self._poll_out
+            and not core.long_inflight()
+            and not core.settling
             and now - self._last_poll > interval
-            and not any(e.is_poll for e in self._inflight)
-            and not any(e.is_poll for e in self._pending)
         ):
             self._last_poll = now
-            self._pending.append(_Line(command="M105", is_poll=True))
-            self._pump()
-
-
-def _is_m105(line: _Line) -> bool:
-    return line.command.startswith("M105")
+            self._poll_out = True
+            core.submit(Cmd.of("M105", _Tag(is_poll=True)))
+            self._flush()
 
 
 def _log_task_error(task: asyncio.Task[Any]) -> None:

@@ -64,8 +64,8 @@ _CODE_RE = re.compile(r"^([GMT])(\d+)")
 #: Codes Marlin accepts without a word of output (settings, fan, units, progress, motors).
 _QUIET = frozenset(
     {"G21", "G90", "G91", "G92", "M17", "M18", "M73", "M75", "M76", "M77", "M82", "M83"}
-    | {"M84", "M92", "M106", "M107", "M117", "M201", "M203", "M204", "M205", "M206", "M220"}
-    | {"M221", "M302", "M486", "M500", "M501", "M502", "M900", "M907"}
+    | {"M84", "M92", "M106", "M107", "M117", "M206", "M220"}
+    | {"M221", "M302", "M486", "M500", "M501", "M502", "M907"}
 )
 
 
@@ -95,6 +95,17 @@ class SimOptions:
     fault: str | None = None  # one of FAULTS, triggered when line `fault_at_line` runs
     fault_at_line: int | None = None
     firmware_name: str = "Marlin 2.1.2.4 (sim-marlin)"
+    # Motion settings M503 reports (Marlin's configuration defaults for a Cartesian printer);
+    # M201/M203/M204/M205/M900 change them. junction_deviation None: classic jerk (M205 X..).
+    max_feedrate: tuple[float, float, float, float] = (300.0, 300.0, 5.0, 25.0)
+    max_acceleration: tuple[float, float, float, float] = (3000.0, 3000.0, 100.0, 10000.0)
+    print_acceleration: float = 3000.0
+    retract_acceleration: float = 3000.0
+    travel_acceleration: float = 3000.0
+    junction_deviation: float | None = 0.013
+    max_jerk: tuple[float, float, float, float] = (10.0, 10.0, 0.3, 5.0)
+    min_segment_time_us: float = 20000.0
+    linear_advance_k: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> SimOptions:
@@ -106,6 +117,8 @@ class SimOptions:
                 continue
             if key in ("corrupt_lines", "drop_lines"):
                 value = tuple(int(v) for v in value)
+            elif key in ("max_feedrate", "max_acceleration", "max_jerk"):
+                value = tuple(float(v) for v in value)
             values[key] = value
         opts = cls(**values)
         if opts.fault is not None and opts.fault not in FAULTS:
@@ -554,7 +567,8 @@ class MarlinSimulator:
             self._send("ok")
             return
         self._prune_planner()
-        free = self.options.planner_blocks - len(self._planner)
+        # Marlin's planner.moves_free(): the ring holds BLOCK_BUFFER_SIZE - 1 blocks.
+        free = self.options.planner_blocks - 1 - len(self._planner)
         slots = self.options.bufsize - len(self._queue)  # the running command still counts
         head = f"ok N{number} " if number is not None else "ok "
         self._send(f"{head}P{free} B{slots}")
@@ -620,6 +634,10 @@ class MarlinSimulator:
             )
         elif code == "M115":
             self._m115()
+        elif code == "M503":
+            self._m503()
+        elif code in ("M201", "M203", "M204", "M205", "M900"):
+            self._set_motion(code, params)
         elif code == "M155":
             self._autoreport_s = params.get("S", 0.0)
             self._next_autoreport = time.monotonic() + self._autoreport_s
@@ -681,6 +699,76 @@ class MarlinSimulator:
         }
         for name, value in caps.items():
             self._send(f"Cap:{name}:{int(value)}")
+
+    def _set_motion(self, code: str, params: Mapping[str, float]) -> None:
+        """Change the motion settings as M201/M203/M204/M205/M900 do."""
+        o = self.options
+
+        def axes(old: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+            x, y, z, e = (params.get(a, v) for a, v in zip("XYZE", old, strict=True))
+            return (x, y, z, e)
+
+        if code == "M201":
+            o.max_acceleration = axes(o.max_acceleration)
+        elif code == "M203":
+            o.max_feedrate = axes(o.max_feedrate)
+        elif code == "M204":
+            o.print_acceleration = params.get("P", params.get("S", o.print_acceleration))
+            o.retract_acceleration = params.get("R", o.retract_acceleration)
+            o.travel_acceleration = params.get("T", params.get("S", o.travel_acceleration))
+        elif code == "M205":
+            if "J" in params and o.junction_deviation is not None:
+                o.junction_deviation = params["J"]
+            if o.junction_deviation is None:
+                o.max_jerk = axes(o.max_jerk)
+            o.min_segment_time_us = params.get("B", o.min_segment_time_us)
+        elif code == "M900":
+            o.linear_advance_k = params.get("K", o.linear_advance_k)
+
+    def _m503(self) -> None:
+        """Report the settings as Marlin 2.1's M503 does (MarlinSettings::report)."""
+        o = self.options
+
+        def xyze(values: tuple[float, float, float, float]) -> str:
+            return " ".join(f"{a}{v:.2f}" for a, v in zip("XYZE", values, strict=True))
+
+        lines = [
+            "; Linear Units:",
+            "  G21 ; (mm)",
+            "; Temperature Units:",
+            "  M149 C ; Units in Celsius",
+            "; Steps per unit:",
+            "  M92 X80.00 Y80.00 Z400.00 E93.00",
+            "; Max feedrates (units/s):",
+            "  M203 " + xyze(o.max_feedrate),
+            "; Max Acceleration (units/s2):",
+            "  M201 " + xyze(o.max_acceleration),
+            "; Acceleration (units/s2) (P<print-accel> R<retract-accel> T<travel-accel>):",
+            f"  M204 P{o.print_acceleration:.2f} R{o.retract_acceleration:.2f} "
+            f"T{o.travel_acceleration:.2f}",
+        ]
+        if o.junction_deviation is not None:
+            lines += [
+                "; Advanced (B<min_segment_time_us> S<min_feedrate> T<min_travel_feedrate> "
+                "J<junc_dev>):",
+                f"  M205 B{o.min_segment_time_us:.2f} S0.00 T0.00 J{o.junction_deviation:.3f}",
+            ]
+        else:
+            x, y, z, e = o.max_jerk
+            lines += [
+                "; Advanced (B<min_segment_time_us> S<min_feedrate> T<min_travel_feedrate> "
+                "X<max_x_jerk> Y<max_y_jerk> Z<max_z_jerk> E<max_e_jerk>):",
+                f"  M205 B{o.min_segment_time_us:.2f} S0.00 T0.00 X{x:.2f} Y{y:.2f} "
+                f"Z{z:.2f} E{e:.2f}",
+            ]
+        lines += [
+            "; Home offset:",
+            "  M206 X0.00 Y0.00 Z0.00",
+            "; Linear Advance:",
+            f"  M900 K{o.linear_advance_k:.2f}",
+        ]
+        for line in lines:
+            self._send("echo:" + line)
 
     # -- motion and heat ------------------------------------------------------------------
 

@@ -15,11 +15,18 @@ VirtualPrinter needs a settings object; it only reads its plugin settings throug
 get_int, get_float, get_boolean and global_get_basefolder, so a small stub over the plugin's
 own defaults (VirtualPrinterPlugin.get_settings_defaults) stands in for octoprint.settings.
 
+VirtualPrinter's protocol code runs exactly as shipped, with its default simulated errors
+(100:resend, 105:resend_with_timeout, 110:missing_lineno, 115:checksum_mismatch) unless
+`--simulated-errors` says otherwise: nothing corrects its resend counter or its other quirks.
+The only interventions are observation (the recorder wraps `command_regex.match`, which
+sees every command it runs) and, with `--motion-scale`, the duration of its move sleeps.
+
 Extras for tests and benchmarks:
 - `--record FILE`: every command VirtualPrinter executes is appended to FILE, one a line;
 - `--corrupt-rate P --seed S`: damage one byte in a fraction P of the lines the host sends;
 - `--motion-scale K`: multiply VirtualPrinter's simulated move time (0: moves take no time);
-- `--simulated-errors 20:resend,30:checksum_mismatch`: VirtualPrinter's own error injection;
+- `--simulated-errors 20:resend,30:checksum_mismatch|none`: VirtualPrinter's own error
+  injection instead of its defaults;
 - `--set key=JSON`: any other VirtualPrinter setting (e.g. okFormatString).
 """
 
@@ -123,7 +130,7 @@ class _Recorder:
 
 
 class BridgedPrinter(virtual.VirtualPrinter):
-    """VirtualPrinter with its move time scaled by --motion-scale."""
+    """VirtualPrinter with its move time scaled by --motion-scale (time only, not protocol)."""
 
     motion_scale = 1.0
 
@@ -146,25 +153,6 @@ class BridgedPrinter(virtual.VirtualPrinter):
             super()._performMove(line)
         finally:
             _tls.motion_scale = 1.0
-
-
-class FixedCounterPrinter(BridgedPrinter):
-    """VirtualPrinter whose checksum errors ask for lastN + 1, as Marlin does.
-
-    VirtualPrinter answers a checksum mismatch with `Resend: current_line + 1`, where
-    current_line counts every line with a valid checksum, including lines it rejected as out
-    of sequence. After a host has sent ahead (or resent a line the printer already had), the
-    next checksum error makes it skip lines or ask for one never sent. Tying current_line to
-    lastN removes that bug and nothing else (tests/drivers/marlin records the difference).
-    """
-
-    @property  # type: ignore[override]
-    def current_line(self) -> int:
-        return int(getattr(self, "lastN", 0))
-
-    @current_line.setter
-    def current_line(self, value: int) -> None:
-        pass  # lastN is set beside it wherever VirtualPrinter sets current_line
 
 
 def _write_all(fd: int, data: bytes, stop: threading.Event) -> None:
@@ -296,17 +284,15 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--motion-scale", type=float, default=1.0)
     parser.add_argument(
-        "--simulated-errors", default="", help="e.g. 20:resend,30:checksum_mismatch"
+        "--simulated-errors",
+        default=None,
+        help="e.g. 20:resend,30:checksum_mismatch; 'none' for none; default: VirtualPrinter's "
+        "own (100:resend, 105:resend_with_timeout, 110:missing_lineno, 115:checksum_mismatch)",
     )
     parser.add_argument(
         "--latency-ms", type=float, default=0.0, help="delay every reply (USB adapter latency)"
     )
     parser.add_argument("--terminate", action="store_true", help="end every reply with \\n")
-    parser.add_argument(
-        "--fix-resend-counter",
-        action="store_true",
-        help="make checksum errors ask for lastN + 1 (see FixedCounterPrinter)",
-    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
     return parser.parse_args(argv)
 
@@ -316,17 +302,21 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
     values = VirtualPrinterPlugin.get_settings_defaults(None)
     values["enabled"] = True
-    values["simulated_errors"] = [e for e in args.simulated_errors.split(",") if e]
+    if args.simulated_errors is not None:  # else the plugin's defaults, as shipped
+        errors = "" if args.simulated_errors == "none" else args.simulated_errors
+        values["simulated_errors"] = [e for e in errors.split(",") if e]
     for item in args.set:
         key, _, raw = item.partition("=")
         values[key] = json.loads(raw)
     basedir = tempfile.mkdtemp(prefix="virtual-printer-")
     virtual.plugin_manager = lambda: _NoPlugins()
-    virtual.time = _ScaledTime()
     recorder = _Recorder(virtual.VirtualPrinter.command_regex, args.record)
     virtual.VirtualPrinter.command_regex = recorder
-    BridgedPrinter.motion_scale = args.motion_scale
-    printer_class = FixedCounterPrinter if args.fix_resend_counter else BridgedPrinter
+    printer_class: type[virtual.VirtualPrinter] = virtual.VirtualPrinter
+    if args.motion_scale != 1.0:
+        virtual.time = _ScaledTime()
+        BridgedPrinter.motion_scale = args.motion_scale
+        printer_class = BridgedPrinter
     data_folder = os.path.join(basedir, "data")
     os.makedirs(data_folder, exist_ok=True)
     printer = printer_class(
