@@ -595,6 +595,7 @@ class MotionQueue:
         self._prev: QueuedBlock | None = None  # the last block planned (for its junction)
         self._prev_d: tuple[float, float, float, float] | None = None
         self.clock = 0.0  # machine seconds run so far
+        self.leftover = 0.0
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -603,6 +604,11 @@ class MotionQueue:
     def full(self) -> bool:
         """Tell whether the ring has no free usable block."""
         return len(self.blocks) >= self.capacity
+
+    def set_limits(self, limits: MachineLimits) -> None:
+        """Use new limits for the blocks planned from now on (a setting changed)."""
+        self.limits = limits
+        self.plan_limits = PlanLimits.constant(limits)
 
     def clear(self) -> None:
         """Drop every block (reset, alarm): the machine stops at once."""
@@ -691,10 +697,20 @@ class MotionQueue:
         v1 = min(v1, top)
         return v0, v1, top
 
-    def advance(self, dt: float, override: float = 1.0) -> list[QueuedBlock]:
-        """Run ``dt`` machine seconds; return the blocks that finished, in order."""
+    def advance(
+        self, dt: float, override: float = 1.0, max_blocks: int | None = None
+    ) -> list[QueuedBlock]:
+        """Run ``dt`` machine seconds; return the blocks that finished, in order.
+
+        With ``max_blocks``, stop after that many blocks finish and keep the rest of ``dt`` in
+        :attr:`leftover` (a simulator that checks each block as it starts).
+        """
         done: list[QueuedBlock] = []
+        self.leftover = 0.0
         while dt > 0 and self.blocks:
+            if max_blocks is not None and len(done) >= max_blocks:
+                self.leftover = dt
+                break
             head = self.blocks[0]
             v0, v1, top = self._head_speeds(head, override)
             total = profile_time(head.remaining, head.acc, v0, top, v1)
@@ -717,6 +733,11 @@ class MotionQueue:
             self._prev = None
             self._prev_d = None
         return done
+
+    def stop_now(self) -> None:
+        """The machine is at rest mid-block (a feed hold): the head restarts from zero."""
+        if self.blocks:
+            self.blocks[0].speed = 0.0
 
 
 def _advance_profile(
