@@ -150,6 +150,9 @@ class GcodeAnalysis:
     limits_source: str  # "file", "machine_limits" or "defaults"
     notes: list[str]
     slicer_config: dict[str, str] = field(repr=False, default_factory=dict)
+    # Planned motion time (s) done when 0, 1, ..., 100 % of the lines have run: a live ETA
+    # follows the plan through slow and fast parts of the file (101 values, or empty).
+    time_profile: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Return plain JSON-ready data."""
@@ -811,6 +814,8 @@ class _Carry:
     sync_pending: bool = True  # the next move starts from rest
     tail: Blocks | None = None  # moves planned but not final yet
     tail_entry2: float | None = None
+    tail_lines: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    line_time: F64 = field(default_factory=lambda: np.zeros(0))  # per _PROFILE_LINES lines
     prev_d: F64 | None = None  # (4, 1) the last move, for the next move's junction
     prev_feed: F64 | None = None
     prev_lim: PlanLimits | None = None
@@ -1169,11 +1174,21 @@ def _same(a: PlanLimits, b: PlanLimits) -> bool:
     )
 
 
+_PROFILE_LINES: Final = 256  # the time profile's resolution while planning
+
+
 def _plan_chunk(
-    mv: _Moves, syncs: I64, lim: PlanLimits, carry: _Carry, window: int, final: bool
+    mv: _Moves,
+    syncs: I64,
+    lim: PlanLimits,
+    offset: int,
+    carry: _Carry,
+    window: int,
+    final: bool,
 ) -> None:
     """Plan a chunk's moves after the carried tail; add the time of the moves now final."""
     n = mv.d.shape[1]
+    lines = mv.line + offset
     first = np.zeros(n, dtype=bool)
     last = np.zeros(n, dtype=bool)
     if n:
@@ -1197,6 +1212,7 @@ def _plan_chunk(
         if carry.tail is not None:
             carry.tail.last[-1] = bool(first[0])
             blk = Blocks.concat(carry.tail, blk)
+        lines = np.concatenate([carry.tail_lines, lines])
         carry.sync_pending = bool(syncs.size and syncs[-1] > mv.line[-1])
     else:
         if syncs.size:
@@ -1204,6 +1220,7 @@ def _plan_chunk(
         if carry.tail is None:
             return
         blk = carry.tail
+        lines = carry.tail_lines
         if carry.sync_pending:
             blk.last[-1] = True
     if final:
@@ -1212,11 +1229,20 @@ def _plan_chunk(
     m = blk.size
     done = m if final else max(0, m - window)
     carry.time_s += float(times[:done].sum())
+    if done:
+        per = np.bincount(lines[:done] // _PROFILE_LINES, weights=times[:done])
+        if per.size > carry.line_time.size:
+            carry.line_time = np.concatenate(
+                [carry.line_time, np.zeros(per.size - carry.line_time.size)]
+            )
+        carry.line_time[: per.size] += per
     if done >= m:
         carry.tail, carry.tail_entry2 = None, None
+        carry.tail_lines = np.zeros(0, dtype=np.int64)
     else:
         carry.tail = blk.tail(done)
         carry.tail_entry2 = float(entry2[done])
+        carry.tail_lines = lines[done:].copy()
 
 
 # -- assembling the result ---------------------------------------------------------------------
@@ -1397,7 +1423,7 @@ def _analyse(
     timeline: _LimitsTimeline | None = None
     window = 0
     limits_in_file = False
-    pending: tuple[_Moves, I64, PlanLimits] | None = None
+    pending: tuple[_Moves, I64, PlanLimits, int] | None = None
     for data in chunks:
         if not data:
             continue
@@ -1448,7 +1474,7 @@ def _analyse(
         # Plan the previous chunk now that we know it is not the last one.
         if pending is not None:
             _plan_chunk(*pending, carry, window, final=False)
-        pending = (mv, syncs, lim)
+        pending = (mv, syncs, lim, nlines)
         nlines += table.nlines
         del table, placed
     if blank:
@@ -1631,7 +1657,19 @@ def _result(
         limits_source=source,
         notes=notes,
         slicer_config=ev.config,
+        time_profile=_time_profile(carry.line_time, nlines),
     )
+
+
+def _time_profile(line_time: F64, nlines: int) -> list[float]:
+    """Return the planned time done at 0..100 % of the lines (linear within a bucket)."""
+    if nlines <= 0 or not line_time.size or line_time.sum() <= 0:
+        return []
+    cum = np.concatenate([[0.0], np.cumsum(line_time)])
+    at = np.arange(cum.size, dtype=np.float64) * _PROFILE_LINES
+    at[-1] = max(at[-1], float(nlines))
+    pct = np.linspace(0.0, float(nlines), 101)
+    return [round(float(v), 1) for v in np.interp(pct, np.minimum(at, nlines), cum)]
 
 
 # -- async entry point -----------------------------------------------------------------------

@@ -33,7 +33,9 @@ from drivers import (
 from microfactory.bookings import service as booking_service
 from microfactory.db import utcnow
 from microfactory.errors import ConflictError
+from microfactory.jobs.estimates import estimate_for_machine, live_eta_s
 from microfactory.jobs.models import ACTIVE_STATES, Job, JobState
+from microfactory.machines.models import Machine
 from microfactory.usage import service as usage_service
 
 log = logging.getLogger("microfactory.supervisor")
@@ -76,6 +78,7 @@ class Supervisor:
         self._last_progress_write = 0.0
         self._status = Status(state=MachineState.CONNECTING, message="starting")
         self._task: asyncio.Task[None] | None = None
+        self._estimate_task: asyncio.Task[float | None] | None = None
         self._command_lock = asyncio.Lock()
         self._job_lock = asyncio.Lock()
         self.connected = asyncio.Event()
@@ -142,6 +145,7 @@ class Supervisor:
             try:
                 self._publish(await driver.status())
                 self.connected.set()
+                await self._store_motion_limits(driver)
                 await self._after_connect(driver)
                 async for event in events:
                     await self._handle(event)
@@ -156,6 +160,30 @@ class Supervisor:
                 self.driver = None
             self._publish(Status(state=MachineState.OFFLINE, message="link lost; reconnecting"))
             await asyncio.sleep(BACKOFF_S[0])
+
+    async def _store_motion_limits(self, driver: Driver) -> None:
+        """Keep the limits the machine reported at connect (`$$`, M503, a printer profile) on
+        the machine as capabilities["motion_limits"], with when and where they were read,
+        unless an operator has set them (source "operator")."""
+        limits = getattr(driver, "motion_limits", None)
+        if not isinstance(limits, dict) or not limits:
+            return
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                machine = await session.get(Machine, self.machine_id)
+                if machine is None:
+                    return
+                caps = dict(machine.capabilities or {})
+                current = caps.get("motion_limits") or {}
+                if current.get("source") == "operator":
+                    log.info("machine %s: keeping the operator's motion limits", self.name)
+                    return
+                caps["motion_limits"] = dict(limits)
+                machine.capabilities = caps
+        except Exception:  # the limits are a refinement: never let them stop the machine
+            log.exception("machine %s: could not store its motion limits", self.name)
+            return
+        log.info("machine %s: motion limits read (%s)", self.name, limits.get("source"))
 
     async def _after_connect(self, driver: Driver) -> None:
         """Re-attach to a job the machine kept running while we were away (OctoPrint)."""
@@ -233,6 +261,11 @@ class Supervisor:
             if job is None or job.state not in ACTIVE_STATES:
                 return
             job.progress = progress.as_dict()
+            if progress.eta_s_hint is None:  # the peer does not know better: blend the plan
+                elapsed = time.time() - progress.started_at if progress.started_at else None
+                eta = live_eta_s(job.analysis or {}, progress.lines_acked, job.lines_total, elapsed)
+                if eta is not None:
+                    job.progress["eta_s"] = eta
             job.last_acked_line = progress.lines_acked
             job.last_line_text = (progress.last_line or "")[:500] or None
 
@@ -339,6 +372,10 @@ class Supervisor:
                     machine_id=self.machine_id,
                     at=self._job_started_at,
                 )
+        # Re-plan the job with this machine's own limits, off the critical path.
+        self._estimate_task = asyncio.create_task(
+            estimate_for_machine(self.sessionmaker, self.upload_dir, job_id, self.machine_id)
+        )
         try:
             await driver.start(program)
         except DriverError as exc:
