@@ -1466,7 +1466,7 @@ def _analyse(
             window = lookahead_window(base)
 
         mv = _moves(placed, ev, base)
-        _move_stats(mv, carry)
+        _move_stats(mv, carry, ev.layer_markers)
         if any(w.startswith(("M201", "M203", "M204", "M205")) for _, w, _ in ev.limits):
             limits_in_file = True
         lim = timeline.per_move(ev.limits, mv.line)
@@ -1538,7 +1538,7 @@ def _sync_lines(table: _Table, ev: _Events, lim: MachineLimits, carry: _Carry) -
     return np.unique(np.concatenate(parts))
 
 
-def _move_stats(mv: _Moves, carry: _Carry) -> None:
+def _move_stats(mv: _Moves, carry: _Carry, layer_markers: int) -> None:
     """Add a chunk's moves to the running totals (filament, bounds, lengths, layers)."""
     n = mv.d.shape[1]
     if not n:
@@ -1557,8 +1557,9 @@ def _move_stats(mv: _Moves, carry: _Carry) -> None:
     cut_work = ~mv.rapid & (dxy | (dz != 0))
     carry.bbox_fdm = _grow_bbox(carry.bbox_fdm, mv, fdm_work)
     carry.bbox_cut = _grow_bbox(carry.bbox_cut, mv, cut_work)
-    carry.z_fdm = np.union1d(carry.z_fdm, np.round(mv.end[2][fdm_work], 4))
-    carry.z_cut = np.union1d(carry.z_cut, np.round(mv.end[2][cut_work], 4))
+    if not layer_markers:  # slicers mark layers; count distinct heights only without marks
+        carry.z_fdm = np.union1d(carry.z_fdm, np.round(mv.end[2][fdm_work], 4))
+        carry.z_cut = np.union1d(carry.z_cut, np.round(mv.end[2][cut_work], 4))
 
 
 def _grow_bbox(box: list[float] | None, mv: _Moves, work: Bools) -> list[float] | None:
