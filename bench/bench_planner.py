@@ -147,18 +147,19 @@ def bench_grbl(samples: list[Path]) -> list[dict[str, Any]]:
 def bench_fdm() -> list[dict[str, Any]]:
     from tests import samples
 
-    paths = sorted((GCODE / "fdm").glob("*.gcode"))
-    try:
-        paths.append(samples.vase_gcode())
-    except (FileNotFoundError, RuntimeError) as exc:
-        print(f"vase skipped: {exc}")
+    named = [(p.name, p) for p in sorted((GCODE / "fdm").glob("*.gcode"))]
+    for facets in (360, 3600):  # 0.52 mm and 0.05 mm segments round a 30 mm radius
+        try:
+            named.append((f"vase, {facets} facets", samples.vase_gcode(facets=facets)))
+        except (FileNotFoundError, RuntimeError) as exc:
+            print(f"vase skipped: {exc}")
     rows = []
-    for path in paths:
+    for name, path in named:
         bounded = analyse_gcode(path)
         unbounded = analyse_gcode(path, machine_limits=MachineLimits(block_buffer_size=0))
         rows.append(
             {
-                "name": "vase (sliced, 360 facets)" if "vase" in path.name else path.name,
+                "name": name,
                 "slicer_s": bounded.slicer_estimated_time_s,
                 "bounded_s": bounded.estimated_time_s,
                 "unbounded_s": unbounded.estimated_time_s,
