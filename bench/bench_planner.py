@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import subprocess
@@ -67,15 +68,24 @@ print(json.dumps({"s": dt, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).r
 # -- 1. CNC and laser against the simulated firmware ------------------------------------------
 
 
-async def run_on_sim(path: Path, speed_factor: float) -> tuple[float, dict[str, Any]]:
-    """Run a program on sim-grbl; return its machine time and the limits `$$` reported."""
+async def run_on_sim(
+    path: Path, speed_factor: float, laser: bool = False
+) -> tuple[float, dict[str, Any]]:
+    """Run a program on sim-grbl; return its machine time and the limits `$$` reported.
+
+    With `laser`, the controller is set up as a laser's ($32=1) before the job.
+    """
     driver = SimGrblDriver({"speed_factor": speed_factor})
     await asyncio.wait_for(driver.connect(), 20)
     try:
         sim = driver.simulator
         assert sim is not None
+        if laser:
+            await driver.send("$32=1")
         assert driver.motion_limits is not None
         limits = dict(driver.motion_limits)
+        if laser:  # read at connect, before the change: take the controller's word for it
+            limits["laser_mode"] = bool(sim.settings[32])
         events = driver.events()
         await driver.start(Program.from_file(path))
         first: float | None = None
@@ -114,15 +124,15 @@ def bench_grbl(samples: list[Path]) -> list[dict[str, Any]]:
 
     async def all_runs() -> list[tuple[float, dict[str, Any]]]:
         # Laser samples run at 1x (tiny segments); the buffer must never starve.
-        jobs = [run_on_sim(p, 1.0 if "laser" in p.parts else 2.0) for p in samples]
+        jobs = [
+            run_on_sim(p, 1.0, laser=True) if "laser" in p.parts else run_on_sim(p, 2.0)
+            for p in samples
+        ]
         return list(await asyncio.gather(*jobs))
 
     results = asyncio.run(all_runs())
     for path, (firmware_s, limits) in zip(samples, results, strict=True):
-        text = path.read_text()
         lim = limits_from_dict(limits)
-        if "$32=1" in text.replace(" ", ""):
-            lim = limits_from_dict({"laser_mode": True}, lim)
         bounded = analyse_gcode(path, machine_limits=lim).estimated_time_s
         unbounded = analyse_gcode(
             path, machine_limits=limits_from_dict({"block_buffer_size": 0}, lim)
@@ -130,7 +140,8 @@ def bench_grbl(samples: list[Path]) -> list[dict[str, Any]]:
         guess = analyse_gcode(path, machine_limits=old_guess).estimated_time_s
         rows.append(
             {
-                "name": f"{path.parent.name}/{path.name}",
+                "name": f"{path.parent.name}/{path.name}"
+                + (" ($32=1)" if limits.get("laser_mode") else ""),
                 "firmware_s": firmware_s,
                 "bounded_s": bounded,
                 "unbounded_s": unbounded,
@@ -167,7 +178,28 @@ def bench_fdm() -> list[dict[str, Any]]:
             }
         )
         print(rows[-1], flush=True)
+    rows.append(fine_spiral_row())
+    print(rows[-1], flush=True)
     return rows
+
+
+def fine_spiral_row() -> dict[str, Any]:
+    """A synthetic spiral of 0.02 mm extrusions (no slicer merges them): the buffer binds."""
+    lines = ["M83", "G92 X130 Y100", "G1 F2400"]
+    for k in range(20000):  # 400 mm of 0.02 mm chords round a 30 mm radius
+        a = (k + 1) * 0.02 / 30
+        x, y = 100 + 30 * math.cos(a), 100 + 30 * math.sin(a)
+        lines.append(f"G1 X{x:.4f} Y{y:.4f} E0.0008")
+    text = "\n".join(lines) + "\n"
+    bounded = analyse_gcode(text)
+    unbounded = analyse_gcode(text, machine_limits=MachineLimits(block_buffer_size=0))
+    return {
+        "name": "synthetic spiral, 0.02 mm segments at 40 mm/s",
+        "slicer_s": None,
+        "bounded_s": bounded.estimated_time_s,
+        "unbounded_s": unbounded.estimated_time_s,
+        "moves": bounded.move_count,
+    }
 
 
 # -- 3. memory and speed --------------------------------------------------------------------
@@ -251,6 +283,13 @@ def render(grbl: list[dict[str, Any]], fdm: list[dict[str, Any]], mem: list[dict
         ]
         for r in fdm:
             s = r["slicer_s"]
+            if s is None:  # no slicer estimate: compare the two planners
+                out.append(
+                    f"| {r['name']} | {r['moves']:,} | - | {r['bounded_s']:.1f} s | "
+                    f"{pct(r['bounded_s'], r['unbounded_s'])} vs whole-file | "
+                    f"{r['unbounded_s']:.1f} s | - |"
+                )
+                continue
             out.append(
                 f"| {r['name']} | {r['moves']:,} | {s:.0f} s | {r['bounded_s']:.0f} s | "
                 f"{pct(r['bounded_s'], s)} | {r['unbounded_s']:.0f} s | "
