@@ -1440,12 +1440,39 @@ class GrblSimulator:
 # The sim-grbl driver
 
 
+def grbl_settings(raw: Any) -> dict[int, float]:
+    """Return `$n` settings from a mapping like {"120": 500} (driver settings, CLI)."""
+    if not raw:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise DriverError("grbl_settings must map setting numbers to values, e.g. {'120': 500}")
+    out: dict[int, float] = {}
+    for key, value in raw.items():
+        try:
+            number, val = int(str(key).lstrip("$")), float(value)
+        except (TypeError, ValueError):
+            raise DriverError(f"bad GRBL setting {key!r}: {value!r}") from None
+        if number not in DEFAULT_SETTINGS or not math.isfinite(val) or val < 0:
+            raise DriverError(f"GRBL has no setting ${key} = {value!r}")
+        out[number] = val
+    return out
+
+
 class SimGrblDriver(GrblDriver):
     """The grbl driver against its own GRBL simulator, started on connect()."""
 
     name = "sim-grbl"
     extra_settings = frozenset(
-        {"speed_factor", "baud", "homing", "latency_s", "faults", "isolation", "dtr_reset"}
+        {
+            "speed_factor",
+            "baud",
+            "homing",
+            "latency_s",
+            "faults",
+            "isolation",
+            "dtr_reset",
+            "grbl_settings",  # {"120": 500, ...}: the controller's `$n` values
+        }
     )
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
@@ -1468,6 +1495,7 @@ class SimGrblDriver(GrblDriver):
             "baud": int(s.get("baud", 115200)),
             "homing": bool(s.get("homing", False)),
             "latency_s": float(s.get("latency_s", 0.0)),
+            "settings": grbl_settings(s.get("grbl_settings")),
         }
 
     async def connect(self) -> None:
@@ -1499,6 +1527,8 @@ class SimGrblDriver(GrblDriver):
             "--latency",
             str(args["latency_s"]),
         ]
+        for key, value in args["settings"].items():
+            cmd += ["--set", f"{key}={value}"]
         if args["homing"]:
             cmd.append("--homing")
         proc = await asyncio.to_thread(
@@ -1552,12 +1582,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baud", type=int, default=115200, help="0 disables metering")
     parser.add_argument("--latency", type=float, default=0.0, help="one-way latency, s")
     parser.add_argument("--homing", action="store_true", help="homing on: boot locked")
+    parser.add_argument("--set", action="append", default=[], help="a setting, e.g. 120=500")
     opts = parser.parse_args(argv)
     sim = GrblSimulator(
         speed_factor=opts.speed_factor,
         baud=opts.baud,
         homing=opts.homing,
         latency_s=opts.latency,
+        settings=grbl_settings(dict(item.split("=", 1) for item in opts.set)),
     )
 
     async def run() -> None:

@@ -30,6 +30,7 @@ from drivers import (
     Status,
     create_driver,
 )
+from drivers.planner import limits_from_dict
 from microfactory.bookings import service as booking_service
 from microfactory.db import utcnow
 from microfactory.errors import ConflictError
@@ -167,6 +168,11 @@ class Supervisor:
         unless an operator has set them (source "operator")."""
         limits = getattr(driver, "motion_limits", None)
         if not isinstance(limits, dict) or not limits:
+            return
+        try:
+            limits_from_dict(limits)  # what is stored must read back (the API validates it)
+        except (TypeError, ValueError) as exc:
+            log.warning("machine %s: ignoring its motion limits: %s", self.name, exc)
             return
         try:
             async with self.sessionmaker() as session, session.begin():

@@ -100,3 +100,22 @@ async def test_a_tuned_controllers_settings_are_read() -> None:
     finally:
         await driver.close()
         await asyncio.to_thread(sim.stop)
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+async def test_sim_grbl_takes_its_settings_from_the_machine_connection(
+    make_grbl,  # type: ignore[no-untyped-def]
+    isolation: str,
+) -> None:
+    driver, _ = await make_grbl(isolation=isolation, grbl_settings={"120": 250, "$32": 1})
+    lim = driver.motion_limits
+    assert lim is not None
+    assert lim["max_acceleration"][0] == 250.0
+    assert lim["laser_mode"] is True
+
+
+async def test_bad_sim_grbl_settings_are_refused(make_grbl) -> None:  # type: ignore[no-untyped-def]
+    from drivers.base import DriverError
+
+    with pytest.raises(DriverError, match="no setting"):
+        await make_grbl(grbl_settings={"999": 1})
