@@ -101,6 +101,7 @@ class _Block:
     remaining_mm: float = 0.0
     started: bool = False
     queued: QueuedBlock | None = None
+    requested_mm_min: float = 0.0  # the programmed feed; the planner caps it per axis
 
     def position(self) -> Vec:
         """Return where the tool is now along this block."""
@@ -744,7 +745,7 @@ class GrblSimulator:
         await self._wait_for(lambda: len(self._planner) < BLOCK_BUFFER_SIZE)
         delta = (*_sub(block.target, block.start), 0.0)
         queued = self._motion.make_block(
-            delta, 1.0e9 if block.rapid else block.rate_mm_min / 60, tag=block
+            delta, 1.0e9 if block.rapid else block.requested_mm_min / 60, tag=block
         )
         if queued is None:
             return
@@ -1371,6 +1372,7 @@ class GrblSimulator:
             target=target,
             length_mm=math.dist(start, target),
             rate_mm_min=limit if rapid else min(rate, limit),
+            requested_mm_min=rate,
             rapid=rapid,
             gline=gline,
             line_number=line_number,
