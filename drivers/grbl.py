@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from drivers.base import (
@@ -38,9 +39,12 @@ from drivers.grbl_codes import (
     describe_error,
     error_meaning,
 )
+from drivers.planner import MachineLimits
 from drivers.serial_io import AsyncSerialLink
 
 log = logging.getLogger(__name__)
+
+SETTING_LINE_RE = re.compile(r"^\$(\d+)=\s*([-+]?\d*\.?\d+)")
 
 RX_BUFFER_SIZE = 128
 #: GRBL keeps at most 79 significant characters of a line (LINE_BUFFER_SIZE 80).
@@ -239,6 +243,40 @@ class CharCounter:
 # Jobs
 
 
+def grbl_motion_limits(values: Mapping[int, float], planner_blocks: int = 15) -> dict[str, Any]:
+    """Return the motion limits that GRBL settings (`$$` values) give, as a plain dict.
+
+    Keys are MachineLimits field names ($110-$112 become mm/s); settings that are missing
+    keep GRBL 1.1's defaults. ``planner_blocks`` is the usable count `[OPT:]` reports (15).
+    """
+    stock = MachineLimits.grbl()
+
+    def get(key: int, default: float) -> float:
+        v = values.get(key)
+        return float(v) if v is not None and v > 0 else default
+
+    acc = tuple(get(120 + k, stock.max_acceleration[k]) for k in range(3))
+    rate = tuple(get(110 + k, stock.max_feedrate[k] * 60) / 60 for k in range(3))
+    limits = MachineLimits(
+        max_acceleration=(acc[0], acc[1], acc[2], stock.max_acceleration[3]),
+        max_feedrate=(rate[0], rate[1], rate[2], stock.max_feedrate[3]),
+        max_jerk=stock.max_jerk,
+        print_acceleration=stock.print_acceleration,
+        retract_acceleration=stock.retract_acceleration,
+        travel_acceleration=stock.travel_acceleration,
+        junction_deviation=get(11, stock.junction_deviation or 0.01),
+        block_buffer_size=max(2, planner_blocks + 1),
+        firmware="grbl",
+        arc_tolerance=get(12, stock.arc_tolerance),
+        laser_mode=bool(values.get(32, 0)),
+        spindle_min=float(values.get(31, 0.0)),
+        spindle_max=float(values[30]) if 30 in values else None,
+    )
+    out = limits.as_dict()
+    out["settings"] = {f"${k}": v for k, v in sorted(values.items())}
+    return out
+
+
 class _JobStop(Exception):
     """The streaming task must stop: the job failed or was cancelled."""
 
@@ -335,6 +373,9 @@ class GrblDriver(Driver):
         self._last_poll_at = 0.0
         self._last_report_at = 0.0
         self.firmware: str | None = None
+        # The controller's own motion limits, read with `$$` at connect (MachineLimits field
+        # names, plus "source", "read_at" and the raw "settings"); None until read.
+        self.motion_limits: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------------------------
     # Connection
@@ -376,12 +417,33 @@ class GrblDriver(Driver):
                 raise MachineOffline(f"GRBL on {port} does not answer status queries (`?`)")
             with contextlib.suppress(DriverError):
                 await self._command("$I", within=5.0)
+            try:
+                await self._read_motion_limits(port)
+            except DriverError as exc:
+                log.warning("could not read GRBL settings ($$) on %s: %s", port, exc)
         except BaseException:
             await self._close_link()
             raise
         self._phase = "online"
         self._poller = asyncio.create_task(self._poll_loop(), name=f"grbl-poller-{port}")
         self._publish_state()
+
+    async def _read_motion_limits(self, port: str) -> None:
+        """Read `$$` and keep the settings that time motion as `motion_limits`."""
+        lines = await self._command("$$", within=5.0)
+        values: dict[int, float] = {}
+        for line in lines:
+            m = SETTING_LINE_RE.match(line.strip())
+            if m:
+                values[int(m.group(1))] = float(m.group(2))
+        if not values:
+            raise DriverError(f"`$$` returned no settings: {lines[-1:] or 'nothing'}")
+        limits = grbl_motion_limits(values, planner_blocks=self._planner_size)
+        self.motion_limits = {
+            **limits,
+            "source": f"GRBL $$ on {port}",
+            "read_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
 
     async def _after_open(self) -> None:
         """Run right after the port opens (the simulator emulates a DTR reset here)."""

@@ -29,7 +29,8 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,6 +54,7 @@ from drivers.base import (
     Status,
     Temperature,
 )
+from drivers.planner import MachineLimits
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,34 @@ class TimeoutSession(requests.Session):
         self.mount("https://", adapter)
 
 
+def profile_motion_limits(profiles: Any, where: str) -> dict[str, Any] | None:
+    """Return motion limits from OctoPrint's current printer profile (its axis speeds)."""
+    items = (profiles or {}).get("profiles") if isinstance(profiles, dict) else None
+    if not isinstance(items, dict) or not items:
+        return None
+    chosen = next((p for p in items.values() if isinstance(p, dict) and p.get("current")), None)
+    chosen = chosen or next((p for p in items.values() if isinstance(p, dict)), None)
+    if chosen is None:
+        return None
+    stock = MachineLimits.marlin()
+    axes = chosen.get("axes") or {}
+    speeds = []
+    for k, axis in enumerate("xyze"):
+        raw = (axes.get(axis) or {}).get("speed")
+        try:
+            value = float(raw) if raw is not None else 0.0
+        except (TypeError, ValueError):
+            value = 0.0
+        speeds.append(value / 60 if value > 0 else stock.max_feedrate[k])
+    limits = replace(stock, max_feedrate=(speeds[0], speeds[1], speeds[2], speeds[3]))
+    return {
+        **limits.as_dict(),
+        "source": f"OctoPrint printer profile {chosen.get('name') or chosen.get('id')!r} "
+        f"at {where}",
+        "read_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
 class OctoPrintClient(OctoRest):
     """octorest's client, fixed: sub-path URLs, timeouts, HTTP status kept on errors."""
 
@@ -158,6 +188,10 @@ class OctoPrintClient(OctoRest):
 
     def _join(self, path: str) -> str:
         return urljoin(self.url, path.lstrip("/"))
+
+    def profiles_raw(self) -> Any:
+        """Return GET /api/printerprofiles as sent."""
+        return self._get("/api/printerprofiles")
 
     def _get(self, path: str, params: Any = None) -> Any:
         response = self.session.get(self._join(path), params=params)
@@ -417,6 +451,9 @@ class OctoPrintDriver(Driver):
         self._refresh_lock = asyncio.Lock()
         self._snapshot: _Snapshot | None = None
         self._version: str | None = None
+        # The printer profile's axis speeds as motion limits (MachineLimits field names, plus
+        # "source" and "read_at"); OctoPrint's profile knows no accelerations.
+        self.motion_limits: dict[str, Any] | None = None
 
         self._job_file: str | None = None  # the print we follow and report on
         self._last_ended: str | None = None  # the last print whose end we reported
@@ -500,6 +537,11 @@ class OctoPrintDriver(Driver):
             self._set_status(state=MachineState.OFFLINE, message=str(exc))
             raise
         log.info("connected to OctoPrint %s at %s", self._version, self._display)
+        try:
+            profiles = await self._call("reading the printer profile", self._client.profiles_raw)
+            self.motion_limits = profile_motion_limits(profiles, self._display)
+        except DriverError as exc:
+            log.info("no printer profile from OctoPrint at %s: %s", self._display, exc)
         if self._poll_task is None or self._poll_task.done():
             self._poll_task = asyncio.create_task(
                 self._poll_loop(), name=f"octoprint-poll {self._display}"

@@ -7,9 +7,16 @@ locking, check mode and the `$` system commands. Motion takes time (scaled by `s
 and both directions of the link are metered at the emulated baud rate (10 bits a byte), so
 streaming strategies can be compared honestly.
 
-Known differences from the firmware: no acceleration planning (a block runs at its feed
-rate from start to end), no probing input (G38.x always succeeds), no soft limits, and the
-default `$10=3` so that `Bf:` appears in status reports (GRBL's default is `$10=1`).
+Motion is planned as GRBL plans it, by the same planner the analyser uses
+(`drivers.planner.MotionQueue`): per-axis rates and accelerations ($110-$122), junction
+deviation ($11), arcs within the arc tolerance ($12), look-ahead bounded by the blocks in the
+buffer, and the planner emptied where GRBL empties it (spindle and coolant changes, a new S
+with the spindle on outside laser mode, dwells). So a job takes the time its estimate says
+when the host keeps the buffer full.
+
+Known differences from the firmware: a feed hold stops at once (after `HOLD_DECEL_S`), no
+probing input (G38.x always succeeds), no soft limits, and the default `$10=3` so that `Bf:`
+appears in status reports (GRBL's default is `$10=1`).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Any
 
 from drivers.base import DriverError, MachineOffline
 from drivers.grbl import GrblDriver
+from drivers.planner import MachineLimits, MotionQueue, QueuedBlock
 from drivers.sim.pty import PtyPair
 
 log = logging.getLogger(__name__)
@@ -92,6 +100,8 @@ class _Block:
     jog: bool = False
     remaining_mm: float = 0.0
     started: bool = False
+    queued: QueuedBlock | None = None
+    requested_mm_min: float = 0.0  # the programmed feed; the planner caps it per axis
 
     def position(self) -> Vec:
         """Return where the tool is now along this block."""
@@ -210,6 +220,7 @@ class GrblSimulator:
         self.spindle_ov = 100
         self._exec_pos: Vec = (0.0, 0.0, 0.0)  # where the executor has put the tool
         self._planner: deque[_Block] = deque()
+        self._motion = MotionQueue(self.motion_limits(), capacity=BLOCK_BUFFER_SIZE)
         self._hold = False
         self._critical = False
         self._gline = 0
@@ -468,7 +479,7 @@ class GrblSimulator:
             self._cycle_start()
         elif b == RT_JOG_CANCEL:
             if self.state == "Jog":
-                self._planner.clear()
+                self._clear_planner()
                 self._hold = False
                 self.state = "Idle"
                 self._notify()
@@ -499,6 +510,28 @@ class GrblSimulator:
                 self._ovr_counter = 0
         # Other extended bytes (0x9E, 0xA0, 0xA1, unknown) are dropped, as GRBL drops them.
 
+    def motion_limits(self) -> MachineLimits:
+        """Return the limits the settings give the planner, as `$$` would report them."""
+        st = self.settings
+        return MachineLimits(
+            max_acceleration=(st[120], st[121], st[122], 10000.0),
+            max_feedrate=(st[110] / 60, st[111] / 60, st[112] / 60, 120.0),
+            print_acceleration=1.0e6,
+            retract_acceleration=1.0e6,
+            travel_acceleration=1.0e6,
+            junction_deviation=st[11],
+            block_buffer_size=BLOCK_BUFFER_SIZE + 1,
+            firmware="grbl",
+            arc_tolerance=st[12],
+            laser_mode=bool(st[32]),
+            spindle_min=st[31],
+            spindle_max=st[30],
+        )
+
+    def _clear_planner(self) -> None:
+        self._planner.clear()
+        self._motion.clear()
+
     def _feed_hold(self) -> None:
         if self.state in ("Idle",):
             self._hold = True
@@ -524,7 +557,7 @@ class GrblSimulator:
     def _reinit(self) -> None:
         self._stop_machine_tasks()
         self._rx_buf.clear()
-        self._planner.clear()
+        self._clear_planner()
         self._hold = False
         self._critical = False
         self._status_pending = False
@@ -562,13 +595,13 @@ class GrblSimulator:
     def _do_power_cycle(self) -> None:
         self.state = "Alarm" if self.settings[22] else "Idle"
         self._exec_pos = self.mpos = (0.0, 0.0, 0.0)
-        self._planner.clear()
+        self._clear_planner()
         self._reinit()
 
     def _alarm(self, code: int) -> None:
         self.alarms.append(code)
         self._exec_pos = self.mpos = self._current_mpos()
-        self._planner.clear()
+        self._clear_planner()
         self._hold = False
         self.state = "Alarm"
         self._out(f"ALARM:{code}")
@@ -661,6 +694,7 @@ class GrblSimulator:
                     self._notify()
                 if self._hold and self.state in ("Run", "Jog"):
                     self.state = "Hold:1"  # decelerating: a reset now raises ALARM:3
+                    self._motion.stop_now()
                     self._notify()
                     await asyncio.sleep(HOLD_DECEL_S / max(1.0, self.speed_factor / 10))
                     if self.state == "Hold:1":
@@ -682,21 +716,26 @@ class GrblSimulator:
                     self._alarm(self.faults.alarm_code)
                     continue
             ov = self.rapid_ov if block.rapid else self.feed_ov
-            rate = block.rate_mm_min * ov / 100 / 60 * self.speed_factor  # mm/s
             now = time.monotonic()
-            block.remaining_mm -= (now - motion_t) * rate
-            if block.remaining_mm <= 1e-9:
+            motion = self._motion
+            # Machine time runs speed_factor times faster than the wall clock.
+            done = motion.advance((now - motion_t) * self.speed_factor, ov / 100, max_blocks=1)
+            if done:
                 # Carry the overshoot into the next block so that sleeps that run long do
                 # not slow the machine down on many short segments.
-                motion_t = now + block.remaining_mm / rate if rate > 0 else now
+                motion_t = now - motion.leftover / self.speed_factor
                 self._planner.popleft()
+                block.remaining_mm = 0.0
                 self._exec_pos = block.target
                 self._notify()
                 continue
             motion_t = now
+            if block.queued is not None:
+                block.remaining_mm = block.queued.remaining
+            wait = motion.time_to_next(ov / 100) / self.speed_factor
             ev = self._changed
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(block.remaining_mm / rate, 0.05)):
+                async with asyncio.timeout(min(wait, 0.05)):
                     await ev.wait()
 
     async def _plan(self, block: _Block) -> None:
@@ -704,6 +743,14 @@ class GrblSimulator:
             return  # GRBL drops zero-length blocks
         block.remaining_mm = block.length_mm
         await self._wait_for(lambda: len(self._planner) < BLOCK_BUFFER_SIZE)
+        delta = (*_sub(block.target, block.start), 0.0)
+        queued = self._motion.make_block(
+            delta, 1.0e9 if block.rapid else block.requested_mm_min / 60, tag=block
+        )
+        if queued is None:
+            return
+        block.queued = queued
+        self._motion.push(queued, delta)
         self._planner.append(block)
         if self.state == "Idle" and not self._hold:
             self.state = "Jog" if block.jog else "Run"
@@ -928,6 +975,7 @@ class GrblSimulator:
         if key == 20 and value and not self.settings[22]:
             return 10
         self.settings[key] = value
+        self._motion.set_limits(self.motion_limits())
         await self._eeprom_write()
         return None
 
@@ -1193,12 +1241,18 @@ class GrblSimulator:
             st.inverse_time = inverse_time
         if "F" in values and not inverse_time:
             st.feed = feed
-        if "S" in values:
+        if "S" in values and values["S"] != st.speed:
+            # A new speed with the spindle on waits for the planner (spindle_sync), except in
+            # laser mode on a line with motion: the power then travels with the block.
+            laser_motion = laser and bool(axis_words) and axis_command == "motion"
+            if st.spindle != 5 and not laser_motion and not check:
+                await self._sync()
             st.speed = values["S"]
         if "T" in values:
             st.tool = int(values["T"])
         if 7 in m_groups and m_groups[7] != st.spindle:
-            if not laser:
+            # Every spindle state change is synced, even in laser mode.
+            if not check:
                 await self._sync()
             st.spindle = m_groups[7]
             self._ovr_counter = 0
@@ -1318,6 +1372,7 @@ class GrblSimulator:
             target=target,
             length_mm=math.dist(start, target),
             rate_mm_min=limit if rapid else min(rate, limit),
+            requested_mm_min=rate,
             rapid=rapid,
             gline=gline,
             line_number=line_number,
@@ -1387,12 +1442,39 @@ class GrblSimulator:
 # The sim-grbl driver
 
 
+def grbl_settings(raw: Any) -> dict[int, float]:
+    """Return `$n` settings from a mapping like {"120": 500} (driver settings, CLI)."""
+    if not raw:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise DriverError("grbl_settings must map setting numbers to values, e.g. {'120': 500}")
+    out: dict[int, float] = {}
+    for key, value in raw.items():
+        try:
+            number, val = int(str(key).lstrip("$")), float(value)
+        except (TypeError, ValueError):
+            raise DriverError(f"bad GRBL setting {key!r}: {value!r}") from None
+        if number not in DEFAULT_SETTINGS or not math.isfinite(val) or val < 0:
+            raise DriverError(f"GRBL has no setting ${key} = {value!r}")
+        out[number] = val
+    return out
+
+
 class SimGrblDriver(GrblDriver):
     """The grbl driver against its own GRBL simulator, started on connect()."""
 
     name = "sim-grbl"
     extra_settings = frozenset(
-        {"speed_factor", "baud", "homing", "latency_s", "faults", "isolation", "dtr_reset"}
+        {
+            "speed_factor",
+            "baud",
+            "homing",
+            "latency_s",
+            "faults",
+            "isolation",
+            "dtr_reset",
+            "grbl_settings",  # {"120": 500, ...}: the controller's `$n` values
+        }
     )
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
@@ -1415,6 +1497,7 @@ class SimGrblDriver(GrblDriver):
             "baud": int(s.get("baud", 115200)),
             "homing": bool(s.get("homing", False)),
             "latency_s": float(s.get("latency_s", 0.0)),
+            "settings": grbl_settings(s.get("grbl_settings")),
         }
 
     async def connect(self) -> None:
@@ -1446,6 +1529,8 @@ class SimGrblDriver(GrblDriver):
             "--latency",
             str(args["latency_s"]),
         ]
+        for key, value in args["settings"].items():
+            cmd += ["--set", f"{key}={value}"]
         if args["homing"]:
             cmd.append("--homing")
         proc = await asyncio.to_thread(
@@ -1499,12 +1584,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baud", type=int, default=115200, help="0 disables metering")
     parser.add_argument("--latency", type=float, default=0.0, help="one-way latency, s")
     parser.add_argument("--homing", action="store_true", help="homing on: boot locked")
+    parser.add_argument("--set", action="append", default=[], help="a setting, e.g. 120=500")
     opts = parser.parse_args(argv)
     sim = GrblSimulator(
         speed_factor=opts.speed_factor,
         baud=opts.baud,
         homing=opts.homing,
         latency_s=opts.latency,
+        settings=grbl_settings(dict(item.split("=", 1) for item in opts.set)),
     )
 
     async def run() -> None:

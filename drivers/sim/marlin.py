@@ -9,7 +9,11 @@ it from a printer:
 - a 4-slot command queue (BUFSIZE) fed from a 128-byte receive buffer: the firmware takes
   bytes out of it only while the queue has room, and bytes that arrive when it is full are
   lost, as in the serial ISR; lines are acknowledged after they run;
-- a 16-block planner: G0/G1 take distance / feed / speed_factor seconds;
+- a 16-block planner (15 usable blocks) that plans as Marlin does, with the analyser's own
+  planner (`drivers.planner.MotionQueue`): per-axis feed and acceleration limits, M204
+  accelerations, classic jerk or junction deviation, look-ahead bounded by the buffer;
+  M201/M203/M204/M205 change the limits as the firmware does (M205 X/Y switch to classic
+  jerk, as PrusaSlicer's model of Marlin assumes); arcs run as straight moves;
 - the emergency parser (M112, M108, M410 act the moment they arrive);
 - heaters that move toward their targets, M109/M190 waits with `busy: processing`;
 - M115 capability lines, M155 auto-reports, ADVANCED_OK (`ok N.. P.. B..`) if asked for;
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -35,10 +40,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from drivers.marlin import MarlinDriver
+from drivers.planner import MachineLimits, MotionQueue
 from drivers.sim.pty import PtyPair
 
 log = logging.getLogger(__name__)
@@ -188,7 +194,10 @@ class MarlinSimulator:
         self._killed = False
         self._silent = False
         self._closed = False
-        self._planner: deque[float] = deque()  # end times of queued moves
+        self._limits = MachineLimits(block_buffer_size=opts.planner_blocks)
+        self._jerk_set = False
+        self._planner = MotionQueue(self._limits)
+        self._motion_at = time.monotonic()
         self._pos = {"X": 0.0, "Y": 0.0, "Z": 0.0, "E": 0.0}
         self._relative = False
         self._relative_e = False
@@ -293,6 +302,19 @@ class MarlinSimulator:
             loop.call_soon_threadsafe(fn, *args)
 
     # -- controls for tests (thread-safe) -------------------------------------------------
+
+    def moving(self, timeout: float = 5.0) -> bool:
+        """Tell whether planned moves are still running (thread-safe)."""
+        done: concurrent.futures.Future[bool] = concurrent.futures.Future()
+
+        def check() -> None:
+            self._prune_planner()
+            done.set_result(bool(self._planner.blocks))
+
+        if self._loop is None:
+            return False
+        self.call(check)
+        return done.result(timeout)
 
     def inject(self, line: str) -> None:
         """Print a line as the firmware would (e.g. an echo: or a //action: line)."""
@@ -568,7 +590,7 @@ class MarlinSimulator:
             return
         self._prune_planner()
         # Marlin's planner.moves_free(): the ring holds BLOCK_BUFFER_SIZE - 1 blocks.
-        free = self.options.planner_blocks - 1 - len(self._planner)
+        free = self._planner.capacity - len(self._planner)
         slots = self.options.bufsize - len(self._queue)  # the running command still counts
         head = f"ok N{number} " if number is not None else "ok "
         self._send(f"{head}P{free} B{slots}")
@@ -643,6 +665,8 @@ class MarlinSimulator:
             self._next_autoreport = time.monotonic() + self._autoreport_s
         elif code == "M400":
             await self._wait_moves()
+        elif code in ("M201", "M203", "M204", "M205"):
+            self._set_limits(code, params)
         elif code == "M108":
             self._wait_for_heatup = False
         elif code == "M118":
@@ -778,10 +802,54 @@ class MarlinSimulator:
             return 0.0
         return seconds / sf
 
+    def motion_limits(self) -> MachineLimits:
+        """Return the limits the planner uses now (the defaults, changed by M201-M205)."""
+        return self._limits
+
     def _prune_planner(self) -> None:
+        """Run the planner up to now (machine time = wall time x speed_factor)."""
         now = time.monotonic()
-        while self._planner and self._planner[0] <= now:
-            self._planner.popleft()
+        sf = self.options.speed_factor
+        if self._planner.blocks and sf > 0 and not math.isinf(sf):
+            self._planner.advance((now - self._motion_at) * sf)
+        self._motion_at = now
+
+    def _set_limits(self, code: str, params: Mapping[str, float]) -> None:
+        """Apply M201/M203/M204/M205 to the planner's limits."""
+        lim = self._limits
+        axes = ("X", "Y", "Z", "E")
+        changes: dict[str, Any] = {}
+        if code in ("M201", "M203"):
+            name = "max_acceleration" if code == "M201" else "max_feedrate"
+            old = getattr(lim, name)
+            changes[name] = tuple(params.get(a, old[k]) for k, a in enumerate(axes))
+        elif code == "M204":
+            if "S" in params:
+                changes["print_acceleration"] = changes["travel_acceleration"] = params["S"]
+            for letter, name in (("P", "print"), ("R", "retract"), ("T", "travel")):
+                if letter in params:
+                    changes[f"{name}_acceleration"] = params[letter]
+        elif code == "M205":
+            jerk = list(lim.max_jerk)
+            if "X" in params:
+                jerk[0] = jerk[1] = params["X"]
+            for k, a in enumerate(axes[1:], start=1):
+                if a in params:
+                    jerk[k] = params[a]
+            changes["max_jerk"] = tuple(jerk)
+            if "S" in params:
+                changes["min_extrude_feedrate"] = params["S"]
+            if "T" in params:
+                changes["min_travel_feedrate"] = params["T"]
+            if "X" in params or "Y" in params:
+                self._jerk_set = True
+                changes["junction_deviation"] = None
+            elif "J" in params and not self._jerk_set:
+                changes["junction_deviation"] = params["J"]
+        if changes:
+            self._prune_planner()
+            self._limits = replace(lim, **changes)
+            self._planner.set_limits(self._limits)
 
     async def _sleep_until(self, when: float) -> None:
         delay = when - time.monotonic()
@@ -800,22 +868,25 @@ class MarlinSimulator:
                 target = self._pos[axis] + params[axis] if relative else params[axis]
                 delta[axis] = target - self._pos[axis]
                 self._pos[axis] = target
-        dist = math.sqrt(sum(delta.get(a, 0.0) ** 2 for a in ("X", "Y", "Z")))
-        if dist == 0.0:
-            dist = abs(delta.get("E", 0.0))
-        duration = self._scale(dist / (self._feed / 60.0)) if self._feed > 0 else 0.0
-        if duration <= 0:
+        sf = self.options.speed_factor
+        if not any(delta.values()) or sf <= 0 or math.isinf(sf):
             return
+        move = (delta.get("X", 0.0), delta.get("Y", 0.0), delta.get("Z", 0.0), delta.get("E", 0.0))
         self._prune_planner()
-        while len(self._planner) >= self.options.planner_blocks:
-            await self._sleep_until(self._planner[0])
+        while self._planner.full:
+            await self._sleep_until(time.monotonic() + self._planner.time_to_next() / sf)
             self._prune_planner()
-        start = max(time.monotonic(), self._planner[-1] if self._planner else 0.0)
-        self._planner.append(start + duration)
+        block = self._planner.make_block(move, self._feed / 60.0)
+        if block is not None:
+            self._planner.push(block, move)
 
     async def _wait_moves(self) -> None:
-        if self._planner:
-            await self._sleep_until(self._planner[-1])
+        sf = self.options.speed_factor
+        self._prune_planner()
+        while self._planner.blocks and sf > 0 and not math.isinf(sf):
+            wait = self._planner.time_to_next() / sf
+            await self._sleep_until(time.monotonic() + wait)
+            self._prune_planner()
         self._planner.clear()
 
     async def _busy_sleep(self, seconds: float) -> None:

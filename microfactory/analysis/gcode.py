@@ -23,17 +23,28 @@ import multiprocessing
 import os
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
+
+from drivers.planner import (
+    Blocks,
+    MachineLimits,
+    PlanLimits,
+    grbl_arc_segments,
+    limits_from_dict,
+    lookahead_window,
+    make_blocks,
+    plan_blocks,
+)
 
 __all__ = [
     "AnalysisError",
@@ -68,41 +79,6 @@ class AnalysisError(Exception):
 
 
 # -- public results --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MachineLimits:
-    """Motion limits in mm and seconds per axis X, Y, Z, E, as M201/M203/M204/M205 set them."""
-
-    max_acceleration: tuple[float, float, float, float] = (9000.0, 9000.0, 500.0, 10000.0)
-    max_feedrate: tuple[float, float, float, float] = (500.0, 500.0, 12.0, 120.0)
-    max_jerk: tuple[float, float, float, float] = (10.0, 10.0, 0.4, 2.5)
-    print_acceleration: float = 1500.0
-    retract_acceleration: float = 1500.0
-    travel_acceleration: float = 1250.0
-    # When set (mm), junction speeds follow junction deviation (Marlin 2 / GRBL), not jerk.
-    junction_deviation: float | None = None
-    min_extrude_feedrate: float = 0.0
-    min_travel_feedrate: float = 0.0
-
-    @classmethod
-    def marlin(cls) -> MachineLimits:
-        """Return the Prusa/Marlin defaults PrusaSlicer assumes when a file sets nothing."""
-        return cls()
-
-    @classmethod
-    def grbl(cls) -> MachineLimits:
-        """Return typical hobby CNC/laser limits (GRBL 1.1: per-axis accel, 0.01 mm JD)."""
-        return cls(
-            max_acceleration=(500.0, 500.0, 100.0, 10000.0),
-            max_feedrate=(5000.0 / 60, 5000.0 / 60, 1000.0 / 60, 120.0),
-            max_jerk=(10.0, 10.0, 0.4, 2.5),
-            # GRBL has no per-move acceleration: only the axis limits above apply.
-            print_acceleration=1.0e6,
-            retract_acceleration=1.0e6,
-            travel_acceleration=1.0e6,
-            junction_deviation=0.01,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +150,9 @@ class GcodeAnalysis:
     limits_source: str  # "file", "machine_limits" or "defaults"
     notes: list[str]
     slicer_config: dict[str, str] = field(repr=False, default_factory=dict)
+    # Planned motion time (s) done when 0, 1, ..., 100 % of the lines have run: a live ETA
+    # follows the plan through slow and fast parts of the file (101 values, or empty).
+    time_profile: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """Return plain JSON-ready data."""
@@ -257,40 +236,6 @@ _K_NONE, _K_G1, _K_G0, _K_G92, _K_G28, _K_CW, _K_CCW, _K_MODAL = 0, 1, 2, 3, 4, 
 
 
 # -- reading -------------------------------------------------------------------------------
-
-
-def _read_source(source: str | bytes | os.PathLike[str]) -> tuple[bytes, str | None]:
-    """Return the bytes to analyse and a name for messages."""
-    if isinstance(source, bytes | bytearray | memoryview):
-        return bytes(source), None
-    if isinstance(source, str) and "\n" in source:
-        try:
-            return source.encode("utf-8"), None
-        except UnicodeEncodeError as exc:
-            raise AnalysisError(f"not a text G-code file: {exc}") from exc
-    path = Path(source)
-    try:
-        return path.read_bytes(), path.name
-    except OSError as exc:
-        raise AnalysisError(f"cannot read {path.name}: {exc.strerror or exc}") from exc
-
-
-def _check_text(data: bytes, name: str | None) -> None:
-    """Refuse binary or non-UTF-8 content with a clear message."""
-    label = name or "input"
-    if not data or data.isspace():  # isspace stops at the first other byte; strip would copy
-        raise AnalysisError(f"empty G-code file: {label}")
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise AnalysisError(f"not a text G-code file: {label} has a NUL byte at offset {nul}")
-    if data.isascii():
-        return
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise AnalysisError(
-            f"not a text G-code file: {label} is not UTF-8 (byte {exc.start})"
-        ) from exc
 
 
 # -- vectorised number parsing --------------------------------------------------------------
@@ -478,8 +423,13 @@ class _Events:
     modes: list[tuple[int, str]] = field(default_factory=list)
     limits: list[tuple[int, str, float]] = field(default_factory=list)
     syncs: list[int] = field(default_factory=list)
-    dwells: list[tuple[int, float | None, float | None]] = field(default_factory=list)
+    # Lines that empty GRBL's planner only: spindle and coolant changes, program end.
+    grbl_syncs: list[int] = field(default_factory=list)
+    spindle: list[tuple[int, bool]] = field(default_factory=list)  # (line, on) changes
     arcs: dict[int, tuple[float, float, float | None]] = field(default_factory=dict)
+    any_arcs: bool = False
+    dwell_s: float = 0.0  # G4 S (seconds) and G4 P (milliseconds on Marlin, seconds on GRBL)
+    dwell_p: float = 0.0
     firmware: list[FirmwareCommand] = field(default_factory=list)
     untimed: dict[str, int] = field(default_factory=dict)
     notes: set[str] = field(default_factory=set)
@@ -505,18 +455,35 @@ def _has_axis(p: dict[str, float | None]) -> bool:
 
 
 class _Interpreter:
-    """Interpret the lines the vectorised scan left, writing into the table and events."""
+    """Interpret the lines the vectorised scan left, writing into the table and events.
 
-    def __init__(self, table: _Table, data: bytes) -> None:
-        self.t = table
-        self.data = data
+    One interpreter reads the whole file, chunk by chunk: `chunk` hands it the next table.
+    Line numbers in the per-chunk events are 0-based within the chunk.
+    """
+
+    def __init__(self) -> None:
+        empty = np.zeros(0, dtype=np.int64)
+        self.t = _Table(
+            0, empty, empty, np.zeros(0, dtype=np.int8), np.zeros((6, 0)), np.zeros(0, dtype=bool)
+        )
+        self.data = b""
+        self.offset = 0  # lines before this chunk
         self.ev = _Events()
         self.motion = _K_G0  # GRBL's power-on motion mode
         self.motion_line = -1
+        self.spindle_state = 5  # M5
         self.tool = 0
         self.plane = 17
         self.text = ""  # the command being interpreted, comments removed
         self.thumb: tuple[int, int, int, list[str], str] | None = None
+
+    def chunk(self, table: _Table, data: bytes, offset: int) -> None:
+        """Start on the next chunk: clear the per-chunk events."""
+        self.t, self.data, self.offset = table, data, offset
+        ev = self.ev
+        ev.modes, ev.limits, ev.syncs, ev.grbl_syncs, ev.spindle = [], [], [], [], []
+        ev.arcs = {}
+        self.motion_line = -1
 
     def run(self, lines: I64) -> _Events:
         """Interpret each given line in file order."""
@@ -525,6 +492,7 @@ class _Interpreter:
         # The last explicit G0/G1 among the fast lines, for CNC lines that omit the G word.
         fast_motion = np.where((kind == _K_G0) | (kind == _K_G1), np.arange(t.nlines), -1)
         last_fast = np.maximum.accumulate(fast_motion) if t.nlines else fast_motion
+        self._finish_chunk = (int(last_fast[-1]) if t.nlines else -1, kind)
         data = self.data
         for i, s, e, lf in zip(
             lines.tolist(),
@@ -542,9 +510,15 @@ class _Interpreter:
             if lf > self.motion_line:
                 self.motion, self.motion_line = int(kind[lf]), lf
             self._command(raw, i)
+        last, _ = self._finish_chunk
+        if last > self.motion_line:  # the motion mode the next chunk starts in
+            self.motion, self.motion_line = int(kind[last]), last
+        return self.ev
+
+    def finish(self) -> None:
+        """Note what the end of the file left open."""
         if self.thumb is not None:
             self.ev.notes.add("thumbnail block without an end marker ignored")
-        return self.ev
 
     # comments ------------------------------------------------------------------------------
 
@@ -669,6 +643,7 @@ class _Interpreter:
                 kind = _K_G1
             elif "R" in p or "I" in p or "J" in p:
                 self.ev.arcs[i] = (p.get("I") or 0.0, p.get("J") or 0.0, p.get("R"))
+                self.ev.any_arcs = True
             else:
                 kind = _K_G1
         t.kind[i] = kind
@@ -682,7 +657,11 @@ class _Interpreter:
         t = self.t
         if g == 40:
             ev.syncs.append(i)
-            ev.dwells.append((i, p.get("P"), p.get("S")))
+            s_val, p_val = p.get("S"), p.get("P")
+            if s_val is not None:
+                ev.dwell_s += s_val
+            elif p_val is not None:
+                ev.dwell_p += p_val
         elif g == 900:
             ev.modes.append((i, "G90"))
         elif g == 910:
@@ -716,10 +695,10 @@ class _Interpreter:
             self.motion_line = i
         elif g == 100 and p.get("L") in (2.0, 20.0):
             reason = "G10 L2/L20 writes work offsets to EEPROM"
-            ev.firmware.append(FirmwareCommand(i + 1, self.text, reason, True))
+            ev.firmware.append(FirmwareCommand(self.offset + i + 1, self.text, reason, True))
         elif g in _FIRMWARE_G:
             reason, persistent = _FIRMWARE_G[g]
-            ev.firmware.append(FirmwareCommand(i + 1, self.text, reason, persistent))
+            ev.firmware.append(FirmwareCommand(self.offset + i + 1, self.text, reason, persistent))
         elif g in _UNTIMED_G:
             name = _UNTIMED_G[g]
             ev.untimed[name] = ev.untimed.get(name, 0) + 1
@@ -740,11 +719,19 @@ class _Interpreter:
             temp = s if s is not None else p.get("R")
             if temp is not None:
                 ev.max_bed = temp if ev.max_bed is None else max(ev.max_bed, temp)
-        elif m in (30, 40):
-            ev.spindle_on = True
-            ev.m4 = ev.m4 or m == 40
+        elif m in (30, 40, 50):
+            if m != 50:
+                ev.spindle_on = True
+                ev.m4 = ev.m4 or m == 40
             if s is not None:
                 self.t.vals[5, i] = s
+            if m // 10 != self.spindle_state:
+                # GRBL empties its planner on every spindle state change, even in laser mode.
+                self.spindle_state = m // 10
+                ev.grbl_syncs.append(i)
+                ev.spindle.append((i, m != 50))
+        elif m in (70, 80, 90, 20, 300):
+            ev.grbl_syncs.append(i)  # coolant changes and program end wait for the planner
         elif m == 820:
             ev.modes.append((i, "M82"))
         elif m == 830:
@@ -760,7 +747,7 @@ class _Interpreter:
                 ev.syncs.append(i)
         if m in _FIRMWARE_M:
             reason, persistent = _FIRMWARE_M[m]
-            ev.firmware.append(FirmwareCommand(i + 1, self.text, reason, persistent))
+            ev.firmware.append(FirmwareCommand(self.offset + i + 1, self.text, reason, persistent))
 
     def _limits(self, m: int, p: dict[str, float | None], i: int) -> None:
         out = self.ev.limits
@@ -781,7 +768,7 @@ class _Interpreter:
         }.get(key, f"GRBL ${key}= writes a setting to EEPROM")
         if key.startswith("N"):
             what = "GRBL $N= stores a startup block in EEPROM"
-        self.ev.firmware.append(FirmwareCommand(i + 1, code, what, True))
+        self.ev.firmware.append(FirmwareCommand(self.offset + i + 1, code, what, True))
 
 
 # -- positions and moves ---------------------------------------------------------------------
@@ -804,6 +791,50 @@ def _state_at(lines: I64, events: list[tuple[int, str]], on: str, off: str, init
     return state[np.searchsorted(at, lines, side="right")]
 
 
+def _final_state(events: list[tuple[int, str]], on: str, off: str, initial: bool) -> bool:
+    """Return the on/off state after the last of the mode events."""
+    for _, code in reversed(events):
+        if code in (on, off):
+            return code == on
+    return initial
+
+
+@dataclass(slots=True)
+class _Carry:
+    """What one chunk of the file hands to the next: modal state and the planner's tail."""
+
+    pos: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    inch: bool = False
+    rel: bool = False
+    rel_e: bool = False
+    feed_mm_min: float = DEFAULT_FEED_MM_S * 60
+    motion_kind: int = _K_G0  # for bare axis-word lines (GRBL starts in G0)
+    spindle_on: bool = False
+    s_prev: float = math.nan  # the last S word
+    sync_pending: bool = True  # the next move starts from rest
+    tail: Blocks | None = None  # moves planned but not final yet
+    tail_entry2: float | None = None
+    tail_lines: I64 = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    line_time: F64 = field(default_factory=lambda: np.zeros(0))  # per _PROFILE_LINES lines
+    prev_d: F64 | None = None  # (4, 1) the last move, for the next move's junction
+    prev_feed: F64 | None = None
+    prev_lim: PlanLimits | None = None
+    time_s: float = 0.0
+    # Statistics over the moves so far.
+    moves: int = 0
+    e_sum: float = 0.0
+    e_high: float = 0.0
+    xyz_len: float = 0.0
+    extrude_len: float = 0.0
+    bbox_fdm: list[float] | None = None
+    bbox_cut: list[float] | None = None
+    z_fdm: F64 = field(default_factory=lambda: np.zeros(0))
+    z_cut: F64 = field(default_factory=lambda: np.zeros(0))
+    extruding: bool = False
+    min_cut_z: float | None = None
+    s_max: float | None = None
+
+
 @dataclass(slots=True)
 class _Placed:
     """Every row (move, G92, G28) with its end position and delta, axis-major."""
@@ -814,6 +845,7 @@ class _Placed:
     delta: F64  # (4, n) change from the previous row, mm (0 for G92)
     inch: Bools
     feed: F64  # requested feed rate, mm/s
+    start: tuple[float, float, float, float]  # the position before the first row
 
 
 @dataclass(slots=True)
@@ -827,35 +859,39 @@ class _Moves:
     line: I64  # 0-based source line
 
 
-def _positions(t: _Table, ev: _Events) -> _Placed:
+def _positions(t: _Table, ev: _Events, carry: _Carry) -> _Placed:
     """Track the logical position through every row, honouring G90/G91, M82/M83, G92, G20."""
     rows = np.flatnonzero(t.kind != _K_NONE)
     kinds = t.kind[rows]
     # np.take keeps the result C-ordered; v[:, rows] would be Fortran-ordered and make every
     # per-axis operation below stride through memory (25 ms instead of 8 on vase.gcode).
     v = np.take(t.vals[:4], rows, axis=1)
-    inch = _state_at(rows, ev.modes, "G20", "G21", False)
-    rel = _state_at(rows, ev.modes, "G91", "G90", False)
-    rel_e = rel | _state_at(rows, ev.modes, "M83", "M82", False)
+    inch = _state_at(rows, ev.modes, "G20", "G21", carry.inch)
+    rel = _state_at(rows, ev.modes, "G91", "G90", carry.rel)
+    rel_e = rel | _state_at(rows, ev.modes, "M83", "M82", carry.rel_e)
     if inch.any():
         v = np.where(inch, v * INCH, v)
     # Feed is modal across every line, not just rows (a CNC line may hold only F).
     fcol = t.vals[4]
-    last_f = _ffill_index(fcol > 0)[rows]  # Marlin ignores F0 (and NaN > 0 is False)
-    feed_mm_min = np.where(last_f >= 0, fcol[np.maximum(last_f, 0)], DEFAULT_FEED_MM_S * 60)
-    if inch.any():
-        inch_f = _state_at(np.maximum(last_f, 0), ev.modes, "G20", "G21", False)
+    f_line = _ffill_index(fcol > 0)  # Marlin ignores F0 (and NaN > 0 is False)
+    last_f = f_line[rows]
+    feed_mm_min = np.where(last_f >= 0, fcol[np.maximum(last_f, 0)], carry.feed_mm_min)
+    inch_f = _state_at(np.maximum(last_f, 0), ev.modes, "G20", "G21", carry.inch)
+    if inch_f.any():
         feed_mm_min = np.where((last_f >= 0) & inch_f, feed_mm_min * INCH, feed_mm_min)
     present = ~np.isnan(v)
     setter = (kinds == _K_G92) | (kinds == _K_G28)
     n = v.shape[1]
     pos = np.empty_like(v)
-    prev = np.zeros_like(v)
+    prev = np.empty_like(v)
+    start = np.array(carry.pos, dtype=np.float64)
+    prev[:, 0:1] = start.reshape(4, 1)[:, : min(1, n)]
     if not rel_e.any():
         # All absolute (the usual slicer output): a position is the last value written.
         # Column 0 of `padded` is the start position, so "nothing written yet" needs no
         # special case.
-        padded = np.zeros((4, n + 1))
+        padded = np.empty((4, n + 1))
+        padded[:, 0] = start
         padded[:, 1:] = v
         step = np.arange(1, n + 1)
         for a in range(4):
@@ -873,13 +909,27 @@ def _positions(t: _Table, ev: _Events) -> _Placed:
             cs = np.cumsum(np.where(inc, va, 0.0))
             last_abs = _ffill_index(here & ~relative)
             at = np.maximum(last_abs, 0)
-            base = np.where(last_abs >= 0, va[at] - cs[at], 0.0)
+            base = np.where(last_abs >= 0, va[at] - cs[at], start[a])
             pos[a] = np.where(here & ~relative, va, base + cs)
             prev[a, 1:] = pos[a, :-1]
             # Relative words are their own delta: exact, with no cancellation error.
             delta[a] = np.where(inc, va, pos[a] - prev[a])
     delta[:, kinds == _K_G92] = 0.0
-    return _Placed(rows, kinds, pos, delta, inch, feed_mm_min / 60.0)
+    placed = _Placed(
+        rows, kinds, pos, delta, inch, feed_mm_min / 60.0, (start[0], start[1], start[2], start[3])
+    )
+    # Hand the modal state on to the next chunk.
+    if n:
+        carry.pos = [float(x) for x in pos[:, -1]]
+    if t.nlines and f_line[-1] >= 0:
+        fl = int(f_line[-1])
+        value = float(fcol[fl])
+        inch_at = _state_at(np.array([fl]), ev.modes, "G20", "G21", carry.inch)
+        carry.feed_mm_min = value * INCH if bool(inch_at[0]) else value
+    carry.inch = _final_state(ev.modes, "G20", "G21", carry.inch)
+    carry.rel = _final_state(ev.modes, "G91", "G90", carry.rel)
+    carry.rel_e = _final_state(ev.modes, "M83", "M82", carry.rel_e)
+    return placed
 
 
 def _arc_points(
@@ -888,10 +938,10 @@ def _arc_points(
     ijr: tuple[float, float, float | None],
     clockwise: bool,
     scale: float,
-    process: str,
+    lim: MachineLimits,
     feed: float,
 ) -> list[tuple[float, ...]]:
-    """Split an XY arc into the straight segments a firmware would run."""
+    """Split an XY arc into the straight segments the firmware would run."""
     sx, sy, sz, se = start
     ex, ey, ez, ee = end
     i_off, j_off, radius = ijr
@@ -917,19 +967,17 @@ def _arc_points(
     angle = math.atan2(r0x * r1y - r0y * r1x, r0x * r1x + r0y * r1y)
     if abs(ex - sx) < 1e-9 and abs(ey - sy) < 1e-9:
         angle = -2 * math.pi if clockwise else 2 * math.pi  # full circle
-    elif clockwise and angle >= 0:
+    elif clockwise and angle >= -5e-7:
         angle -= 2 * math.pi
-    elif not clockwise and angle <= 0:
+    elif not clockwise and angle <= 5e-7:
         angle += 2 * math.pi
-    length = abs(angle) * rad
-    if process in ("cnc", "laser"):
-        # GRBL: chords within arc_tolerance (0.002 mm) of the true arc.
-        tol = 0.002
-        seg_len = 2 * math.sqrt(max(tol * (2 * rad - tol), 1e-12))
+    if lim.firmware == "grbl":
+        # GRBL's mc_arc: chords within the arc tolerance ($12) of the true arc.
+        n = grbl_arc_segments(angle, rad, lim.arc_tolerance)
     else:
         # Marlin 2: about 50 segments per second, between 0.1 and 1 mm.
         seg_len = min(max(feed / 50, 0.1), 1.0)
-    n = max(1, int(length / seg_len))
+        n = max(1, int(abs(angle) * rad / seg_len))
     pts: list[tuple[float, ...]] = []
     for k in range(1, n):
         f = k / n
@@ -942,7 +990,7 @@ def _arc_points(
     return pts
 
 
-def _moves(placed: _Placed, ev: _Events, process: str) -> _Moves:
+def _moves(placed: _Placed, ev: _Events, lim: MachineLimits) -> _Moves:
     """Build the straight-move list the planner consumes, arcs split into segments."""
     rows, kinds, pos, delta = placed.rows, placed.kinds, placed.pos, placed.delta
     motion = (kinds != _K_G92) & (kinds != _K_NONE)
@@ -950,7 +998,7 @@ def _moves(placed: _Placed, ev: _Events, process: str) -> _Moves:
     is_arc = (kinds == _K_CW) | (kinds == _K_CCW)
     rapid = kinds == _K_G0
     feed = placed.feed
-    if process in ("cnc", "laser"):
+    if lim.firmware == "grbl":
         feed = np.where(rapid, RAPID_MM_S, feed)
     if not is_arc.any():
         sel = np.flatnonzero(moving)
@@ -964,14 +1012,14 @@ def _moves(placed: _Placed, ev: _Events, process: str) -> _Moves:
     src: list[int] = []
     pos_t = pos.T
     for r in np.flatnonzero(is_arc).tolist():
-        start = tuple(pos_t[r - 1].tolist()) if r > 0 else (0.0, 0.0, 0.0, 0.0)
+        start = tuple(pos_t[r - 1].tolist()) if r > 0 else placed.start
         pts = _arc_points(
             start,
             tuple(pos_t[r].tolist()),
             ev.arcs.get(int(rows[r]), (0.0, 0.0, None)),
             bool(kinds[r] == _K_CW),
             INCH if placed.inch[r] else 1.0,
-            process,
+            lim,
             float(feed[r]),
         )
         starts.append(start)
@@ -999,41 +1047,6 @@ def _moves(placed: _Placed, ev: _Events, process: str) -> _Moves:
 # -- the planner -----------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _PlanLimits:
-    """Limits as arrays with one column for the whole file, or one column per move."""
-
-    axis_acc: F64  # (4, k) M201
-    axis_feed: F64  # (4, k) M203
-    axis_jerk: F64  # (4, k) M205 X Y Z E
-    print_acc: F64  # (k,) M204 P
-    retract_acc: F64  # (k,) M204 R
-    travel_acc: F64  # (k,) M204 T
-    jd: F64  # (k,) M205 J, NaN for classic jerk
-    min_extrude: F64  # (k,) M205 S
-    min_travel: F64  # (k,) M205 T
-
-    def slice(self, a: int, b: int) -> _PlanLimits:
-        """Return the limits of moves a..b-1."""
-        if self.print_acc.size == 1:
-            return self
-        return _PlanLimits(
-            self.axis_acc[:, a:b],
-            self.axis_feed[:, a:b],
-            self.axis_jerk[:, a:b],
-            self.print_acc[a:b],
-            self.retract_acc[a:b],
-            self.travel_acc[a:b],
-            self.jd[a:b],
-            self.min_extrude[a:b],
-            self.min_travel[a:b],
-        )
-
-    def uses_jd(self) -> bool:
-        """Tell whether any move plans its junctions by junction deviation."""
-        return bool(np.any(~np.isnan(self.jd)))
-
-
 _AXIS_INDEX: Final = {"X": 0, "Y": 1, "Z": 2, "E": 3}
 _SCALAR_LIMITS: Final = (
     "print_acc",
@@ -1045,247 +1058,191 @@ _SCALAR_LIMITS: Final = (
 )
 
 
-def _limits_timeline(
-    base: MachineLimits, events: list[tuple[int, str, float]], move_lines: I64, m203_scale: float
-) -> _PlanLimits:
-    """Apply the file's M201/M203/M204/M205 in order and return the limits per move."""
-    state: dict[str, Any] = {
-        "axis_acc": list(base.max_acceleration),
-        "axis_feed": list(base.max_feedrate),
-        "axis_jerk": list(base.max_jerk),
-        "print_acc": base.print_acceleration,
-        "retract_acc": base.retract_acceleration,
-        "travel_acc": base.travel_acceleration,
-        "jd": math.nan if base.junction_deviation is None else base.junction_deviation,
-        "min_extrude": base.min_extrude_feedrate,
-        "min_travel": base.min_travel_feedrate,
-    }
-    snaps: list[dict[str, Any]] = [_copy_state(state)]
-    at: list[int] = []
-    jerk_set = False
-    for line, word, value in events:
-        cmd, letter = word[:4], word[4:]
-        axis = _AXIS_INDEX.get(letter)
-        if cmd == "M201" and axis is not None:
-            state["axis_acc"][axis] = value
-        elif cmd == "M203" and axis is not None:
-            state["axis_feed"][axis] = value * m203_scale
-        elif cmd == "M204" and letter in ("S", "P", "R", "T"):
-            if letter in "SP":
-                state["print_acc"] = value
-            if letter in "ST":
-                state["travel_acc"] = value
-            if letter == "R":
-                state["retract_acc"] = value
-        elif cmd == "M205" and letter in ("X", "Y", "Z", "E", "S", "T", "J"):
-            if letter == "X":
-                state["axis_jerk"][0] = state["axis_jerk"][1] = value  # X sets X and Y
-            elif axis is not None:
-                state["axis_jerk"][axis] = value
-            elif letter == "S":
-                state["min_extrude"] = value
-            elif letter == "T":
-                state["min_travel"] = value
-            elif not jerk_set:
-                state["jd"] = value
-            if letter in ("X", "Y"):
-                jerk_set = True
-                state["jd"] = math.nan  # PrusaSlicer plans with jerk whenever jerk is given
-        else:
-            continue
-        if at and at[-1] == line:
-            snaps[-1] = _copy_state(state)
-        else:
-            at.append(line)
-            snaps.append(_copy_state(state))
-    which = np.searchsorted(np.array(at, dtype=np.int64), move_lines, side="left")
-    if which.size == 0 or bool((which == which[0]).all()):
-        which = which[:1] if which.size else np.zeros(1, dtype=np.int64)
+class _LimitsTimeline:
+    """The file's M201/M203/M204/M205, applied in order, chunk after chunk."""
 
-    def axes(key: str) -> F64:
-        return np.array([s[key] for s in snaps], dtype=np.float64).T[:, which]
+    def __init__(self, base: MachineLimits, m203_scale: float) -> None:
+        self.grbl = base.firmware == "grbl"
+        self.m203_scale = m203_scale
+        self.jerk_set = False
+        self.state: dict[str, Any] = {
+            "axis_acc": list(base.max_acceleration),
+            "axis_feed": list(base.max_feedrate),
+            "axis_jerk": list(base.max_jerk),
+            "print_acc": base.print_acceleration,
+            "retract_acc": base.retract_acceleration,
+            "travel_acc": base.travel_acceleration,
+            "jd": math.nan if base.junction_deviation is None else base.junction_deviation,
+            "min_extrude": base.min_extrude_feedrate,
+            "min_travel": base.min_travel_feedrate,
+        }
 
-    def one(key: str) -> F64:
-        return np.array([s[key] for s in snaps], dtype=np.float64)[which]
+    def per_move(self, events: list[tuple[int, str, float]], move_lines: I64) -> PlanLimits:
+        """Return the limits of each move of a chunk (one column if they never change)."""
+        state = self.state
+        snaps: list[dict[str, Any]] = [_copy_state(state)]
+        at: list[int] = []
+        for line, word, value in events:
+            cmd, letter = word[:4], word[4:]
+            axis = _AXIS_INDEX.get(letter)
+            if cmd == "M201" and axis is not None:
+                state["axis_acc"][axis] = value
+            elif cmd == "M203" and axis is not None:
+                state["axis_feed"][axis] = value * self.m203_scale
+            elif cmd == "M204" and letter in ("S", "P", "R", "T"):
+                if letter in "SP":
+                    state["print_acc"] = value
+                if letter in "ST":
+                    state["travel_acc"] = value
+                if letter == "R":
+                    state["retract_acc"] = value
+            elif cmd == "M205" and letter in ("X", "Y", "Z", "E", "S", "T", "J"):
+                if letter == "X":
+                    state["axis_jerk"][0] = state["axis_jerk"][1] = value  # X sets X and Y
+                elif axis is not None:
+                    state["axis_jerk"][axis] = value
+                elif letter == "S":
+                    state["min_extrude"] = value
+                elif letter == "T":
+                    state["min_travel"] = value
+                elif not self.jerk_set:
+                    state["jd"] = value
+                if letter in ("X", "Y"):
+                    self.jerk_set = True
+                    state["jd"] = math.nan  # PrusaSlicer plans with jerk whenever jerk is given
+            else:
+                continue
+            if at and at[-1] == line:
+                snaps[-1] = _copy_state(state)
+            else:
+                at.append(line)
+                snaps.append(_copy_state(state))
+        which = np.searchsorted(np.array(at, dtype=np.int64), move_lines, side="left")
+        if which.size == 0 or bool((which == which[0]).all()):
+            which = which[:1] if which.size else np.zeros(1, dtype=np.int64)
 
-    return _PlanLimits(
-        axes("axis_acc"),
-        axes("axis_feed"),
-        axes("axis_jerk"),
-        *(one(k) for k in _SCALAR_LIMITS),
-    )
+        def axes(key: str) -> F64:
+            return np.array([s[key] for s in snaps], dtype=np.float64).T[:, which]
+
+        def one(key: str) -> F64:
+            return np.array([s[key] for s in snaps], dtype=np.float64)[which]
+
+        return PlanLimits(
+            axes("axis_acc"),
+            axes("axis_feed"),
+            axes("axis_jerk"),
+            one("print_acc"),
+            one("retract_acc"),
+            one("travel_acc"),
+            one("jd"),
+            one("min_extrude"),
+            one("min_travel"),
+            grbl=self.grbl,
+        )
 
 
 def _copy_state(state: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, list) else v for k, v in state.items()}
 
 
-def _block_params(d: F64, feed: F64, lim: _PlanLimits) -> tuple[F64, F64, F64, F64, F64, F64]:
-    """Return distance, acceleration, requested and cruise speed, safe speed, axis speeds.
-
-    The per-move part of PrusaSlicer's process_G1: the feed capped by each axis' maximum
-    feed, the acceleration capped by each axis' maximum acceleration, and the "safe" speed
-    at which the move could start or stop without exceeding any axis' jerk.
-    """
-    dx, dy, dz, de = d
-    xyz = np.sqrt(dx * dx + dy * dy + dz * dz)
-    has_xyz = xyz > 0.0
-    dist = np.where(has_xyz, xyz, np.abs(de))
-    unit = d / dist
-    share = np.abs(unit)
-    f = np.where(de == 0.0, np.maximum(feed, lim.min_travel), np.maximum(feed, lim.min_extrude))
-    cruise = np.minimum(f, (lim.axis_feed / share).min(axis=0))  # x/0 = inf: axis idle
-    axis_v = unit * cruise
-    travel = (de <= 0) & has_xyz | ((de > 0) & (dx == 0) & (dy == 0) & (dz != 0))
-    acc = np.where(travel, lim.travel_acc, np.where(has_xyz, lim.print_acc, lim.retract_acc))
-    acc = np.maximum(np.minimum(acc, (lim.axis_acc / share).min(axis=0)), 1e-9)
-    jerk = lim.axis_jerk
-    over = np.where(np.abs(axis_v) > jerk, jerk, np.inf).min(axis=0)
-    safe = np.minimum(cruise, over)
-    if lim.uses_jd():
-        safe = np.where(np.isnan(lim.jd), safe, 0.0)  # junction deviation starts from rest
-    return dist, acc, f, cruise, safe, axis_v
+def _column(lim: PlanLimits, k: int) -> PlanLimits:
+    """Return the limits of move k alone (one column)."""
+    if lim.print_acc.size == 1:
+        return lim
+    return lim.slice(k, k + 1)
 
 
-def _junctions(f: F64, cruise: F64, safe: F64, axis_v: F64, jerk: F64) -> F64:
-    """Return the classic-jerk junction speed between each move and the one before it.
+def _prepend(lim: PlanLimits, col: PlanLimits, n: int) -> PlanLimits:
+    """Return limits for [col] + moves, materialising constants when the two differ."""
+    if lim.print_acc.size == 1 and col.print_acc.size == 1 and _same(lim, col):
+        return lim
 
-    Inputs cover moves a-1..b-1 and the result moves a..b-1. As PrusaSlicer models Marlin:
-    the smaller nominal speed, scaled down until no axis changes speed by more than its
-    jerk; or the safe speed when both sides could stop instantly anyway.
-    """
-    pf, cr = f[:-1], cruise[1:]
-    larger = pf > cr
-    vmax = np.where(larger, cr, pf)
-    ve = axis_v[:, :-1] * np.where(larger, cr / pf, 1.0)
-    vn = axis_v[:, 1:]
-    # Coasting (same direction): the speed difference; reversal or start: the larger speed.
-    change = np.where(ve * vn > 0, np.abs(ve - vn), np.maximum(np.abs(ve), np.abs(vn)))
-    factor = np.minimum((jerk / change).min(axis=0), 1.0)
-    vmax = vmax * factor
-    thresh = vmax * 0.99
-    vmax = np.where((safe[:-1] > thresh) & (safe[1:] > thresh), safe[1:], vmax)
-    return np.where(pf > 1e-4, vmax, safe[1:])
+    def wide(x: F64, m: int) -> F64:
+        return np.broadcast_to(x, (*x.shape[:-1], m)) if x.shape[-1] == 1 else x
+
+    parts: dict[str, F64] = {}
+    for name in ("axis_acc", "axis_feed", "axis_jerk", *_SCALAR_LIMITS):
+        a, b = getattr(col, name), wide(getattr(lim, name), n)
+        parts[name] = np.concatenate([a, b], axis=-1)
+    return PlanLimits(**parts, grbl=lim.grbl)
 
 
-def _junction_deviation(d: F64, cruise: F64, acc: F64, jd: F64) -> F64:
-    """Return junction speeds under junction deviation (GRBL, Marlin 2), moves a..b-1."""
-    xyz = np.sqrt(np.sum(d[:3] * d[:3], axis=0))
-    u = d[:3] / xyz
-    cos = -np.sum(u[:, :-1] * u[:, 1:], axis=0)
-    cos = np.clip(np.nan_to_num(cos, nan=1.0), -1.0, 1.0)
-    sin_half = np.sqrt(0.5 * (1.0 - cos))
-    v2 = acc[1:] * jd * sin_half / (1.0 - sin_half)
-    v = np.sqrt(np.where(cos < -0.999999, np.inf, np.where(cos > 0.999999, 0.0, v2)))
-    v = np.where((xyz[:-1] > 0) & (xyz[1:] > 0), v, 0.0)
-    return np.minimum(v, np.minimum(cruise[:-1], cruise[1:]))
+def _same(a: PlanLimits, b: PlanLimits) -> bool:
+    return all(
+        np.array_equal(getattr(a, k), getattr(b, k), equal_nan=True)
+        for k in ("axis_acc", "axis_feed", "axis_jerk", *_SCALAR_LIMITS)
+    )
 
 
-def _scan_min_plus(a: F64, c: F64, reverse: bool) -> F64:
-    """Solve x[i] = min(a[i], x[i±1] + c[i]) for all i at once (Hillis-Steele doubling).
-
-    c[i] = inf cuts the chain at i, and every chain must end at such a cut. Each step
-    composes maps of the form x -> min(A, x + C), which are closed under composition, so
-    the loop runs log2(longest chain) times over the still-open chains only.
-    """
-    a = a.copy()
-    c = c.copy()
-    n = a.size
-    step = 1
-    live = np.flatnonzero(np.isfinite(c))
-    while step < n and live.size:
-        nxt = np.minimum(live + step, n - 1) if reverse else np.maximum(live - step, 0)
-        a[live] = np.minimum(a[live], a[nxt] + c[live])
-        c[live] = c[live] + c[nxt]
-        live = live[np.isfinite(c[live])]
-        step *= 2
-    return a
+_PROFILE_LINES: Final = 256  # the time profile's resolution while planning
 
 
-def _plan(d: F64, feed: F64, first: Bools, last: Bools, lim: _PlanLimits) -> F64:
-    """Return the time of each move under a Marlin-style trapezoid planner with look-ahead.
-
-    Follows PrusaSlicer's GCodeProcessor model of Marlin: per-axis feed and acceleration
-    caps, classic jerk junctions (or junction deviation), then the reverse and forward
-    passes over the whole file instead of a 64-block window (the results differ by far less
-    than 0.1 %: a move rarely needs more than a few neighbours to reach its speed).
-    """
-    n = d.shape[1]
-    if n == 0:
-        return np.zeros(0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return _plan_arrays(d, np.maximum(feed, 1e-3), first, last, lim)
-
-
-def _plan_arrays(d: F64, feed: F64, first: Bools, last: Bools, lim: _PlanLimits) -> F64:
-    n = d.shape[1]
-    dist, acc, f, cruise, safe = (np.empty(n) for _ in range(5))
-    axis_v = np.empty((4, n))
-    for a in range(0, n, _CHUNK):
-        b = min(n, a + _CHUNK)
-        dist[a:b], acc[a:b], f[a:b], cruise[a:b], safe[a:b], axis_v[:, a:b] = _block_params(
-            d[:, a:b], feed[a:b], lim.slice(a, b)
-        )
-    junction = safe.copy()
-    use_jd = lim.uses_jd()
-    for a in range(1, n, _CHUNK):
-        b = min(n, a + _CHUNK)
-        part = lim.slice(a, b)
-        w = slice(a - 1, b)
-        speed = _junctions(f[w], cruise[w], safe[w], axis_v[:, w], part.axis_jerk)
-        if use_jd:
-            jd_speed = _junction_deviation(d[:, w], cruise[w], acc[w], part.jd)
-            speed = np.where(np.isnan(part.jd), speed, jd_speed)
-        junction[a:b] = speed
-    junction[first] = safe[first]
-
-    two_ad = 2.0 * acc * dist
-    allow2 = safe * safe + two_ad
-    nominal = cruise * cruise <= allow2
-    # Reverse pass: each move must be able to slow down to the next move's entry speed.
-    top = junction * junction
-    c = np.where(nominal, np.inf, two_ad)
-    top[last] = np.minimum(top[last], allow2[last])
-    c[last] = np.inf
-    entry2 = _scan_min_plus(top, c, reverse=True)
-    # Forward pass: a move cannot enter faster than the previous one could accelerate to.
-    c = np.empty(n)
-    c[0] = np.inf
-    c[1:] = np.where(nominal[:-1], np.inf, two_ad[:-1])
-    c[first] = np.inf
-    entry2 = _scan_min_plus(entry2, c, reverse=False)
-
-    exit2 = np.empty(n)
-    exit2[:-1] = entry2[1:]
-    exit2[last] = safe[last] ** 2
-    times = np.empty(n)
-    for a in range(0, n, _CHUNK):
-        b = min(n, a + _CHUNK)
-        times[a:b] = _trapezoid_times(dist[a:b], acc[a:b], entry2[a:b], cruise[a:b], exit2[a:b])
-    return times
-
-
-def _trapezoid_times(dist: F64, acc: F64, entry2: F64, cruise: F64, exit2: F64) -> F64:
-    """Return the time of each accelerate-cruise-decelerate profile."""
-    cruise2 = cruise * cruise
-    inv2a = 0.5 / acc
-    acc_d = np.maximum(0.0, (cruise2 - entry2) * inv2a)
-    dec_d = np.maximum(0.0, (cruise2 - exit2) * inv2a)
-    cru_d = dist - acc_d - dec_d
-    short = cru_d < 0.0
-    peak2 = cruise2
-    if short.any():
-        # Never reaches cruise: accelerate until the point where braking must start.
-        meet = np.clip((2.0 * acc * dist - entry2 + exit2) * 0.5 * inv2a, 0.0, dist)
-        acc_d = np.where(short, meet, acc_d)
-        cru_d = np.where(short, 0.0, cru_d)
-        peak2 = np.where(short, entry2 + 2.0 * acc * acc_d, cruise2)
-    peak = np.sqrt(np.maximum(peak2, 0.0))
-    dec_d = dist - acc_d - cru_d
-    t_acc = (np.sqrt(np.maximum(entry2 + 2.0 * acc * acc_d, 0.0)) - np.sqrt(entry2)) / acc
-    t_cru = np.where(peak > 0, cru_d / peak, 0.0)
-    t_dec = (peak - np.sqrt(np.maximum(peak2 - 2.0 * acc * dec_d, 0.0))) / acc
-    return t_acc + t_cru + t_dec
+def _plan_chunk(
+    mv: _Moves,
+    syncs: I64,
+    lim: PlanLimits,
+    offset: int,
+    carry: _Carry,
+    window: int,
+    final: bool,
+) -> None:
+    """Plan a chunk's moves after the carried tail; add the time of the moves now final."""
+    n = mv.d.shape[1]
+    lines = mv.line + offset
+    first = np.zeros(n, dtype=bool)
+    last = np.zeros(n, dtype=bool)
+    if n:
+        seg = np.searchsorted(syncs, mv.line, side="left")
+        first[1:] = seg[1:] != seg[:-1]
+        last[:-1] = first[1:]
+        first[0] = carry.sync_pending or bool(seg[0] > 0)
+        has_prev = carry.prev_d is not None and not first[0]
+        if has_prev:
+            assert carry.prev_d is not None
+            assert carry.prev_feed is not None
+            assert carry.prev_lim is not None
+            d = np.concatenate([carry.prev_d, mv.d], axis=1)
+            feed = np.concatenate([carry.prev_feed, mv.feed])
+            blk = make_blocks(d, feed, first, last, _prepend(lim, carry.prev_lim, n), True)
+        else:
+            blk = make_blocks(mv.d, mv.feed, first, last, lim)
+        carry.prev_d = mv.d[:, -1:].copy()
+        carry.prev_feed = mv.feed[-1:].copy()
+        carry.prev_lim = _column(lim, n - 1)
+        if carry.tail is not None:
+            carry.tail.last[-1] = bool(first[0])
+            blk = Blocks.concat(carry.tail, blk)
+        lines = np.concatenate([carry.tail_lines, lines])
+        carry.sync_pending = bool(syncs.size and syncs[-1] > mv.line[-1])
+    else:
+        if syncs.size:
+            carry.sync_pending = True
+        if carry.tail is None:
+            return
+        blk = carry.tail
+        lines = carry.tail_lines
+        if carry.sync_pending:
+            blk.last[-1] = True
+    if final:
+        blk.last[-1] = True
+    entry2, times = plan_blocks(blk, window, carry.tail_entry2)
+    m = blk.size
+    done = m if final else max(0, m - window)
+    carry.time_s += float(times[:done].sum())
+    if done:
+        per = np.bincount(lines[:done] // _PROFILE_LINES, weights=times[:done])
+        if per.size > carry.line_time.size:
+            carry.line_time = np.concatenate(
+                [carry.line_time, np.zeros(per.size - carry.line_time.size)]
+            )
+        carry.line_time[: per.size] += per
+    if done >= m:
+        carry.tail, carry.tail_entry2 = None, None
+        carry.tail_lines = np.zeros(0, dtype=np.int64)
+    else:
+        carry.tail = blk.tail(done)
+        carry.tail_entry2 = float(entry2[done])
+        carry.tail_lines = lines[done:].copy()
 
 
 # -- assembling the result ---------------------------------------------------------------------
@@ -1320,18 +1277,20 @@ def _sum_floats(text: str | None) -> float | None:
         return None
 
 
-def _resolve_modal(t: _Table) -> None:
+def _resolve_modal(t: _Table, carry: _Carry) -> None:
     """Give the bare axis-word lines the motion of the last G0/G1/G2/G3 before them."""
-    modal = t.kind == _K_MODAL
-    if not modal.any():
-        return
     kind = t.kind
     motion = (kind == _K_G0) | (kind == _K_G1) | (kind == _K_CW) | (kind == _K_CCW)
-    last = _ffill_index(motion)
-    resolved = np.where(last >= 0, kind[np.maximum(last, 0)], _K_G0)  # GRBL starts in G0
-    # An arc needs its own I/J or R; without them the line is a straight feed move.
-    resolved = np.where((resolved == _K_CW) | (resolved == _K_CCW), _K_G1, resolved)
-    kind[modal] = resolved[modal]
+    modal = kind == _K_MODAL
+    if modal.any():
+        last = _ffill_index(motion)
+        resolved = np.where(last >= 0, kind[np.maximum(last, 0)], carry.motion_kind)
+        # An arc needs its own I/J or R; without them the line is a straight feed move.
+        resolved = np.where((resolved == _K_CW) | (resolved == _K_CCW), _K_G1, resolved)
+        kind[modal] = resolved[modal]
+    hits = np.flatnonzero(motion)
+    if hits.size:
+        carry.motion_kind = int(kind[hits[-1]])
 
 
 def _detect_process(ev: _Events, extruding: bool, min_cut_z: float | None, power: bool) -> str:
@@ -1343,100 +1302,306 @@ def _detect_process(ev: _Events, extruding: bool, min_cut_z: float | None, power
     cuts_below_zero = min_cut_z is not None and min_cut_z < 0
     if ev.spindle_on and not cuts_below_zero and (ev.m4 or power):
         return "laser" if min_cut_z is None or ev.m4 else "cnc"
-    if ev.spindle_on or cuts_below_zero or ev.arcs:
+    if ev.spindle_on or cuts_below_zero or ev.any_arcs:
         return "cnc"
     return "unknown"
+
+
+# How much of the file one step reads. Peak memory is about 40x this (the per-line table and
+# the move arrays), plus the interpreter's notes: 8 MiB keeps a 200 MiB file under 512 MB.
+ANALYSIS_CHUNK_BYTES: Final = 8 << 20
+
+
+def _chunks(
+    source: str | bytes | os.PathLike[str], chunk_bytes: int
+) -> tuple[str | None, int, Iterator[bytes]]:
+    """Return a name for messages, the size in bytes and the chunks, each of whole lines."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        return None, len(data), _split(data, chunk_bytes)
+    if isinstance(source, str) and "\n" in source:
+        try:
+            data = source.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise AnalysisError(f"not a text G-code file: {exc}") from exc
+        return None, len(data), _split(data, chunk_bytes)
+    path = Path(source)
+    try:
+        size = path.stat().st_size
+        handle = path.open("rb")
+    except OSError as exc:
+        raise AnalysisError(f"cannot read {path.name}: {exc.strerror or exc}") from exc
+    return path.name, size, _read_chunks(handle, path.name, chunk_bytes)
+
+
+def _split(data: bytes, chunk_bytes: int) -> Iterator[bytes]:
+    lo, n = 0, len(data)
+    while lo < n:
+        hi = data.find(b"\n", min(lo + chunk_bytes, n) - 1) + 1 if lo + chunk_bytes < n else n
+        if hi <= 0:
+            hi = n
+        yield data[lo:hi]
+        lo = hi
+
+
+def _read_chunks(handle: BinaryIO, name: str, chunk_bytes: int) -> Iterator[bytes]:
+    with handle:
+        rest = b""
+        while True:
+            try:
+                block = handle.read(chunk_bytes)
+            except OSError as exc:
+                raise AnalysisError(f"cannot read {name}: {exc.strerror or exc}") from exc
+            if not block:
+                if rest:
+                    yield rest
+                return
+            cut = block.rfind(b"\n")
+            if cut < 0:
+                rest += block
+                if len(rest) > 4 * chunk_bytes:
+                    yield rest  # a huge line: the scan copes, the checks will flag it
+                    rest = b""
+                continue
+            yield rest + block[: cut + 1]
+            rest = block[cut + 1 :]
 
 
 def analyse_gcode(
     path_or_text: str | bytes | os.PathLike[str],
     *,
     machine_limits: MachineLimits | None = None,
+    chunk_bytes: int = ANALYSIS_CHUNK_BYTES,
 ) -> GcodeAnalysis:
     """Analyse a G-code file (a path, or text containing newlines, or raw bytes).
 
-    Raises AnalysisError for empty, binary or non-UTF-8 input. CPU-bound (20 to 40 MB/s on
+    Raises AnalysisError for empty, binary or non-UTF-8 input. Reads the file in chunks of
+    whole lines so that memory stays bounded whatever its size. CPU-bound (20 to 40 MB/s on
     slicer output on a small VM): from async code use analyse_gcode_async.
+
+    Without machine limits, the planner model (GRBL or Marlin) is chosen from the first
+    chunk; if the whole file turns out to be another process, it is planned again.
     """
-    data, name = _read_source(path_or_text)
-    _check_text(data, name)
-    table = _scan(data)
-    ev = _Interpreter(table, data).run(np.flatnonzero(~table.fast))
-    _resolve_modal(table)
-    s_col = table.vals[5]
-    s_vals = s_col[~np.isnan(s_col)]
+    if machine_limits is not None:
+        return _analyse(path_or_text, machine_limits, "machine_limits", None, chunk_bytes)
+    guess: list[str] = []
+    result = _analyse(path_or_text, None, "defaults", guess, chunk_bytes)
+    wanted = _default_firmware(result.process)
+    if guess and guess[0] != wanted:
+        result = _analyse(
+            path_or_text, _default_limits(result.process), "defaults", None, chunk_bytes
+        )
+    return result
 
-    # Process first, from end points (arcs are split differently by Marlin and GRBL).
-    placed = _positions(table, ev)
-    rk, delta = placed.kinds, placed.delta
-    feed_rows = (rk == _K_G1) | (rk == _K_CW) | (rk == _K_CCW)
-    moved_xyz = (delta[0] != 0) | (delta[1] != 0) | (delta[2] != 0)
-    extruding = bool(np.any(feed_rows & (delta[3] > 0) & ((delta[0] != 0) | (delta[1] != 0))))
-    cut_z = placed.pos[2][feed_rows & moved_xyz]
-    min_cut_z = float(cut_z.min()) if cut_z.size else None
-    process = _detect_process(ev, extruding, min_cut_z, bool(s_vals.size))
 
-    mv = _moves(placed, ev, process)
+def _default_firmware(process: str) -> str:
+    return "grbl" if process in ("cnc", "laser") else "marlin"
+
+
+def _default_limits(process: str) -> MachineLimits:
+    if process == "laser":
+        return replace(MachineLimits.grbl(), laser_mode=True)
+    return MachineLimits.grbl() if process in ("cnc", "laser") else MachineLimits.marlin()
+
+
+def _analyse(
+    source: str | bytes | os.PathLike[str],
+    limits: MachineLimits | None,
+    source_label: str,
+    guess: list[str] | None,
+    chunk_bytes: int,
+) -> GcodeAnalysis:
+    name, size, chunks = _chunks(source, chunk_bytes)
+    label = name or "input"
+    interp = _Interpreter()
+    ev = interp.ev
+    carry = _Carry()
+    nlines = 0
+    nbytes = 0
+    blank = True
+    base = limits
+    timeline: _LimitsTimeline | None = None
+    window = 0
+    limits_in_file = False
+    pending: tuple[_Moves, I64, PlanLimits, int] | None = None
+    for data in chunks:
+        if not data:
+            continue
+        if blank and not data.isspace():
+            blank = False
+        _check_chunk(data, label, nbytes)
+        nbytes += len(data)
+        table = _scan(data)
+        interp.chunk(table, data, nlines)
+        interp.run(np.flatnonzero(~table.fast))
+        _resolve_modal(table, carry)
+        s_col = table.vals[5]
+        s_vals = s_col[~np.isnan(s_col)]
+        if s_vals.size:
+            top = float(s_vals.max())
+            carry.s_max = top if carry.s_max is None else max(carry.s_max, top)
+
+        placed = _positions(table, ev, carry)
+        rk, delta = placed.kinds, placed.delta
+        feed_rows = (rk == _K_G1) | (rk == _K_CW) | (rk == _K_CCW)
+        moved_xyz = (delta[0] != 0) | (delta[1] != 0) | (delta[2] != 0)
+        if not carry.extruding:
+            carry.extruding = bool(
+                np.any(feed_rows & (delta[3] > 0) & ((delta[0] != 0) | (delta[1] != 0)))
+            )
+        cut_z = placed.pos[2][feed_rows & moved_xyz]
+        if cut_z.size:
+            low = float(cut_z.min())
+            carry.min_cut_z = low if carry.min_cut_z is None else min(carry.min_cut_z, low)
+        if base is None:
+            # No machine given: plan as the firmware this file's process runs on, as far as
+            # its first chunk tells.
+            process = _detect_process(ev, carry.extruding, carry.min_cut_z, carry.s_max is not None)
+            base = _default_limits(process)
+            if guess is not None:
+                guess.append(base.firmware)
+        if timeline is None:
+            flavor = ev.config.get("gcode_flavor", "")
+            timeline = _LimitsTimeline(base, 1 / 60 if flavor.startswith("reprap") else 1.0)
+            window = lookahead_window(base)
+
+        mv = _moves(placed, ev, base)
+        _move_stats(mv, carry, ev.layer_markers)
+        if any(w.startswith(("M201", "M203", "M204", "M205")) for _, w, _ in ev.limits):
+            limits_in_file = True
+        lim = timeline.per_move(ev.limits, mv.line)
+        syncs = _sync_lines(table, ev, base, carry)
+        # Plan the previous chunk now that we know it is not the last one.
+        if pending is not None:
+            _plan_chunk(*pending, carry, window, final=False)
+        pending = (mv, syncs, lim, nlines)
+        nlines += table.nlines
+        del table, placed
+    if blank:
+        raise AnalysisError(f"empty G-code file: {label}")
+    if pending is not None:
+        _plan_chunk(*pending, carry, window, final=True)
+    interp.finish()
+    assert base is not None
+    return _result(ev, carry, base, size, nlines, source_label, limits_in_file)
+
+
+def _check_chunk(data: bytes, label: str, offset: int) -> None:
+    """Refuse binary or non-UTF-8 content with a clear message (offset: bytes before)."""
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise AnalysisError(
+            f"not a text G-code file: {label} has a NUL byte at offset {offset + nul}"
+        )
+    if data.isascii():
+        return
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AnalysisError(
+            f"not a text G-code file: {label} is not UTF-8 (byte {offset + exc.start})"
+        ) from exc
+
+
+def _sync_lines(table: _Table, ev: _Events, lim: MachineLimits, carry: _Carry) -> I64:
+    """Return the lines of a chunk that empty the planner, in order."""
+    parts = [np.array(ev.syncs, dtype=np.int64)]
+    # G92 without E empties the planner in PrusaSlicer's model; the scan parsed most of them.
+    parts.append(np.flatnonzero((table.kind == _K_G92) & np.isnan(table.vals[3])))
+    if lim.firmware == "grbl":
+        parts.append(np.array(ev.grbl_syncs, dtype=np.int64))
+        # A new S with the spindle on waits for the planner, except, in laser mode, on a
+        # motion line (M4 dynamic power changes the power with the speed, not the motion).
+        s_col = table.vals[5]
+        has_s = np.flatnonzero(~np.isnan(s_col))
+        if has_s.size:
+            values = s_col[has_s]
+            before = np.empty(values.size)
+            before[0] = carry.s_prev
+            before[1:] = values[:-1]
+            changed = has_s[values != before]
+            if ev.spindle:
+                at = np.array([ln for ln, _ in ev.spindle], dtype=np.int64)
+                state = np.array([carry.spindle_on] + [on for _, on in ev.spindle])
+                on = state[np.searchsorted(at, changed, side="left")]
+            else:
+                on = np.full(changed.size, carry.spindle_on)
+            changed = changed[on]
+            if lim.laser_mode or ev.laser_mode:
+                moving = table.kind[changed] != _K_NONE
+                moving &= ~np.isnan(table.vals[:3, changed]).all(axis=0)
+                changed = changed[~moving]
+            parts.append(changed)
+            carry.s_prev = float(values[-1])
+        if ev.spindle:
+            carry.spindle_on = ev.spindle[-1][1]
+    return np.unique(np.concatenate(parts))
+
+
+def _move_stats(mv: _Moves, carry: _Carry, layer_markers: int) -> None:
+    """Add a chunk's moves to the running totals (filament, bounds, lengths, layers)."""
     n = mv.d.shape[1]
+    if not n:
+        return
+    carry.moves += n
     dx, dy, dz, de = mv.d
-
     # Filament: the high-water mark of the extruder, so retract/unretract pairs net out.
-    filament_mm = max(0.0, float(np.cumsum(de).max())) if n else 0.0
+    cs = np.cumsum(de)
+    carry.e_high = max(carry.e_high, carry.e_sum + float(cs.max()))
+    carry.e_sum += float(cs[-1])
+    dxy = (dx != 0) | (dy != 0)
+    xyz_len = np.sqrt(dx * dx + dy * dy + dz * dz)
+    carry.xyz_len += float(xyz_len.sum())
+    fdm_work = (de > 0) & dxy
+    carry.extrude_len += float(xyz_len[fdm_work].sum())
+    cut_work = ~mv.rapid & (dxy | (dz != 0))
+    carry.bbox_fdm = _grow_bbox(carry.bbox_fdm, mv, fdm_work)
+    carry.bbox_cut = _grow_bbox(carry.bbox_cut, mv, cut_work)
+    if not layer_markers:  # slicers mark layers; count distinct heights only without marks
+        carry.z_fdm = np.union1d(carry.z_fdm, np.round(mv.end[2][fdm_work], 4))
+        carry.z_cut = np.union1d(carry.z_cut, np.round(mv.end[2][cut_work], 4))
+
+
+def _grow_bbox(box: list[float] | None, mv: _Moves, work: Bools) -> list[float] | None:
+    if not work.any():
+        return box
+    which = np.flatnonzero(work)
+    ends = np.take(mv.end[:3], which, axis=1)
+    starts = ends - np.take(mv.d[:3], which, axis=1)
+    lo = np.minimum(starts.min(axis=1), ends.min(axis=1)).tolist()
+    hi = np.maximum(starts.max(axis=1), ends.max(axis=1)).tolist()
+    if box is None:
+        return [*lo, *hi]
+    return [min(box[k], lo[k]) for k in range(3)] + [max(box[3 + k], hi[k]) for k in range(3)]
+
+
+def _result(
+    ev: _Events,
+    carry: _Carry,
+    base: MachineLimits,
+    size: int,
+    nlines: int,
+    source: str,
+    limits_in_file: bool,
+) -> GcodeAnalysis:
+    process = _detect_process(ev, carry.extruding, carry.min_cut_z, carry.s_max is not None)
+    fdm = process == "fdm"
+    filament_mm = max(0.0, carry.e_high)
     diameter = _first_float(ev.config.get("filament_diameter")) or DEFAULT_FILAMENT_DIAMETER_MM
     density = _first_float(ev.config.get("filament_density")) or DEFAULT_FILAMENT_DENSITY_G_CM3
     filament_g = filament_mm * math.pi * (diameter / 2) ** 2 * density / 1000.0
+    box = carry.bbox_fdm if fdm else carry.bbox_cut
+    bbox = BoundingBox(*(round(float(v), 4) for v in box)) if box is not None else None
+    extrude_len = carry.extrude_len if fdm else 0.0
+    travel_len = carry.xyz_len - extrude_len
+    layers = ev.layer_markers or int((carry.z_fdm if fdm else carry.z_cut).size)
 
-    # Bounds of the work: extrusions for printers, feed moves for mills and lasers.
-    dxy = (dx != 0) | (dy != 0)
-    work = (de > 0) & dxy if process == "fdm" else ~mv.rapid & (dxy | (dz != 0))
-    bbox = None
-    if work.any():
-        which = np.flatnonzero(work)
-        ends = np.take(mv.end[:3], which, axis=1)
-        starts = ends - np.take(mv.d[:3], which, axis=1)
-        lo = np.minimum(starts.min(axis=1), ends.min(axis=1))
-        hi = np.maximum(starts.max(axis=1), ends.max(axis=1))
-        bbox = BoundingBox(*(round(float(v), 4) for v in (*lo, *hi)))
-    xyz_len = np.sqrt(dx * dx + dy * dy + dz * dz)
-    extrude_len = float(xyz_len[(de > 0) & dxy].sum()) if process == "fdm" else 0.0
-    travel_len = float(xyz_len.sum()) - extrude_len
-
-    if ev.layer_markers:
-        layers = ev.layer_markers
-    elif work.any():
-        layers = int(np.unique(np.round(mv.end[2][work], 4)).size)
-    else:
-        layers = 0
-
-    # Time: the planner, plus dwells.
-    if machine_limits is not None:
-        base, source = machine_limits, "machine_limits"
-    else:
-        base = MachineLimits.grbl() if process in ("cnc", "laser") else MachineLimits.marlin()
-        source = "defaults"
-    if any(w.startswith(("M201", "M203", "M204", "M205")) for _, w, _ in ev.limits):
+    if limits_in_file:
         source = "file"
-    flavor = ev.config.get("gcode_flavor", "")
-    m203_scale = 1 / 60 if flavor.startswith("reprap") else 1.0
-    lim = _limits_timeline(base, ev.limits, mv.line, m203_scale)
-    # G92 without E empties the planner in PrusaSlicer's model; the scan parsed most of them.
-    set_no_e = np.flatnonzero((table.kind == _K_G92) & np.isnan(table.vals[3]))
-    syncs = np.unique(np.concatenate([np.array(ev.syncs, dtype=np.int64), set_no_e]))
-    seg = np.searchsorted(syncs, mv.line, side="left")
-    first = np.ones(n, dtype=bool)
-    last = np.ones(n, dtype=bool)
-    if n > 1:
-        first[1:] = seg[1:] != seg[:-1]
-        last[:-1] = first[1:]
-    times = _plan(mv.d, mv.feed, first, last, lim)
-    dwell = 0.0
-    for _, p_val, s_val in ev.dwells:
-        if s_val is not None:
-            dwell += s_val
-        elif p_val is not None:
-            # Marlin's P is milliseconds; GRBL's P is seconds.
-            dwell += p_val if process in ("cnc", "laser") else p_val / 1000.0
-    estimate = float(times.sum()) + dwell
+    grbl = base.firmware == "grbl"
+    # Marlin's G4 P is milliseconds; GRBL's P is seconds.
+    dwell = ev.dwell_s + (ev.dwell_p if grbl else ev.dwell_p / 1000.0)
+    estimate = carry.time_s + dwell
 
     slicer_time = _parse_duration(ev.config.get("estimated printing time (normal mode)", ""))
     if slicer_time is None and "TIME" in ev.header:
@@ -1456,19 +1621,18 @@ def analyse_gcode(
 
     units = "mixed" if ev.inch_seen and ev.mm_seen else ("inch" if ev.inch_seen else "mm")
     notes = sorted(ev.notes)
-    if source == "defaults" and n:
-        kind = "GRBL" if process in ("cnc", "laser") else "Marlin"
+    if source == "defaults" and carry.moves:
+        kind = "GRBL" if grbl else "Marlin"
         notes.append(f"time assumes typical {kind} limits: pass the machine's limits to refine it")
     if ev.untimed:
         notes.append(
             "not timed (duration unknown): "
             + ", ".join(f"{k} x{v}" for k, v in sorted(ev.untimed.items()))
         )
-    spindle = float(s_vals.max()) if s_vals.size else None
     return GcodeAnalysis(
         process=process,
-        line_count=table.nlines,
-        size_bytes=len(data),
+        line_count=nlines,
+        size_bytes=size,
         units=units,
         estimated_time_s=round(estimate, 2),
         slicer_estimated_time_s=slicer_time,
@@ -1485,16 +1649,28 @@ def analyse_gcode(
         slicer_version=ev.slicer_version,
         metadata=metadata,
         thumbnails=ev.thumbnails,
-        move_count=n,
+        move_count=carry.moves,
         extrude_distance_mm=round(extrude_len, 3),
         travel_distance_mm=round(travel_len, 3),
-        max_spindle_s=spindle,
+        max_spindle_s=carry.s_max,
         tool_changes=ev.tool_changes,
         untimed_commands=dict(sorted(ev.untimed.items())),
         limits_source=source,
         notes=notes,
         slicer_config=ev.config,
+        time_profile=_time_profile(carry.line_time, nlines),
     )
+
+
+def _time_profile(line_time: F64, nlines: int) -> list[float]:
+    """Return the planned time done at 0..100 % of the lines (linear within a bucket)."""
+    if nlines <= 0 or not line_time.size or line_time.sum() <= 0:
+        return []
+    cum = np.concatenate([[0.0], np.cumsum(line_time)])
+    at = np.arange(cum.size, dtype=np.float64) * _PROFILE_LINES
+    at[-1] = max(at[-1], float(nlines))
+    pct = np.linspace(0.0, float(nlines), 101)
+    return [round(float(v), 1) for v in np.interp(pct, np.minimum(at, nlines), cum)]
 
 
 # -- async entry point -----------------------------------------------------------------------
@@ -1548,20 +1724,3 @@ async def analyse_gcode_async(
     except BrokenProcessPool:
         shutdown_analysis_pool()
         return await asyncio.to_thread(job)
-
-
-def limits_from_dict(values: Mapping[str, Any]) -> MachineLimits:
-    """Build MachineLimits from stored settings (e.g. a machine's motion_limits), ignoring
-    unknown keys and None; per-axis values are sequences of four numbers (X, Y, Z, E)."""
-    known = {f.name for f in fields(MachineLimits)}
-    clean: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in known or value is None:
-            continue
-        if isinstance(value, list | tuple):
-            if len(value) != 4:
-                raise ValueError(f"{key} needs four values (X, Y, Z, E), got {len(value)}")
-            clean[key] = tuple(float(v) for v in value)
-        else:
-            clean[key] = float(value)
-    return replace(MachineLimits(), **clean)

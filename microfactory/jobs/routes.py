@@ -123,6 +123,9 @@ async def create_job(
         )
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
+    # No transaction stays open across the file's I/O and analysis (a token's last use is
+    # written at authentication): commit what the request did so far.
+    await session.commit()
     stored = await store_upload(upload, settings.upload_dir, settings.max_upload_bytes, ".gcode")
     job = await service.create_from_upload(
         session=session,

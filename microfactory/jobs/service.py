@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.accounts.models import Role, User
 from microfactory.analysis import AnalysisError, analyse_gcode_async
-from microfactory.analysis.gcode import limits_from_dict
+from microfactory.analysis.gcode import MachineLimits
 from microfactory.db import utcnow
 from microfactory.errors import (
     ConflictError,
@@ -21,6 +21,7 @@ from microfactory.errors import (
 )
 from microfactory.files import StoredFile, check_gcode_file
 from microfactory.jobs import lifecycle, queue
+from microfactory.jobs.estimates import machine_limits
 from microfactory.jobs.models import ACTIVE_STATES, ENDED_STATES, Job, JobState
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import Machine, MachineKind
@@ -62,11 +63,12 @@ async def list_jobs(
     return list((await session.execute(stmt)).scalars())
 
 
-async def analyse_file(path: Path, machine: Machine | None = None) -> dict[str, Any]:
+async def analyse_file(
+    path: Path, machine: Machine | None = None, limits: MachineLimits | None = None
+) -> dict[str, Any]:
     """Analyse a G-code file off the event loop; bad files are a 422."""
-    limits = None
-    if machine is not None and (machine.capabilities or {}).get("motion_limits"):
-        limits = limits_from_dict(machine.capabilities["motion_limits"])
+    if limits is None:
+        limits = machine_limits(machine)
     try:
         result = await analyse_gcode_async(path, machine_limits=limits)
     except AnalysisError as exc:
@@ -108,7 +110,12 @@ async def create_from_upload(
             raise InvalidInputError("give a machine_id or a machine_kind for the job")
         if allow_firmware_commands and not is_staff(owner):
             raise PermissionDeniedError("only operators may allow firmware-altering commands")
-        analysis = await analyse_file(stored.path, requested)
+        limits = machine_limits(requested)
+        await _end_read_only_transaction(session)
+        analysis = await analyse_file(stored.path, limits=limits)
+        if requested is not None and limits is not None:
+            read_at = (requested.capabilities or {}).get("motion_limits", {}).get("read_at")
+            analysis["estimate_for"] = {"machine_id": requested.id, "read_at": read_at}
         job = Job(
             owner_id=owner.id,
             title=(title or stored.original_name)[:200],
@@ -153,6 +160,16 @@ async def add_submitted(*, session: AsyncSession, job: Job, owner: User) -> Job:
     if owner.trusted or is_staff(owner):
         job = await lifecycle.approve(session=session, job=job, by=owner)
     return job
+
+
+async def _end_read_only_transaction(session: AsyncSession) -> None:
+    """End a transaction that has only read, so none stays open across a long analysis.
+
+    The request owns its transaction and commits its writes before the upload is stored;
+    what is left here are reads (the machine), safe to end early (objects stay loaded).
+    """
+    if session.in_transaction() and not (session.new or session.dirty or session.deleted):
+        await session.commit()
 
 
 def fresh_progress(lines_total: int) -> dict[str, Any]:

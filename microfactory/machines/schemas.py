@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from drivers import DRIVER_NAMES
+from drivers.planner import limits_from_dict
 from microfactory.machines.models import MachineKind
 
 BAUDRATES = (9600, 19200, 38400, 57600, 115200, 230400, 250000, 500000, 1000000)
@@ -183,6 +184,20 @@ class Capabilities(_Strict):
     spindle_max_rpm: float | None = Field(None, gt=0)
     laser_power_w: float | None = Field(None, gt=0)
     tags: list[str] = Field(default_factory=list)
+    # The machine's own motion limits (drivers.planner.MachineLimits field names), read at
+    # connect with "source" and "read_at"; an operator's override has "source": "operator"
+    # and is never replaced by what the machine reports.
+    motion_limits: dict[str, Any] | None = None
+
+    @field_validator("motion_limits")
+    @classmethod
+    def _check_motion_limits(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                limits_from_dict(value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"motion_limits: {exc}") from None
+        return value
 
 
 class MachineBase(_Strict):

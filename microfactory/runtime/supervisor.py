@@ -30,10 +30,13 @@ from drivers import (
     Status,
     create_driver,
 )
+from drivers.planner import limits_from_dict
 from microfactory.db import utcnow
 from microfactory.errors import ConflictError
 from microfactory.jobs import lifecycle
+from microfactory.jobs.estimates import estimate_for_machine, live_eta_s
 from microfactory.jobs.models import ACTIVE_STATES, Job, JobState
+from microfactory.machines.models import Machine
 
 log = logging.getLogger("microfactory.supervisor")
 
@@ -70,6 +73,7 @@ class Supervisor:
         self._last_progress_write = 0.0
         self._status = Status(state=MachineState.CONNECTING, message="starting")
         self._task: asyncio.Task[None] | None = None
+        self._estimate_task: asyncio.Task[float | None] | None = None
         self._command_lock = asyncio.Lock()
         self._job_lock = asyncio.Lock()
         self.connected = asyncio.Event()
@@ -136,6 +140,7 @@ class Supervisor:
             try:
                 self._publish(await driver.status())
                 self.connected.set()
+                await self._store_motion_limits(driver)
                 await self._after_connect(driver)
                 async for event in events:
                     await self._handle(event)
@@ -150,6 +155,35 @@ class Supervisor:
                 self.driver = None
             self._publish(Status(state=MachineState.OFFLINE, message="link lost; reconnecting"))
             await asyncio.sleep(BACKOFF_S[0])
+
+    async def _store_motion_limits(self, driver: Driver) -> None:
+        """Keep the limits the machine reported at connect (`$$`, M503, a printer profile) on
+        the machine as capabilities["motion_limits"], with when and where they were read,
+        unless an operator has set them (source "operator")."""
+        limits = getattr(driver, "motion_limits", None)
+        if not isinstance(limits, dict) or not limits:
+            return
+        try:
+            limits_from_dict(limits)  # what is stored must read back (the API validates it)
+        except (TypeError, ValueError) as exc:
+            log.warning("machine %s: ignoring its motion limits: %s", self.name, exc)
+            return
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                machine = await session.get(Machine, self.machine_id)
+                if machine is None:
+                    return
+                caps = dict(machine.capabilities or {})
+                current = caps.get("motion_limits") or {}
+                if current.get("source") == "operator":
+                    log.info("machine %s: keeping the operator's motion limits", self.name)
+                    return
+                caps["motion_limits"] = dict(limits)
+                machine.capabilities = caps
+        except Exception:  # the limits are a refinement: never let them stop the machine
+            log.exception("machine %s: could not store its motion limits", self.name)
+            return
+        log.info("machine %s: motion limits read (%s)", self.name, limits.get("source"))
 
     async def _after_connect(self, driver: Driver) -> None:
         """Re-attach to a job the machine kept running while we were away (OctoPrint)."""
@@ -216,12 +250,24 @@ class Supervisor:
         progress = status.progress
         # Progress is not state: a conditional write that only touches a job still on the
         # machine, so it can never resurrect a job that ended meanwhile.
+        values = progress.as_dict()
         async with self.sessionmaker() as session, session.begin():
+            if progress.eta_s_hint is None:  # the peer does not know better: blend the plan
+                row = (
+                    await session.execute(
+                        select(Job.analysis, Job.lines_total).where(Job.id == self.job_id)
+                    )
+                ).first()
+                if row is not None:
+                    elapsed = time.time() - progress.started_at if progress.started_at else None
+                    eta = live_eta_s(row[0] or {}, progress.lines_acked, row[1], elapsed)
+                    if eta is not None:
+                        values["eta_s"] = eta
             await session.execute(
                 update(Job)
                 .where(Job.id == self.job_id, Job.state.in_(list(ACTIVE_STATES)))
                 .values(
-                    progress=progress.as_dict(),
+                    progress=values,
                     last_acked_line=progress.lines_acked,
                     last_line_text=(progress.last_line or "")[:500] or None,
                 )
@@ -344,6 +390,10 @@ class Supervisor:
                 with contextlib.suppress(DriverError):
                     await driver.cancel()
                 raise
+        # Re-plan the job with this machine's own limits, off the critical path.
+        self._estimate_task = asyncio.create_task(
+            estimate_for_machine(self.sessionmaker, self.upload_dir, job_id, self.machine_id)
+        )
         remote_file = getattr(driver, "job_file", None)
         if remote_file:
             # OctoPrint keeps printing across our restarts: remember its file to re-attach.

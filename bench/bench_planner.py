@@ -1,0 +1,356 @@
+"""Benchmark the bounded-lookahead planner: estimates against the firmware, and memory.
+
+1. CNC and laser samples (tests/data/gcode/{cnc,laser}): the analyser's estimate with the
+   machine's own limits (read with `$$` from sim-grbl, stock GRBL 1.1), against the time the
+   simulated firmware takes to run the program streamed by the grbl driver (first motion to
+   idle, wall clock times the speed factor). Also the estimate without the buffer bound, and
+   the old "typical GRBL" guess (500 mm/s^2, no buffer bound), for contrast.
+2. FDM corpus (tests/data/gcode/fdm plus the sliced vase of tests/samples.py): the estimate
+   against PrusaSlicer's embedded one, with the 16-block buffer bound and without it.
+3. Memory and speed: peak RSS and MB/s analysing 10, 100 and 200 MiB files (bench/big_gcode),
+   ours and OctoPrint's gcodeInterpreter, each in a fresh subprocess.
+
+Writes docs/bench-planner.md.
+
+    .venv/bin/python bench/bench_planner.py [--no-write] [--skip-sim] [--skip-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.big_gcode import write_big_gcode  # noqa: E402
+from drivers.base import EventKind, Program  # noqa: E402
+from drivers.planner import MachineLimits, limits_from_dict  # noqa: E402
+from drivers.sim.grbl import SimGrblDriver  # noqa: E402
+from microfactory.analysis import analyse_gcode  # noqa: E402
+
+REPORT = REPO / "docs" / "bench-planner.md"
+GCODE = REPO / "tests" / "data" / "gcode"
+OCTOPRINT_PYTHON = Path(
+    os.environ.get("MICROFACTORY_OCTOPRINT_VENV", str(REPO / ".octoprint-venv"))
+) / "bin" / "python"  # fmt: skip
+
+OURS_CHILD = """
+import json, resource, sys, time
+from microfactory.analysis import analyse_gcode
+t = time.perf_counter()
+a = analyse_gcode(sys.argv[1])
+dt = time.perf_counter() - t
+print(json.dumps({"s": dt, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+OCTO_CHILD = """
+import json, resource, sys, time
+from octoprint.util.gcodeInterpreter import gcode
+g = gcode()
+t = time.perf_counter()
+g.load(sys.argv[1])
+dt = time.perf_counter() - t
+print(json.dumps({"s": dt, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+# -- 1. CNC and laser against the simulated firmware ------------------------------------------
+
+
+async def run_on_sim(
+    path: Path, speed_factor: float, laser: bool = False
+) -> tuple[float, dict[str, Any]]:
+    """Run a program on sim-grbl; return its machine time and the limits `$$` reported.
+
+    With `laser`, the controller is set up as a laser's ($32=1) before the job.
+    """
+    driver = SimGrblDriver({"speed_factor": speed_factor})
+    await asyncio.wait_for(driver.connect(), 20)
+    try:
+        sim = driver.simulator
+        assert sim is not None
+        if laser:
+            await driver.send("$32=1")
+        assert driver.motion_limits is not None
+        limits = dict(driver.motion_limits)
+        if laser:  # read at connect, before the change: take the controller's word for it
+            limits["laser_mode"] = bool(sim.settings[32])
+        events = driver.events()
+        await driver.start(Program.from_file(path))
+        first: float | None = None
+        last: float | None = None
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            async for ev in events:
+                if ev.kind in (EventKind.FINISHED, EventKind.FAILED, EventKind.CANCELLED):
+                    done.set()
+                    return
+
+        task = asyncio.create_task(watch())
+        while not done.is_set():
+            now = time.monotonic()
+            if sim.state == "Run" and first is None:
+                first = now
+            elif sim.state == "Idle" and first is not None:
+                last = now
+            await asyncio.sleep(0.005)
+        task.cancel()
+        assert first is not None
+        assert last is not None
+        return (last - first) * speed_factor, limits
+    finally:
+        await driver.close()
+
+
+def bench_grbl(samples: list[Path]) -> list[dict[str, Any]]:
+    rows = []
+    old_guess = MachineLimits.grbl()
+    old_guess = limits_from_dict(
+        {"max_acceleration": [500, 500, 100, 10000], "max_feedrate": [5000 / 60] * 2
+         + [1000 / 60, 120], "block_buffer_size": 0}, old_guess,
+    )  # fmt: skip
+
+    async def all_runs() -> list[tuple[float, dict[str, Any]]]:
+        # Laser samples run at 1x (tiny segments); the buffer must never starve.
+        jobs = [
+            run_on_sim(p, 1.0, laser=True) if "laser" in p.parts else run_on_sim(p, 2.0)
+            for p in samples
+        ]
+        return list(await asyncio.gather(*jobs))
+
+    results = asyncio.run(all_runs())
+    for path, (firmware_s, limits) in zip(samples, results, strict=True):
+        lim = limits_from_dict(limits)
+        bounded = analyse_gcode(path, machine_limits=lim).estimated_time_s
+        unbounded = analyse_gcode(
+            path, machine_limits=limits_from_dict({"block_buffer_size": 0}, lim)
+        ).estimated_time_s
+        guess = analyse_gcode(path, machine_limits=old_guess).estimated_time_s
+        rows.append(
+            {
+                "name": f"{path.parent.name}/{path.name}"
+                + (" ($32=1)" if limits.get("laser_mode") else ""),
+                "firmware_s": firmware_s,
+                "bounded_s": bounded,
+                "unbounded_s": unbounded,
+                "old_guess_s": guess,
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+# -- 2. FDM against PrusaSlicer ---------------------------------------------------------------
+
+
+def bench_fdm() -> list[dict[str, Any]]:
+    from tests import samples
+
+    named = [(p.name, p) for p in sorted((GCODE / "fdm").glob("*.gcode"))]
+    for facets in (360, 3600):  # 0.52 mm and 0.05 mm segments round a 30 mm radius
+        try:
+            named.append((f"vase, {facets} facets", samples.vase_gcode(facets=facets)))
+        except (FileNotFoundError, RuntimeError) as exc:
+            print(f"vase skipped: {exc}")
+    rows = []
+    for name, path in named:
+        bounded = analyse_gcode(path)
+        unbounded = analyse_gcode(path, machine_limits=MachineLimits(block_buffer_size=0))
+        rows.append(
+            {
+                "name": name,
+                "slicer_s": bounded.slicer_estimated_time_s,
+                "bounded_s": bounded.estimated_time_s,
+                "unbounded_s": unbounded.estimated_time_s,
+                "moves": bounded.move_count,
+            }
+        )
+        print(rows[-1], flush=True)
+    rows.append(fine_spiral_row())
+    print(rows[-1], flush=True)
+    return rows
+
+
+def fine_spiral_row() -> dict[str, Any]:
+    """A synthetic spiral of 0.02 mm extrusions (no slicer merges them): the buffer binds."""
+    lines = ["M83", "G92 X130 Y100", "G1 F2400"]
+    for k in range(20000):  # 400 mm of 0.02 mm chords round a 30 mm radius
+        a = (k + 1) * 0.02 / 30
+        x, y = 100 + 30 * math.cos(a), 100 + 30 * math.sin(a)
+        lines.append(f"G1 X{x:.4f} Y{y:.4f} E0.0008")
+    text = "\n".join(lines) + "\n"
+    bounded = analyse_gcode(text)
+    unbounded = analyse_gcode(text, machine_limits=MachineLimits(block_buffer_size=0))
+    return {
+        "name": "synthetic spiral, 0.02 mm segments at 40 mm/s",
+        "slicer_s": None,
+        "bounded_s": bounded.estimated_time_s,
+        "unbounded_s": unbounded.estimated_time_s,
+        "moves": bounded.move_count,
+    }
+
+
+# -- 3. memory and speed --------------------------------------------------------------------
+
+
+def child(python: Path, script: str, path: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [str(python), "-c", script, str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=3600,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def bench_memory(sizes_mib: list[int], rounds: int) -> list[dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for mib in sizes_mib:
+            path = Path(tmp) / f"big-{mib}.gcode"
+            size = write_big_gcode(GCODE / "fdm" / "bracket.gcode", path, mib << 20)
+            # Alternate ours and OctoPrint's so both see the same load; keep each one's best.
+            ours: dict[str, float] = {}
+            theirs: dict[str, float] = {}
+            for _ in range(rounds):
+                o = child(Path(sys.executable), OURS_CHILD, path)
+                ours = o if not ours or o["s"] < ours["s"] else ours
+                if OCTOPRINT_PYTHON.exists():
+                    t = child(OCTOPRINT_PYTHON, OCTO_CHILD, path)
+                    theirs = t if not theirs or t["s"] < theirs["s"] else theirs
+            rows.append({"mib": mib, "size": size, "ours": ours, "octoprint": theirs})
+            print(rows[-1], flush=True)
+            path.unlink()
+    return rows
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def pct(a: float, b: float) -> str:
+    return f"{100 * (a - b) / b:+.1f} %"
+
+
+def render(grbl: list[dict[str, Any]], fdm: list[dict[str, Any]], mem: list[dict[str, Any]]) -> str:
+    load = os.getloadavg()
+    out = [
+        "# Planner benchmark: estimates against the firmware, and analysis memory",
+        "",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
+        f"({platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}), "
+        f"load average {load[0]:.1f} (the machine is shared: speeds are indicative).",
+        "Made by `bench/bench_planner.py`.",
+        "",
+    ]
+    if grbl:
+        out += [
+            "## CNC and laser: estimate against the simulated GRBL firmware",
+            "",
+            "sim-grbl (stock GRBL 1.1 settings: $110-$112 = 500 mm/min, $120-$122 = 10 mm/s^2, "
+            "$11 = 0.01 mm, $12 = 0.002 mm) runs each program streamed by the grbl driver; "
+            "*firmware* is its time from the first motion to idle. The estimates use the limits "
+            "the driver read with `$$`.",
+            "",
+            "| sample | firmware | estimate (16 blocks) | error | without buffer bound | "
+            "error | old guess (500 mm/s^2) | error |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in grbl:
+            f = r["firmware_s"]
+            out.append(
+                f"| {r['name']} | {f:.1f} s | {r['bounded_s']:.1f} s | {pct(r['bounded_s'], f)} "
+                f"| {r['unbounded_s']:.1f} s | {pct(r['unbounded_s'], f)} "
+                f"| {r['old_guess_s']:.1f} s | {pct(r['old_guess_s'], f)} |"
+            )
+        out.append("")
+    if fdm:
+        out += [
+            "## FDM: estimate against PrusaSlicer's",
+            "",
+            "Marlin defaults as PrusaSlicer assumes them, plus the file's M201-M205.",
+            "",
+            "| file | moves | PrusaSlicer | 16-block buffer | error | whole-file look-ahead "
+            "| error |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in fdm:
+            s = r["slicer_s"]
+            if s is None:  # no slicer estimate: compare the two planners
+                out.append(
+                    f"| {r['name']} | {r['moves']:,} | - | {r['bounded_s']:.1f} s | "
+                    f"{pct(r['bounded_s'], r['unbounded_s'])} vs whole-file | "
+                    f"{r['unbounded_s']:.1f} s | - |"
+                )
+                continue
+            out.append(
+                f"| {r['name']} | {r['moves']:,} | {s:.0f} s | {r['bounded_s']:.0f} s | "
+                f"{pct(r['bounded_s'], s)} | {r['unbounded_s']:.0f} s | "
+                f"{pct(r['unbounded_s'], s)} |"
+            )
+        out.append("")
+    if mem:
+        out += [
+            "## Analysis memory and speed",
+            "",
+            "Copies of bracket.gcode (bench/big_gcode.py), each analysed in a fresh process; peak "
+            "RSS from getrusage, time of the analysis call only. Ours and OctoPrint's run "
+            "alternately, best of the rounds for each.",
+            "",
+            "| file | ours: peak RSS | ours: MB/s | OctoPrint: peak RSS | OctoPrint: MB/s "
+            "| speed ratio |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in mem:
+            o, t = r["ours"], r["octoprint"]
+            mb = r["size"] / 1e6
+            ours_speed = mb / o["s"]
+            theirs = f"{t['peak_mb']:.0f} MB | {mb / t['s']:.2f}" if t else "- | -"
+            ratio = f"{ours_speed / (mb / t['s']):.1f}x" if t else "-"
+            out.append(
+                f"| {r['mib']} MiB | {o['peak_mb']:.0f} MB | {ours_speed:.1f} | {theirs} "
+                f"| {ratio} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--skip-sim", action="store_true")
+    parser.add_argument("--skip-fdm", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--sizes", default="10,100,200")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per file (best kept)")
+    args = parser.parse_args()
+    samples = sorted((GCODE / "cnc").glob("*")) + sorted((GCODE / "laser").glob("*"))
+    grbl = [] if args.skip_sim else bench_grbl(samples)
+    fdm = [] if args.skip_fdm else bench_fdm()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    mem = [] if args.skip_memory else bench_memory(sizes, args.rounds)
+    text = render(grbl, fdm, mem)
+    print(text)
+    if not args.no_write:
+        REPORT.write_text(text + "\n")
+        (REPORT.with_suffix(".json")).write_text(
+            json.dumps({"grbl": grbl, "fdm": fdm, "memory": mem}, indent=1) + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()

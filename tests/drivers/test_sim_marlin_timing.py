@@ -1,0 +1,57 @@
+"""sim-marlin runs motion with the analyser's planner: a job takes the time it was estimated."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+
+import pytest
+
+from drivers.base import EventKind, Program
+from drivers.sim.marlin import SimMarlinDriver
+from microfactory.analysis import analyse_gcode
+from tests.drivers.marlin.marlin_helpers import EventLog
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def print_like_program() -> str:
+    """About 10 s: a slow start (M201/M204), short extrusions round a circle, then travel."""
+    lines = ["G21", "G90", "M83", "M201 X500 Y500 Z100 E2000", "M204 P400 T600"]
+    lines.append("G0 X125 Y100 F6000")
+    lines.append("G1 F1200")
+    for k in range(120):  # 1.3 mm chords of a 50 mm circle at 20 mm/s
+        a = 2 * math.pi * (k + 1) / 120
+        lines.append(f"G1 X{100 + 25 * math.cos(a):.3f} Y{100 + 25 * math.sin(a):.3f} E0.1")
+    lines += ["G1 X20 Y20 F6000", "G1 X60 Y30"]
+    return "\n".join(lines) + "\n"
+
+
+async def test_a_sim_marlin_job_takes_the_time_the_analyser_estimates() -> None:
+    driver = SimMarlinDriver({"speed_factor": 1.0, "baud": 115200, "connect_timeout_s": 5.0})
+    try:
+        await asyncio.wait_for(driver.connect(), 10)
+        text = print_like_program()
+        estimate = analyse_gcode(text).estimated_time_s  # Marlin defaults, as the sim's
+        assert estimate > 4.0
+        events = await EventLog(driver).started()
+        t0 = time.monotonic()
+        await driver.start(Program.from_text("print.gcode", text))
+        end = await events.wait(EventKind.FINISHED, EventKind.FAILED, within=40)
+        events.close()
+        assert end.kind is EventKind.FINISHED, end.data
+        # Marlin acknowledges a move once it is planned: the job's last `ok` comes while up
+        # to 15 blocks still run. The print is over when the printer stops moving.
+        sim = driver.simulator
+        assert sim is not None
+        async with asyncio.timeout(30):
+            # Polling: no event announces the end of motion on the firmware's side.
+            while await asyncio.to_thread(sim.moving):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        actual = time.monotonic() - t0
+        assert actual == pytest.approx(estimate, rel=0.05), (actual, estimate)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(driver.close(), 10)

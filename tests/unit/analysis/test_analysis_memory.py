@@ -1,0 +1,53 @@
+"""Analysing a large G-code file reads it in bounded chunks: memory does not grow with it.
+
+Each file is analysed in a fresh subprocess that reports its own peak RSS
+(resource.getrusage), so nothing else the test process holds is counted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.big_gcode import write_big_gcode
+
+REPO = Path(__file__).resolve().parents[3]
+SAMPLE = REPO / "tests" / "data" / "gcode" / "fdm" / "bracket.gcode"
+LIMIT_MB = 512
+
+CHILD = """
+import json, resource, sys
+from microfactory.analysis import analyse_gcode
+a = analyse_gcode(sys.argv[1])
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+print(json.dumps({"peak_mb": peak, "lines": a.line_count, "estimate": a.estimated_time_s}))
+"""
+
+
+def peak_of(path: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    result: dict[str, float] = json.loads(out.stdout)
+    return result
+
+
+@pytest.mark.timeout(900)
+def test_peak_memory_stays_bounded_whatever_the_file_size(tmp_path: Path) -> None:
+    small, large = tmp_path / "small.gcode", tmp_path / "large.gcode"
+    write_big_gcode(SAMPLE, small, 16 << 20)
+    write_big_gcode(SAMPLE, large, 200 << 20)  # the upload limit
+    a, b = peak_of(small), peak_of(large)
+    assert b["lines"] > 12 * a["lines"]
+    assert b["peak_mb"] < LIMIT_MB, b
+    # Twelve times the file, about the same memory: only a chunk is held at a time.
+    assert b["peak_mb"] < a["peak_mb"] + 100, (a, b)
