@@ -31,6 +31,7 @@ from microfactory.errors import DomainError, InvalidInputError
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import MachineKind
 from microfactory.notifications import service as notification_service
+from microfactory.types import Id
 from microfactory.usage import reports
 
 router = APIRouter(include_in_schema=False)
@@ -122,7 +123,7 @@ async def bookings_page(
 
 @router.post("/bookings/{booking_id}/cancel")
 async def cancel_submit(
-    request: Request, booking_id: int, session: SessionDep, user: WebMember, _csrf: CsrfChecked
+    request: Request, booking_id: Id, session: SessionDep, user: WebMember, _csrf: CsrfChecked
 ) -> Response:
     """Cancel a booking from the dashboard."""
     back = request.headers.get("referer") or "/bookings"
@@ -143,7 +144,7 @@ async def cancel_submit(
 
 @router.post("/bookings/{booking_id}/check-in")
 async def check_in_submit(
-    request: Request, booking_id: int, session: SessionDep, user: WebMember, _csrf: CsrfChecked
+    request: Request, booking_id: Id, session: SessionDep, user: WebMember, _csrf: CsrfChecked
 ) -> Response:
     """Check in to a booking from the dashboard."""
     try:
@@ -181,7 +182,7 @@ async def feed_submit(
 
 
 async def _calendar_context(
-    request: Request, session: Any, user: User, machine_id: int, start: str | None
+    request: Request, session: Any, user: User, machine_id: Id, start: str | None
 ) -> dict[str, Any]:
     tz = _tz(request)
     now = clock_now(request)
@@ -257,7 +258,7 @@ async def _calendar_context(
 @router.get("/bookings/machines/{machine_id}", response_class=HTMLResponse)
 async def calendar_page(
     request: Request,
-    machine_id: int,
+    machine_id: Id,
     session: SessionDep,
     user: WebMember,
     start: str | None = None,
@@ -272,7 +273,7 @@ async def calendar_page(
 @router.post("/bookings/machines/{machine_id}", response_class=HTMLResponse)
 async def calendar_book(
     request: Request,
-    machine_id: int,
+    machine_id: Id,
     session: SessionDep,
     user: WebMember,
     _csrf: CsrfChecked,
@@ -481,7 +482,7 @@ async def admin_closure(
 
 @router.post("/bookings/admin/closures/{closure_id}/remove", response_class=HTMLResponse)
 async def admin_closure_remove(
-    request: Request, closure_id: int, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
+    request: Request, closure_id: Id, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
 ) -> Response:
     """Remove a closure."""
 
@@ -497,7 +498,7 @@ async def admin_certify(
     session: SessionDep,
     user: WebStaff,
     _csrf: CsrfChecked,
-    user_id: Annotated[int, Form()],
+    user_id: Annotated[Id, Form()],
     scope: Annotated[str, Form()],
     expires: Annotated[str, Form()] = "",
     note: Annotated[str, Form(max_length=200)] = "",
@@ -532,7 +533,7 @@ async def admin_certify(
 
 @router.post("/bookings/admin/certifications/{cert_id}/revoke", response_class=HTMLResponse)
 async def admin_revoke(
-    request: Request, cert_id: int, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
+    request: Request, cert_id: Id, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
 ) -> Response:
     """Revoke a certification."""
 
@@ -548,7 +549,7 @@ async def admin_maintenance(
     session: SessionDep,
     user: WebStaff,
     _csrf: CsrfChecked,
-    machine_id: Annotated[int, Form()],
+    machine_id: Annotated[Id, Form()],
     start: Annotated[str, Form()],
     end: Annotated[str, Form()],
     reason: Annotated[str, Form(max_length=2000)] = "",
@@ -576,7 +577,7 @@ async def admin_maintenance(
 
 @router.post("/bookings/admin/maintenance/{block_id}/remove", response_class=HTMLResponse)
 async def admin_maintenance_remove(
-    request: Request, block_id: int, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
+    request: Request, block_id: Id, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
 ) -> Response:
     """Remove a maintenance block."""
 

@@ -22,6 +22,7 @@ from microfactory.designs.schemas import (
 )
 from microfactory.designs.storage import store_uploads
 from microfactory.errors import NotFoundError
+from microfactory.types import Id
 
 router = APIRouter(prefix="/api/v1/designs", tags=["designs"])
 
@@ -102,14 +103,14 @@ async def import_okh(
 
 
 @router.get("/{design_id}", response_model=DesignRead)
-async def get_design(design_id: int, session: SessionDep, _user: AnyUser) -> DesignRead:
+async def get_design(design_id: Id, session: SessionDep, _user: AnyUser) -> DesignRead:
     """Return one design with its files, licence flags and attribution."""
     return service.to_read(await service.get_or_raise(session=session, design_id=design_id))
 
 
 @router.get("/{design_id}/files/{file_id}", response_class=FileResponse)
 async def download_file(
-    design_id: int, file_id: int, session: SessionDep, settings: SettingsDep, _user: AnyUser
+    design_id: Id, file_id: Id, session: SessionDep, settings: SettingsDep, _user: AnyUser
 ) -> FileResponse:
     """Download one file of a design under its original name."""
     design = await service.get_or_raise(session=session, design_id=design_id)
@@ -122,11 +123,11 @@ async def download_file(
 
 @router.get("/{design_id}/parameters", response_model=ParameterSchema)
 async def get_parameters(
-    design_id: int,
+    design_id: Id,
     session: SessionDep,
     settings: SettingsDep,
     _user: AnyUser,
-    file_id: int | None = None,
+    file_id: Id | None = None,
 ) -> ParameterSchema:
     """Return the Customizer parameters of the design's OpenSCAD file, for a form."""
     design = await service.get_or_raise(session=session, design_id=design_id)
@@ -147,7 +148,7 @@ async def get_parameters(
 
 @router.post("/{design_id}/parameters", response_model=ParameterValues)
 async def check_parameters(
-    design_id: int,
+    design_id: Id,
     body: ParameterCheck,
     session: SessionDep,
     settings: SettingsDep,

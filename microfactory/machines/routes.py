@@ -20,6 +20,7 @@ from microfactory.machines.schemas import (
     MachineRead,
     MachineUpdate,
 )
+from microfactory.types import Id
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
 
@@ -82,7 +83,7 @@ async def create_machine(
 
 @router.get("/{machine_id}", response_model=MachineRead)
 async def get_machine(
-    machine_id: int, request: Request, session: SessionDep, _user: AnyUser
+    machine_id: Id, request: Request, session: SessionDep, _user: AnyUser
 ) -> MachineRead:
     """Return one machine with its live status."""
     machine = await service.get_or_raise(session=session, machine_id=machine_id)
@@ -91,7 +92,7 @@ async def get_machine(
 
 @router.patch("/{machine_id}", response_model=MachineRead)
 async def update_machine(
-    machine_id: int,
+    machine_id: Id,
     machine_in: MachineUpdate,
     request: Request,
     session: SessionDep,
@@ -117,7 +118,7 @@ async def update_machine(
 
 @router.delete("/{machine_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_machine(
-    machine_id: int, request: Request, session: SessionDep, _user: StaffUser
+    machine_id: Id, request: Request, session: SessionDep, _user: StaffUser
 ) -> Response:
     """Remove a machine (operators, admins)."""
     machine = await service.get_or_raise(session=session, machine_id=machine_id)
@@ -135,7 +136,7 @@ async def delete_machine(
 
 @router.post("/{machine_id}/commands", response_model=CommandResult)
 async def send_commands(
-    machine_id: int,
+    machine_id: Id,
     body: CommandRequest,
     request: Request,
     session: SessionDep,
@@ -149,7 +150,7 @@ async def send_commands(
 
 @router.post("/{machine_id}/emergency-stop", response_model=MachineRead)
 async def emergency_stop(
-    machine_id: int, request: Request, session: SessionDep, _user: StaffUser
+    machine_id: Id, request: Request, session: SessionDep, _user: StaffUser
 ) -> MachineRead:
     """Stop a machine now (M112, GRBL reset); its job fails (operators, admins)."""
     machine = await service.get_or_raise(session=session, machine_id=machine_id)

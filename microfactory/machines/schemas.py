@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import math
+from typing import Annotated, Any
 
 from pydantic import (
     AnyHttpUrl,
@@ -14,9 +15,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from drivers import DRIVER_NAMES
 from microfactory.machines.models import MachineKind
+from microfactory.types import Int, Number
 
 BAUDRATES = (9600, 19200, 38400, 57600, 115200, 230400, 250000, 500000, 1000000)
 
@@ -29,7 +32,7 @@ class SerialConnection(_Strict):
     """A USB serial port (any device path, a pty included)."""
 
     port: str = Field(min_length=1, max_length=255)
-    baudrate: int = 115200
+    baudrate: Int = 115200
 
     @field_validator("port")
     @classmethod
@@ -49,7 +52,7 @@ class SerialConnection(_Strict):
 class MarlinConnection(SerialConnection):
     """Marlin over USB serial."""
 
-    window: int | None = Field(None, ge=1, le=64)  # lines in flight without ADVANCED_OK
+    window: Int | None = Field(None, ge=1, le=64)  # lines in flight without ADVANCED_OK
 
 
 class GrblConnection(SerialConnection):
@@ -64,11 +67,11 @@ class OctoPrintConnection(_Strict):
     url: AnyHttpUrl
     api_key: str = Field(min_length=8, max_length=256)
     printer_port: str = "AUTO"  # the printer's port as OctoPrint names it; VIRTUAL for tests
-    baudrate: int | None = None  # None: OctoPrint chooses
-    timeout_s: float | None = Field(None, gt=0, le=300)  # per HTTP request
-    poll_interval_s: float | None = Field(None, gt=0, le=60)
-    connect_timeout_s: float | None = Field(None, gt=0, le=300)
-    max_backoff_s: float | None = Field(None, gt=0, le=600)
+    baudrate: Int | None = None  # None: OctoPrint chooses
+    timeout_s: Number | None = Field(None, gt=0, le=300)  # per HTTP request
+    poll_interval_s: Number | None = Field(None, gt=0, le=60)
+    connect_timeout_s: Number | None = Field(None, gt=0, le=300)
+    max_backoff_s: Number | None = Field(None, gt=0, le=600)
 
 
 class ManualConnection(_Strict):
@@ -80,13 +83,16 @@ class SimConnection(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    speed_factor: float = Field(20.0, ge=0, le=10000)  # 0: instant
-    baud: int | None = Field(None, ge=0)  # emulate the link's byte rate; None = 115200, 0 = off
+    speed_factor: Number = Field(20.0, ge=0, le=10000)  # 0: instant
+    baud: Int | None = Field(None, ge=0)  # emulate the link's byte rate; None = 115200, 0 = off
 
     @model_validator(mode="after")
     def _known_options(self) -> SimConnection:
         known = sim_options(self._driver) if hasattr(self, "_driver") else None
         extra = set(self.model_extra or {})
+        for key, value in (self.model_extra or {}).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number")
         if known is not None and extra - known:
             raise ValueError(
                 f"unknown simulator option(s) {', '.join(sorted(extra - known))}; "
@@ -167,21 +173,21 @@ def masked_connection(connection: dict[str, Any]) -> dict[str, Any]:
 class BuildVolume(_Strict):
     """Usable build volume in mm."""
 
-    x: float = Field(gt=0, le=10000)
-    y: float = Field(gt=0, le=10000)
-    z: float = Field(gt=0, le=10000)
+    x: Number = Field(gt=0, le=10000)
+    y: Number = Field(gt=0, le=10000)
+    z: Number = Field(gt=0, le=10000)
 
 
 class Capabilities(_Strict):
     """What a machine can do; the matcher reads these."""
 
-    nozzle_diameter_mm: float | None = Field(None, gt=0, le=5)
+    nozzle_diameter_mm: Number | None = Field(None, gt=0, le=5)
     materials: list[str] = Field(default_factory=list)  # e.g. PLA, PETG, plywood-3mm
     loaded_material: str | None = None
-    max_hotend_c: float | None = Field(None, gt=0, le=600)
-    max_bed_c: float | None = Field(None, ge=0, le=200)
-    spindle_max_rpm: float | None = Field(None, gt=0)
-    laser_power_w: float | None = Field(None, gt=0)
+    max_hotend_c: Number | None = Field(None, gt=0, le=600)
+    max_bed_c: Number | None = Field(None, ge=0, le=200)
+    spindle_max_rpm: Number | None = Field(None, gt=0, le=1_000_000)
+    laser_power_w: Number | None = Field(None, gt=0, le=1_000_000)
     tags: list[str] = Field(default_factory=list)
 
 
@@ -212,15 +218,28 @@ class MachineCreate(MachineBase):
 class MachineUpdate(_Strict):
     """Changes to a machine; a masked secret sent back unchanged keeps the stored one."""
 
-    name: str | None = Field(None, min_length=1, max_length=100)
-    kind: MachineKind | None = None
-    driver: str | None = None
-    connection: dict[str, Any] | None = None
+    # Omitted means "unchanged"; only build_volume_mm may be null ("no build volume"). The
+    # others are NOT NULL in the database, so a null is refused here (it was a 500).
+    name: Annotated[str, Field(min_length=1, max_length=100)] | SkipJsonSchema[None] = None
+    kind: MachineKind | SkipJsonSchema[None] = None
+    driver: str | SkipJsonSchema[None] = None
+    connection: dict[str, Any] | SkipJsonSchema[None] = None
     build_volume_mm: BuildVolume | None = None
-    capabilities: Capabilities | None = None
-    enabled: bool | None = None
-    maintenance: bool | None = None
-    notes: str | None = Field(None, max_length=5000)
+    capabilities: Capabilities | SkipJsonSchema[None] = None
+    enabled: bool | SkipJsonSchema[None] = None
+    maintenance: bool | SkipJsonSchema[None] = None
+    notes: Annotated[str, Field(max_length=5000)] | SkipJsonSchema[None] = None
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> MachineUpdate:
+        nulls = sorted(
+            name
+            for name in self.model_fields_set
+            if name != "build_volume_mm" and getattr(self, name) is None
+        )
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)} cannot be null; leave a field out to keep it")
+        return self
 
     @field_validator("driver")
     @classmethod
