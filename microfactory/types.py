@@ -9,7 +9,8 @@ Each one turns an input that used to reach the database or the date arithmetic a
 - `Timestamp`, `Day`: ISO 8601 text only (pydantic would read `0.5` as a Unix time), with a
   year in [`MIN_YEAR`, `MAX_YEAR`] so that adding days or converting zones cannot overflow
   (year 1 or 9999 did).
-- No integer or number field takes `true`/`false`: pydantic would read them as 1 and 0.
+- No integer or number in a JSON body takes `true`/`false` (pydantic reads them as 1 and 0):
+  body fields are strict (`Int`, `Number`, `BodyId`); path and query values arrive as text.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import re
 from typing import Annotated, Any, Final
 
 from annotated_types import Interval
-from pydantic import AfterValidator, AllowInfNan, AwareDatetime, BeforeValidator, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    AwareDatetime,
+    BeforeValidator,
+    Strict,
+    WithJsonSchema,
+)
 
 ID_MAX: Final = 2**63 - 1  # SQLite INTEGER and PostgreSQL BIGINT
 MIN_YEAR: Final = 1970
@@ -27,12 +35,6 @@ MAX_YEAR: Final = 2999
 
 MONTH_PATTERN: Final = r"^(19[7-9]\d|2\d{3})-(0[1-9]|1[0-2])$"  # YYYY-MM in the years above
 _NUMERIC_TEXT: Final = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*\Z")
-
-
-def _no_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("must be a number, not true or false")
-    return value
 
 
 def _iso_text(value: Any) -> Any:
@@ -50,18 +52,20 @@ def _year_in_range(value: dt.date) -> dt.date:
     return value
 
 
-Id = Annotated[
-    int,
-    BeforeValidator(_no_bool),
-    Interval(ge=1, le=ID_MAX),
-]
+Id = Annotated[int, Interval(ge=1, le=ID_MAX)]
 """A database id: a whole number from 1 to 2**63 - 1 (path, query or body)."""
 
-Int = Annotated[int, BeforeValidator(_no_bool)]
-"""A whole number that refuses true/false; add bounds with Field(ge=..., le=...)."""
+BodyId = Annotated[int, Strict(), Interval(ge=1, le=ID_MAX)]
+"""An id in a JSON body, where `true` is not 1."""
 
-Number = Annotated[float, BeforeValidator(_no_bool), AllowInfNan(False)]
-"""A finite number: Infinity and NaN are refused, as are true/false."""
+Int = Annotated[int, Strict()]
+"""A whole number in a JSON body: true/false are refused; bound it with Field(ge=, le=)."""
+
+Bool = Annotated[bool, Strict()]
+"""true or false in a JSON body (not 0, 1 or "yes")."""
+
+Number = Annotated[float, Strict(), AllowInfNan(False)]
+"""A finite number in a JSON body: Infinity, NaN and true/false are refused."""
 
 Timestamp = Annotated[
     AwareDatetime,
@@ -85,6 +89,7 @@ __all__ = [
     "MAX_YEAR",
     "MIN_YEAR",
     "MONTH_PATTERN",
+    "BodyId",
     "Day",
     "Id",
     "Int",

@@ -425,7 +425,7 @@ async def _admin_action(
             {**ctx, "msg": None, "error": exc.detail},
             status_code=exc.status_code,
         )
-    except ValueError as exc:  # pydantic validation of form input
+    except (ValueError, OverflowError) as exc:  # pydantic validation; dates past year 9999
         user = await _after_rollback(session, user)
         ctx = await _admin_context(request, session, user)
         return render(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import Response
@@ -42,6 +42,9 @@ from microfactory.types import Id, Timestamp
 
 router = APIRouter(prefix="/api/v1", tags=["bookings"])
 ICS = "text/calendar; charset=utf-8"
+ICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/calendar": {"schema": {"type": "string"}}}}
+}
 
 
 @router.get("/bookings", response_model=list[BookingRead])
@@ -96,14 +99,14 @@ async def availability(
     return [BusyInterval.model_validate(i) for i in items]
 
 
-@router.get("/bookings/{booking_id}", response_model=BookingRead)
+@router.get("/bookings/{booking_id:int}", response_model=BookingRead)
 async def get_booking(booking_id: Id, session: SessionDep, user: AnyUser) -> BookingRead:
     """Return one booking."""
     booking = await service.get_visible(session=session, booking_id=booking_id, user=user)
     return BookingRead.model_validate(booking)
 
 
-@router.delete("/bookings/{booking_id}", response_model=BookingRead)
+@router.delete("/bookings/{booking_id:int}", response_model=BookingRead)
 async def cancel_booking(
     booking_id: Id,
     session: SessionDep,
@@ -119,7 +122,7 @@ async def cancel_booking(
     return BookingRead.model_validate(booking)
 
 
-@router.post("/bookings/{booking_id}/check-in", response_model=BookingRead)
+@router.post("/bookings/{booking_id:int}/check-in", response_model=BookingRead)
 async def check_in(
     booking_id: Id, session: SessionDep, user: AnyUser, tz: ShopTz, now: Now
 ) -> BookingRead:
@@ -337,7 +340,9 @@ async def revoke_feed_token(session: SessionDep, user: AnyUser) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/calendars/me.ics", name="member_feed", response_class=Response)
+@router.get(
+    "/calendars/me.ics", name="member_feed", response_class=Response, responses=ICS_RESPONSES
+)
 async def member_feed(
     request: Request, session: SessionDep, user: CalendarUser, tz: ShopTz, now: Now
 ) -> Response:
@@ -361,7 +366,9 @@ async def member_feed(
     return Response(body, media_type=ICS)
 
 
-@router.get("/calendars/machines/{machine_id}.ics", response_class=Response)
+@router.get(
+    "/calendars/machines/{machine_id:int}.ics", response_class=Response, responses=ICS_RESPONSES
+)
 async def machine_feed(
     machine_id: Id,
     request: Request,

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from microfactory.bookings.models import BookingStatus
 from microfactory.machines.models import MachineKind
-from microfactory.types import Day, Id, Int, Number, Timestamp
+from microfactory.types import BodyId, Bool, Day, Int, Number, Timestamp
 
 
 class _Strict(BaseModel):
@@ -19,11 +19,11 @@ class _Strict(BaseModel):
 class BookingCreate(_Strict):
     """A request to book a machine for [start, end)."""
 
-    machine_id: Id
+    machine_id: BodyId
     start: Timestamp
     end: Timestamp
     note: str = Field("", max_length=500)
-    user_id: Id | None = None  # operators may book on a member's behalf
+    user_id: BodyId | None = None  # operators may book on a member's behalf
 
 
 class BookingCancel(_Strict):
@@ -108,7 +108,7 @@ class ProfileUpdate(_Strict):
 
     slot_minutes: Int | None = Field(None, ge=5, le=24 * 60)
     buffer_minutes: Int | None = Field(None, ge=0, le=24 * 60)
-    requires_training: bool | None = None
+    requires_training: Bool | None = None
     power_w: Number | None = Field(None, ge=0, le=100_000)
 
     @field_validator("slot_minutes")
@@ -169,8 +169,8 @@ class ClosureRead(BaseModel):
 class CertificationCreate(_Strict):
     """Training granted to a member for one machine or a machine kind (operators)."""
 
-    user_id: Id
-    machine_id: Id | None = None
+    user_id: BodyId
+    machine_id: BodyId | None = None
     machine_kind: MachineKind | None = None
     expires_at: Timestamp | None = None
     note: str = Field("", max_length=200)
@@ -229,7 +229,7 @@ class SuspensionRead(BaseModel):
 class MaintenanceCreate(_Strict):
     """Machine time to block; on_conflict says what to do with overlapping bookings."""
 
-    machine_id: Id
+    machine_id: BodyId
     start: Timestamp
     end: Timestamp
     reason: str = Field("", max_length=2000)

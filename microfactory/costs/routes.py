@@ -22,7 +22,7 @@ from microfactory.costs.schemas import (
 from microfactory.deps import AnyUser, SessionDep, StaffUser
 from microfactory.machines.models import MachineKind
 from microfactory.types import MONTH_PATTERN, Id
-from microfactory.usage.csvout import csv_response
+from microfactory.usage.csvout import CSV_RESPONSES, csv_response
 
 router = APIRouter(prefix="/api/v1", tags=["costs"])
 LINE_FIELDS = list(StatementLine.model_fields)
@@ -78,7 +78,7 @@ async def set_membership(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/statements", response_model=Statement)
+@router.get("/statements", response_model=Statement, responses=CSV_RESPONSES)
 async def get_statement(
     session: SessionDep,
     user: AnyUser,

@@ -7,7 +7,7 @@ import datetime as dt
 from pydantic import BaseModel, ConfigDict, Field
 
 from microfactory.machines.models import MachineKind
-from microfactory.types import Id, Int, Number
+from microfactory.types import BodyId, Int, Number
 
 
 class _Strict(BaseModel):
@@ -55,7 +55,7 @@ class PlanRead(BaseModel):
 class MembershipSet(_Strict):
     """Put a member on a plan (or none with null)."""
 
-    plan_id: Id | None
+    plan_id: BodyId | None
 
 
 class StatementLine(BaseModel):

@@ -102,13 +102,13 @@ async def import_okh(
     return service.to_read(design)
 
 
-@router.get("/{design_id}", response_model=DesignRead)
+@router.get("/{design_id:int}", response_model=DesignRead)
 async def get_design(design_id: Id, session: SessionDep, _user: AnyUser) -> DesignRead:
     """Return one design with its files, licence flags and attribution."""
     return service.to_read(await service.get_or_raise(session=session, design_id=design_id))
 
 
-@router.get("/{design_id}/files/{file_id}", response_class=FileResponse)
+@router.get("/{design_id:int}/files/{file_id}", response_class=FileResponse)
 async def download_file(
     design_id: Id, file_id: Id, session: SessionDep, settings: SettingsDep, _user: AnyUser
 ) -> FileResponse:
@@ -121,7 +121,7 @@ async def download_file(
     return FileResponse(path, filename=design_file.name, media_type="application/octet-stream")
 
 
-@router.get("/{design_id}/parameters", response_model=ParameterSchema)
+@router.get("/{design_id:int}/parameters", response_model=ParameterSchema)
 async def get_parameters(
     design_id: Id,
     session: SessionDep,
@@ -146,7 +146,7 @@ async def get_parameters(
     )
 
 
-@router.post("/{design_id}/parameters", response_model=ParameterValues)
+@router.post("/{design_id:int}/parameters", response_model=ParameterValues)
 async def check_parameters(
     design_id: Id,
     body: ParameterCheck,

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from microfactory.jobs.models import JobState
 from microfactory.machines.models import MachineKind
-from microfactory.types import Id, Int, Number
+from microfactory.types import BodyId, Bool, Int, Number
 
 
 class JobRead(BaseModel):
@@ -63,7 +63,7 @@ class DispatchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    machine_id: Id | None = None
+    machine_id: BodyId | None = None
 
 
 class ClearRequest(BaseModel):
@@ -72,7 +72,7 @@ class ClearRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     outcome: Literal["good", "bad"]
-    requeue: bool = False  # a bad outcome can go back to the queue as a new job
+    requeue: Bool = False  # a bad outcome can go back to the queue as a new job
     notes: str = Field("", max_length=2000)
 
 
@@ -89,13 +89,13 @@ class DesignJobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    design_id: Id
-    file_id: Id | None = None  # default: the design's only printable file
+    design_id: BodyId
+    file_id: BodyId | None = None  # default: the design's only printable file
     parameters: dict[str, Any] = Field(default_factory=dict)
     material: str | None = Field(None, max_length=64)
     copies: Int = Field(1, ge=1, le=50)
     machine_kind: MachineKind | None = None
-    machine_id: Id | None = None
+    machine_id: BodyId | None = None
     required_tags: list[str] = Field(default_factory=list, max_length=20)
     title: str | None = Field(None, max_length=200)
     price: Number | None = Field(None, ge=0)

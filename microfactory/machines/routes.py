@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
@@ -50,16 +52,25 @@ async def stream_status(request: Request, _user: AnyUser) -> StreamingResponse:
             payload = json.dumps({"id": machine_id, "status": sup.status_dict()})
             yield f"event: machine\ndata: {payload}\n\n".encode()
         updates = fleet.hub.subscribe()
+        # The wait for the next update outlives a keep-alive timeout: cancelling it would
+        # close the generator, and the next read would fail (StopAsyncIteration, a 500).
+        pending: asyncio.Future[tuple[int, dict[str, Any]]] | None = None
         try:
             while not await request.is_disconnected():
+                pending = pending or asyncio.ensure_future(anext(updates))
                 try:
-                    machine_id, st = await asyncio.wait_for(anext(updates), timeout=15)
+                    machine_id, st = await asyncio.wait_for(asyncio.shield(pending), timeout=15)
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
+                pending = None
                 payload = json.dumps({"id": machine_id, "status": st}, default=str)
                 yield f"event: machine\ndata: {payload}\n\n".encode()
         finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await pending
             await updates.aclose()  # type: ignore[attr-defined]
 
     return StreamingResponse(
@@ -81,7 +92,7 @@ async def create_machine(
     return service.to_read(machine, fleet.status(machine))
 
 
-@router.get("/{machine_id}", response_model=MachineRead)
+@router.get("/{machine_id:int}", response_model=MachineRead)
 async def get_machine(
     machine_id: Id, request: Request, session: SessionDep, _user: AnyUser
 ) -> MachineRead:
@@ -90,7 +101,7 @@ async def get_machine(
     return service.to_read(machine, _fleet(request).status(machine))
 
 
-@router.patch("/{machine_id}", response_model=MachineRead)
+@router.patch("/{machine_id:int}", response_model=MachineRead)
 async def update_machine(
     machine_id: Id,
     machine_in: MachineUpdate,
@@ -116,7 +127,7 @@ async def update_machine(
     return service.to_read(machine, fleet.status(machine))
 
 
-@router.delete("/{machine_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{machine_id:int}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_machine(
     machine_id: Id, request: Request, session: SessionDep, _user: StaffUser
 ) -> Response:
@@ -134,7 +145,7 @@ async def delete_machine(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{machine_id}/commands", response_model=CommandResult)
+@router.post("/{machine_id:int}/commands", response_model=CommandResult)
 async def send_commands(
     machine_id: Id,
     body: CommandRequest,
@@ -148,7 +159,7 @@ async def send_commands(
     return CommandResult(results=results)
 
 
-@router.post("/{machine_id}/emergency-stop", response_model=MachineRead)
+@router.post("/{machine_id:int}/emergency-stop", response_model=MachineRead)
 async def emergency_stop(
     machine_id: Id, request: Request, session: SessionDep, _user: StaffUser
 ) -> MachineRead:

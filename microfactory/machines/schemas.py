@@ -19,7 +19,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from drivers import DRIVER_NAMES
 from microfactory.machines.models import MachineKind
-from microfactory.types import Int, Number
+from microfactory.types import Bool, Int, Number
 
 BAUDRATES = (9600, 19200, 38400, 57600, 115200, 230400, 250000, 500000, 1000000)
 
@@ -58,7 +58,7 @@ class MarlinConnection(SerialConnection):
 class GrblConnection(SerialConnection):
     """GRBL 1.1 over USB serial."""
 
-    check_mode: bool = False  # validate the whole program with $C before running
+    check_mode: Bool = False  # validate the whole program with $C before running
 
 
 class OctoPrintConnection(_Strict):
@@ -199,8 +199,8 @@ class MachineBase(_Strict):
     driver: str
     build_volume_mm: BuildVolume | None = None
     capabilities: Capabilities = Field(default_factory=Capabilities)
-    enabled: bool = True
-    maintenance: bool = False
+    enabled: Bool = True
+    maintenance: Bool = False
     notes: str = Field("", max_length=5000)
 
 
@@ -226,8 +226,8 @@ class MachineUpdate(_Strict):
     connection: dict[str, Any] | SkipJsonSchema[None] = None
     build_volume_mm: BuildVolume | None = None
     capabilities: Capabilities | SkipJsonSchema[None] = None
-    enabled: bool | SkipJsonSchema[None] = None
-    maintenance: bool | SkipJsonSchema[None] = None
+    enabled: Bool | SkipJsonSchema[None] = None
+    maintenance: Bool | SkipJsonSchema[None] = None
     notes: Annotated[str, Field(max_length=5000)] | SkipJsonSchema[None] = None
 
     @model_validator(mode="after")

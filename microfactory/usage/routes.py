@@ -12,7 +12,7 @@ from microfactory.bookings.deps import Now, ShopTz
 from microfactory.deps import AnyUser, SessionDep, StaffUser
 from microfactory.types import MONTH_PATTERN, Day, Id, Timestamp
 from microfactory.usage import reports
-from microfactory.usage.csvout import csv_response
+from microfactory.usage.csvout import CSV_RESPONSES, csv_response
 from microfactory.usage.schemas import CorrectionCreate, UsageRead, UsageSummaryRow, UtilisationRow
 
 router = APIRouter(prefix="/api/v1/usage", tags=["usage"])
@@ -22,7 +22,7 @@ ENTRY_FIELDS = list(UsageRead.model_fields)
 SUMMARY_FIELDS = list(UsageSummaryRow.model_fields)
 
 
-@router.get("", response_model=list[UsageRead] | list[UsageSummaryRow])
+@router.get("", response_model=list[UsageRead] | list[UsageSummaryRow], responses=CSV_RESPONSES)
 async def usage(
     session: SessionDep,
     user: AnyUser,
@@ -74,7 +74,7 @@ async def usage(
     return summaries
 
 
-@router.get("/utilisation", response_model=list[UtilisationRow])
+@router.get("/utilisation", response_model=list[UtilisationRow], responses=CSV_RESPONSES)
 async def utilisation(
     session: SessionDep,
     _user: AnyUser,

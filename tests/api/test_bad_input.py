@@ -246,7 +246,7 @@ async def test_true_is_not_a_number(client: httpx.AsyncClient, operator: dict[st
     resp = await client.put(
         "/api/v1/rates/machine-kinds/fdm_printer", json={"cents_per_hour": True}, headers=operator
     )
-    assert_clear_422(resp, "not true or false")
+    assert_clear_422(resp, "valid integer")
 
 
 async def test_deleting_a_machine_that_jobs_refer_to_is_409_saying_disable_it(
