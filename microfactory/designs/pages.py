@@ -105,7 +105,11 @@ async def design_new_submit(
             [f for f in files if f.filename], settings.upload_dir, settings.max_upload_bytes
         )
         design, _created = await service.create(
-            session=session, owner=user, design_in=design_in, files=stored
+            session=session,
+            owner=user,
+            design_in=design_in,
+            files=stored,
+            limits=service.mesh_limits(settings),
         )
     except DomainError as exc:
         return render(

@@ -73,7 +73,11 @@ async def create_design(
     )
     stored = await store_uploads(files, settings.upload_dir, settings.max_upload_bytes)
     design, created = await service.create(
-        session=session, owner=user, design_in=design_in, files=stored
+        session=session,
+        owner=user,
+        design_in=design_in,
+        files=stored,
+        limits=service.mesh_limits(settings),
     )
     if not created:
         response.status_code = status.HTTP_200_OK
