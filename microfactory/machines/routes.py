@@ -25,6 +25,7 @@ from microfactory.machines.schemas import (
 from microfactory.types import Id
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
+KEEPALIVE_S = 15.0  # a comment line on an idle stream, so proxies keep it open
 
 
 def _fleet(request: Request) -> Fleet:
@@ -59,7 +60,9 @@ async def stream_status(request: Request, _user: AnyUser) -> StreamingResponse:
             while not await request.is_disconnected():
                 pending = pending or asyncio.ensure_future(anext(updates))
                 try:
-                    machine_id, st = await asyncio.wait_for(asyncio.shield(pending), timeout=15)
+                    machine_id, st = await asyncio.wait_for(
+                        asyncio.shield(pending), timeout=KEEPALIVE_S
+                    )
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
