@@ -9,10 +9,11 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
+from starlette.routing import Match
 
 # Paths that answer JSON (or plain text) whatever went wrong; every other path is the
 # dashboard, where a person reads the error in a page.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 _MACHINE_PATHS = ("/api/", "/static/", "/metrics", "/healthz", "/openapi.json")
 
 
@@ -85,11 +86,12 @@ def validation_messages(exc: RequestValidationError) -> str:
 
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path (Starlette reports only the first route's)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods and route.path_regex.match(request.url.path):
-            methods |= route.methods
-    return sorted(methods)
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
+from pydantic import ValidationError
 from sqlalchemy import inspect
 
 from microfactory.accounts import service as account_service
@@ -411,6 +412,13 @@ async def admin_page(
     return render(request, "booking_admin.html", {**ctx, "msg": msg, "error": error})
 
 
+async def _typed(request: Request) -> dict[str, str]:
+    """Return what was typed into the refused form (not its CSRF token), to fill it again."""
+    form = await request.form()
+    typed = {k: str(v) for k, v in form.items() if k != "csrf_token"}
+    return {**typed, "form": request.url.path}
+
+
 async def _admin_action(
     request: Request, session: Any, user: User, action: Any, done: str
 ) -> Response:
@@ -422,16 +430,27 @@ async def _admin_action(
         return render(
             request,
             "booking_admin.html",
-            {**ctx, "msg": None, "error": exc.detail},
+            {**ctx, "msg": None, "error": exc.detail, "typed": await _typed(request)},
             status_code=exc.status_code,
         )
     except (ValueError, OverflowError) as exc:  # pydantic validation; dates past year 9999
         user = await _after_rollback(session, user)
         ctx = await _admin_context(request, session, user)
+        error = validation_text(exc) if isinstance(exc, ValidationError) else str(exc)
         return render(
-            request, "booking_admin.html", {**ctx, "msg": None, "error": str(exc)}, status_code=422
+            request,
+            "booking_admin.html",
+            {**ctx, "msg": None, "error": error, "typed": await _typed(request)},
+            status_code=422,
         )
     return redirect(_with_message("/bookings/admin", done))
+
+
+def validation_text(exc: ValidationError) -> str:
+    """Say which fields were refused and why, in one line for a person."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 @router.post("/bookings/admin/hours", response_class=HTMLResponse)
