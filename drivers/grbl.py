@@ -46,6 +46,19 @@ log = logging.getLogger(__name__)
 
 SETTING_LINE_RE = re.compile(r"^\$(\d+)=\s*([-+]?\d*\.?\d+)")
 
+
+class CommandRefused(FirmwareError):
+    """GRBL answered a command with `error:N`; `reply` holds every line it sent."""
+
+    def __init__(self, command: str, reply: list[str]) -> None:
+        try:
+            what = describe_error(int(reply[-1][6:]))
+        except ValueError:
+            what = reply[-1]
+        super().__init__(f"GRBL refused `{command[:40]}`: {what}")
+        self.reply = reply
+
+
 RX_BUFFER_SIZE = 128
 #: GRBL keeps at most 79 significant characters of a line (LINE_BUFFER_SIZE 80).
 MAX_LINE_CHARS = 79
@@ -955,7 +968,11 @@ class GrblDriver(Driver):
         return job is not None and job.task is not None and not job.task.done()
 
     async def send(self, command: str) -> list[str]:
-        """Send one command and return GRBL's reply lines; real-time bytes return at once."""
+        """Send one command and return GRBL's reply lines; real-time bytes return at once.
+
+        Raises CommandRefused (a FirmwareError, with the reply lines) when GRBL answers
+        `error:N`.
+        """
         if command in REALTIME_COMMANDS:
             self._write_rt(command.encode("latin-1"))
             if command == "?":
@@ -976,18 +993,23 @@ class GrblDriver(Driver):
         cmd = compact(text)
         async with self._cmd_lock:
             if cmd == "$H":
-                return await self._home()
-            if is_eeprom_command(text):
-                await self._wait_idle(within=self.reply_timeout_s)
-            # `$C` (leaving check mode) and `$RST=` reset GRBL after their `ok`.
-            self._banner_event.clear()
-            lines = await self._command(text, within=None)
-            resets = cmd.startswith("$RST=") or (cmd == "$C" and "[MSG:Disabled]" in lines)
+                lines = await self._home()
+                resets = False
+            else:
+                if is_eeprom_command(text):
+                    await self._wait_idle(within=self.reply_timeout_s)
+                # `$C` (leaving check mode) and `$RST=` reset GRBL after their `ok`.
+                self._banner_event.clear()
+                lines = await self._command(text, within=None)
+                resets = cmd.startswith("$RST=") or (cmd == "$C" and "[MSG:Disabled]" in lines)
             if resets and lines[-1] == "ok":
                 if not await self._wait_banner(5.0):
                     raise ProtocolError(f"GRBL did not restart after `{text}`")
                 await self._fresh_report(within=2.0)
-            return lines
+        if lines and lines[-1].startswith("error:"):
+            # GRBL refused the line: the caller must not read its reply as a success.
+            raise CommandRefused(text, lines)
+        return lines
 
     async def _wait_idle(self, within: float) -> None:
         """Wait until GRBL reports Idle (or Alarm) in a report newer than the last reply."""

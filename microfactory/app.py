@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import generate_latest
@@ -28,7 +27,7 @@ from microfactory.dashboard.routes import router as dashboard_router
 from microfactory.db import make_engine, make_sessionmaker
 from microfactory.designs.pages import router as design_pages_router
 from microfactory.designs.routes import router as designs_router
-from microfactory.errors import install_error_handlers
+from microfactory.errors import document_errors, install_error_handlers
 from microfactory.events import BUS_KEY, EventBus, JobChanged
 from microfactory.fabrication.routes import router as slicer_profiles_router
 from microfactory.jobs.preparation import Preparer
@@ -192,16 +191,6 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     install_dashboard_handlers(app)
 
-    async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        errors = []
-        for err in exc.errors():
-            item = {k: err[k] for k in ("loc", "msg", "type") if k in err}
-            errors.append(item)
-        return JSONResponse({"detail": errors}, status_code=422)
-
-    app.add_exception_handler(RequestValidationError, _validation_error)
-
     app.include_router(accounts_router)
     app.include_router(machines_router)
     app.include_router(jobs_router)
@@ -212,6 +201,7 @@ def create_app(settings: Settings) -> FastAPI:
     for router in booking_routers():
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=resources.web_dir() / "static"), name="static")
+    document_errors(app)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(request: Request) -> JSONResponse:

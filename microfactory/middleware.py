@@ -134,8 +134,10 @@ class RequestMetrics:
             await self.app(scope, receive, send_wrapper)
         finally:
             route: Any = scope.get("route")
-            name = getattr(route, "path", None) or (
-                "static" if scope["path"].startswith("/static") else "unmatched"
+            name = (
+                getattr(route, "path_format", None)
+                or getattr(route, "path", None)
+                or ("static" if scope["path"].startswith("/static") else "unmatched")
             )
             elapsed = time.perf_counter() - start
             self.metrics.requests.labels(scope["method"], name, str(status)).inc()

@@ -20,6 +20,7 @@ from microfactory.accounts.schemas import (
     UserUpdate,
 )
 from microfactory.deps import AdminUser, AnyUser, SessionDep, SettingsDep
+from microfactory.types import Id
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
 
@@ -60,14 +61,14 @@ async def create_user(user_in: UserCreate, session: SessionDep, _admin: AdminUse
 
 
 @router.get("/users/{user_id}", response_model=UserRead)
-async def get_user(user_id: int, session: SessionDep, _admin: AdminUser) -> UserRead:
+async def get_user(user_id: Id, session: SessionDep, _admin: AdminUser) -> UserRead:
     """Return one user (admin)."""
     return UserRead.model_validate(await service.get_or_raise(session=session, user_id=user_id))
 
 
 @router.patch("/users/{user_id}", response_model=UserRead)
 async def update_user(
-    user_id: int, user_in: UserUpdate, session: SessionDep, _admin: AdminUser
+    user_id: Id, user_in: UserUpdate, session: SessionDep, _admin: AdminUser
 ) -> UserRead:
     """Change a user's role, details or password, or disable them (admin)."""
     user = await service.get_or_raise(session=session, user_id=user_id)
@@ -100,7 +101,7 @@ async def create_token(
 
 
 @router.delete("/users/me/tokens/{token_id}", response_model=ApiTokenRead)
-async def revoke_token(token_id: int, session: SessionDep, user: AnyUser) -> ApiTokenRead:
+async def revoke_token(token_id: Id, session: SessionDep, user: AnyUser) -> ApiTokenRead:
     """Revoke one of the caller's tokens."""
     record = await service.revoke_token(session=session, user=user, token_id=token_id)
     return ApiTokenRead.model_validate(record)

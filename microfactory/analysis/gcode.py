@@ -153,6 +153,13 @@ class GcodeAnalysis:
     # Planned motion time (s) done when 0, 1, ..., 100 % of the lines have run: a live ETA
     # follows the plan through slow and fast parts of the file (101 values, or empty).
     time_profile: list[float] = field(default_factory=list)
+    # For microfactory.analysis.commands (what may reach a machine): every command word with
+    # its count and first line, lines that are not G-code, and the longest command line.
+    commands: dict[str, int] = field(default_factory=dict)
+    command_lines: dict[str, int] = field(default_factory=dict)
+    unparsed_lines: int = 0
+    unparsed_examples: list[tuple[int, str]] = field(default_factory=list)
+    longest_line: tuple[int, int, str] | None = None  # (line, length, text) after comments
 
     def as_dict(self) -> dict[str, Any]:
         """Return plain JSON-ready data."""
@@ -416,6 +423,50 @@ def _scan_slice(
 # -- the slow path: every other line ----------------------------------------------------------
 
 
+_LINE_RE: Final = re.compile(
+    r"(?:N[ \t]*\d+[ \t]*)?"  # a line number
+    r"(?:[GMT][ \t]*\d+(?:\.\d+)?|[XYZABCUVWIJKEFS][ \t]*[-+]?(?:\d+\.?\d*|\.\d+))"  # command
+    r"(?:[ \t]*[A-Z](?:[ \t]*[-+]?(?:\d+\.?\d*|\.\d+)|(?=[ \t*]|$)))*"  # words, or flags
+    r"[ \t]*(?:\*[ \t]*\d+)?"  # a checksum
+)
+
+
+class _Words:
+    """The command words a program uses, and its lines that are not G-code at all."""
+
+    __slots__ = ("counts", "first", "longest", "unparsed", "unparsed_examples")
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.first: dict[str, int] = {}
+        self.unparsed = 0
+        self.unparsed_examples: list[tuple[int, str]] = []
+        self.longest: tuple[int, int, str] | None = None
+
+    def add(self, word: str, i: int) -> None:
+        self.counts[word] = self.counts.get(word, 0) + 1
+        self.first.setdefault(word, i + 1)
+
+    def codes(self, gs: list[int], ms: list[int], tool: bool, i: int) -> None:
+        for letter, codes in (("G", gs), ("M", ms)):
+            for c in codes:
+                self.add(f"{letter}{c // 10}" if c % 10 == 0 else f"{letter}{c / 10:g}", i)
+        if tool:
+            self.add("T", i)
+
+    def line(self, i: int, code: str) -> None:
+        if self.longest is None or len(code) > self.longest[1]:
+            self.longest = (i + 1, len(code), code[:120])
+        if (
+            code[0] != "$"
+            and code.split(None, 1)[0] not in _M_STRING_ARGS
+            and _LINE_RE.fullmatch(code) is None
+        ):
+            self.unparsed += 1
+            if len(self.unparsed_examples) < 3:
+                self.unparsed_examples.append((i + 1, code[:80]))
+
+
 @dataclass(slots=True)
 class _Events:
     """What the interpreter found besides moves, keyed by 0-based line number."""
@@ -448,6 +499,7 @@ class _Events:
     mm_seen: bool = False
     slicer: str | None = None
     slicer_version: str | None = None
+    words: _Words = field(default_factory=lambda: _Words())
 
 
 def _has_axis(p: dict[str, float | None]) -> bool:
@@ -589,11 +641,13 @@ class _Interpreter:
         code_part = code_part.strip().upper()
         if not code_part or code_part == "%":
             return
+        ev.words.line(self.offset + i, code_part)
         if code_part[0] == "$":
             self._grbl(code_part, i)
             return
         head = code_part.split(None, 1)[0]
         if head in _M_STRING_ARGS:
+            ev.words.add(head, self.offset + i)
             return
         self.text = code_part
         gs: list[int] = []
@@ -610,6 +664,7 @@ class _Interpreter:
                 continue  # line number
             else:
                 p[letter] = float(num) if num else None
+        ev.words.codes(gs, ms, "T" in p and not gs and not ms, self.offset + i)
         for m in ms:
             self._mcode(m, p, i)
         if "T" in p and not gs and (not ms or 60 in ms):  # "T1" (Marlin), "M6 T1" (CNC)
@@ -757,6 +812,9 @@ class _Interpreter:
 
     def _grbl(self, code: str, i: int) -> None:
         m = _GRBL_SETTING_RE.match(code.replace(" ", ""))
+        self.ev.words.add(
+            f"${m.group(1)}=" if m else code.replace(" ", "").split("=")[0], self.offset + i
+        )
         if not m:
             return
         key, value = m.group(1), m.group(2)
@@ -1434,6 +1492,7 @@ def _analyse(
         table = _scan(data)
         interp.chunk(table, data, nlines)
         interp.run(np.flatnonzero(~table.fast))
+        _fold_fast_words(table, ev.words, data, nlines)
         _resolve_modal(table, carry)
         s_col = table.vals[5]
         s_vals = s_col[~np.isnan(s_col)]
@@ -1645,6 +1704,7 @@ def _result(
         max_hotend_c=ev.max_hotend,
         max_bed_c=ev.max_bed,
         firmware_commands=ev.firmware,
+        **_word_fields(ev.words),
         slicer=ev.slicer,
         slicer_version=ev.slicer_version,
         metadata=metadata,
@@ -1677,6 +1737,37 @@ def _time_profile(line_time: F64, nlines: int) -> list[float]:
 
 _pool: ProcessPoolExecutor | None = None
 _pool_lock = threading.Lock()
+
+
+def _fold_fast_words(t: _Table, words: _Words, data: bytes, offset: int) -> None:
+    """Add one chunk's fast-path G0/G1/G92 lines (parsed in bulk) to the words the
+    interpreter saw; `offset` is the number of lines in the chunks before this one."""
+    for name, kind in (("G0", _K_G0), ("G1", _K_G1), ("G92", _K_G92)):
+        rows = np.flatnonzero(t.fast & (t.kind == kind))
+        if rows.size:
+            line = offset + int(rows[0]) + 1
+            words.counts[name] = words.counts.get(name, 0) + int(rows.size)
+            words.first[name] = min(words.first.get(name, line), line)
+    fast_rows = np.flatnonzero(t.fast & (t.kind != _K_NONE))
+    if fast_rows.size:
+        lengths = t.ends[fast_rows] - t.starts[fast_rows]
+        k = int(np.argmax(lengths))
+        if words.longest is None or int(lengths[k]) > words.longest[1]:
+            row = int(fast_rows[k])
+            text = data[int(t.starts[row]) : int(t.ends[row])].decode("utf-8", "replace").strip()
+            if words.longest is None or len(text) > words.longest[1]:
+                words.longest = (offset + row + 1, len(text), text[:120])
+
+
+def _word_fields(words: _Words) -> dict[str, Any]:
+    """Return what the command checks read (microfactory.analysis.commands)."""
+    return {
+        "commands": dict(words.counts),
+        "command_lines": dict(words.first),
+        "unparsed_lines": words.unparsed,
+        "unparsed_examples": list(words.unparsed_examples),
+        "longest_line": words.longest,
+    }
 
 
 def _get_pool() -> ProcessPoolExecutor:

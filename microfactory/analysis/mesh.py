@@ -8,12 +8,14 @@ inside from outside. Vertices are matched by exact coordinates, as STL repeats t
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import zipfile
+from array import array
 from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any, Final
+from pathlib import Path
+from typing import IO, Any, Final
 from xml.etree import ElementTree as ET
 
 import numpy as np
@@ -21,7 +23,7 @@ import numpy.typing as npt
 
 from microfactory.analysis.gcode import AnalysisError, BoundingBox
 
-__all__ = ["MeshAnalysis", "analyse_3mf", "analyse_mesh", "analyse_stl"]
+__all__ = ["MeshAnalysis", "MeshLimits", "analyse_3mf", "analyse_mesh", "analyse_stl"]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -69,13 +71,29 @@ class MeshAnalysis:
         return asdict(self)
 
 
-def analyse_mesh(path: str | os.PathLike[str]) -> MeshAnalysis:
+@dataclass(frozen=True, slots=True)
+class MeshLimits:
+    """What one mesh upload may hold (settings mesh_max_triangles, mesh_max_vertices).
+
+    The analysis peaks at about 700 bytes a placed triangle (measured: 217 MB for 320,000
+    triangles), so the default of 2 million triangles stays under about 1.4 GB. Real prints
+    are far smaller; a mesh past the cap is refused with a message, not analysed.
+    """
+
+    max_triangles: int = 2_000_000
+    max_vertices: int = 2_000_000
+
+
+_DEFAULT_LIMITS: Final = MeshLimits()
+
+
+def analyse_mesh(path: str | os.PathLike[str], *, limits: MeshLimits | None = None) -> MeshAnalysis:
     """Analyse an STL or 3MF file, chosen by its extension."""
     suffix = Path(path).suffix.lower()
     if suffix == ".3mf":
-        return analyse_3mf(path)
+        return analyse_3mf(path, limits=limits or _DEFAULT_LIMITS)
     if suffix == ".stl":
-        return analyse_stl(path)
+        return analyse_stl(path, limits=limits or _DEFAULT_LIMITS)
     raise AnalysisError(f"unsupported mesh format {suffix or '(no extension)'}: use .stl or .3mf")
 
 
@@ -89,14 +107,18 @@ def _read(source: str | bytes | os.PathLike[str]) -> tuple[bytes, str]:
         raise AnalysisError(f"cannot read {path.name}: {exc.strerror or exc}") from exc
 
 
-def analyse_stl(source: str | bytes | os.PathLike[str]) -> MeshAnalysis:
+def analyse_stl(
+    source: str | bytes | os.PathLike[str], *, limits: MeshLimits | None = None
+) -> MeshAnalysis:
     """Analyse an ASCII or binary STL file (a path or the file's bytes)."""
+    limits = limits or _DEFAULT_LIMITS
     data, label = _read(source)
     if not data:
         raise AnalysisError(f"empty STL file: {label}")
     if len(data) >= 84:
         count = int.from_bytes(data[80:84], "little")
         if len(data) == 84 + 50 * count:
+            _check_stl_triangles(count, limits, label)
             # Binary, even when the header starts with "solid" (many exporters do that).
             records = np.frombuffer(data, dtype=_STL_RECORD, count=count, offset=84)
             tris = records["v"].astype(np.float64)
@@ -111,10 +133,15 @@ def analyse_stl(source: str | bytes | os.PathLike[str]) -> MeshAnalysis:
             f"corrupt binary STL: {label} declares {count} triangles "
             f"({84 + 50 * count} bytes) but has {len(data)} bytes"
         )
-    return _analyse_ascii(data, label, solid.group(1).decode("ascii", "replace").strip())
+    return _analyse_ascii(data, label, solid.group(1).decode("ascii", "replace").strip(), limits)
 
 
-def _analyse_ascii(data: bytes, label: str, name: str) -> MeshAnalysis:
+def _check_stl_triangles(count: int, limits: MeshLimits, label: str) -> None:
+    if count > limits.max_triangles:
+        raise AnalysisError(f"STL {label} has {count} triangles, more than {limits.max_triangles}")
+
+
+def _analyse_ascii(data: bytes, label: str, name: str, limits: MeshLimits) -> MeshAnalysis:
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError as exc:
@@ -122,6 +149,7 @@ def _analyse_ascii(data: bytes, label: str, name: str) -> MeshAnalysis:
     if "endsolid" not in text[-4096:]:
         raise AnalysisError(f"truncated ASCII STL: {label} has no 'endsolid'")
     facets = len(_ENDFACET_RE.findall(text))
+    _check_stl_triangles(facets, limits, label)
     vertex_words = len(_VERTEX_WORD_RE.findall(text))
     found = _VERTEX_RE.findall(text)
     if len(found) != vertex_words or vertex_words != 3 * facets:
@@ -221,16 +249,7 @@ def _analyse(tris: F64, fmt: str, name: str | None, objects: int, label: str) ->
 # -- 3MF ------------------------------------------------------------------------------------
 
 
-def _parse_xml(data: bytes, label: str) -> ET.Element:
-    """Parse a 3MF part.
-
-    ElementTree does not fetch external entities, and the expat it ships with (2.4+) stops
-    entity-expansion ("billion laughs") attacks, so untrusted uploads are safe to parse here.
-    """
-    try:
-        return ET.fromstring(data)  # noqa: S314  (see docstring)
-    except ET.ParseError as exc:
-        raise AnalysisError(f"corrupt 3MF: {label}: {exc}") from exc
+_MAX_RELS_BYTES: Final = 1 << 20  # a relationships part lists a few files: 1 MiB is plenty
 
 
 def _local(tag: str) -> str:
@@ -241,57 +260,171 @@ def _transform(text: str | None) -> F64:
     """Return a 3MF transform as a 4x3 matrix (row vector convention: p' = [p 1] @ M)."""
     if not text:
         return np.vstack([np.eye(3), np.zeros(3)])
-    values = [float(v) for v in text.split()]
+    try:
+        values = [float(v) for v in text.split()]
+    except ValueError:
+        raise AnalysisError(f"corrupt 3MF: transform {text[:60]!r} is not 12 numbers") from None
     if len(values) != 12:
         raise AnalysisError(f"corrupt 3MF: transform has {len(values)} numbers, not 12")
+    if not all(math.isfinite(v) for v in values):
+        raise AnalysisError("corrupt 3MF: transform has a non-finite number")
     return np.array(values, dtype=np.float64).reshape(4, 3)
 
 
-def analyse_3mf(source: str | bytes | os.PathLike[str]) -> MeshAnalysis:
-    """Analyse a 3MF package: every build item's meshes, placed by their transforms."""
-    data, label = _read(source)
+def _open_member(archive: zipfile.ZipFile, name: str, max_bytes: int, label: str) -> IO[bytes]:
+    """Open an archive member after checking its unpacked size (zipfile stops reading there)."""
+    info = archive.getinfo(name)
+    if info.file_size > max_bytes:
+        raise AnalysisError(
+            f"3MF part {name} too large: {info.file_size} bytes unpacked, at most {max_bytes}"
+        )
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        return archive.open(info)
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
+        raise AnalysisError(f"corrupt 3MF: {label}: cannot unpack {name}: {exc}") from exc
+
+
+class _Object:
+    """One <object>: its own mesh (vertices, triangle indices) and its components."""
+
+    __slots__ = ("components", "tris", "verts")
+
+    def __init__(self) -> None:
+        self.verts: array[float] = array("d")
+        self.tris: array[int] = array("q")
+        self.components: list[tuple[str, F64]] = []
+
+
+class _ModelReader:
+    """Read a 3MF model part as a stream of XML events, keeping only the numbers.
+
+    ElementTree's iterparse builds each element and we clear it at once, so memory follows the
+    mesh (16 bytes a coordinate triple as float64 arrays), not the XML text (100+ bytes a
+    vertex). The caps are checked while reading, before anything is allocated for the excess.
+    ElementTree fetches no external entities, and its expat (2.4+) stops entity-expansion
+    ("billion laughs") attacks, so untrusted uploads are safe to parse.
+    """
+
+    def __init__(self, limits: MeshLimits, label: str) -> None:
+        self.limits = limits
+        self.label = label
+        self.unit = "millimeter"
+        self.title: str | None = None
+        self.objects: dict[str, _Object] = {}
+        self.build: list[tuple[str, F64]] = []
+        self.vertices = 0
+        self.triangles = 0
+
+    def read(self, stream: IO[bytes]) -> None:
+        current: _Object | None = None
+        container: ET.Element | None = None
+        try:
+            for event, el in ET.iterparse(stream, events=("start", "end")):  # noqa: S314
+                tag = _local(el.tag)
+                if event == "start":
+                    if tag == "model":
+                        self.unit = el.get("unit", "millimeter")
+                    elif tag == "object":
+                        current = _Object()
+                        self.objects[el.get("id", "")] = current
+                    elif tag in ("vertices", "triangles"):
+                        container = el
+                    continue
+                if tag == "vertex" and current is not None:
+                    self.vertices += 1
+                    if self.vertices > self.limits.max_vertices:
+                        raise AnalysisError(
+                            f"3MF {self.label} has more than {self.limits.max_vertices} vertices"
+                        )
+                    current.verts.extend(self._numbers(el, ("x", "y", "z"), float))
+                elif tag == "triangle" and current is not None:
+                    self.triangles += 1
+                    self._check_triangles(self.triangles)
+                    current.tris.extend(self._numbers(el, ("v1", "v2", "v3"), int))
+                elif tag == "component" and current is not None:
+                    current.components.append(
+                        (el.get("objectid", ""), _transform(el.get("transform")))
+                    )
+                elif tag == "item":
+                    self.build.append((el.get("objectid", ""), _transform(el.get("transform"))))
+                elif tag == "metadata" and el.get("name") == "Title":
+                    self.title = (el.text or "").strip() or None
+                elif tag == "object":
+                    current = None
+                # Drop what was read: the element, and the vertex or triangle from its parent
+                # (an emptied element left in <vertices> still costs about 100 bytes).
+                if tag in ("vertex", "triangle") and container is not None:
+                    container.clear()
+                elif tag not in ("model", "resources", "build"):
+                    el.clear()
+        except ET.ParseError as exc:
+            raise AnalysisError(f"corrupt 3MF: {self.label}: {exc}") from exc
+
+    def _numbers(self, el: ET.Element, names: tuple[str, ...], kind: type) -> list[Any]:
+        try:
+            return [kind(el.get(n, "")) for n in names]
+        except ValueError:
+            attrs = " ".join(f"{n}={el.get(n)!r}" for n in names)
+            raise AnalysisError(
+                f"corrupt 3MF: {self.label}: <{_local(el.tag)} {attrs}> is not numeric"
+            ) from None
+
+    def _check_triangles(self, count: int) -> None:
+        if count > self.limits.max_triangles:
+            raise AnalysisError(
+                f"3MF {self.label} has more than {self.limits.max_triangles} triangles "
+                "(counting every placed copy)"
+            )
+
+
+def analyse_3mf(
+    source: str | bytes | os.PathLike[str], *, limits: MeshLimits = _DEFAULT_LIMITS
+) -> MeshAnalysis:
+    """Analyse a 3MF package: every build item's meshes, placed by their transforms."""
+    label = "input" if isinstance(source, bytes | bytearray | memoryview) else Path(source).name
+    try:
+        archive = (
+            zipfile.ZipFile(io.BytesIO(bytes(source)))
+            if isinstance(source, bytes | bytearray | memoryview)
+            else zipfile.ZipFile(source)
+        )
     except zipfile.BadZipFile as exc:
         raise AnalysisError(f"corrupt 3MF: {label} is not a zip archive") from exc
+    except OSError as exc:
+        raise AnalysisError(f"cannot read {label}: {exc.strerror or exc}") from exc
+    reader = _ModelReader(limits, label)
     with archive:
         model_path = _model_path(archive, label)
-        info = archive.getinfo(model_path)
-        if info.file_size > _MAX_3MF_PART_BYTES:
-            raise AnalysisError(f"3MF model part too large: {info.file_size} bytes unpacked")
-        root = _parse_xml(archive.read(info), label)
-    scale = _UNITS.get(root.get("unit", "millimeter"))
+        with _open_member(archive, model_path, _MAX_3MF_PART_BYTES, label) as stream:
+            reader.read(stream)
+    scale = _UNITS.get(reader.unit)
     if scale is None:
-        raise AnalysisError(f"corrupt 3MF: unknown unit {root.get('unit')!r}")
-    objects: dict[str, ET.Element] = {}
-    build: list[ET.Element] = []
-    for el in root.iter():
-        tag = _local(el.tag)
-        if tag == "object" and el.get("id") is not None:
-            objects[el.get("id", "")] = el
-        elif tag == "item":
-            build.append(el)
-    if not build:
+        raise AnalysisError(f"corrupt 3MF: unknown unit {reader.unit!r}")
+    if not reader.build:
         raise AnalysisError(f"3MF {label} has no build items")
+    placer = _Placer(reader)
     parts: list[F64] = []
-    for item in build:
-        placed = _transform(item.get("transform"))
-        parts.extend(_object_triangles(objects, item.get("objectid", ""), placed, 0))
+    for object_id, placed in reader.build:
+        parts.extend(placer.triangles(object_id, placed, 0))
     if not parts:
         raise AnalysisError(f"3MF {label} has no triangles")
     tris = np.concatenate(parts) * scale
-    name = root.findtext(".//{*}metadata[@name='Title']")
-    return _analyse(tris, "3mf", name, len(build), label)
+    return _analyse(tris, "3mf", reader.title, len(reader.build), label)
 
 
 def _model_path(archive: zipfile.ZipFile, label: str) -> str:
     """Find the root model part through _rels/.rels, falling back to 3D/3dmodel.model."""
     names = set(archive.namelist())
     if "_rels/.rels" in names:
-        rels = _parse_xml(archive.read("_rels/.rels"), label)
+        with _open_member(archive, "_rels/.rels", _MAX_RELS_BYTES, label) as stream:
+            try:
+                rels = ET.parse(stream).getroot()  # noqa: S314  (see _ModelReader)
+            except ET.ParseError as exc:
+                raise AnalysisError(f"corrupt 3MF: {label}: _rels/.rels: {exc}") from exc
         for rel in rels:
             if rel.get("Type") == _MODEL_REL and rel.get("Target"):
-                target = str(PurePosixPath(rel.get("Target", "")).relative_to("/"))
+                # Targets are absolute ("/3D/3dmodel.model"); some writers leave out the '/'.
+                target = rel.get("Target", "").lstrip("/")
                 if target in names:
                     return target
     if "3D/3dmodel.model" in names:
@@ -299,47 +432,40 @@ def _model_path(archive: zipfile.ZipFile, label: str) -> str:
     raise AnalysisError(f"corrupt 3MF: {label} has no 3D model part")
 
 
-def _object_triangles(
-    objects: dict[str, ET.Element], object_id: str, transform: F64, depth: int
-) -> list[F64]:
-    """Return the triangles of an object and its components, transformed."""
-    if depth > 16:
-        raise AnalysisError("corrupt 3MF: components nest deeper than 16 levels")
-    obj = objects.get(object_id)
-    if obj is None:
-        raise AnalysisError(f"corrupt 3MF: build refers to missing object {object_id!r}")
-    out: list[F64] = []
-    for child in obj:
-        tag = _local(child.tag)
-        if tag == "mesh":
-            tris = _mesh_triangles(child, object_id)
+class _Placer:
+    """Place objects and their components, counting every placed triangle against the cap."""
+
+    def __init__(self, reader: _ModelReader) -> None:
+        self.reader = reader
+        self.placed = 0
+        self.meshes: dict[str, F64] = {}
+
+    def _mesh(self, object_id: str, obj: _Object) -> F64:
+        if object_id not in self.meshes:
+            points = np.frombuffer(obj.verts, dtype=np.float64).reshape(-1, 3)
+            index = np.frombuffer(obj.tris, dtype=np.int64).reshape(-1, 3)
+            if index.size and (index.min() < 0 or index.max() >= len(points)):
+                raise AnalysisError(f"corrupt 3MF: object {object_id} refers to a missing vertex")
+            self.meshes[object_id] = points[index]
+        return self.meshes[object_id]
+
+    def triangles(self, object_id: str, transform: F64, depth: int) -> list[F64]:
+        """Return the triangles of an object and its components, transformed."""
+        if depth > 16:
+            raise AnalysisError("corrupt 3MF: components nest deeper than 16 levels")
+        obj = self.reader.objects.get(object_id)
+        if obj is None:
+            raise AnalysisError(f"corrupt 3MF: build refers to missing object {object_id!r}")
+        out: list[F64] = []
+        if obj.tris:
+            tris = self._mesh(object_id, obj)
+            self.placed += len(tris)
+            self.reader._check_triangles(self.placed)
             out.append(tris @ transform[:3] + transform[3])
-        elif tag == "components":
-            for comp in child:
-                inner = _transform(comp.get("transform"))
-                # Apply the component's transform first, then the parent's.
-                combined = np.vstack(
-                    [inner[:3] @ transform[:3], inner[3] @ transform[:3] + transform[3]]
-                )
-                child_id = comp.get("objectid", "")
-                out.extend(_object_triangles(objects, child_id, combined, depth + 1))
-    return out
-
-
-def _mesh_triangles(mesh: ET.Element, object_id: str) -> F64:
-    verts: list[tuple[str, str, str]] = []
-    tris: list[tuple[str, str, str]] = []
-    for part in mesh:
-        tag = _local(part.tag)
-        if tag == "vertices":
-            verts = [(v.get("x", ""), v.get("y", ""), v.get("z", "")) for v in part]
-        elif tag == "triangles":
-            tris = [(t.get("v1", ""), t.get("v2", ""), t.get("v3", "")) for t in part]
-    try:
-        points = np.array(verts, dtype=np.float64).reshape(-1, 3)
-        index = np.array(tris, dtype=np.int64).reshape(-1, 3)
-    except ValueError as exc:
-        raise AnalysisError(f"corrupt 3MF: object {object_id}: {exc}") from exc
-    if index.size and (index.min() < 0 or index.max() >= len(points)):
-        raise AnalysisError(f"corrupt 3MF: object {object_id} refers to a missing vertex")
-    return points[index]
+        for child_id, inner in obj.components:
+            # Apply the component's transform first, then the parent's.
+            combined = np.vstack(
+                [inner[:3] @ transform[:3], inner[3] @ transform[:3] + transform[3]]
+            )
+            out.extend(self.triangles(child_id, combined, depth + 1))
+        return out

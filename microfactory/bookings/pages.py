@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
+from pydantic import ValidationError
 from sqlalchemy import inspect
 
 from microfactory.accounts import service as account_service
@@ -30,6 +31,7 @@ from microfactory.errors import DomainError, InvalidInputError
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import MachineKind
 from microfactory.notifications import service as notification_service
+from microfactory.types import Id
 from microfactory.usage import reports
 from microfactory.web import CsrfChecked, WebMember, WebStaff, redirect, render
 
@@ -122,7 +124,7 @@ async def bookings_page(
 
 @router.post("/bookings/{booking_id}/cancel")
 async def cancel_submit(
-    request: Request, booking_id: int, session: SessionDep, user: WebMember, _csrf: CsrfChecked
+    request: Request, booking_id: Id, session: SessionDep, user: WebMember, _csrf: CsrfChecked
 ) -> Response:
     """Cancel a booking from the dashboard."""
     back = request.headers.get("referer") or "/bookings"
@@ -143,7 +145,7 @@ async def cancel_submit(
 
 @router.post("/bookings/{booking_id}/check-in")
 async def check_in_submit(
-    request: Request, booking_id: int, session: SessionDep, user: WebMember, _csrf: CsrfChecked
+    request: Request, booking_id: Id, session: SessionDep, user: WebMember, _csrf: CsrfChecked
 ) -> Response:
     """Check in to a booking from the dashboard."""
     try:
@@ -181,7 +183,7 @@ async def feed_submit(
 
 
 async def _calendar_context(
-    request: Request, session: Any, user: User, machine_id: int, start: str | None
+    request: Request, session: Any, user: User, machine_id: Id, start: str | None
 ) -> dict[str, Any]:
     tz = _tz(request)
     now = clock_now(request)
@@ -257,7 +259,7 @@ async def _calendar_context(
 @router.get("/bookings/machines/{machine_id}", response_class=HTMLResponse)
 async def calendar_page(
     request: Request,
-    machine_id: int,
+    machine_id: Id,
     session: SessionDep,
     user: WebMember,
     start: str | None = None,
@@ -272,7 +274,7 @@ async def calendar_page(
 @router.post("/bookings/machines/{machine_id}", response_class=HTMLResponse)
 async def calendar_book(
     request: Request,
-    machine_id: int,
+    machine_id: Id,
     session: SessionDep,
     user: WebMember,
     _csrf: CsrfChecked,
@@ -410,6 +412,13 @@ async def admin_page(
     return render(request, "booking_admin.html", {**ctx, "msg": msg, "error": error})
 
 
+async def _typed(request: Request) -> dict[str, str]:
+    """Return what was typed into the refused form (not its CSRF token), to fill it again."""
+    form = await request.form()
+    typed = {k: str(v) for k, v in form.items() if k != "csrf_token"}
+    return {**typed, "form": request.url.path}
+
+
 async def _admin_action(
     request: Request, session: Any, user: User, action: Any, done: str
 ) -> Response:
@@ -421,16 +430,27 @@ async def _admin_action(
         return render(
             request,
             "booking_admin.html",
-            {**ctx, "msg": None, "error": exc.detail},
+            {**ctx, "msg": None, "error": exc.detail, "typed": await _typed(request)},
             status_code=exc.status_code,
         )
-    except ValueError as exc:  # pydantic validation of form input
+    except (ValueError, OverflowError) as exc:  # pydantic validation; dates past year 9999
         user = await _after_rollback(session, user)
         ctx = await _admin_context(request, session, user)
+        error = validation_text(exc) if isinstance(exc, ValidationError) else str(exc)
         return render(
-            request, "booking_admin.html", {**ctx, "msg": None, "error": str(exc)}, status_code=422
+            request,
+            "booking_admin.html",
+            {**ctx, "msg": None, "error": error, "typed": await _typed(request)},
+            status_code=422,
         )
     return redirect(_with_message("/bookings/admin", done))
+
+
+def validation_text(exc: ValidationError) -> str:
+    """Say which fields were refused and why, in one line for a person."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 @router.post("/bookings/admin/hours", response_class=HTMLResponse)
@@ -481,7 +501,7 @@ async def admin_closure(
 
 @router.post("/bookings/admin/closures/{closure_id}/remove", response_class=HTMLResponse)
 async def admin_closure_remove(
-    request: Request, closure_id: int, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
+    request: Request, closure_id: Id, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
 ) -> Response:
     """Remove a closure."""
 
@@ -497,7 +517,7 @@ async def admin_certify(
     session: SessionDep,
     user: WebStaff,
     _csrf: CsrfChecked,
-    user_id: Annotated[int, Form()],
+    user_id: Annotated[Id, Form()],
     scope: Annotated[str, Form()],
     expires: Annotated[str, Form()] = "",
     note: Annotated[str, Form(max_length=200)] = "",
@@ -532,7 +552,7 @@ async def admin_certify(
 
 @router.post("/bookings/admin/certifications/{cert_id}/revoke", response_class=HTMLResponse)
 async def admin_revoke(
-    request: Request, cert_id: int, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
+    request: Request, cert_id: Id, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
 ) -> Response:
     """Revoke a certification."""
 
@@ -548,7 +568,7 @@ async def admin_maintenance(
     session: SessionDep,
     user: WebStaff,
     _csrf: CsrfChecked,
-    machine_id: Annotated[int, Form()],
+    machine_id: Annotated[Id, Form()],
     start: Annotated[str, Form()],
     end: Annotated[str, Form()],
     reason: Annotated[str, Form(max_length=2000)] = "",
@@ -576,7 +596,7 @@ async def admin_maintenance(
 
 @router.post("/bookings/admin/maintenance/{block_id}/remove", response_class=HTMLResponse)
 async def admin_maintenance_remove(
-    request: Request, block_id: int, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
+    request: Request, block_id: Id, session: SessionDep, user: WebStaff, _csrf: CsrfChecked
 ) -> Response:
     """Remove a maintenance block."""
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import Response
-from pydantic import AwareDatetime
 
 from microfactory.bookings import calendar, service
 from microfactory.bookings.deps import CalendarUser, Now, ShopTz
@@ -39,18 +38,22 @@ from microfactory.machines import service as machine_service
 from microfactory.machines.models import MachineKind
 from microfactory.notifications import service as notification_service
 from microfactory.notifications.schemas import NotificationRead
+from microfactory.types import Id, Timestamp
 
 router = APIRouter(prefix="/api/v1", tags=["bookings"])
 ICS = "text/calendar; charset=utf-8"
+ICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/calendar": {"schema": {"type": "string"}}}}
+}
 
 
 @router.get("/bookings", response_model=list[BookingRead])
 async def list_bookings(
     session: SessionDep,
     user: AnyUser,
-    machine_id: int | None = None,
-    start: AwareDatetime | None = None,
-    end: AwareDatetime | None = None,
+    machine_id: Id | None = None,
+    start: Timestamp | None = None,
+    end: Timestamp | None = None,
     include_cancelled: bool = False,
     mine: bool = False,
 ) -> list[BookingRead]:
@@ -82,9 +85,9 @@ async def create_booking(
 async def availability(
     session: SessionDep,
     user: AnyUser,
-    machine_id: int,
-    start: AwareDatetime,
-    end: AwareDatetime,
+    machine_id: Id,
+    start: Timestamp,
+    end: Timestamp,
 ) -> list[BusyInterval]:
     """List a machine's taken time in a period (others' bookings stay anonymous)."""
     if end <= start or end - start > dt.timedelta(days=62):
@@ -96,16 +99,16 @@ async def availability(
     return [BusyInterval.model_validate(i) for i in items]
 
 
-@router.get("/bookings/{booking_id}", response_model=BookingRead)
-async def get_booking(booking_id: int, session: SessionDep, user: AnyUser) -> BookingRead:
+@router.get("/bookings/{booking_id:int}", response_model=BookingRead)
+async def get_booking(booking_id: Id, session: SessionDep, user: AnyUser) -> BookingRead:
     """Return one booking."""
     booking = await service.get_visible(session=session, booking_id=booking_id, user=user)
     return BookingRead.model_validate(booking)
 
 
-@router.delete("/bookings/{booking_id}", response_model=BookingRead)
+@router.delete("/bookings/{booking_id:int}", response_model=BookingRead)
 async def cancel_booking(
-    booking_id: int,
+    booking_id: Id,
     session: SessionDep,
     user: AnyUser,
     tz: ShopTz,
@@ -119,9 +122,9 @@ async def cancel_booking(
     return BookingRead.model_validate(booking)
 
 
-@router.post("/bookings/{booking_id}/check-in", response_model=BookingRead)
+@router.post("/bookings/{booking_id:int}/check-in", response_model=BookingRead)
 async def check_in(
-    booking_id: int, session: SessionDep, user: AnyUser, tz: ShopTz, now: Now
+    booking_id: Id, session: SessionDep, user: AnyUser, tz: ShopTz, now: Now
 ) -> BookingRead:
     """Check in to a booking within the grace period around its start."""
     booking = await service.check_in(
@@ -150,7 +153,7 @@ async def update_policy(
 
 
 @router.get("/machines/{machine_id}/booking-profile", response_model=ProfileRead)
-async def get_profile(machine_id: int, session: SessionDep, _user: AnyUser) -> ProfileRead:
+async def get_profile(machine_id: Id, session: SessionDep, _user: AnyUser) -> ProfileRead:
     """Return a machine's slot size, buffer, training requirement and power rating."""
     await machine_service.get_or_raise(session=session, machine_id=machine_id)
     return ProfileRead.model_validate(
@@ -160,7 +163,7 @@ async def get_profile(machine_id: int, session: SessionDep, _user: AnyUser) -> P
 
 @router.patch("/machines/{machine_id}/booking-profile", response_model=ProfileRead)
 async def update_profile(
-    machine_id: int, profile_in: ProfileUpdate, session: SessionDep, _user: StaffUser
+    machine_id: Id, profile_in: ProfileUpdate, session: SessionDep, _user: StaffUser
 ) -> ProfileRead:
     """Change a machine's booking settings (operators)."""
     return ProfileRead.model_validate(
@@ -207,7 +210,7 @@ async def add_closure(
 
 
 @router.delete("/closures/{closure_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def remove_closure(closure_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def remove_closure(closure_id: Id, session: SessionDep, _user: StaffUser) -> Response:
     """Remove a closure (operators)."""
     await service.remove_closure(session=session, closure_id=closure_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -233,7 +236,7 @@ async def grant_certification(
 
 @router.delete("/certifications/{cert_id}", response_model=CertificationRead)
 async def revoke_certification(
-    cert_id: int, session: SessionDep, _user: StaffUser
+    cert_id: Id, session: SessionDep, _user: StaffUser
 ) -> CertificationRead:
     """Revoke a certification (operators)."""
     return CertificationRead.model_validate(
@@ -268,7 +271,7 @@ async def list_suspensions(session: SessionDep, user: AnyUser) -> list[Suspensio
 
 
 @router.delete("/suspensions/{suspension_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def lift_suspension(suspension_id: int, session: SessionDep, _user: StaffUser) -> Response:
+async def lift_suspension(suspension_id: Id, session: SessionDep, _user: StaffUser) -> Response:
     """Lift a suspension early (operators)."""
     await service.lift_suspension(session=session, suspension_id=suspension_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -279,7 +282,7 @@ async def lift_suspension(suspension_id: int, session: SessionDep, _user: StaffU
 
 @router.get("/maintenance-blocks", response_model=list[MaintenanceRead])
 async def list_maintenance(
-    session: SessionDep, _user: AnyUser, machine_id: int | None = None
+    session: SessionDep, _user: AnyUser, machine_id: Id | None = None
 ) -> list[MaintenanceRead]:
     """List upcoming maintenance blocks."""
     blocks = await service.list_maintenance(session=session, machine_id=machine_id)
@@ -304,7 +307,7 @@ async def create_maintenance(
 
 @router.delete("/maintenance-blocks/{block_id}", response_model=MaintenanceRead)
 async def remove_maintenance(
-    block_id: int, session: SessionDep, _user: StaffUser
+    block_id: Id, session: SessionDep, _user: StaffUser
 ) -> MaintenanceRead:
     """Remove a maintenance block (operators)."""
     return MaintenanceRead.model_validate(
@@ -337,7 +340,9 @@ async def revoke_feed_token(session: SessionDep, user: AnyUser) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/calendars/me.ics", name="member_feed", response_class=Response)
+@router.get(
+    "/calendars/me.ics", name="member_feed", response_class=Response, responses=ICS_RESPONSES
+)
 async def member_feed(
     request: Request, session: SessionDep, user: CalendarUser, tz: ShopTz, now: Now
 ) -> Response:
@@ -361,9 +366,11 @@ async def member_feed(
     return Response(body, media_type=ICS)
 
 
-@router.get("/calendars/machines/{machine_id}.ics", response_class=Response)
+@router.get(
+    "/calendars/machines/{machine_id:int}.ics", response_class=Response, responses=ICS_RESPONSES
+)
 async def machine_feed(
-    machine_id: int,
+    machine_id: Id,
     request: Request,
     session: SessionDep,
     user: CalendarUser,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from microfactory.bookings.models import BookingStatus
 from microfactory.machines.models import MachineKind
+from microfactory.types import BodyId, Bool, Day, Int, Number, Timestamp
 
 
 class _Strict(BaseModel):
@@ -18,11 +19,11 @@ class _Strict(BaseModel):
 class BookingCreate(_Strict):
     """A request to book a machine for [start, end)."""
 
-    machine_id: int
-    start: AwareDatetime
-    end: AwareDatetime
+    machine_id: BodyId
+    start: Timestamp
+    end: Timestamp
     note: str = Field("", max_length=500)
-    user_id: int | None = None  # operators may book on a member's behalf
+    user_id: BodyId | None = None  # operators may book on a member's behalf
 
 
 class BookingCancel(_Strict):
@@ -80,14 +81,14 @@ class PolicyRead(BaseModel):
 class PolicyUpdate(_Strict):
     """Changes to the shop's booking rules (operators)."""
 
-    horizon_days: int | None = Field(None, ge=1, le=366)
-    cancel_cutoff_minutes: int | None = Field(None, ge=0, le=7 * 24 * 60)
-    checkin_grace_minutes: int | None = Field(None, ge=1, le=240)
-    max_future_bookings: int | None = Field(None, ge=1, le=1000)
-    reminder_minutes: int | None = Field(None, ge=0, le=7 * 24 * 60)
-    noshow_limit: int | None = Field(None, ge=1, le=100)
-    noshow_window_days: int | None = Field(None, ge=1, le=366)
-    suspension_days: int | None = Field(None, ge=0, le=366)
+    horizon_days: Int | None = Field(None, ge=1, le=366)
+    cancel_cutoff_minutes: Int | None = Field(None, ge=0, le=7 * 24 * 60)
+    checkin_grace_minutes: Int | None = Field(None, ge=1, le=240)
+    max_future_bookings: Int | None = Field(None, ge=1, le=1000)
+    reminder_minutes: Int | None = Field(None, ge=0, le=7 * 24 * 60)
+    noshow_limit: Int | None = Field(None, ge=1, le=100)
+    noshow_window_days: Int | None = Field(None, ge=1, le=366)
+    suspension_days: Int | None = Field(None, ge=0, le=366)
 
 
 class ProfileRead(BaseModel):
@@ -105,10 +106,10 @@ class ProfileRead(BaseModel):
 class ProfileUpdate(_Strict):
     """Changes to a machine's booking settings (operators)."""
 
-    slot_minutes: int | None = Field(None, ge=5, le=24 * 60)
-    buffer_minutes: int | None = Field(None, ge=0, le=24 * 60)
-    requires_training: bool | None = None
-    power_w: float | None = Field(None, ge=0, le=100_000)
+    slot_minutes: Int | None = Field(None, ge=5, le=24 * 60)
+    buffer_minutes: Int | None = Field(None, ge=0, le=24 * 60)
+    requires_training: Bool | None = None
+    power_w: Number | None = Field(None, ge=0, le=100_000)
 
     @field_validator("slot_minutes")
     @classmethod
@@ -121,7 +122,7 @@ class ProfileUpdate(_Strict):
 class OpeningInterval(_Strict):
     """One interval of the weekly schedule in the shop's local time, e.g. 09:00 to 18:00."""
 
-    weekday: int = Field(ge=0, le=6, description="0 = Monday")
+    weekday: Int = Field(ge=0, le=6, description="0 = Monday")
     opens: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     closes: str = Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")
 
@@ -143,8 +144,8 @@ class OpeningHoursUpdate(_Strict):
 class ClosureCreate(_Strict):
     """Whole local days the shop is closed."""
 
-    first_day: dt.date
-    last_day: dt.date
+    first_day: Day
+    last_day: Day
     reason: str = Field("", max_length=200)
 
     @model_validator(mode="after")
@@ -168,10 +169,10 @@ class ClosureRead(BaseModel):
 class CertificationCreate(_Strict):
     """Training granted to a member for one machine or a machine kind (operators)."""
 
-    user_id: int
-    machine_id: int | None = None
+    user_id: BodyId
+    machine_id: BodyId | None = None
     machine_kind: MachineKind | None = None
-    expires_at: AwareDatetime | None = None
+    expires_at: Timestamp | None = None
     note: str = Field("", max_length=200)
 
     @model_validator(mode="after")
@@ -200,7 +201,7 @@ class CertificationRead(BaseModel):
 class QuotaSet(_Strict):
     """Hours per week per member on machines of a kind; null removes the quota."""
 
-    hours_per_week: float | None = Field(None, gt=0, le=168)
+    hours_per_week: Number | None = Field(None, gt=0, le=168)
 
 
 class QuotaRead(BaseModel):
@@ -228,9 +229,9 @@ class SuspensionRead(BaseModel):
 class MaintenanceCreate(_Strict):
     """Machine time to block; on_conflict says what to do with overlapping bookings."""
 
-    machine_id: int
-    start: AwareDatetime
-    end: AwareDatetime
+    machine_id: BodyId
+    start: Timestamp
+    end: Timestamp
     reason: str = Field("", max_length=2000)
     on_conflict: Literal["cancel", "keep"] | None = None
 

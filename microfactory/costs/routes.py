@@ -21,7 +21,8 @@ from microfactory.costs.schemas import (
 )
 from microfactory.deps import AnyUser, SessionDep, StaffUser
 from microfactory.machines.models import MachineKind
-from microfactory.usage.csvout import csv_response
+from microfactory.types import MONTH_PATTERN, Id
+from microfactory.usage.csvout import CSV_RESPONSES, csv_response
 
 router = APIRouter(prefix="/api/v1", tags=["costs"])
 LINE_FIELDS = list(StatementLine.model_fields)
@@ -70,21 +71,21 @@ async def create_plan(plan_in: PlanCreate, session: SessionDep, _user: StaffUser
 
 @router.put("/plans/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def set_membership(
-    user_id: int, body: MembershipSet, session: SessionDep, _user: StaffUser
+    user_id: Id, body: MembershipSet, session: SessionDep, _user: StaffUser
 ) -> Response:
     """Put a member on a plan, or none (operators)."""
     await service.set_membership(session=session, user_id=user_id, plan_id=body.plan_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/statements", response_model=Statement)
+@router.get("/statements", response_model=Statement, responses=CSV_RESPONSES)
 async def get_statement(
     session: SessionDep,
     user: AnyUser,
     tz: ShopTz,
     now: Now,
-    user_id: int | None = None,
-    month: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$")] = None,
+    user_id: Id | None = None,
+    month: Annotated[str | None, Query(pattern=MONTH_PATTERN)] = None,
     format: Literal["json", "csv"] = "json",
 ) -> Response | Statement:
     """Return a member's monthly statement (their own; operators any member's); CSV too."""

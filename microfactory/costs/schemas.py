@@ -7,6 +7,7 @@ import datetime as dt
 from pydantic import BaseModel, ConfigDict, Field
 
 from microfactory.machines.models import MachineKind
+from microfactory.types import BodyId, Int, Number
 
 
 class _Strict(BaseModel):
@@ -16,13 +17,13 @@ class _Strict(BaseModel):
 class MachineRateSet(_Strict):
     """What an hour on a machine kind costs."""
 
-    cents_per_hour: int = Field(ge=0, le=10**7)
+    cents_per_hour: Int = Field(ge=0, le=10**7)
 
 
 class MaterialRateSet(_Strict):
     """What a kilogram of a material costs (so a gram costs a thousandth of it)."""
 
-    cents_per_kg: int = Field(ge=0, le=10**8)
+    cents_per_kg: Int = Field(ge=0, le=10**8)
 
 
 class RatesRead(BaseModel):
@@ -36,8 +37,8 @@ class PlanCreate(_Strict):
     """A membership plan."""
 
     name: str = Field(min_length=1, max_length=100)
-    included_hours_per_month: float = Field(0.0, ge=0, le=744)
-    monthly_fee_cents: int = Field(0, ge=0, le=10**7)
+    included_hours_per_month: Number = Field(0.0, ge=0, le=744)
+    monthly_fee_cents: Int = Field(0, ge=0, le=10**7)
 
 
 class PlanRead(BaseModel):
@@ -54,7 +55,7 @@ class PlanRead(BaseModel):
 class MembershipSet(_Strict):
     """Put a member on a plan (or none with null)."""
 
-    plan_id: int | None
+    plan_id: BodyId | None
 
 
 class StatementLine(BaseModel):

@@ -25,6 +25,7 @@ from microfactory.jobs.matcher import order_queue
 from microfactory.jobs.models import ENDED_STATES, JobState
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import MachineKind
+from microfactory.types import Id
 from microfactory.web import (
     CsrfChecked,
     LoginRequired,
@@ -205,7 +206,7 @@ async def job_new_submit(
     """Submit a G-code job from the dashboard."""
     check_csrf(request, csrf_token)
     settings = request.app.state.settings
-    machine_id: int | None = None
+    machine_id: Id | None = None
     kind: MachineKind | None = None
     if target.startswith("machine:"):
         machine_id = int(target.split(":", 1)[1]) if target[8:].isdigit() else None
@@ -234,7 +235,7 @@ async def job_new_submit(
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 async def job_page(
-    request: Request, job_id: int, session: SessionDep, user: WebMember
+    request: Request, job_id: Id, session: SessionDep, user: WebMember
 ) -> HTMLResponse:
     """Show one job: state, machine, progress, and why it failed in plain words."""
     job = await job_service.get_visible(session=session, job_id=job_id, user=user)
@@ -312,7 +313,7 @@ async def users_create(
 @router.post("/admin/users/{user_id}/active")
 async def users_toggle(
     request: Request,
-    user_id: int,
+    user_id: Id,
     session: SessionDep,
     admin: WebAdmin,
     _csrf: CsrfChecked,

@@ -22,6 +22,7 @@ from microfactory.jobs import preparation as job_preparation
 from microfactory.jobs import service as job_service
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import MachineKind
+from microfactory.types import Id
 from microfactory.web import (
     CsrfChecked,
     WebMember,
@@ -104,7 +105,11 @@ async def design_new_submit(
             [f for f in files if f.filename], settings.upload_dir, settings.max_upload_bytes
         )
         design, _created = await service.create(
-            session=session, owner=user, design_in=design_in, files=stored
+            session=session,
+            owner=user,
+            design_in=design_in,
+            files=stored,
+            limits=service.mesh_limits(settings),
         )
     except DomainError as exc:
         return render(
@@ -178,7 +183,7 @@ async def _design_context(
 
 @router.get("/designs/{design_id}", response_class=HTMLResponse)
 async def design_page(
-    request: Request, design_id: int, session: SessionDep, user: WebMember
+    request: Request, design_id: Id, session: SessionDep, user: WebMember
 ) -> HTMLResponse:
     """Show a design: licence and attribution, files with analysis, parameters, make."""
     design = await service.get_or_raise(session=session, design_id=design_id)
@@ -198,7 +203,7 @@ def _form_parameters(form: Any) -> dict[str, str]:
 
 @router.post("/designs/{design_id}/make", response_class=HTMLResponse)
 async def design_make(
-    request: Request, design_id: int, session: SessionDep, user: WebMember, _csrf: CsrfChecked
+    request: Request, design_id: Id, session: SessionDep, user: WebMember, _csrf: CsrfChecked
 ) -> Response:
     """Make a job from a design with the form's parameters, material, copies and machine."""
     settings = request.app.state.settings
@@ -214,7 +219,7 @@ async def design_make(
         if not copies_field.isdigit():
             raise InvalidInputError("copies must be a whole number")
         target = str(form.get("target") or "")
-        machine_id: int | None = None
+        machine_id: Id | None = None
         machine_kind: MachineKind | None = None
         if target.startswith("machine:") and target[8:].isdigit():
             machine_id = int(target[8:])

@@ -22,6 +22,7 @@ from microfactory.designs.schemas import (
 )
 from microfactory.designs.storage import store_uploads
 from microfactory.errors import NotFoundError
+from microfactory.types import Id
 
 router = APIRouter(prefix="/api/v1/designs", tags=["designs"])
 
@@ -72,7 +73,11 @@ async def create_design(
     )
     stored = await store_uploads(files, settings.upload_dir, settings.max_upload_bytes)
     design, created = await service.create(
-        session=session, owner=user, design_in=design_in, files=stored
+        session=session,
+        owner=user,
+        design_in=design_in,
+        files=stored,
+        limits=service.mesh_limits(settings),
     )
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -101,15 +106,15 @@ async def import_okh(
     return service.to_read(design)
 
 
-@router.get("/{design_id}", response_model=DesignRead)
-async def get_design(design_id: int, session: SessionDep, _user: AnyUser) -> DesignRead:
+@router.get("/{design_id:int}", response_model=DesignRead)
+async def get_design(design_id: Id, session: SessionDep, _user: AnyUser) -> DesignRead:
     """Return one design with its files, licence flags and attribution."""
     return service.to_read(await service.get_or_raise(session=session, design_id=design_id))
 
 
-@router.get("/{design_id}/files/{file_id}", response_class=FileResponse)
+@router.get("/{design_id:int}/files/{file_id}", response_class=FileResponse)
 async def download_file(
-    design_id: int, file_id: int, session: SessionDep, settings: SettingsDep, _user: AnyUser
+    design_id: Id, file_id: Id, session: SessionDep, settings: SettingsDep, _user: AnyUser
 ) -> FileResponse:
     """Download one file of a design under its original name."""
     design = await service.get_or_raise(session=session, design_id=design_id)
@@ -120,13 +125,13 @@ async def download_file(
     return FileResponse(path, filename=design_file.name, media_type="application/octet-stream")
 
 
-@router.get("/{design_id}/parameters", response_model=ParameterSchema)
+@router.get("/{design_id:int}/parameters", response_model=ParameterSchema)
 async def get_parameters(
-    design_id: int,
+    design_id: Id,
     session: SessionDep,
     settings: SettingsDep,
     _user: AnyUser,
-    file_id: int | None = None,
+    file_id: Id | None = None,
 ) -> ParameterSchema:
     """Return the Customizer parameters of the design's OpenSCAD file, for a form."""
     design = await service.get_or_raise(session=session, design_id=design_id)
@@ -145,9 +150,9 @@ async def get_parameters(
     )
 
 
-@router.post("/{design_id}/parameters", response_model=ParameterValues)
+@router.post("/{design_id:int}/parameters", response_model=ParameterValues)
 async def check_parameters(
-    design_id: int,
+    design_id: Id,
     body: ParameterCheck,
     session: SessionDep,
     settings: SettingsDep,

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from microfactory.errors import InvalidInputError
+from microfactory.types import BodyId
 
 _HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -143,7 +144,7 @@ class ParameterCheck(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    file_id: int | None = None
+    file_id: BodyId | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory import analysis
 from microfactory.accounts.models import User
+from microfactory.analysis.mesh import MeshLimits
 from microfactory.config import Settings
 from microfactory.designs import okh
 from microfactory.designs.licences import attribution, licence_flags, normalise_licence
@@ -136,16 +137,26 @@ def _check_scad(path: Path) -> dict[str, Any]:
     return {"parametric": bool(params), "parameters": len(params)}
 
 
-async def analyse_file(path: Path, kind: str, name: str) -> dict[str, Any]:
+def mesh_limits(settings: Settings) -> MeshLimits:
+    """Return the mesh caps of these settings."""
+    return MeshLimits(
+        max_triangles=settings.mesh_max_triangles, max_vertices=settings.mesh_max_vertices
+    )
+
+
+async def analyse_file(
+    path: Path, kind: str, name: str, *, limits: MeshLimits | None = None
+) -> dict[str, Any]:
     """Analyse one design file: meshes and G-code by microfactory.analysis; 422 if corrupt."""
+    limits = limits or MeshLimits()
     try:
         if kind == "gcode":
             result = await analysis.analyse_gcode_async(path)
             return compact_analysis(result.as_dict())
         if kind == "stl":
-            return (await asyncio.to_thread(analysis.analyse_stl, path)).as_dict()
+            return (await asyncio.to_thread(analysis.analyse_stl, path, limits=limits)).as_dict()
         if kind == "3mf":
-            return (await asyncio.to_thread(analysis.analyse_3mf, path)).as_dict()
+            return (await asyncio.to_thread(analysis.analyse_3mf, path, limits=limits)).as_dict()
         if kind == "scad":
             return await asyncio.to_thread(_check_scad, path)
     except analysis.AnalysisError as exc:
@@ -172,6 +183,7 @@ async def create(
     design_in: DesignCreate,
     files: Sequence[StoredFile],
     okh_record: dict[str, Any] | None = None,
+    limits: MeshLimits | None = None,
 ) -> tuple[Design, bool]:
     """Add a design from stored files; return (design, created).
 
@@ -207,7 +219,7 @@ async def create(
                     stored_name=f.stored_name,
                     sha256=f.sha256,
                     size_bytes=f.size,
-                    analysis=await analyse_file(f.path, kind, f.original_name),
+                    analysis=await analyse_file(f.path, kind, f.original_name, limits=limits),
                 )
             )
         design = Design(
@@ -276,7 +288,12 @@ async def import_okh(
         # The archive and any upload the manifest did not name are not kept.
         await asyncio.to_thread(discard, [u for u in uploads if u not in files])
     return await create(
-        session=session, owner=owner, design_in=design_in, files=files, okh_record=record
+        session=session,
+        owner=owner,
+        design_in=design_in,
+        files=files,
+        okh_record=record,
+        limits=mesh_limits(settings),
     )
 
 

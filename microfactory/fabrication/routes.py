@@ -8,12 +8,13 @@ from microfactory.deps import SessionDep, StaffUser
 from microfactory.fabrication import service
 from microfactory.fabrication.schemas import SlicerProfileRead, SlicerProfileUpdate
 from microfactory.machines import service as machine_service
+from microfactory.types import Id
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
 
 
 @router.get("/{machine_id}/slicer-profile", response_model=SlicerProfileRead)
-async def get_profile(machine_id: int, session: SessionDep, _user: StaffUser) -> SlicerProfileRead:
+async def get_profile(machine_id: Id, session: SessionDep, _user: StaffUser) -> SlicerProfileRead:
     """Return a printer's PrusaSlicer profile, generated if no one edited it (operators)."""
     machine = await machine_service.get_or_raise(session=session, machine_id=machine_id)
     return await service.read(session=session, machine=machine)
@@ -21,7 +22,7 @@ async def get_profile(machine_id: int, session: SessionDep, _user: StaffUser) ->
 
 @router.put("/{machine_id}/slicer-profile", response_model=SlicerProfileRead)
 async def put_profile(
-    machine_id: int, body: SlicerProfileUpdate, session: SessionDep, user: StaffUser
+    machine_id: Id, body: SlicerProfileUpdate, session: SessionDep, user: StaffUser
 ) -> SlicerProfileRead:
     """Replace a printer's profile with an edited .ini (operators)."""
     machine = await machine_service.get_or_raise(session=session, machine_id=machine_id)
@@ -30,9 +31,7 @@ async def put_profile(
 
 
 @router.delete("/{machine_id}/slicer-profile", response_model=SlicerProfileRead)
-async def reset_profile(
-    machine_id: int, session: SessionDep, _user: StaffUser
-) -> SlicerProfileRead:
+async def reset_profile(machine_id: Id, session: SessionDep, _user: StaffUser) -> SlicerProfileRead:
     """Drop the edited profile and go back to the generated one (operators)."""
     machine = await machine_service.get_or_raise(session=session, machine_id=machine_id)
     await service.reset(session=session, machine=machine)

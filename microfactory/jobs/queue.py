@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from microfactory.analysis import commands as program_commands
 from microfactory.bookings import service as booking_service
 from microfactory.config import Settings
 from microfactory.db import utcnow
@@ -98,6 +99,32 @@ def machine_view(machine: Machine, status: dict[str, Any], bed_clear: bool = Tru
     )
 
 
+def _check_commands(
+    analysis: dict[str, Any], kind: MachineKind, machines: list[Machine], allowed: bool
+) -> None:
+    """Refuse what is not G-code, lines too long, and commands outside the allow-list.
+
+    See microfactory/analysis/commands.py; it replaces the deny-list of firmware commands.
+    """
+    firmwares = program_commands.firmwares_of(m.driver for m in machines if m.kind is kind)
+    for firmware in firmwares or ["none"]:
+        check = program_commands.check_program(analysis, firmware)
+        if firmware == "none":  # manual machines only: no G-code reaches a controller
+            why = check.not_gcode
+        else:
+            why = program_commands.refusal_message(check, allowed)
+        if why:
+            raise InvalidInputError(why)
+    found = analysis.get("firmware_commands") or []
+    if found and not allowed and not firmwares:
+        first = found[0]
+        raise InvalidInputError(
+            f"line {first['line']}: {first['reason']}. Programs that change a machine's "
+            "firmware settings need an operator's permission for this job "
+            "(allow_firmware_commands)"
+        )
+
+
 def validate_job(
     *,
     analysis: dict[str, Any],
@@ -118,14 +145,7 @@ def validate_job(
             f"this G-code is a {process} program, but the job is for a "
             f"{kind.value.replace('_', ' ')}"
         )
-    commands = analysis.get("firmware_commands") or []
-    if commands and not allow_firmware_commands:
-        first = commands[0]
-        raise InvalidInputError(
-            f"line {first['line']}: {first['reason']}. Programs that change a machine's "
-            "firmware settings need an operator's permission for this job "
-            "(allow_firmware_commands)"
-        )
+    _check_commands(analysis, kind, machines, allow_firmware_commands)
     candidates = [m for m in machines if m.kind is kind]
     if not candidates:
         raise InvalidInputError(f"this shop has no {kind.value.replace('_', ' ')}")

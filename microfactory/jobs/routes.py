@@ -27,6 +27,7 @@ from microfactory.jobs.schemas import (
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import MachineKind
 from microfactory.runtime.fleet import Fleet
+from microfactory.types import Id
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -37,7 +38,7 @@ class UploadJobForm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     title: str | None = Field(None, max_length=200)
-    machine_id: int | None = None
+    machine_id: Id | None = None
     machine_kind: MachineKind | None = None
     material: str | None = Field(None, max_length=64)
     required_tags: list[str] = Field(default_factory=list, max_length=20)
@@ -187,7 +188,7 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobRead)
-async def get_job(job_id: int, session: SessionDep, user: AnyUser) -> JobRead:
+async def get_job(job_id: Id, session: SessionDep, user: AnyUser) -> JobRead:
     """Return one job with its state, machine, progress and failure reason."""
     return JobRead.model_validate(
         await service.get_visible(session=session, job_id=job_id, user=user)
@@ -195,7 +196,7 @@ async def get_job(job_id: int, session: SessionDep, user: AnyUser) -> JobRead:
 
 
 @router.post("/{job_id}/approve", response_model=JobRead)
-async def approve(job_id: int, request: Request, session: SessionDep, user: StaffUser) -> JobRead:
+async def approve(job_id: Id, request: Request, session: SessionDep, user: StaffUser) -> JobRead:
     """Approve a submitted job (operators); it joins the queue."""
     job = await service.get_or_raise(session=session, job_id=job_id)
     job = await service.approve(session=session, job=job, by=user)
@@ -216,7 +217,7 @@ async def job_events(job_id: int, session: SessionDep, user: AnyUser) -> list[Jo
 
 @router.post("/{job_id}/dispatch", response_model=JobRead)
 async def dispatch(
-    job_id: int,
+    job_id: Id,
     request: Request,
     session: SessionDep,
     user: StaffUser,
@@ -247,7 +248,7 @@ async def dispatch(
 
 
 async def _control(
-    job_id: int, request: Request, session: SessionDep, action: str, user: User
+    job_id: Id, request: Request, session: SessionDep, action: str, user: User
 ) -> JobRead:
     job = await service.get_or_raise(session=session, job_id=job_id)
     wanted = {
@@ -273,19 +274,19 @@ async def _control(
 
 
 @router.post("/{job_id}/pause", response_model=JobRead)
-async def pause(job_id: int, request: Request, session: SessionDep, user: StaffUser) -> JobRead:
+async def pause(job_id: Id, request: Request, session: SessionDep, user: StaffUser) -> JobRead:
     """Pause a running job (operators)."""
     return await _control(job_id, request, session, "pause", user)
 
 
 @router.post("/{job_id}/resume", response_model=JobRead)
-async def resume(job_id: int, request: Request, session: SessionDep, user: StaffUser) -> JobRead:
+async def resume(job_id: Id, request: Request, session: SessionDep, user: StaffUser) -> JobRead:
     """Resume a paused job (operators)."""
     return await _control(job_id, request, session, "resume", user)
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead)
-async def cancel(job_id: int, request: Request, session: SessionDep, user: AnyUser) -> JobRead:
+async def cancel(job_id: Id, request: Request, session: SessionDep, user: AnyUser) -> JobRead:
     """Cancel a job: the owner or an operator."""
     job = await service.get_visible(session=session, job_id=job_id, user=user)
     service.check_can_control(job, user)
@@ -297,7 +298,7 @@ async def cancel(job_id: int, request: Request, session: SessionDep, user: AnyUs
 
 @router.post("/{job_id}/clear", response_model=JobRead)
 async def clear(
-    job_id: int, body: ClearRequest, request: Request, session: SessionDep, user: AnyUser
+    job_id: Id, body: ClearRequest, request: Request, session: SessionDep, user: AnyUser
 ) -> JobRead:
     """Confirm the bed is clear after a job, with its outcome: the owner or an operator."""
     job = await service.get_visible(session=session, job_id=job_id, user=user)
@@ -317,7 +318,7 @@ async def clear(
 
 @router.post("/{job_id}/priority", response_model=JobRead)
 async def set_priority(
-    job_id: int, body: PriorityRequest, session: SessionDep, _user: StaffUser
+    job_id: Id, body: PriorityRequest, session: SessionDep, _user: StaffUser
 ) -> JobRead:
     """Set a job's priority (operators)."""
     job = await service.get_or_raise(session=session, job_id=job_id)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from microfactory.jobs.models import JobState
 from microfactory.machines.models import MachineKind
+from microfactory.types import BodyId, Bool, Int, Number
 
 
 class JobRead(BaseModel):
@@ -79,7 +80,7 @@ class DispatchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    machine_id: int | None = None
+    machine_id: BodyId | None = None
 
 
 class ClearRequest(BaseModel):
@@ -88,7 +89,7 @@ class ClearRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     outcome: Literal["good", "bad"]
-    requeue: bool = False  # a bad outcome can go back to the queue as a new job
+    requeue: Bool = False  # a bad outcome can go back to the queue as a new job
     notes: str = Field("", max_length=2000)
 
 
@@ -97,7 +98,7 @@ class PriorityRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    priority: int = Field(ge=-100, le=100)
+    priority: Int = Field(ge=-100, le=100)
 
 
 class DesignJobCreate(BaseModel):
@@ -105,13 +106,13 @@ class DesignJobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    design_id: int
-    file_id: int | None = None  # default: the design's only printable file
+    design_id: BodyId
+    file_id: BodyId | None = None  # default: the design's only printable file
     parameters: dict[str, Any] = Field(default_factory=dict)
     material: str | None = Field(None, max_length=64)
-    copies: int = Field(1, ge=1, le=50)
+    copies: Int = Field(1, ge=1, le=50)
     machine_kind: MachineKind | None = None
-    machine_id: int | None = None
+    machine_id: BodyId | None = None
     required_tags: list[str] = Field(default_factory=list, max_length=20)
     title: str | None = Field(None, max_length=200)
-    price: float | None = Field(None, ge=0)
+    price: Number | None = Field(None, ge=0)

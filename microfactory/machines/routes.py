@@ -21,8 +21,10 @@ from microfactory.machines.schemas import (
     MachineUpdate,
 )
 from microfactory.runtime.fleet import Fleet
+from microfactory.types import Id
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
+KEEPALIVE_S = 15.0  # a comment line on an idle stream, so proxies keep it open
 
 
 def _fleet(request: Request) -> Fleet:
@@ -55,7 +57,7 @@ async def stream_status(request: Request, _user: AnyUser) -> StreamingResponse:
         pending = asyncio.ensure_future(anext(updates))
         try:
             while not await request.is_disconnected():
-                done, _ = await asyncio.wait({pending}, timeout=15)
+                done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_S)
                 if not done:
                     yield b": keep-alive\n\n"
                     continue
@@ -89,18 +91,18 @@ async def create_machine(
     return service.to_read(machine, fleet.status(machine))
 
 
-@router.get("/{machine_id}", response_model=MachineRead)
+@router.get("/{machine_id:int}", response_model=MachineRead)
 async def get_machine(
-    machine_id: int, request: Request, session: SessionDep, _user: AnyUser
+    machine_id: Id, request: Request, session: SessionDep, _user: AnyUser
 ) -> MachineRead:
     """Return one machine with its live status."""
     machine = await service.get_or_raise(session=session, machine_id=machine_id)
     return service.to_read(machine, _fleet(request).status(machine))
 
 
-@router.patch("/{machine_id}", response_model=MachineRead)
+@router.patch("/{machine_id:int}", response_model=MachineRead)
 async def update_machine(
-    machine_id: int,
+    machine_id: Id,
     machine_in: MachineUpdate,
     request: Request,
     session: SessionDep,
@@ -124,9 +126,9 @@ async def update_machine(
     return service.to_read(machine, fleet.status(machine))
 
 
-@router.delete("/{machine_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{machine_id:int}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_machine(
-    machine_id: int, request: Request, session: SessionDep, _user: StaffUser
+    machine_id: Id, request: Request, session: SessionDep, _user: StaffUser
 ) -> Response:
     """Remove a machine (operators, admins)."""
     machine = await service.get_or_raise(session=session, machine_id=machine_id)
@@ -142,9 +144,9 @@ async def delete_machine(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{machine_id}/commands", response_model=CommandResult)
+@router.post("/{machine_id:int}/commands", response_model=CommandResult)
 async def send_commands(
-    machine_id: int,
+    machine_id: Id,
     body: CommandRequest,
     request: Request,
     session: SessionDep,
@@ -156,9 +158,9 @@ async def send_commands(
     return CommandResult(results=results)
 
 
-@router.post("/{machine_id}/emergency-stop", response_model=MachineRead)
+@router.post("/{machine_id:int}/emergency-stop", response_model=MachineRead)
 async def emergency_stop(
-    machine_id: int, request: Request, session: SessionDep, _user: StaffUser
+    machine_id: Id, request: Request, session: SessionDep, _user: StaffUser
 ) -> MachineRead:
     """Stop a machine now (M112, GRBL reset); its job fails (operators, admins)."""
     machine = await service.get_or_raise(session=session, machine_id=machine_id)

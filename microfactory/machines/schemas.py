@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import math
+from typing import Annotated, Any
 
 from pydantic import (
     AnyHttpUrl,
@@ -14,10 +15,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from drivers import DRIVER_NAMES
 from drivers.planner import limits_from_dict
 from microfactory.machines.models import MachineKind
+from microfactory.types import Bool, Int, Number
 
 BAUDRATES = (9600, 19200, 38400, 57600, 115200, 230400, 250000, 500000, 1000000)
 
@@ -30,7 +33,7 @@ class SerialConnection(_Strict):
     """A USB serial port (any device path, a pty included)."""
 
     port: str = Field(min_length=1, max_length=255)
-    baudrate: int = 115200
+    baudrate: Int = 115200
 
     @field_validator("port")
     @classmethod
@@ -50,13 +53,13 @@ class SerialConnection(_Strict):
 class MarlinConnection(SerialConnection):
     """Marlin over USB serial."""
 
-    window: int | None = Field(None, ge=1, le=64)  # lines in flight without ADVANCED_OK
+    window: Int | None = Field(None, ge=1, le=64)  # lines in flight without ADVANCED_OK
 
 
 class GrblConnection(SerialConnection):
     """GRBL 1.1 over USB serial."""
 
-    check_mode: bool = False  # validate the whole program with $C before running
+    check_mode: Bool = False  # validate the whole program with $C before running
 
 
 class OctoPrintConnection(_Strict):
@@ -65,11 +68,11 @@ class OctoPrintConnection(_Strict):
     url: AnyHttpUrl
     api_key: str = Field(min_length=8, max_length=256)
     printer_port: str = "AUTO"  # the printer's port as OctoPrint names it; VIRTUAL for tests
-    baudrate: int | None = None  # None: OctoPrint chooses
-    timeout_s: float | None = Field(None, gt=0, le=300)  # per HTTP request
-    poll_interval_s: float | None = Field(None, gt=0, le=60)
-    connect_timeout_s: float | None = Field(None, gt=0, le=300)
-    max_backoff_s: float | None = Field(None, gt=0, le=600)
+    baudrate: Int | None = None  # None: OctoPrint chooses
+    timeout_s: Number | None = Field(None, gt=0, le=300)  # per HTTP request
+    poll_interval_s: Number | None = Field(None, gt=0, le=60)
+    connect_timeout_s: Number | None = Field(None, gt=0, le=300)
+    max_backoff_s: Number | None = Field(None, gt=0, le=600)
 
 
 class ManualConnection(_Strict):
@@ -81,13 +84,16 @@ class SimConnection(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    speed_factor: float = Field(20.0, ge=0, le=10000)  # 0: instant
-    baud: int | None = Field(None, ge=0)  # emulate the link's byte rate; None = 115200, 0 = off
+    speed_factor: Number = Field(20.0, ge=0, le=10000)  # 0: instant
+    baud: Int | None = Field(None, ge=0)  # emulate the link's byte rate; None = 115200, 0 = off
 
     @model_validator(mode="after")
     def _known_options(self) -> SimConnection:
         known = sim_options(self._driver) if hasattr(self, "_driver") else None
         extra = set(self.model_extra or {})
+        for key, value in (self.model_extra or {}).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number")
         if known is not None and extra - known:
             raise ValueError(
                 f"unknown simulator option(s) {', '.join(sorted(extra - known))}; "
@@ -168,21 +174,21 @@ def masked_connection(connection: dict[str, Any]) -> dict[str, Any]:
 class BuildVolume(_Strict):
     """Usable build volume in mm."""
 
-    x: float = Field(gt=0, le=10000)
-    y: float = Field(gt=0, le=10000)
-    z: float = Field(gt=0, le=10000)
+    x: Number = Field(gt=0, le=10000)
+    y: Number = Field(gt=0, le=10000)
+    z: Number = Field(gt=0, le=10000)
 
 
 class Capabilities(_Strict):
     """What a machine can do; the matcher reads these."""
 
-    nozzle_diameter_mm: float | None = Field(None, gt=0, le=5)
+    nozzle_diameter_mm: Number | None = Field(None, gt=0, le=5)
     materials: list[str] = Field(default_factory=list)  # e.g. PLA, PETG, plywood-3mm
     loaded_material: str | None = None
-    max_hotend_c: float | None = Field(None, gt=0, le=600)
-    max_bed_c: float | None = Field(None, ge=0, le=200)
-    spindle_max_rpm: float | None = Field(None, gt=0)
-    laser_power_w: float | None = Field(None, gt=0)
+    max_hotend_c: Number | None = Field(None, gt=0, le=600)
+    max_bed_c: Number | None = Field(None, ge=0, le=200)
+    spindle_max_rpm: Number | None = Field(None, gt=0, le=1_000_000)
+    laser_power_w: Number | None = Field(None, gt=0, le=1_000_000)
     tags: list[str] = Field(default_factory=list)
     # The machine's own motion limits (drivers.planner.MachineLimits field names), read at
     # connect with "source" and "read_at"; an operator's override has "source": "operator"
@@ -208,8 +214,8 @@ class MachineBase(_Strict):
     driver: str
     build_volume_mm: BuildVolume | None = None
     capabilities: Capabilities = Field(default_factory=Capabilities)
-    enabled: bool = True
-    maintenance: bool = False
+    enabled: Bool = True
+    maintenance: Bool = False
     notes: str = Field("", max_length=5000)
 
 
@@ -227,15 +233,28 @@ class MachineCreate(MachineBase):
 class MachineUpdate(_Strict):
     """Changes to a machine; a masked secret sent back unchanged keeps the stored one."""
 
-    name: str | None = Field(None, min_length=1, max_length=100)
-    kind: MachineKind | None = None
-    driver: str | None = None
-    connection: dict[str, Any] | None = None
+    # Omitted means "unchanged"; only build_volume_mm may be null ("no build volume"). The
+    # others are NOT NULL in the database, so a null is refused here (it was a 500).
+    name: Annotated[str, Field(min_length=1, max_length=100)] | SkipJsonSchema[None] = None
+    kind: MachineKind | SkipJsonSchema[None] = None
+    driver: str | SkipJsonSchema[None] = None
+    connection: dict[str, Any] | SkipJsonSchema[None] = None
     build_volume_mm: BuildVolume | None = None
-    capabilities: Capabilities | None = None
-    enabled: bool | None = None
-    maintenance: bool | None = None
-    notes: str | None = Field(None, max_length=5000)
+    capabilities: Capabilities | SkipJsonSchema[None] = None
+    enabled: Bool | SkipJsonSchema[None] = None
+    maintenance: Bool | SkipJsonSchema[None] = None
+    notes: Annotated[str, Field(max_length=5000)] | SkipJsonSchema[None] = None
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> MachineUpdate:
+        nulls = sorted(
+            name
+            for name in self.model_fields_set
+            if name != "build_volume_mm" and getattr(self, name) is None
+        )
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)} cannot be null; leave a field out to keep it")
+        return self
 
     @field_validator("driver")
     @classmethod

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from microfactory.db import Base
 from microfactory.errors import ConflictError, InvalidInputError, NotFoundError
 from microfactory.machines.models import Machine
 from microfactory.machines.schemas import (
@@ -115,8 +116,27 @@ async def update(*, session: AsyncSession, machine: Machine, machine_in: Machine
     return machine
 
 
+async def _referenced_by(session: AsyncSession, machine: Machine) -> list[str]:
+    """Name the tables whose rows keep this machine (a foreign key that does not cascade)."""
+    found = []
+    for table in Base.metadata.sorted_tables:
+        for fk in table.foreign_keys:
+            if fk.column.table.name != Machine.__tablename__ or fk.ondelete in ("CASCADE",):
+                continue
+            stmt = select(fk.parent).where(fk.parent == machine.id).limit(1)
+            if (await session.execute(stmt)).first() is not None:
+                found.append(table.name)
+    return sorted(set(found))
+
+
 async def delete(*, session: AsyncSession, machine: Machine) -> None:
-    """Remove a machine from the registry."""
+    """Remove a machine from the registry, unless jobs or usage records refer to it."""
+    # Checked first: a failed flush would leave the request's transaction unusable.
+    if referenced := await _referenced_by(session, machine):
+        raise ConflictError(
+            f"machine {machine.name!r} has {' and '.join(referenced)} on record; "
+            "disable it instead (PATCH enabled=false)"
+        )
     await session.delete(machine)
     try:
         await session.flush()

@@ -9,6 +9,11 @@ from typing import Any
 
 from fastapi.responses import Response
 
+# For the OpenAPI document: routes that answer CSV with `?format=csv`.
+CSV_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}}}
+}
+
 
 def csv_response(filename: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Response:
     """Return rows as a CSV download."""

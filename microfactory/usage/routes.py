@@ -7,32 +7,32 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
 from fastapi.responses import Response
-from pydantic import AwareDatetime
 
 from microfactory.bookings.deps import Now, ShopTz
 from microfactory.deps import AnyUser, SessionDep, StaffUser
+from microfactory.types import MONTH_PATTERN, Day, Id, Timestamp
 from microfactory.usage import reports
-from microfactory.usage.csvout import csv_response
+from microfactory.usage.csvout import CSV_RESPONSES, csv_response
 from microfactory.usage.schemas import CorrectionCreate, UsageRead, UsageSummaryRow, UtilisationRow
 
 router = APIRouter(prefix="/api/v1/usage", tags=["usage"])
-Month = Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$", description="local month, YYYY-MM")]
+Month = Annotated[str | None, Query(pattern=MONTH_PATTERN, description="local month, YYYY-MM")]
 Format = Literal["json", "csv"]
 ENTRY_FIELDS = list(UsageRead.model_fields)
 SUMMARY_FIELDS = list(UsageSummaryRow.model_fields)
 
 
-@router.get("", response_model=list[UsageRead] | list[UsageSummaryRow])
+@router.get("", response_model=list[UsageRead] | list[UsageSummaryRow], responses=CSV_RESPONSES)
 async def usage(
     session: SessionDep,
     user: AnyUser,
     tz: ShopTz,
     now: Now,
-    start: AwareDatetime | None = None,
-    end: AwareDatetime | None = None,
+    start: Timestamp | None = None,
+    end: Timestamp | None = None,
     month: Month = None,
-    user_id: int | None = None,
-    machine_id: int | None = None,
+    user_id: Id | None = None,
+    machine_id: Id | None = None,
     group_by: Literal["member", "machine", "member_machine"] | None = None,
     format: Format = "json",
 ) -> Response | list[UsageRead] | list[UsageSummaryRow]:
@@ -74,15 +74,15 @@ async def usage(
     return summaries
 
 
-@router.get("/utilisation", response_model=list[UtilisationRow])
+@router.get("/utilisation", response_model=list[UtilisationRow], responses=CSV_RESPONSES)
 async def utilisation(
     session: SessionDep,
     _user: AnyUser,
     tz: ShopTz,
     now: Now,
-    first_day: dt.date | None = None,
+    first_day: Day | None = None,
     days: Annotated[int, Query(ge=1, le=reports.MAX_UTILISATION_DAYS)] = 7,
-    machine_id: int | None = None,
+    machine_id: Id | None = None,
     format: Format = "json",
 ) -> Response | list[UtilisationRow]:
     """Return each machine's active hours per local day as a share of the opening hours."""
@@ -105,7 +105,7 @@ async def utilisation(
     "/{record_id}/corrections", response_model=UsageRead, status_code=status.HTTP_201_CREATED
 )
 async def correct(
-    record_id: int, body: CorrectionCreate, session: SessionDep, user: StaffUser
+    record_id: Id, body: CorrectionCreate, session: SessionDep, user: StaffUser
 ) -> UsageRead:
     """Append a compensating entry to a usage record (operators); nothing is ever edited."""
     record = await reports.correct(

@@ -6,6 +6,8 @@ import datetime as dt
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from microfactory.types import Number
+
 
 class UsageRead(BaseModel):
     """One usage record."""
@@ -59,6 +61,6 @@ class CorrectionCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    active_s: float = Field(ge=-(10**7), le=10**7)
-    material_g: float | None = Field(None, ge=-(10**6), le=10**6)
+    active_s: Number = Field(ge=-(10**7), le=10**7)
+    material_g: Number | None = Field(None, ge=-(10**6), le=10**6)
     note: str = Field(min_length=3, max_length=500)

@@ -18,6 +18,7 @@ from drivers.base import (
     MachineState,
     Program,
 )
+from drivers.grbl import CommandRefused
 from drivers.registry import create_driver
 from drivers.sim.grbl import GrblSimulator, SimGrblDriver
 from tests import samples
@@ -158,7 +159,9 @@ async def test_boot_locked_then_unlock(make_grbl: Factory) -> None:
     assert status.message == "locked: home ($H) or unlock ($X)"
     with pytest.raises(FirmwareError, match="locked"):
         await driver.start(program("G0 X1"))
-    assert await driver.send("G0 X1") == ["error:9"]
+    with pytest.raises(CommandRefused, match="GRBL refused `G0 X1`") as refused:
+        await driver.send("G0 X1")
+    assert refused.value.reply == ["error:9"]
     assert await driver.unlock() == ["[MSG:Caution: Unlocked]", "ok"]
     assert (await driver.status()).state is MachineState.IDLE
 
@@ -186,7 +189,11 @@ async def test_no_controller_is_offline() -> None:
 async def test_send_returns_reply_lines(make_grbl: Factory) -> None:
     driver, _ = await make_grbl()
     assert await driver.send("$G") == ["[GC:G0 G54 G17 G21 G90 G94 M5 M9 T0 F0 S0]", "ok"]
-    assert await driver.send("G1 X1") == ["error:22"]
+    with pytest.raises(CommandRefused, match="GRBL refused `G1 X1`") as refused:
+        await driver.send("G1 X1")
+    assert refused.value.reply == ["error:22"]
+    with pytest.raises(CommandRefused, match="Unsupported or invalid g-code command"):
+        await driver.send("M105")  # a Marlin command: GRBL answers error:20
     settings = await driver.send("$$")
     assert settings[0] == "$0=10"
     assert settings[-1] == "ok"

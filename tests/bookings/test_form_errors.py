@@ -1,0 +1,125 @@
+"""Refused dashboard forms: a page with the message, the typed values kept; unknown URLs too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from microfactory.accounts.models import Role
+from tests.bookings.conftest import Clock
+from tests.bookings.test_pages import CSRF, _browser
+from tests.conftest import UserFactory
+
+
+async def test_refused_maintenance_block_keeps_what_was_typed(
+    app: Any, client: httpx.AsyncClient, clock: Clock, machine: dict[str, Any]
+) -> None:
+    web = await _browser(app, client, Role.OPERATOR, "keeper")
+    resp = await web.post(
+        "/bookings/admin/maintenance",
+        data={
+            "csrf_token": CSRF,
+            "machine_id": str(machine["id"]),
+            "start": "2026-12-03T12:00",
+            "end": "2026-12-03T10:00",
+            "reason": "new belts <b>",
+        },
+    )
+    assert resp.status_code == 422
+    assert resp.headers["content-type"].startswith("text/html")
+    assert "end must be after start" in resp.text
+    assert 'name="start" step="900" value="2026-12-03T12:00"' in resp.text
+    assert 'name="end" step="900" value="2026-12-03T10:00"' in resp.text
+    assert 'value="new belts &lt;b&gt;"' in resp.text  # kept, and escaped
+    assert f'<option value="{machine["id"]}" selected>' in resp.text
+    # The closure form, refused by nothing here, stays empty.
+    assert 'name="first_day" value=""' in resp.text
+
+
+async def test_refused_opening_hours_keep_what_was_typed(
+    app: Any, client: httpx.AsyncClient, clock: Clock
+) -> None:
+    web = await _browser(app, client, Role.OPERATOR, "hours")
+    resp = await web.post(
+        "/bookings/admin/hours", data={"csrf_token": CSRF, "day0": "nine to five"}
+    )
+    assert resp.status_code == 422
+    assert 'name="day0" value="nine to five"' in resp.text
+
+
+async def test_certification_expiry_past_year_9999_is_a_page_not_a_500(
+    app: Any,
+    client: httpx.AsyncClient,
+    clock: Clock,
+    machine: dict[str, Any],
+    make_user: UserFactory,
+) -> None:
+    web = await _browser(app, client, Role.OPERATOR, "certifier")
+    trainee, _ = await make_user("member", username="trainee")
+    resp = await web.post(
+        "/bookings/admin/certifications",
+        data={
+            "csrf_token": CSRF,
+            "user_id": str(trainee.id),
+            "scope": f"machine:{machine['id']}",
+            "expires": "9999-12-31",
+        },
+    )
+    assert resp.status_code == 422, resp.text
+    assert 'name="expires" value="9999-12-31"' in resp.text
+    assert f'<option value="{trainee.id}" selected>trainee</option>' in resp.text
+
+
+async def test_form_field_of_the_wrong_type_is_a_page(
+    app: Any, client: httpx.AsyncClient, clock: Clock
+) -> None:
+    web = await _browser(app, client, Role.OPERATOR, "typo")
+    resp = await web.post(
+        "/bookings/admin/maintenance",
+        data={"csrf_token": CSRF, "machine_id": "three", "start": "x", "end": "y"},
+    )
+    assert resp.status_code == 422
+    assert resp.headers["content-type"].startswith("text/html")
+    assert "machine_id: Input should be a valid integer" in resp.text
+    assert '"detail"' not in resp.text
+
+
+@pytest.mark.parametrize("path", ["/no-such-page", "/bookings/nowhere/at/all"])
+async def test_unknown_dashboard_url_is_a_page(
+    app: Any, client: httpx.AsyncClient, path: str
+) -> None:
+    web = await _browser(app, client, Role.MEMBER, "lost")
+    resp = await web.get(path)
+    assert resp.status_code == 404
+    assert resp.headers["content-type"].startswith("text/html")
+    assert f"there is no page at {path}" in resp.text
+
+
+async def test_unknown_api_url_stays_json(client: httpx.AsyncClient) -> None:
+    resp = await client.get("/api/v1/no-such-thing")
+    assert resp.status_code == 404
+    assert resp.json() == {"detail": "Not Found"}
+
+
+async def test_method_not_allowed_lists_every_method_of_the_path(
+    client: httpx.AsyncClient, operator: dict[str, str]
+) -> None:
+    resp = await client.request("OPTIONS", "/api/v1/machines", headers=operator)
+    assert resp.status_code == 405
+    assert {m.strip() for m in resp.headers["allow"].split(",")} >= {"GET", "POST"}
+    # A word where an id goes is not the id route: /bookings/availability has only GET.
+    resp = await client.delete("/api/v1/bookings/availability", headers=operator)
+    assert resp.status_code == 405
+    assert "DELETE" not in resp.headers["allow"]
+
+
+async def test_openapi_documents_the_error_shapes(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    op = doc["paths"]["/api/v1/machines/{machine_id}"]["delete"]
+    assert {"401", "403", "404", "409", "422"} <= set(op["responses"])
+    detail = doc["components"]["schemas"]["Error"]["properties"]["detail"]
+    assert {s.get("type") for s in detail["anyOf"]} == {"string", "array"}
+    usage = doc["paths"]["/api/v1/usage"]["get"]["responses"]["200"]["content"]
+    assert "text/csv" in usage
