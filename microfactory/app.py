@@ -19,6 +19,7 @@ from sqlalchemy import text
 
 from microfactory import __version__
 from microfactory.accounts.routes import router as accounts_router
+from microfactory.accounts.throttle import LoginThrottle
 from microfactory.analysis import shutdown_analysis_pool
 from microfactory.bookings.wiring import routers as booking_routers
 from microfactory.config import Settings
@@ -34,7 +35,7 @@ from microfactory.jobs.queue import QueueRunner
 from microfactory.jobs.routes import router as jobs_router
 from microfactory.machines.fleet import Fleet
 from microfactory.machines.routes import router as machines_router
-from microfactory.middleware import BodySizeLimit, Metrics, RequestMetrics
+from microfactory.middleware import AuthBeforeBody, BodySizeLimit, Metrics, RequestMetrics
 from microfactory.scheduler import Scheduler
 
 log = logging.getLogger("microfactory")
@@ -109,6 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.engine = make_engine(settings.async_database_url)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
     app.state.fleet = Fleet()
+    app.state.login_throttle = LoginThrottle.from_settings(settings)
     app.state.preparer = Preparer(app.state.sessionmaker, settings)
     metrics = Metrics()
     metrics.registry.register(_FleetCollector(app))
@@ -154,6 +156,8 @@ def create_app(settings: Settings) -> FastAPI:
         """Expose Prometheus metrics (public, like most exporters; holds no personal data)."""
         return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
 
+    # Outermost first: body limit, metrics, then the authentication gate before any body.
+    app.add_middleware(AuthBeforeBody, routes=app.router.routes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(
         BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     # Sessions and tokens
     login_token_ttl_s: int = Field(12 * 3600, ge=60)
     cookie_secure: bool | None = None  # default: True in production, False in development
+    # Failed logins allowed within the window, per username and per client address, before
+    # further logins are refused with 429 until the oldest failure leaves the window.
+    login_max_failures_per_username: int = Field(5, ge=1)
+    login_max_failures_per_address: int = Field(20, ge=1)
+    login_failure_window_s: int = Field(15 * 60, ge=1)
 
     # Limits
     max_body_bytes: int = Field(1024 * 1024, ge=1024)  # JSON and form bodies

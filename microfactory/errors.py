@@ -55,6 +55,12 @@ class PayloadTooLargeError(DomainError):
     status_code = 413
 
 
+class TooManyRequestsError(DomainError):
+    """Too many attempts (failed logins); `retry_after_s` says when to try again."""
+
+    status_code = 429
+
+
 class InvalidInputError(DomainError):
     """The input is well-formed but fails a rule (a G-code file that is not text)."""
 
@@ -70,7 +76,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if html_renderer is not None and not request.url.path.startswith("/api"):
             response: Response = html_renderer(request, exc)
             return response
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
+        if "retry_after_s" in exc.extra:
+            headers["Retry-After"] = str(exc.extra["retry_after_s"])
         return JSONResponse(
             {"detail": exc.detail, **exc.extra}, status_code=exc.status_code, headers=headers
         )

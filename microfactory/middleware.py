@@ -1,33 +1,79 @@
-"""ASGI middleware: body size limits, request metrics and access logs."""
+"""ASGI middleware: authentication before the body, body size limits, metrics, access logs."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Sequence
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from microfactory.accounts import service as account_service
+from microfactory.accounts.models import Role
+from microfactory.errors import NotAuthenticatedError
 
 log = logging.getLogger("microfactory.http")
 
-# Paths whose bodies are file uploads get the larger limit.
-UPLOAD_PATH_PREFIXES = ("/api/v1/jobs", "/api/v1/designs", "/jobs", "/designs")
+# The multipart upload routes (method, path): only their bodies get the upload limit. Every
+# other body (JSON, forms, anything sent to these paths that is not multipart) gets the
+# general limit: a 100 MB JSON body to /api/v1/jobs/{id}/priority is refused, not parsed.
+UPLOAD_ROUTES = frozenset(
+    {
+        ("POST", "/api/v1/jobs"),
+        ("POST", "/api/v1/designs"),
+        ("POST", "/api/v1/designs/import"),
+        ("POST", "/jobs/new"),
+        ("POST", "/designs/new"),
+        ("POST", "/designs/import"),
+    }
+)
+# Methods that the Prometheus label keeps by name; any other becomes "other", so made-up
+# methods cannot add series without bound.
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+SESSION_COOKIE = "mf_session"  # the dashboard's session cookie (microfactory.deps)
 
 
-async def _send_413(send: Send, limit: int) -> None:
-    body = json.dumps(
-        {"detail": f"request body is larger than the limit of {limit} bytes"}
-    ).encode()
+def is_upload(scope: Scope) -> bool:
+    """Return whether a request is a multipart upload to one of the upload routes."""
+    path = scope["path"].rstrip("/") or "/"
+    if (scope["method"], path) not in UPLOAD_ROUTES:
+        return False
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            return bytes(value).lower().startswith(b"multipart/form-data")
+    return False
+
+
+async def _send_json(
+    send: Send, status: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    body = json.dumps({"detail": detail}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),  # the body was not read: do not reuse the connection
+                *headers,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _send_413(send: Send, limit: int) -> None:
+    await _send_json(send, 413, f"request body is larger than the limit of {limit} bytes")
 
 
 class BodySizeLimit:
@@ -43,8 +89,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
-        limit = self.max_upload if path.startswith(UPLOAD_PATH_PREFIXES) else self.max_body
+        limit = self.max_upload if is_upload(scope) else self.max_body
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -88,6 +133,125 @@ class BodySizeLimit:
         except Exception:
             if not rejected:
                 raise
+
+
+def _allowed_roles(route: BaseRoute) -> frozenset[Role] | None:
+    """Return the roles a route's dependencies admit, or None for a public route."""
+    dependant = getattr(route, "dependant", None)
+    stack = [dependant] if dependant is not None else []
+    while stack:
+        current = stack.pop()
+        roles = getattr(getattr(current, "call", None), "allowed_roles", None)
+        if roles is not None:
+            return frozenset(roles)
+        stack.extend(current.dependencies)
+    return None
+
+
+def _credential(scope: Scope) -> str | None:
+    """Return the bearer token, else the session cookie, as the request dependencies do."""
+    cookie_header = b""
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = bytes(value).decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == b"cookie":
+            cookie_header = bytes(value)
+    if cookie_header:
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(cookie_header.decode("latin-1"))
+        except CookieError:
+            return None
+        morsel = jar.get(SESSION_COOKIE)
+        if morsel is not None and morsel.value:
+            return morsel.value
+    return None
+
+
+class AuthBeforeBody:
+    """Refuse unauthenticated writes to protected routes before reading their bodies.
+
+    FastAPI reads and parses a request's body before it resolves the dependencies that
+    authenticate the caller, so an anonymous client could make the server receive (and
+    parse) a body of any size up to the limit just to be told 401. This middleware finds
+    the route, and when the route needs a role it checks the bearer token or session cookie
+    first: no valid credential, and the answer (401, or the login page for the dashboard)
+    goes out without a byte of the body being read. The route's own dependencies still run
+    and remain the authority; this is only the early gate.
+    """
+
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.routes = routes
+        self._roles: dict[int, frozenset[Role] | None] = {}
+
+    def _route(self, scope: Scope) -> BaseRoute | None:
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return route
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the caller's credential when the route needs one and a body may follow."""
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        route = self._route(scope)
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        if id(route) not in self._roles:
+            self._roles[id(route)] = _allowed_roles(route)
+        roles = self._roles[id(route)]
+        if roles is None:
+            await self.app(scope, receive, send)
+            return
+        refusal = await self._refusal(scope, roles)
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        status, detail = refusal
+        path: str = scope["path"]
+        if path.startswith("/api/"):
+            headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+            await _send_json(send, status, detail, headers)
+            return
+        if status == 401:
+            location = "/login?next=" + quote(path)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 303,
+                    "headers": [
+                        (b"location", location.encode()),
+                        (b"content-length", b"0"),
+                        (b"connection", b"close"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self.app(scope, receive, send)  # the page renders its own 403
+
+    async def _refusal(self, scope: Scope, roles: frozenset[Role]) -> tuple[int, str] | None:
+        token = _credential(scope)
+        if token is None:
+            return 401, "not authenticated: send 'Authorization: Bearer <token>'"
+        sessionmaker = scope["app"].state.sessionmaker
+        async with sessionmaker() as session:
+            try:
+                user, _ = await account_service.user_for_token(session=session, token=token)
+            except NotAuthenticatedError as exc:
+                return 401, exc.detail
+            role = user.role
+            await session.rollback()  # only a look-up: the route records the token's use
+        if role not in roles:
+            names = ", ".join(sorted(r.value for r in roles))
+            return 403, f"this needs one of the roles: {names}"
+        return None
 
 
 class Metrics:
@@ -138,7 +302,8 @@ class RequestMetrics:
                 "static" if scope["path"].startswith("/static") else "unmatched"
             )
             elapsed = time.perf_counter() - start
-            self.metrics.requests.labels(scope["method"], name, str(status)).inc()
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            self.metrics.requests.labels(method, name, str(status)).inc()
             self.metrics.latency.labels(name).observe(elapsed)
             if not scope["path"].startswith(("/static", "/metrics", "/healthz")):
                 log.info(

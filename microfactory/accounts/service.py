@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -11,14 +12,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from microfactory.accounts.models import ApiToken, TokenKind, User
 from microfactory.accounts.schemas import UserCreate, UserUpdate
 from microfactory.accounts.security import (
-    hash_password,
+    hash_password_async,
     needs_rehash,
     new_token,
     token_digest,
-    verify_password,
+    verify_password_async,
 )
+from microfactory.accounts.throttle import LockoutKind, LoginThrottle
 from microfactory.db import utcnow
 from microfactory.errors import ConflictError, NotAuthenticatedError, NotFoundError
+
+log = logging.getLogger("microfactory.accounts")
 
 # One message whether the user exists or not, so a login form does not reveal usernames.
 BAD_CREDENTIALS = "incorrect username or password"
@@ -55,7 +59,7 @@ async def create(*, session: AsyncSession, user_in: UserCreate) -> User:
         email=user_in.email,
         role=user_in.role,
         trusted=user_in.trusted,
-        password_hash=hash_password(user_in.password),
+        password_hash=await hash_password_async(user_in.password),
     )
     session.add(user)
     try:
@@ -72,7 +76,7 @@ async def update(*, session: AsyncSession, user: User, user_in: UserUpdate) -> U
     for key, value in data.items():
         setattr(user, key, value)
     if password:
-        user.password_hash = hash_password(password)
+        user.password_hash = await hash_password_async(password)
     if user_in.is_active is False or password:
         await revoke_all_tokens(session=session, user=user)
     await session.flush()
@@ -82,12 +86,46 @@ async def update(*, session: AsyncSession, user: User, user_in: UserUpdate) -> U
 async def authenticate(*, session: AsyncSession, username: str, password: str) -> User:
     """Return the user if the password is right and the account active, else raise 401."""
     user = await get_by_username(session=session, username=username)
-    ok = verify_password(user.password_hash if user else None, password)
+    ok = await verify_password_async(user.password_hash if user else None, password)
     if user is None or not ok or not user.is_active:
         raise NotAuthenticatedError(BAD_CREDENTIALS)
     if needs_rehash(user.password_hash):
-        user.password_hash = hash_password(password)
+        user.password_hash = await hash_password_async(password)
     return user
+
+
+async def login(
+    *,
+    session: AsyncSession,
+    throttle: LoginThrottle,
+    username: str,
+    password: str,
+    address: str,
+) -> User:
+    """Authenticate a login attempt, refusing (429) locked-out usernames and addresses.
+
+    The lockout is checked before the password, so a locked-out guesser costs no hashing.
+    """
+    throttle.check(username=username, address=address)
+    try:
+        user = await authenticate(session=session, username=username, password=password)
+    except NotAuthenticatedError:
+        throttle.failed(username=username, address=address)
+        raise
+    throttle.succeeded(username=username)
+    return user
+
+
+def log_lockout_lifted(*, admin: User, kind: LockoutKind, key: str, was_locked_out: bool) -> None:
+    """Record that an admin lifted a login lockout."""
+    log.warning(
+        "admin %s lifted the login lockout of %s %s (locked out: %s)",
+        admin.username,
+        kind.value,
+        key,
+        was_locked_out,
+        extra={"event": "login_lockout_lifted"},
+    )
 
 
 async def issue_token(

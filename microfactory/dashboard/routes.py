@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, TokenKind
 from microfactory.accounts.schemas import UserCreate, UserUpdate
+from microfactory.accounts.throttle import LockoutKind, client_address, get_throttle
 from microfactory.dashboard.web import (
     CsrfChecked,
     LoginRequired,
@@ -24,7 +25,7 @@ from microfactory.dashboard.web import (
 )
 from microfactory.db import utcnow
 from microfactory.deps import SESSION_COOKIE, SessionDep, check_csrf
-from microfactory.errors import DomainError, NotAuthenticatedError
+from microfactory.errors import DomainError, NotAuthenticatedError, TooManyRequestsError
 from microfactory.jobs import queue as job_queue
 from microfactory.jobs import service as job_service
 from microfactory.jobs.explain import explain_failure
@@ -68,13 +69,23 @@ async def login_submit(
     """Log in and set the session cookie (public; CSRF-checked)."""
     check_csrf(request, csrf_token)
     try:
-        user = await account_service.authenticate(
-            session=session, username=username, password=password
+        user = await account_service.login(
+            session=session,
+            throttle=get_throttle(request),
+            username=username,
+            password=password,
+            address=client_address(request),
         )
-    except NotAuthenticatedError as exc:
-        return render(
-            request, "login.html", {"next": _safe_next(next), "error": exc.detail}, status_code=401
+    except (NotAuthenticatedError, TooManyRequestsError) as exc:
+        page = render(
+            request,
+            "login.html",
+            {"next": _safe_next(next), "error": exc.detail, "username": username},
+            status_code=exc.status_code,
         )
+        if "retry_after_s" in exc.extra:
+            page.headers["Retry-After"] = str(exc.extra["retry_after_s"])
+        return page
     settings = request.app.state.settings
     token, _ = await account_service.issue_token(
         session=session,
@@ -271,7 +282,16 @@ async def job_page(
 async def users_page(request: Request, session: SessionDep, user: WebAdmin) -> HTMLResponse:
     """Show and manage users (admins)."""
     users = await account_service.list_users(session=session)
-    return render(request, "admin_users.html", {"users": users, "roles": list(Role), "error": None})
+    return render(
+        request,
+        "admin_users.html",
+        {
+            "users": users,
+            "roles": list(Role),
+            "error": None,
+            "lockouts": get_throttle(request).lockouts(),
+        },
+    )
 
 
 @router.post("/admin/users", response_class=HTMLResponse)
@@ -299,7 +319,12 @@ async def users_create(
         return render(
             request,
             "admin_users.html",
-            {"users": users, "roles": list(Role), "error": error},
+            {
+                "users": users,
+                "roles": list(Role),
+                "error": error,
+                "lockouts": get_throttle(request).lockouts(),
+            },
             status_code=422,
         )
     return redirect("/admin/users")
@@ -320,6 +345,20 @@ async def users_toggle(
         return redirect("/admin/users")  # an admin cannot lock themselves out
     await account_service.update(session=session, user=target, user_in=UserUpdate(is_active=active))
     return redirect("/admin/users")
+
+
+@router.post("/admin/lockouts/lift")
+async def lockout_lift(
+    request: Request,
+    admin: WebAdmin,
+    _csrf: CsrfChecked,
+    kind: Annotated[LockoutKind, Form()],
+    key: Annotated[str, Form(max_length=128)],
+) -> Response:
+    """Lift a login lockout (admins)."""
+    was = get_throttle(request).lift(kind=kind, key=key)
+    account_service.log_lockout_lifted(admin=admin, kind=kind, key=key, was_locked_out=was)
+    return redirect("/admin/users#lockouts")
 
 
 def install_dashboard_handlers(app: FastAPI) -> None:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
+from typing import Any
+
 import httpx
 import pytest
 
+from microfactory.accounts import security
+from microfactory.config import Settings
 from tests.conftest import UserFactory
 
 
@@ -113,3 +120,143 @@ async def test_short_password_is_422(client: httpx.AsyncClient, admin: dict[str,
         "/api/v1/users", json={"username": "shorty", "password": "short"}, headers=admin
     )
     assert resp.status_code == 422
+
+
+# -- logins off the event loop, throttled --------------------------------------------------
+
+CSRF = "test-csrf-token-value"
+
+
+async def test_a_slow_password_check_does_not_stall_other_requests(
+    client: httpx.AsyncClient, make_user: UserFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While argon2 works on a login, /healthz is still answered (the loop is not blocked)."""
+    await make_user("member", username="maria", password="maria-pass-1")
+    gate = threading.Event()
+    entered = threading.Event()
+    real_verify = security.verify_password
+
+    def slow_verify(password_hash: str | None, password: str) -> bool:
+        entered.set()
+        gate.wait(timeout=10)  # released by the test once /healthz has been answered
+        return real_verify(password_hash, password)
+
+    monkeypatch.setattr(security, "verify_password", slow_verify)
+    attempt = asyncio.create_task(login(client, "maria", "wrong-wrong-1"))
+    assert await asyncio.to_thread(entered.wait, 10)
+    health = await client.get("/healthz")
+    assert health.status_code == 200
+    assert not attempt.done(), "the login finished first: the password check blocked the loop"
+    gate.set()
+    assert (await attempt).status_code == 401
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Small limits, so that a few wrong passwords trigger the lockouts."""
+    return settings.model_copy(
+        update={"login_max_failures_per_username": 3, "login_max_failures_per_address": 6}
+    )
+
+
+async def test_failed_logins_lock_out_the_username_with_429_and_retry_after(
+    client: httpx.AsyncClient, make_user: UserFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    await make_user("member", username="maria", password="maria-pass-1")
+    caplog.set_level(logging.INFO, logger="microfactory.accounts")
+    for _ in range(3):
+        assert (await login(client, "maria", "guess-guess-1")).status_code == 401
+    # Even the right password is refused now, and no password is checked.
+    locked = await login(client, "maria", "maria-pass-1")
+    assert locked.status_code == 429
+    retry = int(locked.headers["Retry-After"])
+    assert 0 < retry <= 15 * 60
+    assert "too many failed logins" in locked.json()["detail"]
+    assert locked.json()["retry_after_s"] == retry
+    # Another username from the same address is not locked out (yet).
+    await make_user("member", username="otto", password="otto-pass-12")
+    assert (await login(client, "otto", "otto-pass-12")).status_code == 200
+    # The events are logged, without the passwords tried.
+    events = [getattr(r, "event", None) for r in caplog.records]
+    assert events.count("login_failed") == 3
+    assert "login_locked_out" in events
+    assert "guess-guess-1" not in caplog.text
+    assert "maria-pass-1" not in caplog.text
+
+
+async def test_failed_logins_lock_out_the_client_address(
+    client: httpx.AsyncClient, make_user: UserFactory
+) -> None:
+    await make_user("member", username="maria", password="maria-pass-1")
+    for n in range(6):  # six different usernames, one address
+        assert (await login(client, f"nobody{n}", "guess-guess-1")).status_code == 401
+    resp = await login(client, "maria", "maria-pass-1")
+    assert resp.status_code == 429
+    assert int(resp.headers["Retry-After"]) > 0
+
+
+async def test_a_successful_login_clears_the_usernames_failures(
+    client: httpx.AsyncClient, make_user: UserFactory
+) -> None:
+    await make_user("member", username="maria", password="maria-pass-1")
+    for _ in range(2):
+        assert (await login(client, "maria", "guess-guess-1")).status_code == 401
+    assert (await login(client, "maria", "maria-pass-1")).status_code == 200
+    for _ in range(2):
+        assert (await login(client, "maria", "guess-guess-1")).status_code == 401
+    assert (await login(client, "maria", "maria-pass-1")).status_code == 200
+
+
+async def test_admin_sees_and_lifts_a_lockout(
+    client: httpx.AsyncClient, make_user: UserFactory, admin: dict[str, str]
+) -> None:
+    await make_user("member", username="maria", password="maria-pass-1")
+    _, member_headers = await make_user("member")
+    for _ in range(3):
+        await login(client, "maria", "guess-guess-1")
+    assert (await client.get("/api/v1/auth/lockouts", headers=member_headers)).status_code == 403
+    listed = (await client.get("/api/v1/auth/lockouts", headers=admin)).json()
+    assert [(lk["kind"], lk["key"], lk["failures"]) for lk in listed] == [("username", "maria", 3)]
+    assert listed[0]["retry_after_s"] > 0
+    denied = await client.delete("/api/v1/auth/lockouts/username/maria", headers=member_headers)
+    assert denied.status_code == 403
+    assert (await login(client, "maria", "maria-pass-1")).status_code == 429
+    lifted = await client.delete("/api/v1/auth/lockouts/username/maria", headers=admin)
+    assert lifted.status_code == 200
+    assert lifted.json()["was_locked_out"] is True
+    assert (await client.get("/api/v1/auth/lockouts", headers=admin)).json() == []
+    assert (await login(client, "maria", "maria-pass-1")).status_code == 200
+
+
+async def test_dashboard_login_form_is_throttled_and_the_admin_page_lifts_it(
+    app: Any, client: httpx.AsyncClient, make_user: UserFactory
+) -> None:
+    await make_user("member", username="maria", password="maria-pass-1")
+    browser = httpx.AsyncClient(transport=client._transport, base_url="http://testserver")
+    browser.cookies.set("mf_csrf", CSRF)
+    form = {"username": "maria", "password": "guess-guess-1", "csrf_token": CSRF, "next": "/"}
+    for _ in range(3):
+        page = await browser.post("/login", data=form)
+        assert page.status_code == 401
+        assert 'value="maria"' in page.text  # the form keeps what was typed
+    page = await browser.post("/login", data={**form, "password": "maria-pass-1"})
+    assert page.status_code == 429
+    assert int(page.headers["Retry-After"]) > 0
+    assert "too many failed logins" in page.text
+    # An admin sees the lockout on the users page and lifts it there.
+    await make_user("admin", username="boss", password="boss-pass-12")
+    admin_browser = httpx.AsyncClient(transport=client._transport, base_url="http://testserver")
+    admin_browser.cookies.set("mf_csrf", CSRF)
+    ok = await admin_browser.post(
+        "/login", data={"username": "boss", "password": "boss-pass-12", "csrf_token": CSRF}
+    )
+    assert ok.status_code == 303
+    users_page = await admin_browser.get("/admin/users")
+    assert "Lift lockout of maria" in users_page.text
+    lifted = await admin_browser.post(
+        "/admin/lockouts/lift", data={"kind": "username", "key": "maria", "csrf_token": CSRF}
+    )
+    assert lifted.status_code == 303
+    assert "Lift lockout of maria" not in (await admin_browser.get("/admin/users")).text
+    page = await browser.post("/login", data={**form, "password": "maria-pass-1"})
+    assert page.status_code == 303
