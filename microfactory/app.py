@@ -156,10 +156,11 @@ def create_app(settings: Settings) -> FastAPI:
         """Expose Prometheus metrics (public, like most exporters; holds no personal data)."""
         return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
 
-    # Outermost first: body limit, metrics, then the authentication gate before any body.
-    app.add_middleware(AuthBeforeBody, routes=app.router.routes)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    # Added innermost first. Both gates act when the app first reads the body: the
+    # authentication gate (an anonymous body gets 401 unread), then the body limit.
+    app.add_middleware(AuthBeforeBody)
     app.add_middleware(
         BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
     )
+    app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from microfactory.accounts import service as account_service
@@ -90,15 +90,13 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         limit = self.max_upload if is_upload(scope) else self.max_body
+        declared = 0
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
-                if declared > limit:
-                    await _send_413(send, limit)
-                    return
         received = 0
         started = False
         rejected = False
@@ -106,6 +104,14 @@ class BodySizeLimit:
         async def limited_receive() -> Message:
             nonlocal received, rejected, started
             if rejected:
+                return {"type": "http.disconnect"}
+            if declared > limit:
+                # Refused when the app first asks for the body (after routing and the
+                # authentication gate), before a byte of it is read.
+                rejected = True
+                if not started:
+                    started = True
+                    await _send_413(send, limit)
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
@@ -175,66 +181,64 @@ class AuthBeforeBody:
 
     FastAPI reads and parses a request's body before it resolves the dependencies that
     authenticate the caller, so an anonymous client could make the server receive (and
-    parse) a body of any size up to the limit just to be told 401. This middleware finds
-    the route, and when the route needs a role it checks the bearer token or session cookie
-    first: no valid credential, and the answer (401, or the login page for the dashboard)
-    goes out without a byte of the body being read. The route's own dependencies still run
-    and remain the authority; this is only the early gate.
+    parse) a body of any size up to the limit just to be told 401. This middleware steps in
+    when the app first asks for the body: routing is done by then, so it knows the route,
+    and when the route needs a role it checks the bearer token or session cookie first. No
+    valid credential, and the answer (401, or the login page for the dashboard) goes out
+    without a byte of the body having been read. The route's own dependencies still run and
+    remain the authority; this is only the early gate.
     """
 
-    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.routes = routes
         self._roles: dict[int, frozenset[Role] | None] = {}
 
-    def _route(self, scope: Scope) -> BaseRoute | None:
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
-                return route
-        return None
+    def _route_roles(self, route: BaseRoute | None) -> frozenset[Role] | None:
+        if route is None:
+            return None
+        if id(route) not in self._roles:
+            self._roles[id(route)] = _allowed_roles(route)
+        return self._roles[id(route)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check the caller's credential when the route needs one and a body may follow."""
+        """Check the caller's credential when the app first reads a protected route's body."""
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        route = self._route(scope)
-        if route is None:
-            await self.app(scope, receive, send)
-            return
-        if id(route) not in self._roles:
-            self._roles[id(route)] = _allowed_roles(route)
-        roles = self._roles[id(route)]
-        if roles is None:
-            await self.app(scope, receive, send)
-            return
-        refusal = await self._refusal(scope, roles)
-        if refusal is None:
-            await self.app(scope, receive, send)
-            return
-        status, detail = refusal
-        path: str = scope["path"]
-        if path.startswith("/api/"):
-            headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
-            await _send_json(send, status, detail, headers)
-            return
-        if status == 401:
-            location = "/login?next=" + quote(path)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 303,
-                    "headers": [
-                        (b"location", location.encode()),
-                        (b"content-length", b"0"),
-                        (b"connection", b"close"),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
-            return
-        await self.app(scope, receive, send)  # the page renders its own 403
+        checked = False
+        refused = False
+        started = False
+
+        async def gated_receive() -> Message:
+            nonlocal checked, refused, started
+            if refused:
+                return {"type": "http.disconnect"}
+            if not checked:
+                checked = True
+                roles = self._route_roles(scope.get("route"))
+                refusal = None if roles is None else await self._refusal(scope, roles)
+                if refusal is not None and (refusal[0] == 401 or _is_api(scope)):
+                    refused = True
+                    if not started:
+                        started = True
+                        await _send_refusal(send, scope, *refusal)
+                    # Tell the app the client left: it stops reading and its answer is dropped.
+                    return {"type": "http.disconnect"}
+            return await receive()
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, gated_receive, tracking_send)
+        except Exception:
+            if not refused:
+                raise
 
     async def _refusal(self, scope: Scope, roles: frozenset[Role]) -> tuple[int, str] | None:
         token = _credential(scope)
@@ -252,6 +256,32 @@ class AuthBeforeBody:
             names = ", ".join(sorted(r.value for r in roles))
             return 403, f"this needs one of the roles: {names}"
         return None
+
+
+def _is_api(scope: Scope) -> bool:
+    path: str = scope["path"]
+    return path.startswith("/api/")
+
+
+async def _send_refusal(send: Send, scope: Scope, status: int, detail: str) -> None:
+    if _is_api(scope):
+        headers = [(b"www-authenticate", b"Bearer")] if status == 401 else []
+        await _send_json(send, status, detail, headers)
+        return
+    # The dashboard sends a logged-out browser to the login page, as LoginRequired does.
+    location = "/login?next=" + quote(scope["path"])
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 303,
+            "headers": [
+                (b"location", location.encode()),
+                (b"content-length", b"0"),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
 
 
 class Metrics:
