@@ -35,6 +35,8 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
+from microfactory.workers import die_with_parent
+
 __all__ = [
     "AnalysisError",
     "BoundingBox",
@@ -1512,6 +1514,9 @@ def _get_pool() -> ProcessPoolExecutor:
             _pool = ProcessPoolExecutor(
                 max_workers=max(1, min(2, os.cpu_count() or 1)),
                 mp_context=multiprocessing.get_context("spawn"),
+                # Workers end when the server does, even after SIGKILL (no orphans).
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
             )
         return _pool
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from microfactory.errors import InvalidInputError
+from microfactory.workers import set_parent_death_signal
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,8 @@ async def run_bounded(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group, so a kill reaches every child
+            # Killed by the kernel if the server dies (even by SIGKILL): no orphaned renders.
+            preexec_fn=set_parent_death_signal,
         )
     except FileNotFoundError:
         raise ToolMissing(f"{name} is not installed on this server", tool=name) from None
