@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # Limits
     max_body_bytes: int = Field(1024 * 1024, ge=1024)  # JSON and form bodies
     max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1024)  # G-code and design files
+    # Files of jobs that ended longer ago than this are deleted (None: kept for ever).
+    job_file_retention_days: int | None = Field(90, ge=1)
+    # The most a member's job and design files may take on disk (None: no limit).
+    member_storage_quota_bytes: int | None = Field(2 * 1024 * 1024 * 1024, ge=1024)
 
     # Machines
     run_supervisors: bool = True  # False on extra web workers: one process per host drives

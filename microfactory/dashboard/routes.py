@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
+from microfactory import retention
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, TokenKind
 from microfactory.accounts.schemas import UserCreate, UserUpdate
@@ -223,6 +224,9 @@ async def job_new_submit(
         kind = MachineKind(target[5:])
     try:
         stored = await store_upload(file, settings.upload_dir, settings.max_upload_bytes, ".gcode")
+        await retention.check_quota_or_discard(
+            session=session, settings=settings, user=user, stored=[(stored.path, stored.size)]
+        )
         job = await job_service.create_from_upload(
             session=session,
             owner=user,
