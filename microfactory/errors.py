@@ -7,6 +7,8 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from microfactory.logs import scrub_internal_names
+
 
 class DomainError(Exception):
     """A rule of the shop refused something; the message says which rule and what to do."""
@@ -72,6 +74,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def _handle(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, DomainError)
+        settings = getattr(request.app.state, "settings", None)
+        data_dir = str(settings.data_dir.resolve()) if settings is not None else None
+        # Messages never carry our internal stored file names or server paths.
+        exc.detail = scrub_internal_names(exc.detail, data_dir)
         html_renderer = getattr(request.app.state, "html_error_renderer", None)
         if html_renderer is not None and not request.url.path.startswith("/api"):
             response: Response = html_renderer(request, exc)

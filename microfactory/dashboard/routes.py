@@ -34,6 +34,7 @@ from microfactory.jobs.files import store_upload
 from microfactory.jobs.matcher import order_queue
 from microfactory.jobs.models import ENDED_STATES, JobState
 from microfactory.machines import service as machine_service
+from microfactory.machines import visibility as machine_visibility
 from microfactory.machines.models import MachineKind
 
 router = APIRouter(include_in_schema=False)
@@ -122,10 +123,11 @@ async def logout(request: Request, session: SessionDep, _csrf: CsrfChecked) -> R
 async def machines_page(request: Request, session: SessionDep, user: WebMember) -> HTMLResponse:
     """Show the shop's machines with kind, live status and capabilities."""
     fleet = request.app.state.fleet
-    machines = [
-        machine_service.to_read(m, fleet.status(m))
-        for m in await machine_service.list_machines(session=session)
-    ]
+    records = await machine_service.list_machines(session=session)
+    statuses = await machine_visibility.visible_statuses(
+        session=session, user=user, statuses={m.id: fleet.status(m) for m in records}
+    )
+    machines = [machine_service.to_read(m, statuses[m.id]) for m in records]
     return render(
         request,
         "machines.html",

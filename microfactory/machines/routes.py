@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from microfactory.deps import AnyUser, SessionDep, StaffUser
 from microfactory.errors import ConflictError
-from microfactory.machines import service
+from microfactory.machines import service, visibility
 from microfactory.machines.fleet import Fleet
 from microfactory.machines.schemas import (
     CommandRequest,
@@ -30,23 +31,39 @@ def _fleet(request: Request) -> Fleet:
 
 
 @router.get("", response_model=list[MachineRead])
-async def list_machines(request: Request, session: SessionDep, _user: AnyUser) -> list[MachineRead]:
-    """List the shop's machines with their live status."""
+async def list_machines(request: Request, session: SessionDep, user: AnyUser) -> list[MachineRead]:
+    """List the shop's machines with their live status (members see only their own jobs)."""
     fleet = _fleet(request)
-    return [
-        service.to_read(m, fleet.status(m)) for m in await service.list_machines(session=session)
-    ]
+    machines = await service.list_machines(session=session)
+    statuses = await visibility.visible_statuses(
+        session=session, user=user, statuses={m.id: fleet.status(m) for m in machines}
+    )
+    return [service.to_read(m, statuses[m.id]) for m in machines]
 
 
 @router.get("/stream", response_class=StreamingResponse)
-async def stream_status(request: Request, _user: AnyUser) -> StreamingResponse:
-    """Push every machine's live status as Server-Sent Events (`machine` events)."""
+async def stream_status(request: Request, user: AnyUser) -> StreamingResponse:
+    """Push every machine's live status as Server-Sent Events (`machine` events).
+
+    Members see job ids and G-code lines of their own jobs only.
+    """
     fleet = _fleet(request)
+    sessionmaker = request.app.state.sessionmaker
+    viewer = visibility.Viewer.of(user)  # the user's own session is closed while we stream
+    owners: dict[int, int] = {}
+
+    async def shown(st: dict[str, Any]) -> dict[str, Any]:
+        job_id = st.get("job_id")
+        if job_id is not None and job_id not in owners and not visibility.sees_all(viewer):
+            # The stream outlives the request's session: look owners up in a short one.
+            async with sessionmaker() as session:
+                owners.update(await visibility.job_owners(session=session, job_ids=[job_id]))
+        return visibility.status_for(st, user=viewer, owners=owners)
 
     async def events() -> AsyncIterator[bytes]:
         # A snapshot first, so a new page is complete without waiting for changes.
         for machine_id, sup in list(fleet.supervisors.items()):
-            payload = json.dumps({"id": machine_id, "status": sup.status_dict()})
+            payload = json.dumps({"id": machine_id, "status": await shown(sup.status_dict())})
             yield f"event: machine\ndata: {payload}\n\n".encode()
         updates = fleet.hub.subscribe()
         try:
@@ -56,7 +73,7 @@ async def stream_status(request: Request, _user: AnyUser) -> StreamingResponse:
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
-                payload = json.dumps({"id": machine_id, "status": st}, default=str)
+                payload = json.dumps({"id": machine_id, "status": await shown(st)}, default=str)
                 yield f"event: machine\ndata: {payload}\n\n".encode()
         finally:
             await updates.aclose()  # type: ignore[attr-defined]
@@ -82,11 +99,14 @@ async def create_machine(
 
 @router.get("/{machine_id}", response_model=MachineRead)
 async def get_machine(
-    machine_id: int, request: Request, session: SessionDep, _user: AnyUser
+    machine_id: int, request: Request, session: SessionDep, user: AnyUser
 ) -> MachineRead:
-    """Return one machine with its live status."""
+    """Return one machine with its live status (members see only their own jobs)."""
     machine = await service.get_or_raise(session=session, machine_id=machine_id)
-    return service.to_read(machine, _fleet(request).status(machine))
+    statuses = await visibility.visible_statuses(
+        session=session, user=user, statuses={machine.id: _fleet(request).status(machine)}
+    )
+    return service.to_read(machine, statuses[machine.id])
 
 
 @router.patch("/{machine_id}", response_model=MachineRead)
