@@ -84,6 +84,7 @@ class ApiTokenRead(BaseModel):
     expires_at: dt.datetime | None
     revoked_at: dt.datetime | None
     last_used_at: dt.datetime | None
+    last_used_from: str | None = Field(None, description="the client address of the last use")
 
 
 class ApiTokenCreated(ApiTokenRead):

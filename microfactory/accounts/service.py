@@ -151,8 +151,10 @@ async def issue_token(
     return value, record
 
 
-async def user_for_token(*, session: AsyncSession, token: str) -> tuple[User, ApiToken]:
-    """Return the active user a valid token belongs to, or raise 401."""
+async def user_for_token(
+    *, session: AsyncSession, token: str, address: str | None = None
+) -> tuple[User, ApiToken]:
+    """Return the active user a valid token belongs to, or raise 401; note its use."""
     result = await session.execute(
         select(ApiToken, User)
         .join(User, User.id == ApiToken.user_id)
@@ -169,8 +171,11 @@ async def user_for_token(*, session: AsyncSession, token: str) -> tuple[User, Ap
         raise NotAuthenticatedError(BAD_TOKEN)
     # Write last use at most once a minute: a token used on every request would otherwise
     # turn every read into a write.
-    if record.last_used_at is None or now - record.last_used_at > dt.timedelta(minutes=1):
+    moved = address is not None and address[:64] != record.last_used_from
+    if moved or record.last_used_at is None or now - record.last_used_at > dt.timedelta(minutes=1):
         record.last_used_at = now
+        if address is not None:
+            record.last_used_from = address[:64]
     return user, record
 
 

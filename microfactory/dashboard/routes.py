@@ -12,8 +12,8 @@ from pydantic import ValidationError
 
 from microfactory import retention
 from microfactory.accounts import service as account_service
-from microfactory.accounts.models import Role, TokenKind
-from microfactory.accounts.schemas import UserCreate, UserUpdate
+from microfactory.accounts.models import Role, TokenKind, User
+from microfactory.accounts.schemas import ApiTokenCreate, UserCreate, UserUpdate
 from microfactory.accounts.throttle import LockoutKind, client_address, get_throttle
 from microfactory.dashboard.web import (
     CsrfChecked,
@@ -351,6 +351,85 @@ async def users_toggle(
         return redirect("/admin/users")  # an admin cannot lock themselves out
     await account_service.update(session=session, user=target, user_in=UserUpdate(is_active=active))
     return redirect("/admin/users")
+
+
+async def _tokens_page(
+    request: Request,
+    session: SessionDep,
+    user: User,
+    *,
+    created: dict[str, Any] | None = None,
+    error: str | None = None,
+    form: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    tokens = await account_service.list_tokens(session=session, user=user)
+    page = render(
+        request,
+        "tokens.html",
+        {
+            "tokens": tokens,
+            "created": created,
+            "error": error,
+            "now": utcnow(),
+            "form_name": (form or {}).get("name"),
+            "form_days": (form or {}).get("expires_in_days"),
+        },
+        status_code=status_code,
+    )
+    page.headers["Cache-Control"] = "no-store"  # a new token's value is on this page
+    return page
+
+
+@router.get("/account/tokens", response_class=HTMLResponse)
+async def tokens_page(request: Request, session: SessionDep, user: WebMember) -> HTMLResponse:
+    """Show the caller's personal API tokens: expiry and last use."""
+    return await _tokens_page(request, session, user)
+
+
+@router.post("/account/tokens", response_class=HTMLResponse)
+async def tokens_create(
+    request: Request,
+    session: SessionDep,
+    user: WebMember,
+    _csrf: CsrfChecked,
+    name: Annotated[str, Form(max_length=200)] = "",
+    expires_in_days: Annotated[str, Form(max_length=10)] = "",
+) -> HTMLResponse:
+    """Make a personal API token; its value is shown on this page only."""
+    try:
+        token_in = ApiTokenCreate(
+            name=name.strip(), expires_in_days=int(expires_in_days) if expires_in_days else None
+        )
+    except (ValueError, ValidationError) as exc:
+        message = (
+            "; ".join(e["msg"] for e in exc.errors())
+            if isinstance(exc, ValidationError)
+            else "the expiry must be a whole number of days"
+        )
+        return await _tokens_page(
+            request,
+            session,
+            user,
+            error=message,
+            form={"name": name, "expires_in_days": expires_in_days},
+            status_code=422,
+        )
+    ttl = dt.timedelta(days=token_in.expires_in_days) if token_in.expires_in_days else None
+    value, record = await account_service.issue_token(
+        session=session, user=user, kind=TokenKind.PERSONAL, name=token_in.name, ttl=ttl
+    )
+    created = {"name": record.name, "prefix": record.prefix, "token": value}
+    return await _tokens_page(request, session, user, created=created, status_code=201)
+
+
+@router.post("/account/tokens/{token_id}/revoke")
+async def tokens_revoke(
+    token_id: int, session: SessionDep, user: WebMember, _csrf: CsrfChecked
+) -> Response:
+    """Revoke one of the caller's tokens."""
+    await account_service.revoke_token(session=session, user=user, token_id=token_id)
+    return redirect("/account/tokens")
 
 
 @router.post("/admin/lockouts/lift")

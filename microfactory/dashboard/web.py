@@ -74,7 +74,11 @@ async def web_user(request: Request, session: SessionDep) -> User:
     if not token:
         raise LoginRequired
     try:
-        user, _ = await account_service.user_for_token(session=session, token=token)
+        user, _ = await account_service.user_for_token(
+            session=session,
+            token=token,
+            address=request.client.host if request.client else None,
+        )
     except NotAuthenticatedError:
         raise LoginRequired from None
     request.state.viewer = Viewer(id=user.id, username=user.username, role=user.role)

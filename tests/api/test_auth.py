@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import re
 import threading
 from typing import Any
 
@@ -11,6 +13,7 @@ import httpx
 import pytest
 
 from microfactory.accounts import security
+from microfactory.accounts.models import ApiToken
 from microfactory.config import Settings
 from tests.conftest import UserFactory
 
@@ -260,3 +263,75 @@ async def test_dashboard_login_form_is_throttled_and_the_admin_page_lifts_it(
     assert "Lift lockout of maria" not in (await admin_browser.get("/admin/users")).text
     page = await browser.post("/login", data={**form, "password": "maria-pass-1"})
     assert page.status_code == 303
+
+
+# -- personal tokens: optional expiry, last use --------------------------------------------
+
+
+async def test_personal_tokens_expire_when_asked_and_show_their_last_use(
+    app: Any, client: httpx.AsyncClient, member: dict[str, str]
+) -> None:
+    made = await client.post(
+        "/api/v1/users/me/tokens", json={"name": "slicer", "expires_in_days": 7}, headers=member
+    )
+    assert made.status_code == 201
+    body = made.json()
+    expires = dt.datetime.fromisoformat(body["expires_at"])
+    assert dt.timedelta(days=6, hours=23) < expires - dt.datetime.now(dt.UTC) <= dt.timedelta(7)
+    assert body["last_used_at"] is None
+    headers = {"Authorization": f"Bearer {body['token']}"}
+    assert (await client.get("/api/v1/users/me", headers=headers)).status_code == 200
+    listed = {
+        t["id"]: t for t in (await client.get("/api/v1/users/me/tokens", headers=member)).json()
+    }
+    used = listed[body["id"]]
+    assert used["last_used_at"] is not None
+    assert used["last_used_from"] == "127.0.0.1"
+    # Past its expiry the token no longer works.
+    async with app.state.sessionmaker() as session:
+        record = await session.get(ApiToken, body["id"])
+        assert record is not None
+        record.expires_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+        await session.commit()
+    expired = await client.get("/api/v1/users/me", headers=headers)
+    assert expired.status_code == 401
+    # Without an expiry a token lasts until revoked.
+    forever = await client.post("/api/v1/users/me/tokens", json={"name": "ci"}, headers=member)
+    assert forever.json()["expires_at"] is None
+
+
+async def test_dashboard_token_page_makes_shows_once_and_revokes(
+    client: httpx.AsyncClient, make_user: UserFactory
+) -> None:
+    await make_user("member", username="maria", password="maria-pass-1")
+    browser = httpx.AsyncClient(transport=client._transport, base_url="http://testserver")
+    browser.cookies.set("mf_csrf", CSRF)
+    await browser.post(
+        "/login", data={"username": "maria", "password": "maria-pass-1", "csrf_token": CSRF}
+    )
+    bad = await browser.post(
+        "/account/tokens", data={"csrf_token": CSRF, "name": "x", "expires_in_days": "0"}
+    )
+    assert bad.status_code == 422
+    assert 'value="x"' in bad.text  # the form keeps what was typed
+    made = await browser.post(
+        "/account/tokens", data={"csrf_token": CSRF, "name": "printer", "expires_in_days": "30"}
+    )
+    assert made.status_code == 201
+    assert made.headers["cache-control"] == "no-store"
+    match = re.search(r'<code id="new-token">(mf_[^<]+)</code>', made.text)
+    assert match is not None
+    token = match.group(1)
+    assert (
+        await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+    ).status_code == 200
+    page = await browser.get("/account/tokens")
+    assert token not in page.text  # shown once
+    row = page.text.split('data-token-id="', 1)[1]
+    assert "from 127.0.0.1" in row.split("</tr>", 1)[0]
+    token_id = row.split('"', 1)[0]
+    revoked = await browser.post(f"/account/tokens/{token_id}/revoke", data={"csrf_token": CSRF})
+    assert revoked.status_code == 303
+    assert (
+        await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+    ).status_code == 401
