@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.accounts.models import User
@@ -29,14 +30,6 @@ log = logging.getLogger("microfactory.retention")
 
 ENDED = (JobState.FINISHED, JobState.FAILED, JobState.CANCELLED, JobState.CLEARED)
 DELETED_FLAG = "file_deleted_at"
-
-
-def _file_deleted(job: Job) -> bool:
-    return bool((job.flags or {}).get(DELETED_FLAG))
-
-
-def _ended_at(job: Job) -> dt.datetime:
-    return job.ended_at or job.cleared_at or job.updated_at
 
 
 async def member_usage_bytes(*, session: AsyncSession, user: User) -> int:
@@ -95,6 +88,12 @@ def _mib(n: int) -> str:
     return f"{n / (1024 * 1024):.1f} MiB"
 
 
+# The purge scans every ended job's row (a few columns), so it runs at most hourly per
+# upload directory in this process, however often the scheduler ticks.
+PURGE_INTERVAL_S = 3600.0
+_last_purge: dict[str, float] = {}
+
+
 async def purge_job_files(
     *, session: AsyncSession, settings: Settings, now: dt.datetime
 ) -> list[int]:
@@ -108,28 +107,38 @@ async def purge_job_files(
     days = settings.job_file_retention_days
     if days is None:
         return []
+    key = str(settings.upload_dir.resolve())
+    clock = time.monotonic()
+    if clock - _last_purge.get(key, -PURGE_INTERVAL_S) < PURGE_INTERVAL_S:
+        return []
+    _last_purge[key] = clock
     cutoff = now - dt.timedelta(days=days)
-    result = await session.execute(
-        select(Job).where(Job.state.in_(ENDED)).order_by(Job.id).limit(1000)
+    ended_at = func.coalesce(Job.ended_at, Job.cleared_at, Job.updated_at)
+    rows = await session.execute(
+        select(Job.id, Job.stored_name, Job.flags).where(Job.state.in_(ENDED), ended_at < cutoff)
     )
-    candidates = [j for j in result.scalars() if not _file_deleted(j) and _ended_at(j) < cutoff]
+    candidates = {int(row[0]): str(row[1]) for row in rows if not (row[2] or {}).get(DELETED_FLAG)}
     if not candidates:
         return []
-    names = {j.stored_name for j in candidates}
     # A requeued job shares its original's file: keep a file any recent or live job still uses.
-    users = await session.execute(select(Job).where(Job.stored_name.in_(names)))
-    keep = {
-        j.stored_name
-        for j in users.scalars()
-        if j.state not in ENDED or (not _file_deleted(j) and _ended_at(j) >= cutoff)
-    }
+    names = set(candidates.values())
+    users = await session.execute(
+        select(Job.stored_name).where(
+            Job.stored_name.in_(names),
+            Job.id.not_in(list(candidates)),
+            or_(Job.state.not_in(ENDED), ended_at >= cutoff),
+        )
+    )
+    keep = {str(row[0]) for row in users}
     purged: list[int] = []
-    for job in candidates:
-        if job.stored_name in keep:
+    for job_id, stored_name in sorted(candidates.items()):
+        if stored_name in keep:
             continue
-        await asyncio.to_thread(_unlink, settings.upload_dir / job.stored_name)
-        job.flags = {**(job.flags or {}), DELETED_FLAG: now.isoformat()}
-        purged.append(job.id)
+        await asyncio.to_thread(_unlink, settings.upload_dir / stored_name)
+        job = await session.get(Job, job_id)
+        if job is not None:
+            job.flags = {**(job.flags or {}), DELETED_FLAG: now.isoformat()}
+            purged.append(job_id)
     await session.flush()
     if purged:
         log.info("deleted the files of %s job(s) that ended over %s days ago", len(purged), days)

@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from microfactory.config import Settings
 from microfactory.db import utcnow
-from microfactory.jobs.models import Job
+from microfactory.jobs.models import Job, JobState
+from microfactory.retention import purge_job_files
 from microfactory.scheduler import run_tick
 from tests.conftest import UserFactory
 
@@ -106,3 +107,32 @@ async def test_files_of_jobs_that_ended_before_the_retention_window_are_deleted(
     # The record stays, and the room is freed.
     assert (await client.get(f"/api/v1/jobs/{old['id']}", headers=member)).status_code == 200
     assert (await upload(client, member, "more.gcode")).status_code == 201
+
+
+async def test_a_file_shared_with_a_live_requeued_job_is_kept(
+    app: Any, client: httpx.AsyncClient, member: dict[str, str], settings: Settings
+) -> None:
+    old = (await upload(client, member, "old.gcode")).json()
+    await client.post(f"/api/v1/jobs/{old['id']}/cancel", headers=member)
+    async with app.state.sessionmaker() as session:
+        job = await session.get(Job, old["id"])
+        assert job is not None
+        job.ended_at = utcnow() - dt.timedelta(days=31)
+        again = Job(
+            owner_id=job.owner_id,
+            title="again",
+            state=JobState.QUEUED,
+            machine_kind=job.machine_kind,
+            file_name=job.file_name,
+            stored_name=job.stored_name,
+            file_sha256=job.file_sha256,
+            file_size=job.file_size,
+            lines_total=job.lines_total,
+        )
+        session.add(again)
+        name = job.stored_name
+        await session.commit()
+    async with app.state.sessionmaker() as session, session.begin():
+        purged = await purge_job_files(session=session, settings=settings, now=utcnow())
+    assert purged == []
+    assert name in stored_files(settings)
