@@ -201,26 +201,29 @@ def main() -> None:
         "MICROFACTORY_LOGIN_MAX_FAILURES_PER_USERNAME": "1000000000",
         "MICROFACTORY_LOGIN_MAX_FAILURES_PER_ADDRESS": "1000000000",
     }
-    results = [
-        scenario("idle", ROOT, opts.lines, False, {}),
-        scenario("flood, default throttle", ROOT, opts.lines, True, {}),
-        scenario("flood, throttle off", ROOT, opts.lines, True, off),
-    ]
-    if opts.baseline_src:
-        results.append(scenario(f"flood, {opts.baseline_src}", opts.baseline_src, opts.lines,
-                                True, {}))  # fmt: skip
-    idle = results[0]["lines_s"]
     print(
         f"date: {time.strftime('%Y-%m-%d')}  machine: {os.cpu_count()} cores "
         f"{platform.machine()}, python {platform.python_version()}; {CLIENTS} clients, "
-        f"{opts.lines} lines to sim-grbl at emulated 115200 baud"
+        f"{opts.lines} lines to sim-grbl at emulated 115200 baud",
+        flush=True,
     )
-    for r in results:
+    runs: list[tuple[str, Path, bool, dict[str, str]]] = [
+        ("idle", ROOT, False, {}),
+        ("flood, default throttle", ROOT, True, {}),
+        ("flood, throttle off", ROOT, True, off),
+    ]
+    if opts.baseline_src:
+        runs.append((f"flood, {opts.baseline_src}", opts.baseline_src, True, {}))
+    idle = 0.0
+    for name, src, with_flood, extra in runs:
+        r = scenario(name, src, opts.lines, with_flood, extra)
+        idle = idle or r["lines_s"]
         print(
             f"{r['name']:<28} stream {r['lines_s']:6.0f} lines/s "
             f"({r['lines_s'] / idle * 100:5.1f} % of idle)  /healthz p50 {r['p50']:7.1f} ms  "
-            f"p99 {r['p99']:7.1f} ms  max "
-            f"{r['max']:7.1f} ms  ({r['n']} polls)  logins answered: {r['statuses']}"
+            f"p99 {r['p99']:7.1f} ms  max {r['max']:7.1f} ms  ({r['n']} polls)  "
+            f"logins answered: {r['statuses']}",
+            flush=True,
         )
 
 

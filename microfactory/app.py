@@ -35,7 +35,13 @@ from microfactory.jobs.queue import QueueRunner
 from microfactory.jobs.routes import router as jobs_router
 from microfactory.machines.fleet import Fleet
 from microfactory.machines.routes import router as machines_router
-from microfactory.middleware import AuthBeforeBody, BodySizeLimit, Metrics, RequestMetrics
+from microfactory.middleware import (
+    AuthBeforeBody,
+    BodySizeLimit,
+    LoginGate,
+    Metrics,
+    RequestMetrics,
+)
 from microfactory.scheduler import Scheduler
 
 log = logging.getLogger("microfactory")
@@ -157,10 +163,12 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
 
     # Added innermost first. Both gates act when the app first reads the body: the
-    # authentication gate (an anonymous body gets 401 unread), then the body limit.
+    # authentication gate (an anonymous body gets 401 unread), then the body limit. Logins
+    # from a locked-out address are refused before anything else.
     app.add_middleware(AuthBeforeBody)
     app.add_middleware(
         BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
     )
+    app.add_middleware(LoginGate)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

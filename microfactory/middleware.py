@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import time
@@ -282,6 +283,62 @@ async def _send_refusal(send: Send, scope: Scope, status: int, detail: str) -> N
         }
     )
     await send({"type": "http.response.body", "body": b""})
+
+
+LOGIN_PATHS = frozenset({"/api/v1/auth/token", "/login"})
+
+
+class LoginGate:
+    """Answer logins from a locked-out client address with 429 before any parsing.
+
+    Under a flood of guesses from one address, every refused attempt would otherwise cost a
+    form parse, a session and an exception on the event loop that also streams G-code; here
+    it costs a dictionary look-up. Lockouts by username still need the form and are checked
+    by the login routes (accounts/service.login).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse a locked-out address's login at once."""
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in LOGIN_PATHS:
+            throttle = getattr(scope["app"].state, "login_throttle", None)
+            client = scope.get("client")
+            address = client[0] if client else "unknown"
+            refusal = throttle.address_refusal(address) if throttle is not None else None
+            if refusal is not None:
+                retry = [(b"retry-after", str(refusal.extra["retry_after_s"]).encode())]
+                if scope["path"].startswith("/api/"):
+                    await _send_json(send, 429, refusal.detail, retry)
+                else:
+                    await _send_html(send, 429, "Too many failed logins", refusal.detail, retry)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _send_html(
+    send: Send, status: int, title: str, detail: str, headers: Sequence[tuple[bytes, bytes]]
+) -> None:
+    text = html.escape(detail)
+    body = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}'
+        f'</title></head><body><main><h1>{title}</h1><p role="alert">{text}</p>'
+        f'<p><a href="/login">Back to the login page</a></p></main></body></html>'
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/html; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class Metrics:

@@ -65,6 +65,7 @@ class LoginThrottle:
         # Which keys have failures, so that an admin can list lockouts (the storage has no
         # listing); entries older than the window are dropped.
         self._seen: dict[tuple[LockoutKind, str], float] = {}
+        self._announced: dict[tuple[LockoutKind, str], float] = {}  # lockouts already logged
         self._lock = threading.Lock()
 
     @classmethod
@@ -79,22 +80,34 @@ class LoginThrottle:
     def check(self, *, username: str, address: str) -> None:
         """Raise TooManyRequestsError if this username or address is locked out."""
         for kind, key in ((LockoutKind.USERNAME, username), (LockoutKind.ADDRESS, address)):
-            lockout = self._lockout(kind, _key(key))
-            if lockout is not None:
-                log.warning(
-                    "login refused: %s %s is locked out for %s s after %s failed logins",
-                    kind.value,
-                    lockout.key,
-                    lockout.retry_after_s,
-                    lockout.failures,
-                    extra={"event": "login_locked_out", "address": address},
-                )
-                raise TooManyRequestsError(
-                    "too many failed logins; try again in "
-                    f"{_plural(lockout.retry_after_s, 'second')}, or ask an admin to lift "
-                    "the lockout",
-                    retry_after_s=lockout.retry_after_s,
-                )
+            refusal = self._refusal(kind, _key(key), address)
+            if refusal is not None:
+                raise refusal
+
+    def address_refusal(self, address: str) -> TooManyRequestsError | None:
+        """Return the refusal for a locked-out address, or None (checked before any parsing)."""
+        return self._refusal(LockoutKind.ADDRESS, _key(address), address)
+
+    def _refusal(self, kind: LockoutKind, key: str, address: str) -> TooManyRequestsError | None:
+        lockout = self._lockout(kind, key)
+        if lockout is None:
+            return None
+        # Logged once per lockout, not per refused attempt: a flood must not become a log flood.
+        if self._announced.get((kind, key)) != lockout.until:
+            self._announced[(kind, key)] = lockout.until
+            log.warning(
+                "login refused: %s %s is locked out for %s s after %s failed logins",
+                kind.value,
+                lockout.key,
+                lockout.retry_after_s,
+                lockout.failures,
+                extra={"event": "login_locked_out", "address": address},
+            )
+        return TooManyRequestsError(
+            "too many failed logins; try again in "
+            f"{_plural(lockout.retry_after_s, 'second')}, or ask an admin to lift the lockout",
+            retry_after_s=lockout.retry_after_s,
+        )
 
     def failed(self, *, username: str, address: str) -> None:
         """Count a failed login for this username and address."""
@@ -122,6 +135,7 @@ class LoginThrottle:
         self._limiter.clear(self._items[kind], kind.value, key)
         with self._lock:
             self._seen.pop((kind, key), None)
+            self._announced.pop((kind, key), None)
         return was_locked
 
     def lockouts(self) -> list[Lockout]:
@@ -150,6 +164,7 @@ class LoginThrottle:
         cutoff = now - self._window_s
         for entry in [k for k, at in self._seen.items() if at < cutoff]:
             del self._seen[entry]
+            self._announced.pop(entry, None)
 
 
 def get_throttle(request: Request) -> LoginThrottle:

@@ -180,9 +180,11 @@ async def test_failed_logins_lock_out_the_username_with_429_and_retry_after(
     await make_user("member", username="otto", password="otto-pass-12")
     assert (await login(client, "otto", "otto-pass-12")).status_code == 200
     # The events are logged, without the passwords tried.
+    for _ in range(3):
+        assert (await login(client, "maria", "maria-pass-1")).status_code == 429
     events = [getattr(r, "event", None) for r in caplog.records]
     assert events.count("login_failed") == 3
-    assert "login_locked_out" in events
+    assert events.count("login_locked_out") == 1  # once per lockout, not per attempt
     assert "guess-guess-1" not in caplog.text
     assert "maria-pass-1" not in caplog.text
 
@@ -196,6 +198,12 @@ async def test_failed_logins_lock_out_the_client_address(
     resp = await login(client, "maria", "maria-pass-1")
     assert resp.status_code == 429
     assert int(resp.headers["Retry-After"]) > 0
+    assert "too many failed logins" in resp.json()["detail"]
+    # The dashboard's form is refused from that address too, with a page that says why.
+    page = await client.post("/login", data={"username": "maria", "password": "maria-pass-1"})
+    assert page.status_code == 429
+    assert page.headers["content-type"].startswith("text/html")
+    assert "too many failed logins" in page.text
 
 
 async def test_a_successful_login_clears_the_usernames_failures(
