@@ -84,9 +84,20 @@ async def update(*, session: AsyncSession, user: User, user_in: UserUpdate) -> U
 
 
 async def authenticate(*, session: AsyncSession, username: str, password: str) -> User:
-    """Return the user if the password is right and the account active, else raise 401."""
-    user = await get_by_username(session=session, username=username)
-    ok = await verify_password_async(user.password_hash if user else None, password)
+    """Return the user if the password is right and the account active, else raise 401.
+
+    Call it first in its transaction: the read-only transaction of the look-up is ended
+    before the password is checked, because a hash may wait seconds for the hashing pool
+    and a login must not hold a pooled database connection (on SQLite, a read lock) that
+    long. 16 concurrent wrong logins otherwise took every connection and /healthz waited.
+    """
+    found = await get_by_username(session=session, username=username)
+    user_id = found.id if found is not None else None
+    password_hash = found.password_hash if found is not None else None
+    if session.in_transaction():
+        await session.rollback()  # nothing was written yet; this returns the connection
+    ok = await verify_password_async(password_hash, password)
+    user = await session.get(User, user_id) if user_id is not None else None
     if user is None or not ok or not user.is_active:
         raise NotAuthenticatedError(BAD_CREDENTIALS)
     if needs_rehash(user.password_hash):

@@ -131,9 +131,10 @@ CSRF = "test-csrf-token-value"
 
 
 async def test_a_slow_password_check_does_not_stall_other_requests(
-    client: httpx.AsyncClient, make_user: UserFactory, monkeypatch: pytest.MonkeyPatch
+    app: Any, client: httpx.AsyncClient, make_user: UserFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """While argon2 works on a login, /healthz is still answered (the loop is not blocked)."""
+    """While argon2 works on a login, /healthz is still answered (the loop is not blocked),
+    and the waiting login holds no database connection (it would starve the pool)."""
     await make_user("member", username="maria", password="maria-pass-1")
     gate = threading.Event()
     entered = threading.Event()
@@ -150,6 +151,7 @@ async def test_a_slow_password_check_does_not_stall_other_requests(
     health = await client.get("/healthz")
     assert health.status_code == 200
     assert not attempt.done(), "the login finished first: the password check blocked the loop"
+    assert app.state.engine.sync_engine.pool.checkedout() == 0
     gate.set()
     assert (await attempt).status_code == 401
 
