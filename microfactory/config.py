@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     login_max_failures_per_username: int = Field(5, ge=1)
     login_max_failures_per_address: int = Field(20, ge=1)
     login_failure_window_s: int = Field(15 * 60, ge=1)
+    # A refused (429) login is answered after this delay: it costs the server a sleeping
+    # coroutine, and slows a client that guesses in a loop (bench/bench_logins.py).
+    login_refusal_delay_s: float = Field(1.0, ge=0, le=30)
 
     # Limits
     max_body_bytes: int = Field(1024 * 1024, ge=1024)  # JSON and form bodies

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role
+from microfactory.accounts.throttle import LoginThrottle
 from microfactory.errors import NotAuthenticatedError
 
 log = logging.getLogger("microfactory.http")
@@ -289,12 +291,12 @@ LOGIN_PATHS = frozenset({"/api/v1/auth/token", "/login"})
 
 
 class LoginGate:
-    """Answer logins from a locked-out client address with 429 before any parsing.
+    """Answer logins from a locked-out client address with 429, without parsing them.
 
     Under a flood of guesses from one address, every refused attempt would otherwise cost a
     form parse, a session and an exception on the event loop that also streams G-code; here
-    it costs a dictionary look-up. Lockouts by username still need the form and are checked
-    by the login routes (accounts/service.login).
+    it costs a dictionary look-up and a sleep. Lockouts by username still need the form and
+    are checked by the login routes (accounts/service.login).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -303,11 +305,14 @@ class LoginGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse a locked-out address's login at once."""
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in LOGIN_PATHS:
-            throttle = getattr(scope["app"].state, "login_throttle", None)
+            throttle: LoginThrottle | None = getattr(scope["app"].state, "login_throttle", None)
             client = scope.get("client")
             address = client[0] if client else "unknown"
             refusal = throttle.address_refusal(address) if throttle is not None else None
-            if refusal is not None:
+            if throttle is not None and refusal is not None:
+                # Answered late: a sleeping coroutine costs nothing, and a client guessing
+                # in a loop is slowed to one guess a second per connection.
+                await asyncio.sleep(throttle.refusal_delay_s)
                 retry = [(b"retry-after", str(refusal.extra["retry_after_s"]).encode())]
                 if scope["path"].startswith("/api/"):
                     await _send_json(send, 429, refusal.detail, retry)

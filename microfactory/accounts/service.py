@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 
@@ -20,7 +21,12 @@ from microfactory.accounts.security import (
 )
 from microfactory.accounts.throttle import LockoutKind, LoginThrottle
 from microfactory.db import utcnow
-from microfactory.errors import ConflictError, NotAuthenticatedError, NotFoundError
+from microfactory.errors import (
+    ConflictError,
+    NotAuthenticatedError,
+    NotFoundError,
+    TooManyRequestsError,
+)
 
 log = logging.getLogger("microfactory.accounts")
 
@@ -117,7 +123,11 @@ async def login(
 
     The lockout is checked before the password, so a locked-out guesser costs no hashing.
     """
-    throttle.check(username=username, address=address)
+    try:
+        throttle.check(username=username, address=address)
+    except TooManyRequestsError:
+        await asyncio.sleep(throttle.refusal_delay_s)  # slows a guessing loop, costs nothing
+        raise
     try:
         user = await authenticate(session=session, username=username, password=password)
     except NotAuthenticatedError:

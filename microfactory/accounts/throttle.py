@@ -54,7 +54,10 @@ class Lockout:
 class LoginThrottle:
     """Count failed logins and refuse logins for locked-out usernames and addresses."""
 
-    def __init__(self, *, per_username: int, per_address: int, window_s: int) -> None:
+    def __init__(
+        self, *, per_username: int, per_address: int, window_s: int, refusal_delay_s: float = 0.0
+    ) -> None:
+        self.refusal_delay_s = refusal_delay_s
         self._storage = MemoryStorage()
         self._limiter = MovingWindowRateLimiter(self._storage)
         self._items: dict[LockoutKind, RateLimitItem] = {
@@ -75,6 +78,7 @@ class LoginThrottle:
             per_username=settings.login_max_failures_per_username,
             per_address=settings.login_max_failures_per_address,
             window_s=settings.login_failure_window_s,
+            refusal_delay_s=settings.login_refusal_delay_s,
         )
 
     def check(self, *, username: str, address: str) -> None:

@@ -160,7 +160,11 @@ async def test_a_slow_password_check_does_not_stall_other_requests(
 def settings(settings: Settings) -> Settings:
     """Small limits, so that a few wrong passwords trigger the lockouts."""
     return settings.model_copy(
-        update={"login_max_failures_per_username": 3, "login_max_failures_per_address": 6}
+        update={
+            "login_max_failures_per_username": 3,
+            "login_max_failures_per_address": 6,
+            "login_refusal_delay_s": 0.05,
+        }
     )
 
 
