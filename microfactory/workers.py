@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -54,10 +55,21 @@ def _watch(parent_pid: int) -> None:
     os._exit(1)  # no cleanup: the parent that would have wanted it is gone
 
 
+def _load_prctl() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up once, in the parent: the preexec_fn runs between fork and exec, where loading a
+# library could deadlock on a lock another thread held at the fork.
+_PRCTL = _load_prctl()
+
+
 def set_parent_death_signal() -> None:
     """Ask the kernel to SIGKILL this process when its parent dies (Linux; a preexec_fn)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
