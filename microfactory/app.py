@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from microfactory import __version__, resources
 from microfactory.accounts.routes import router as accounts_router
+from microfactory.accounts.throttle import LoginThrottle
 from microfactory.analysis import shutdown_analysis_pool
 from microfactory.bookings import wiring as booking_wiring
 from microfactory.bookings.wiring import routers as booking_routers
@@ -34,7 +35,13 @@ from microfactory.jobs.preparation import Preparer
 from microfactory.jobs.queue import QueueRunner
 from microfactory.jobs.routes import router as jobs_router
 from microfactory.machines.routes import router as machines_router
-from microfactory.middleware import BodySizeLimit, Metrics, RequestMetrics
+from microfactory.middleware import (
+    AuthBeforeBody,
+    BodySizeLimit,
+    LoginGate,
+    Metrics,
+    RequestMetrics,
+)
 from microfactory.notifications import subscribers as notification_subscribers
 from microfactory.runtime.fleet import Fleet
 from microfactory.runtime.remote import (
@@ -183,6 +190,7 @@ def create_app(settings: Settings) -> FastAPI:
         else None
     )
     app.state.events = _wire_events(app.state.sessionmaker, app.state.fleet, app.state.job_relay)
+    app.state.login_throttle = LoginThrottle.from_settings(settings)
     app.state.preparer = Preparer(app.state.sessionmaker, settings)
     metrics = Metrics()
     metrics.registry.register(_FleetCollector(app))
@@ -219,10 +227,15 @@ def create_app(settings: Settings) -> FastAPI:
         """Expose Prometheus metrics (public, like most exporters; holds no personal data)."""
         return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
 
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    # Added innermost first. Both gates act when the app first reads the body: the
+    # authentication gate (an anonymous body gets 401 unread), then the body limit. Logins
+    # from a locked-out address are refused before anything else.
+    app.add_middleware(AuthBeforeBody)
     app.add_middleware(
         BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
     )
+    app.add_middleware(LoginGate)
+    app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 
 

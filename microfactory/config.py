@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     # Sessions and tokens
     login_token_ttl_s: int = Field(12 * 3600, ge=60)
     cookie_secure: bool | None = None  # default: True in production, False in development
+    # Failed logins allowed within the window, per username and per client address, before
+    # further logins are refused with 429 until the oldest failure leaves the window.
+    login_max_failures_per_username: int = Field(5, ge=1)
+    login_max_failures_per_address: int = Field(20, ge=1)
+    login_failure_window_s: int = Field(15 * 60, ge=1)
+    # A refused (429) login is answered after this delay: it costs the server a sleeping
+    # coroutine, and slows a client that guesses in a loop (bench/bench_logins.py).
+    login_refusal_delay_s: float = Field(1.0, ge=0, le=30)
 
     # Limits
     max_body_bytes: int = Field(1024 * 1024, ge=1024)  # JSON and form bodies
@@ -78,6 +86,10 @@ class Settings(BaseSettings):
     # Mesh uploads (STL, 3MF): the analysis peaks at about 700 bytes a placed triangle.
     mesh_max_triangles: int = Field(2_000_000, ge=1)
     mesh_max_vertices: int = Field(2_000_000, ge=1)
+    # Files of jobs that ended longer ago than this are deleted (None: kept for ever).
+    job_file_retention_days: int | None = Field(90, ge=1)
+    # The most a member's job and design files may take on disk (None: no limit).
+    member_storage_quota_bytes: int | None = Field(2 * 1024 * 1024 * 1024, ge=1024)
 
     # Machines
     run_supervisors: bool = True  # False on extra web workers: one process per host drives

@@ -57,8 +57,11 @@ async def current_user(
     bearer: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> User:
     """Return the caller from a bearer token, or from the dashboard's session cookie."""
+    address = request.client.host if request.client else None
     if bearer:
-        user, _ = await account_service.user_for_token(session=session, token=bearer)
+        user, _ = await account_service.user_for_token(
+            session=session, token=bearer, address=address
+        )
         return user
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
@@ -66,7 +69,9 @@ async def current_user(
         # from our pages (double-submit CSRF token).
         if request.method not in SAFE_METHODS:
             check_csrf(request, request.headers.get(CSRF_HEADER))
-        user, _ = await account_service.user_for_token(session=session, token=cookie)
+        user, _ = await account_service.user_for_token(
+            session=session, token=cookie, address=address
+        )
         return user
     raise NotAuthenticatedError("not authenticated: send 'Authorization: Bearer <token>'")
 

@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from microfactory.logs import scrub_internal_names
+
 # Paths that answer JSON (or plain text) whatever went wrong; every other path is the
 # dashboard, where a person reads the error in a page.
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -64,6 +66,12 @@ class PayloadTooLargeError(DomainError):
     status_code = 413
 
 
+class TooManyRequestsError(DomainError):
+    """Too many attempts (failed logins); `retry_after_s` says when to try again."""
+
+    status_code = 429
+
+
 class InvalidInputError(DomainError):
     """The input is well-formed but fails a rule (a G-code file that is not text)."""
 
@@ -110,10 +118,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def _handle(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, DomainError)
+        settings = getattr(request.app.state, "settings", None)
+        data_dir = str(settings.data_dir.resolve()) if settings is not None else None
+        # Messages never carry our internal stored file names or server paths.
+        exc.detail = scrub_internal_names(exc.detail, data_dir)
         page = _page(request, exc)
         if page is not None:
             return page
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else {}
+        if "retry_after_s" in exc.extra:
+            headers["Retry-After"] = str(exc.extra["retry_after_s"])
         return JSONResponse(
             {"detail": exc.detail, **exc.extra}, status_code=exc.status_code, headers=headers
         )

@@ -11,6 +11,8 @@ from typing import Any
 _SECRET_KEYS = re.compile(r"pass(word)?|secret|token|api[_-]?key|authorization|cookie", re.I)
 # Our own tokens, bearer headers and key=value secrets inside free text.
 _SECRET_TEXT = [
+    # Credentials in URLs: http://user:password@host
+    (re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@\"']+@"), r"\1***@"),
     (re.compile(r"mf_[A-Za-z0-9_-]{8,}"), "mf_***"),
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),
     (
@@ -30,6 +32,18 @@ def redact_text(text: str) -> str:
     for pattern, repl in _SECRET_TEXT:
         text = pattern.sub(repl, text)
     return text
+
+
+# Generated upload names (a uuid4 hex and the extension; see jobs/files.py) and paths in the
+# data directory are internal: a message for a user names the file as the user named it.
+_STORED_NAME = re.compile(r"\b[0-9a-f]{32}(\.[A-Za-z0-9]{1,10})?\b")
+
+
+def scrub_internal_names(text: str, data_dir: str | None = None) -> str:
+    """Replace internal stored file names and data-directory paths in a user-facing message."""
+    if data_dir:
+        text = text.replace(data_dir.rstrip("/") + "/", "")
+    return _STORED_NAME.sub("the uploaded file", text)
 
 
 def redact(value: Any, key: str = "") -> Any:

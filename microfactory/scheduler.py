@@ -109,6 +109,7 @@ class NamedTask:
 def default_tasks() -> list[NamedTask]:
     """Return the shop's periodic tasks, in the order they run each tick."""
     # Imported here: the domain packages import models, and microfactory.models imports us.
+    from microfactory import retention
     from microfactory.bookings import scheduled as booking_tasks
     from microfactory.notifications import service as notification_service
 
@@ -127,11 +128,15 @@ def default_tasks() -> list[NamedTask]:
     async def email(s: AsyncSession, now: dt.datetime, st: Settings) -> object:
         return await notification_service.deliver_pending(session=s, settings=st, now=now)
 
+    async def job_files(s: AsyncSession, now: dt.datetime, st: Settings) -> object:
+        return await retention.purge_job_files(session=s, settings=st, now=now)
+
     return [
         NamedTask("release_no_shows", no_shows),
         NamedTask("log_booked_sessions", sessions),
         NamedTask("send_reminders", reminders),
         NamedTask("deliver_email", email),
+        NamedTask("purge_job_files", job_files),
     ]
 
 

@@ -15,6 +15,7 @@ from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, User
 from microfactory.deps import CSRF_COOKIE, SESSION_COOKIE, SessionDep, check_csrf
 from microfactory.errors import NotAuthenticatedError, PermissionDeniedError
+from microfactory.logs import scrub_internal_names
 
 TEMPLATES_DIR = resources.web_dir() / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
@@ -49,6 +50,12 @@ def render(
     token = csrf_token(request)
     ctx = {"request": request, "csrf_token": token, "user": getattr(request.state, "viewer", None)}
     ctx.update(context or {})
+    # Error messages shown on a page never carry internal stored file names or paths.
+    data_dir = str(request.app.state.settings.data_dir.resolve())
+    for key in ("error", "detail", "msg"):
+        value = ctx.get(key)
+        if isinstance(value, str):
+            ctx[key] = scrub_internal_names(value, data_dir)
     response = templates.TemplateResponse(request, template, ctx, status_code=status_code)
     if request.cookies.get(CSRF_COOKIE) != token:
         response.set_cookie(
@@ -67,7 +74,11 @@ async def web_user(request: Request, session: SessionDep) -> User:
     if not token:
         raise LoginRequired
     try:
-        user, _ = await account_service.user_for_token(session=session, token=token)
+        user, _ = await account_service.user_for_token(
+            session=session,
+            token=token,
+            address=request.client.host if request.client else None,
+        )
     except NotAuthenticatedError:
         raise LoginRequired from None
     request.state.viewer = Viewer(id=user.id, username=user.username, role=user.role)

@@ -75,5 +75,6 @@ class ApiToken(Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_used_from: Mapped[str | None] = mapped_column(String(64))  # client address, last use
 
     user: Mapped[User] = relationship(back_populates="tokens", lazy="raise")

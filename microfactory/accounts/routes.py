@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from microfactory.accounts import service
@@ -14,32 +14,73 @@ from microfactory.accounts.schemas import (
     ApiTokenCreate,
     ApiTokenCreated,
     ApiTokenRead,
+    LockoutLifted,
+    LockoutRead,
     TokenResponse,
     UserCreate,
     UserRead,
     UserUpdate,
 )
+from microfactory.accounts.throttle import LockoutKind, LoginThrottle, client_address, get_throttle
 from microfactory.deps import AdminUser, AnyUser, SessionDep, SettingsDep
 from microfactory.types import Id
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
 
 
-@router.post("/auth/token", response_model=TokenResponse)
+ThrottleDep = Annotated[LoginThrottle, Depends(get_throttle)]
+
+
+@router.post(
+    "/auth/token",
+    response_model=TokenResponse,
+    responses={429: {"description": "too many failed logins; see Retry-After"}},
+)
 async def login(
+    request: Request,
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     session: SessionDep,
     settings: SettingsDep,
+    throttle: ThrottleDep,
 ) -> TokenResponse:
-    """Exchange a username and password for a bearer token (public)."""
-    user = await service.authenticate(
-        session=session, username=form.username, password=form.password
+    """Exchange a username and password for a bearer token (public; failures throttled)."""
+    user = await service.login(
+        session=session,
+        throttle=throttle,
+        username=form.username,
+        password=form.password,
+        address=client_address(request),
     )
     ttl = dt.timedelta(seconds=settings.login_token_ttl_s)
     token, _ = await service.issue_token(
         session=session, user=user, kind=TokenKind.LOGIN, name="login", ttl=ttl
     )
     return TokenResponse(access_token=token, expires_in=settings.login_token_ttl_s)
+
+
+@router.get("/auth/lockouts", response_model=list[LockoutRead])
+async def list_lockouts(throttle: ThrottleDep, _admin: AdminUser) -> list[LockoutRead]:
+    """List usernames and client addresses locked out after failed logins (admin)."""
+    return [
+        LockoutRead(
+            kind=lk.kind,
+            key=lk.key,
+            failures=lk.failures,
+            retry_after_s=lk.retry_after_s,
+            until=dt.datetime.fromtimestamp(lk.until, dt.UTC),
+        )
+        for lk in throttle.lockouts()
+    ]
+
+
+@router.delete("/auth/lockouts/{kind}/{key}", response_model=LockoutLifted)
+async def lift_lockout(
+    kind: LockoutKind, key: str, throttle: ThrottleDep, admin: AdminUser
+) -> LockoutLifted:
+    """Lift the lockout of a username or client address (admin)."""
+    was = throttle.lift(kind=kind, key=key)
+    service.log_lockout_lifted(admin=admin, kind=kind, key=key, was_locked_out=was)
+    return LockoutLifted(kind=kind, key=key, was_locked_out=was)
 
 
 @router.get("/users/me", response_model=UserRead)

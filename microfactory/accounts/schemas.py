@@ -7,6 +7,7 @@ import datetime as dt
 from pydantic import BaseModel, ConfigDict, Field
 
 from microfactory.accounts.models import Role, TokenKind
+from microfactory.accounts.throttle import LockoutKind
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.-]{2,64}$"
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
@@ -83,9 +84,30 @@ class ApiTokenRead(BaseModel):
     expires_at: dt.datetime | None
     revoked_at: dt.datetime | None
     last_used_at: dt.datetime | None
+    last_used_from: str | None = Field(None, description="the client address of the last use")
 
 
 class ApiTokenCreated(ApiTokenRead):
     """A newly created token: the only time its value is shown."""
 
     token: str
+
+
+class LockoutRead(BaseModel):
+    """A username or client address locked out after too many failed logins."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    kind: LockoutKind
+    key: str = Field(description="the username or client address")
+    failures: int = Field(description="failed logins within the window")
+    retry_after_s: int = Field(description="seconds until logins are accepted again")
+    until: dt.datetime
+
+
+class LockoutLifted(BaseModel):
+    """The answer to lifting a lockout."""
+
+    kind: LockoutKind
+    key: str
+    was_locked_out: bool

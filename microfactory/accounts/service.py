@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -11,14 +13,22 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from microfactory.accounts.models import ApiToken, TokenKind, User
 from microfactory.accounts.schemas import UserCreate, UserUpdate
 from microfactory.accounts.security import (
-    hash_password,
+    hash_password_async,
     needs_rehash,
     new_token,
     token_digest,
-    verify_password,
+    verify_password_async,
 )
+from microfactory.accounts.throttle import LockoutKind, LoginThrottle
 from microfactory.db import utcnow
-from microfactory.errors import ConflictError, NotAuthenticatedError, NotFoundError
+from microfactory.errors import (
+    ConflictError,
+    NotAuthenticatedError,
+    NotFoundError,
+    TooManyRequestsError,
+)
+
+log = logging.getLogger("microfactory.accounts")
 
 # One message whether the user exists or not, so a login form does not reveal usernames.
 BAD_CREDENTIALS = "incorrect username or password"
@@ -55,7 +65,7 @@ async def create(*, session: AsyncSession, user_in: UserCreate) -> User:
         email=user_in.email,
         role=user_in.role,
         trusted=user_in.trusted,
-        password_hash=hash_password(user_in.password),
+        password_hash=await hash_password_async(user_in.password),
     )
     session.add(user)
     try:
@@ -72,7 +82,7 @@ async def update(*, session: AsyncSession, user: User, user_in: UserUpdate) -> U
     for key, value in data.items():
         setattr(user, key, value)
     if password:
-        user.password_hash = hash_password(password)
+        user.password_hash = await hash_password_async(password)
     if user_in.is_active is False or password:
         await revoke_all_tokens(session=session, user=user)
     await session.flush()
@@ -80,14 +90,63 @@ async def update(*, session: AsyncSession, user: User, user_in: UserUpdate) -> U
 
 
 async def authenticate(*, session: AsyncSession, username: str, password: str) -> User:
-    """Return the user if the password is right and the account active, else raise 401."""
-    user = await get_by_username(session=session, username=username)
-    ok = verify_password(user.password_hash if user else None, password)
+    """Return the user if the password is right and the account active, else raise 401.
+
+    Call it first in its transaction: the read-only transaction of the look-up is ended
+    before the password is checked, because a hash may wait seconds for the hashing pool
+    and a login must not hold a pooled database connection (on SQLite, a read lock) that
+    long. 16 concurrent wrong logins otherwise took every connection and /healthz waited.
+    """
+    found = await get_by_username(session=session, username=username)
+    user_id = found.id if found is not None else None
+    password_hash = found.password_hash if found is not None else None
+    if session.in_transaction():
+        await session.rollback()  # nothing was written yet; this returns the connection
+    ok = await verify_password_async(password_hash, password)
+    user = await session.get(User, user_id) if user_id is not None else None
     if user is None or not ok or not user.is_active:
         raise NotAuthenticatedError(BAD_CREDENTIALS)
     if needs_rehash(user.password_hash):
-        user.password_hash = hash_password(password)
+        user.password_hash = await hash_password_async(password)
     return user
+
+
+async def login(
+    *,
+    session: AsyncSession,
+    throttle: LoginThrottle,
+    username: str,
+    password: str,
+    address: str,
+) -> User:
+    """Authenticate a login attempt, refusing (429) locked-out usernames and addresses.
+
+    The lockout is checked before the password, so a locked-out guesser costs no hashing.
+    """
+    try:
+        throttle.check(username=username, address=address)
+    except TooManyRequestsError:
+        await asyncio.sleep(throttle.refusal_delay_s)  # slows a guessing loop, costs nothing
+        raise
+    try:
+        user = await authenticate(session=session, username=username, password=password)
+    except NotAuthenticatedError:
+        throttle.failed(username=username, address=address)
+        raise
+    throttle.succeeded(username=username)
+    return user
+
+
+def log_lockout_lifted(*, admin: User, kind: LockoutKind, key: str, was_locked_out: bool) -> None:
+    """Record that an admin lifted a login lockout."""
+    log.warning(
+        "admin %s lifted the login lockout of %s %s (locked out: %s)",
+        admin.username,
+        kind.value,
+        key,
+        was_locked_out,
+        extra={"event": "login_lockout_lifted"},
+    )
 
 
 async def issue_token(
@@ -113,8 +172,10 @@ async def issue_token(
     return value, record
 
 
-async def user_for_token(*, session: AsyncSession, token: str) -> tuple[User, ApiToken]:
-    """Return the active user a valid token belongs to, or raise 401."""
+async def user_for_token(
+    *, session: AsyncSession, token: str, address: str | None = None
+) -> tuple[User, ApiToken]:
+    """Return the active user a valid token belongs to, or raise 401; note its use."""
     result = await session.execute(
         select(ApiToken, User)
         .join(User, User.id == ApiToken.user_id)
@@ -131,8 +192,11 @@ async def user_for_token(*, session: AsyncSession, token: str) -> tuple[User, Ap
         raise NotAuthenticatedError(BAD_TOKEN)
     # Write last use at most once a minute: a token used on every request would otherwise
     # turn every read into a write.
-    if record.last_used_at is None or now - record.last_used_at > dt.timedelta(minutes=1):
+    moved = address is not None and address[:64] != record.last_used_from
+    if moved or record.last_used_at is None or now - record.last_used_at > dt.timedelta(minutes=1):
         record.last_used_at = now
+        if address is not None:
+            record.last_used_from = address[:64]
     return user, record
 
 

@@ -45,6 +45,7 @@ from drivers.planner import (
     make_blocks,
     plan_blocks,
 )
+from microfactory.workers import die_with_parent
 
 __all__ = [
     "AnalysisError",
@@ -1779,6 +1780,9 @@ def _get_pool() -> ProcessPoolExecutor:
             _pool = ProcessPoolExecutor(
                 max_workers=max(1, min(2, os.cpu_count() or 1)),
                 mp_context=multiprocessing.get_context("spawn"),
+                # Workers end when the server does, even after SIGKILL (no orphans).
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
             )
         return _pool
 

@@ -80,6 +80,17 @@ async def bookings_page(
     request: Request, session: SessionDep, user: WebMember, msg: str | None = None
 ) -> HTMLResponse:
     """Show the machines to book, the member's bookings, their messages and calendar feed."""
+    return await _bookings_page(request, session, user, msg=msg)
+
+
+async def _bookings_page(
+    request: Request,
+    session: Any,
+    user: User,
+    *,
+    msg: str | None = None,
+    feed_url: str | None = None,
+) -> HTMLResponse:
     tz = _tz(request)
     now = clock_now(request)
     machines = await machine_service.list_machines(session=session)
@@ -113,7 +124,7 @@ async def bookings_page(
             "rows": rows,
             "notes": notes,
             "feed": feed,
-            "feed_url": request.query_params.get("feed_url"),
+            "feed_url": feed_url,
             "msg": msg,
             "tz": tz,
             "machine_names": {m.id: m.name for m in machines},
@@ -175,8 +186,11 @@ async def feed_submit(
         return redirect(_with_message("/bookings", "Calendar feed URL revoked."))
     value, _ = await service.new_feed_token(session=session, user=user)
     url = str(request.url_for("member_feed")) + f"?token={value}"
-    # Shown once, like API tokens; the page keeps only the prefix afterwards.
-    return redirect("/bookings?feed_url=" + quote(url))
+    # Shown once, like API tokens, in this response's body: never in a URL, where it would
+    # stay in the browser's history. The page keeps only the prefix afterwards.
+    page = await _bookings_page(request, session, user, feed_url=url)
+    page.headers["Cache-Control"] = "no-store"
+    return page
 
 
 # -- week calendar ---------------------------------------------------------------------------

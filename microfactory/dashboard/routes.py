@@ -10,12 +10,14 @@ from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
+from microfactory import retention
 from microfactory.accounts import service as account_service
-from microfactory.accounts.models import Role, TokenKind
-from microfactory.accounts.schemas import UserCreate, UserUpdate
+from microfactory.accounts.models import Role, TokenKind, User
+from microfactory.accounts.schemas import ApiTokenCreate, UserCreate, UserUpdate
+from microfactory.accounts.throttle import LockoutKind, client_address, get_throttle
 from microfactory.db import utcnow
 from microfactory.deps import SESSION_COOKIE, SessionDep, check_csrf
-from microfactory.errors import DomainError, NotAuthenticatedError
+from microfactory.errors import DomainError, NotAuthenticatedError, TooManyRequestsError
 from microfactory.files import store_upload
 from microfactory.jobs import lifecycle as job_lifecycle
 from microfactory.jobs import queue as job_queue
@@ -24,6 +26,7 @@ from microfactory.jobs.explain import explain_failure
 from microfactory.jobs.matcher import order_queue
 from microfactory.jobs.models import ENDED_STATES, JobState
 from microfactory.machines import service as machine_service
+from microfactory.machines import visibility as machine_visibility
 from microfactory.machines.models import MachineKind
 from microfactory.types import Id
 from microfactory.web import (
@@ -70,13 +73,23 @@ async def login_submit(
     """Log in and set the session cookie (public; CSRF-checked)."""
     check_csrf(request, csrf_token)
     try:
-        user = await account_service.authenticate(
-            session=session, username=username, password=password
+        user = await account_service.login(
+            session=session,
+            throttle=get_throttle(request),
+            username=username,
+            password=password,
+            address=client_address(request),
         )
-    except NotAuthenticatedError as exc:
-        return render(
-            request, "login.html", {"next": _safe_next(next), "error": exc.detail}, status_code=401
+    except (NotAuthenticatedError, TooManyRequestsError) as exc:
+        page = render(
+            request,
+            "login.html",
+            {"next": _safe_next(next), "error": exc.detail, "username": username},
+            status_code=exc.status_code,
         )
+        if "retry_after_s" in exc.extra:
+            page.headers["Retry-After"] = str(exc.extra["retry_after_s"])
+        return page
     settings = request.app.state.settings
     token, _ = await account_service.issue_token(
         session=session,
@@ -112,10 +125,11 @@ async def logout(request: Request, session: SessionDep, _csrf: CsrfChecked) -> R
 async def machines_page(request: Request, session: SessionDep, user: WebMember) -> HTMLResponse:
     """Show the shop's machines with kind, live status and capabilities."""
     fleet = request.app.state.fleet
-    machines = [
-        machine_service.to_read(m, fleet.status(m))
-        for m in await machine_service.list_machines(session=session)
-    ]
+    records = await machine_service.list_machines(session=session)
+    statuses = await machine_visibility.visible_statuses(
+        session=session, user=user, statuses={m.id: fleet.status(m) for m in records}
+    )
+    machines = [machine_service.to_read(m, statuses[m.id]) for m in records]
     return render(
         request,
         "machines.html",
@@ -214,6 +228,9 @@ async def job_new_submit(
         kind = MachineKind(target[5:])
     try:
         stored = await store_upload(file, settings.upload_dir, settings.max_upload_bytes, ".gcode")
+        await retention.check_quota_or_discard(
+            session=session, settings=settings, user=user, stored=[(stored.path, stored.size)]
+        )
         job = await job_service.create_from_upload(
             session=session,
             owner=user,
@@ -276,7 +293,16 @@ async def job_page(
 async def users_page(request: Request, session: SessionDep, user: WebAdmin) -> HTMLResponse:
     """Show and manage users (admins)."""
     users = await account_service.list_users(session=session)
-    return render(request, "admin_users.html", {"users": users, "roles": list(Role), "error": None})
+    return render(
+        request,
+        "admin_users.html",
+        {
+            "users": users,
+            "roles": list(Role),
+            "error": None,
+            "lockouts": get_throttle(request).lockouts(),
+        },
+    )
 
 
 @router.post("/admin/users", response_class=HTMLResponse)
@@ -304,7 +330,12 @@ async def users_create(
         return render(
             request,
             "admin_users.html",
-            {"users": users, "roles": list(Role), "error": error},
+            {
+                "users": users,
+                "roles": list(Role),
+                "error": error,
+                "lockouts": get_throttle(request).lockouts(),
+            },
             status_code=422,
         )
     return redirect("/admin/users")
@@ -325,6 +356,99 @@ async def users_toggle(
         return redirect("/admin/users")  # an admin cannot lock themselves out
     await account_service.update(session=session, user=target, user_in=UserUpdate(is_active=active))
     return redirect("/admin/users")
+
+
+async def _tokens_page(
+    request: Request,
+    session: SessionDep,
+    user: User,
+    *,
+    created: dict[str, Any] | None = None,
+    error: str | None = None,
+    form: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    tokens = await account_service.list_tokens(session=session, user=user)
+    page = render(
+        request,
+        "tokens.html",
+        {
+            "tokens": tokens,
+            "created": created,
+            "error": error,
+            "now": utcnow(),
+            "form_name": (form or {}).get("name"),
+            "form_days": (form or {}).get("expires_in_days"),
+        },
+        status_code=status_code,
+    )
+    page.headers["Cache-Control"] = "no-store"  # a new token's value is on this page
+    return page
+
+
+@router.get("/account/tokens", response_class=HTMLResponse)
+async def tokens_page(request: Request, session: SessionDep, user: WebMember) -> HTMLResponse:
+    """Show the caller's personal API tokens: expiry and last use."""
+    return await _tokens_page(request, session, user)
+
+
+@router.post("/account/tokens", response_class=HTMLResponse)
+async def tokens_create(
+    request: Request,
+    session: SessionDep,
+    user: WebMember,
+    _csrf: CsrfChecked,
+    name: Annotated[str, Form(max_length=200)] = "",
+    expires_in_days: Annotated[str, Form(max_length=10)] = "",
+) -> HTMLResponse:
+    """Make a personal API token; its value is shown on this page only."""
+    try:
+        token_in = ApiTokenCreate(
+            name=name.strip(), expires_in_days=int(expires_in_days) if expires_in_days else None
+        )
+    except (ValueError, ValidationError) as exc:
+        message = (
+            "; ".join(e["msg"] for e in exc.errors())
+            if isinstance(exc, ValidationError)
+            else "the expiry must be a whole number of days"
+        )
+        return await _tokens_page(
+            request,
+            session,
+            user,
+            error=message,
+            form={"name": name, "expires_in_days": expires_in_days},
+            status_code=422,
+        )
+    ttl = dt.timedelta(days=token_in.expires_in_days) if token_in.expires_in_days else None
+    value, record = await account_service.issue_token(
+        session=session, user=user, kind=TokenKind.PERSONAL, name=token_in.name, ttl=ttl
+    )
+    created = {"name": record.name, "prefix": record.prefix, "token": value}
+    return await _tokens_page(request, session, user, created=created, status_code=201)
+
+
+@router.post("/account/tokens/{token_id}/revoke")
+async def tokens_revoke(
+    token_id: int, session: SessionDep, user: WebMember, _csrf: CsrfChecked
+) -> Response:
+    """Revoke one of the caller's tokens."""
+    await account_service.revoke_token(session=session, user=user, token_id=token_id)
+    return redirect("/account/tokens")
+
+
+@router.post("/admin/lockouts/lift")
+async def lockout_lift(
+    request: Request,
+    admin: WebAdmin,
+    _csrf: CsrfChecked,
+    kind: Annotated[LockoutKind, Form()],
+    key: Annotated[str, Form(max_length=128)],
+) -> Response:
+    """Lift a login lockout (admins)."""
+    was = get_throttle(request).lift(kind=kind, key=key)
+    account_service.log_lockout_lifted(admin=admin, kind=kind, key=key, was_locked_out=was)
+    return redirect("/admin/users#lockouts")
 
 
 def install_dashboard_handlers(app: FastAPI) -> None:

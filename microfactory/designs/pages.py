@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
 
+from microfactory import retention
 from microfactory.deps import SessionDep, check_csrf
 from microfactory.designs import service
 from microfactory.designs.licences import licence_flags
@@ -103,6 +104,12 @@ async def design_new_submit(
         )
         stored = await store_uploads(
             [f for f in files if f.filename], settings.upload_dir, settings.max_upload_bytes
+        )
+        await retention.check_quota_or_discard(
+            session=session,
+            settings=settings,
+            user=user,
+            stored=[(f.path, f.size) for f in stored],
         )
         design, _created = await service.create(
             session=session,

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
 from fastapi.responses import FileResponse
 
+from microfactory import retention
 from microfactory.deps import AnyUser, SessionDep, SettingsDep, StaffUser
 from microfactory.designs import service
 from microfactory.designs.schemas import (
@@ -72,6 +73,9 @@ async def create_design(
         tags=tags or [],
     )
     stored = await store_uploads(files, settings.upload_dir, settings.max_upload_bytes)
+    await retention.check_quota_or_discard(
+        session=session, settings=settings, user=user, stored=[(f.path, f.size) for f in stored]
+    )
     design, created = await service.create(
         session=session,
         owner=user,

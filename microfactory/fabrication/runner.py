@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from microfactory.errors import InvalidInputError
+from microfactory.workers import set_parent_death_signal
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,8 @@ async def run_bounded(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # its own process group, so a kill reaches every child
+            # Killed by the kernel if the server dies (even by SIGKILL): no orphaned renders.
+            preexec_fn=set_parent_death_signal,
         )
     except FileNotFoundError:
         raise ToolMissing(f"{name} is not installed on this server", tool=name) from None
@@ -142,7 +145,7 @@ async def run_bounded(
             overflowed = (True, True)
     duration = time.monotonic() - started
     if reason is not None:
-        raise ToolTimeout(reason, tool=name, log=_decode(out, err))
+        raise ToolTimeout(reason, tool=name, log=_scrub(_decode(out, err), cwd))
     if output_path is not None and file_size(output_path) > limits.max_output_bytes:
         raise ToolTimeout(
             f"{name} wrote more than {limits.max_output_bytes} bytes to {output_path.name}",
@@ -151,8 +154,8 @@ async def run_bounded(
     assert proc.returncode is not None
     return RunResult(
         returncode=proc.returncode,
-        stdout=out.decode("utf-8", "replace"),
-        stderr=err.decode("utf-8", "replace"),
+        stdout=_scrub(out.decode("utf-8", "replace"), cwd),
+        stderr=_scrub(err.decode("utf-8", "replace"), cwd),
         duration_s=duration,
         truncated=any(overflowed),
     )
@@ -164,6 +167,13 @@ def file_size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+def _scrub(text: str, cwd: Path) -> str:
+    # Tools name files by absolute path; the work directory is the server's business.
+    for folder in {str(cwd), str(cwd.resolve())}:
+        text = text.replace(folder + os.sep, "").replace(folder, ".")
+    return text
 
 
 def _decode(out: bytearray, err: bytearray) -> str:

@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
+from microfactory import retention
 from microfactory.accounts.models import User
 from microfactory.deps import AnyUser, SessionDep, SettingsDep, StaffUser
 from microfactory.designs import service as design_service
@@ -128,6 +129,9 @@ async def create_job(
     # written at authentication): commit what the request did so far.
     await session.commit()
     stored = await store_upload(upload, settings.upload_dir, settings.max_upload_bytes, ".gcode")
+    await retention.check_quota_or_discard(
+        session=session, settings=settings, user=user, stored=[(stored.path, stored.size)]
+    )
     job = await service.create_from_upload(
         session=session,
         owner=user,

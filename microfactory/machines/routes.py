@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from microfactory.deps import AnyUser, SessionDep, StaffUser
 from microfactory.errors import ConflictError
-from microfactory.machines import service
+from microfactory.machines import service, visibility
 from microfactory.machines.schemas import (
     CommandRequest,
     CommandResult,
@@ -33,23 +34,47 @@ def _fleet(request: Request) -> Fleet:
 
 
 @router.get("", response_model=list[MachineRead])
-async def list_machines(request: Request, session: SessionDep, _user: AnyUser) -> list[MachineRead]:
-    """List the shop's machines with their live status."""
+async def list_machines(request: Request, session: SessionDep, user: AnyUser) -> list[MachineRead]:
+    """List the shop's machines with their live status (members see only their own jobs)."""
     fleet = _fleet(request)
-    return [
-        service.to_read(m, fleet.status(m)) for m in await service.list_machines(session=session)
-    ]
+    machines = await service.list_machines(session=session)
+    statuses = await visibility.visible_statuses(
+        session=session, user=user, statuses={m.id: fleet.status(m) for m in machines}
+    )
+    return [service.to_read(m, statuses[m.id]) for m in machines]
 
 
 @router.get("/stream", response_class=StreamingResponse)
-async def stream_status(request: Request, _user: AnyUser) -> StreamingResponse:
-    """Push live updates as Server-Sent Events: `machine` (a status) and `job` (a transition)."""
+async def stream_status(request: Request, user: AnyUser) -> StreamingResponse:
+    """Push live updates as Server-Sent Events: `machine` (a status) and `job` (a transition).
+
+    Members see job ids and G-code lines of their own jobs only.
+    """
     fleet = _fleet(request)
+    sessionmaker = request.app.state.sessionmaker
+    viewer = visibility.Viewer.of(user)  # the user's own session is closed while we stream
+    owners: dict[int, int] = {}
+
+    async def shown(st: dict[str, Any]) -> dict[str, Any]:
+        job_id = st.get("job_id")
+        if job_id is not None and job_id not in owners and not visibility.sees_all(viewer):
+            # The stream outlives the request's session: look owners up in a short one.
+            async with sessionmaker() as session:
+                owners.update(await visibility.job_owners(session=session, job_ids=[job_id]))
+        return visibility.status_for(st, user=viewer, owners=owners)
+
+    async def own_job(job_id: int) -> bool:
+        if visibility.sees_all(viewer):
+            return True
+        if job_id not in owners:
+            async with sessionmaker() as session:
+                owners.update(await visibility.job_owners(session=session, job_ids=[job_id]))
+        return owners.get(job_id) == viewer.id
 
     async def events() -> AsyncIterator[bytes]:
         # A snapshot first, so a new page is complete without waiting for changes.
         for machine_id, sup in list(fleet.supervisors.items()):
-            payload = json.dumps({"id": machine_id, "status": sup.status_dict()})
+            payload = json.dumps({"id": machine_id, "status": await shown(sup.status_dict())})
             yield f"event: machine\ndata: {payload}\n\n".encode()
         updates = fleet.hub.subscribe()
         # One pending read survives the keep-alive timeouts: cancelling it (wait_for) would
@@ -63,8 +88,12 @@ async def stream_status(request: Request, _user: AnyUser) -> StreamingResponse:
                     continue
                 kind, item_id, data = pending.result()
                 pending = asyncio.ensure_future(anext(updates))
-                key = "status" if kind == "machine" else "event"
-                payload = json.dumps({"id": item_id, key: data}, default=str)
+                if kind == "machine":
+                    payload = json.dumps({"id": item_id, "status": await shown(data)}, default=str)
+                else:
+                    if not await own_job(item_id):
+                        continue  # another member's job: members see only their own
+                    payload = json.dumps({"id": item_id, "event": data}, default=str)
                 yield f"event: {kind}\ndata: {payload}\n\n".encode()
         finally:
             pending.cancel()
@@ -93,11 +122,14 @@ async def create_machine(
 
 @router.get("/{machine_id:int}", response_model=MachineRead)
 async def get_machine(
-    machine_id: Id, request: Request, session: SessionDep, _user: AnyUser
+    machine_id: Id, request: Request, session: SessionDep, user: AnyUser
 ) -> MachineRead:
-    """Return one machine with its live status."""
+    """Return one machine with its live status (members see only their own jobs)."""
     machine = await service.get_or_raise(session=session, machine_id=machine_id)
-    return service.to_read(machine, _fleet(request).status(machine))
+    statuses = await visibility.visible_statuses(
+        session=session, user=user, statuses={machine.id: _fleet(request).status(machine)}
+    )
+    return service.to_read(machine, statuses[machine.id])
 
 
 @router.patch("/{machine_id:int}", response_model=MachineRead)

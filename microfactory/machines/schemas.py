@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from typing import Annotated, Any
 
 from pydantic import (
@@ -164,11 +165,25 @@ def mask_secret(value: str) -> str:
     return "****" + value[-4:] if len(value) > 8 else "****"
 
 
+def mask_url(value: str) -> str:
+    """Mask the user and password in a URL (http://user:pass@host -> http://****@host)."""
+    return _URL_USERINFO.sub(r"\1****@", value)
+
+
+_URL_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@")
+
+
 def masked_connection(connection: dict[str, Any]) -> dict[str, Any]:
-    """Return connection settings with secrets masked."""
-    return {
-        k: mask_secret(str(v)) if k in SECRET_FIELDS and v else v for k, v in connection.items()
-    }
+    """Return connection settings with secrets masked, credentials in URLs included."""
+    shown: dict[str, Any] = {}
+    for k, v in connection.items():
+        if k in SECRET_FIELDS and v:
+            shown[k] = mask_secret(str(v))
+        elif isinstance(v, str) and "@" in v:
+            shown[k] = mask_url(v)
+        else:
+            shown[k] = v
+    return shown
 
 
 class BuildVolume(_Strict):

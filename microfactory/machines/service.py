@@ -12,7 +12,6 @@ from microfactory.db import Base
 from microfactory.errors import ConflictError, InvalidInputError, NotFoundError
 from microfactory.machines.models import Machine
 from microfactory.machines.schemas import (
-    SECRET_FIELDS,
     Capabilities,
     MachineCreate,
     MachineRead,
@@ -93,11 +92,17 @@ async def update(*, session: AsyncSession, machine: Machine, machine_in: Machine
         connection = dict(data.get("connection") or {})
         if "connection" not in data:
             raise InvalidInputError("changing the driver needs new connection settings")
-        # A masked secret sent back as shown keeps the stored value.
-        for key in SECRET_FIELDS:
-            shown = masked_connection(machine.connection).get(key)
-            if key in connection and connection[key] == shown and driver == machine.driver:
-                connection[key] = machine.connection[key]
+        # A masked secret (an API key, a URL's password) sent back as shown keeps the stored
+        # value.
+        stored = machine.connection or {}
+        for key, shown in masked_connection(stored).items():
+            if (
+                shown != stored.get(key)
+                and key in connection
+                and connection[key] == shown
+                and driver == machine.driver
+            ):
+                connection[key] = stored[key]
         try:
             machine.connection = validate_connection(driver, connection)
         except ValueError as exc:

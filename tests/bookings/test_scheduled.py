@@ -269,7 +269,13 @@ async def test_default_tasks_run_in_one_tick(
         holder="solo",
         now=paris(2026, 12, 1, 10, 20).astimezone(dt.UTC),
     )
-    assert ran == ["release_no_shows", "log_booked_sessions", "send_reminders", "deliver_email"]
+    assert ran == [
+        "release_no_shows",
+        "log_booked_sessions",
+        "send_reminders",
+        "deliver_email",
+        "purge_job_files",
+    ]
     got = (await client.get(f"/api/v1/bookings/{b['id']}", headers=member)).json()
     assert got["status"] == "no_show"
     async with app.state.sessionmaker() as s:
