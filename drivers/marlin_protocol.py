@@ -359,6 +359,7 @@ class _Burst:
     oks: int = 0
     junk: int = 0  # "Unknown command" echoes of cut lines: each comes with one ok
     anchor_target: int | None = None  # an anchor was in flight: the host's own target
+    expect: int = 0  # lines in flight when it began: each draws at most one ok
 
 
 class MarlinProtocol:
@@ -672,9 +673,18 @@ class MarlinProtocol:
         free = reply.planner_free
         if free is not None and len(self._inflight) <= 1:
             self.idle_planner_free = max(free, self.idle_planner_free or 0)
-        if self._burst is not None:
-            self._burst.oks += 1
+        burst = self._burst
+        if burst is not None:
+            burst.oks += 1
             self.stats["swallowed_oks"] += 1
+            if (
+                burst.expect
+                and burst.anchor_target is None
+                and burst.oks >= burst.expect + burst.junk
+            ):
+                # Every line that was in flight has answered (an ok of its own or the ok
+                # after its "Resend:"): no need to wait for quiet.
+                self._resolve(now)
             return
         if self._swallow > 0:
             self._swallow -= 1
@@ -704,7 +714,7 @@ class MarlinProtocol:
         self._last_activity = now
         burst = self._burst
         if burst is None:
-            burst = self._burst = _Burst(first=number)
+            burst = self._burst = _Burst(first=number, expect=len(self._inflight))
             anchor = next((c for c in self._inflight if c.anchor), None)
             if anchor is not None and anchor.number is not None:
                 burst.anchor_target = anchor.number + 1

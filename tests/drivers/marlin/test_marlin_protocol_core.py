@@ -68,6 +68,10 @@ class Host:
         self._collect()
         return self.writes()
 
+    def burst(self, *lines: str) -> list[str]:
+        """Feed a fault's replies, then let the firmware be quiet; return every write."""
+        return self.reply(*lines) + self.settle()
+
     def settle(self) -> list[str]:
         """Let the firmware be quiet for longer than the settle time; return the writes."""
         self.clock.advance(self.core.settle_s + 0.001)
@@ -120,8 +124,10 @@ def test_a_burst_of_duplicate_requests_is_one_resend() -> None:
     host = Host()
     host.writes()  # N10..N13
     # N10 damaged: one request for it, and one for each of N11..N13 behind it
-    assert host.reply(*marlin_burst(9, 3)) == []  # nothing goes out while replies come
-    assert host.settle() == [n(10, "G1 X0")]  # once, and alone
+    replies = marlin_burst(9, 3)
+    assert host.reply(*replies[:-1]) == []  # nothing goes out while replies come
+    # the last line in flight has answered: resend at once, once, and alone
+    assert host.reply(replies[-1]) == [n(10, "G1 X0")]
     stats = host.core.stats
     assert (stats["resends"], stats["stale_resends"], stats["swallowed_oks"]) == (1, 7, 4)
     assert host.core.window == 1
@@ -155,18 +161,19 @@ def test_deferred_oks_of_queued_lines_are_not_taken_for_the_resent_line() -> Non
     assert host.done == ["G1 X0", "G1 X1", "G1 X2"]
 
 
-def test_a_surplus_ok_in_one_burst_pays_the_next_bursts_debt() -> None:
-    host = Host()
-    host.writes()
-    host.reply(*marlin_burst(9, 1))
-    assert host.settle() == [n(10, "G1 X0")]
-    # A late duplicate request opens a second burst; the resent N10 is accepted inside it.
-    host.reply("Resend: 10", "ok", "ok")
-    assert host.settle() == [n(10, "G1 X0")]
-    # The firmware has N10 already: it asks for N11. N10's ok came in the last burst.
-    host.reply("Error:Line Number is not Last Line Number+1, Last Line: 10", "Resend: 11", "ok")
-    assert host.settle() == [n(11, "G1 X1")]
-    assert host.reply("ok") == [n(12, "G1 X2")]  # not swallowed
+def test_a_late_duplicate_after_an_early_resend_costs_one_round() -> None:
+    host = Host(window=2)
+    assert host.writes() == [n(10, "G1 X0"), n(11, "G1 X1")]
+    # both lines in flight answered: resolved without waiting for quiet
+    assert host.reply(*marlin_burst(9, 1)) == [n(10, "G1 X0")]
+    # a late duplicate request: N10 is sent again; its earlier copy's ok follows
+    assert host.reply("Resend: 10", "ok") == [n(10, "G1 X0")]
+    assert host.reply("ok") == [n(11, "G1 X1")]
+    # the third copy of N10 arrives after the second ran: "I have it, send 11"
+    assert host.burst(
+        "Error:Line Number is not Last Line Number+1, Last Line: 10", "Resend: 11", "ok"
+    ) == [n(11, "G1 X1")]
+    assert host.reply("ok") == [n(12, "G1 X2")]
     assert host.done == ["G1 X0", "G1 X1"]
 
 
@@ -182,9 +189,9 @@ def test_an_unanswered_line_is_sent_again_with_its_number() -> None:
     assert host.core.failure is None
     # The firmware had it (and N14..N16): it asks for N17; nothing runs twice
     host.reply("ok", "ok", "ok")  # N14..N16 as they run, taken for N13..N15
-    host.reply("Error:Line Number is not Last Line Number+1, Last Line: 16", "Resend: 17", "ok")
-    writes = host.settle()
-    assert writes == [n(17, "G1 X7")]
+    assert host.burst(
+        "Error:Line Number is not Last Line Number+1, Last Line: 16", "Resend: 17", "ok"
+    ) == [n(17, "G1 X7")]
     assert host.done == [f"G1 X{i}" for i in range(7)]
 
 
@@ -261,11 +268,13 @@ def test_a_line_sent_again_after_a_timeout_that_the_firmware_has() -> None:
     """
     host = Host(first=105, window=1)
     host.writes()
-    host.reply("Error:checksum mismatch, Last Line: 104", "Resend: 105", "ok")
-    assert host.settle() == [n(105, "G1 X0")]
+    assert host.burst("Error:checksum mismatch, Last Line: 104", "Resend: 105", "ok") == [
+        n(105, "G1 X0")
+    ]
     assert host.wait(3.0) == [n(105, "G1 X0")]  # no answer: again
-    host.reply("Error:Line Number is not Last Line Number+1, Last Line: 105", "Resend: 106", "ok")
-    assert host.settle() == [n(106, "G1 X1")]
+    assert host.burst(
+        "Error:Line Number is not Last Line Number+1, Last Line: 105", "Resend: 106", "ok"
+    ) == [n(106, "G1 X1")]
     assert host.done == ["G1 X0"]
 
 
@@ -273,8 +282,9 @@ def test_resend_with_timeout_with_one_line_in_flight() -> None:
     """VirtualPrinter swallows the line after its request: here the anchor, sent again."""
     host = Host(first=105, window=1)
     host.writes()
-    host.reply("Error: Missing checksum", "Resend:105", "ok")
-    assert host.settle() == [n(105, "M110 N105")]  # swallowed
+    assert host.burst("Error: Missing checksum", "Resend:105", "ok") == [
+        n(105, "M110 N105")
+    ]  # swallowed
     assert host.wait(3.0) == [n(105, "M110 N105")]  # no answer: again, never a failure
     assert host.reply("ok") == [n(106, "G1 X0")]
     assert host.reply("ok") == [n(107, "G1 X1")]
@@ -286,8 +296,9 @@ def test_a_drifting_counter_asks_past_the_damaged_line_and_is_anchored() -> None
     host = Host(first=50)
     host.writes()  # N50..N53
     host.reply("Error: Checksum mismatch", "Resend:52", "ok")  # N50 damaged; it skips 2
-    host.reply("Error: expected line 52 got 51", "Resend:52", "ok")
-    assert host.settle() == [n(50, "M110 N50")]  # from the line it did not run
+    assert host.burst("Error: expected line 52 got 51", "Resend:52", "ok") == [
+        n(50, "M110 N50")
+    ]  # from the line it did not run
     assert host.done == []
     assert host.reply("ok") == [n(51, "G1 X0")]
 
@@ -295,15 +306,15 @@ def test_a_drifting_counter_asks_past_the_damaged_line_and_is_anchored() -> None
 def test_a_firmware_that_names_no_line_is_anchored_after_every_fault() -> None:
     host = Host(first=20)
     host.writes()
-    host.reply("Error: Missing checksum", "Resend:20", "ok")
-    assert host.settle() == [n(20, "M110 N20")]  # resets its counter: no drift later
+    assert host.burst("Error: Missing checksum", "Resend:20", "ok") == [
+        n(20, "M110 N20")
+    ]  # resets its counter: no drift later
 
 
 def test_a_late_request_while_the_anchor_is_out_anchors_again() -> None:
     host = Host(first=20)
     host.writes()
-    host.reply("Error: Missing checksum", "Resend:20", "ok")
-    assert host.settle() == [n(20, "M110 N20")]
+    assert host.burst("Error: Missing checksum", "Resend:20", "ok") == [n(20, "M110 N20")]
     host.reply("Error: expected line 20 got 23", "Resend:20", "ok")  # from before the anchor
     host.reply("ok")  # the anchor's
     assert host.settle() == [n(21, "M110 N21")]
@@ -314,8 +325,9 @@ def test_a_request_for_a_line_never_sent_resumes_from_the_hosts_count() -> None:
     host = Host(first=30)
     host.writes()  # N30..N33
     host.reply("ok")
-    host.reply("Error:checksum mismatch, Last Line: 39", "Resend: 40", "ok")
-    assert host.settle() == [n(31, "M110 N31")]
+    assert host.burst("Error:checksum mismatch, Last Line: 39", "Resend: 40", "ok") == [
+        n(31, "M110 N31")
+    ]
     assert host.reply("ok") == [n(32, "G1 X1")]
 
 
@@ -323,8 +335,9 @@ def test_a_resend_loop_on_one_line_is_a_broken_link() -> None:
     host = Host(max_resends=10)
     host.writes()
     for _ in range(9):
-        host.reply("Error:checksum mismatch, Last Line: 9", "Resend: 10", "ok")
-        assert host.settle() == [n(10, "G1 X0")]
+        assert host.burst("Error:checksum mismatch, Last Line: 9", "Resend: 10", "ok") == [
+            n(10, "G1 X0")
+        ]
     host.reply("Error:checksum mismatch, Last Line: 9", "Resend: 10", "ok")
     host.settle()
     assert host.core.failure is not None
