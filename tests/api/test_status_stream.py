@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from microfactory.accounts.models import Role
 from microfactory.machines import routes
 from microfactory.runtime.fleet import Fleet
 
@@ -15,7 +16,7 @@ class _Browser:
     """Just enough of a request: the app's fleet, and a client that leaves after a while."""
 
     def __init__(self, fleet: Fleet, stays_for: int) -> None:
-        self.app = SimpleNamespace(state=SimpleNamespace(fleet=fleet))
+        self.app = SimpleNamespace(state=SimpleNamespace(fleet=fleet, sessionmaker=None))
         self.checks = stays_for
 
     async def is_disconnected(self) -> bool:
@@ -27,7 +28,8 @@ async def test_stream_sends_keep_alives_then_updates(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(routes, "KEEPALIVE_S", 0.01)
     fleet = Fleet()
     browser: Any = _Browser(fleet, stays_for=5)
-    response = await routes.stream_status(browser, _user=None)  # type: ignore[arg-type]
+    operator: Any = SimpleNamespace(id=1, role=Role.OPERATOR)
+    response = await routes.stream_status(browser, user=operator)
     chunks = []
     async for chunk in response.body_iterator:
         chunks.append(chunk.encode() if isinstance(chunk, str) else bytes(chunk))
