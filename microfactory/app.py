@@ -24,6 +24,8 @@ from microfactory.analysis import shutdown_analysis_pool
 from microfactory.bookings import wiring as booking_wiring
 from microfactory.bookings.wiring import routers as booking_routers
 from microfactory.config import Settings
+from microfactory.costs.pages import router as costs_pages_router
+from microfactory.costs.routes import router as costs_router
 from microfactory.dashboard.routes import install_dashboard_handlers
 from microfactory.dashboard.routes import router as dashboard_router
 from microfactory.db import make_engine, make_sessionmaker
@@ -32,15 +34,18 @@ from microfactory.designs.routes import router as designs_router
 from microfactory.errors import install_error_handlers
 from microfactory.events import BUS_KEY, EventBus, JobChanged
 from microfactory.fabrication.routes import router as slicer_profiles_router
+from microfactory.jobs.pages import router as job_pages_router
 from microfactory.jobs.preparation import Preparer
-from microfactory.jobs.queue import QueueRunner
 from microfactory.jobs.routes import router as jobs_router
 from microfactory.machines.routes import router as machines_router
 from microfactory.middleware import BodySizeLimit, Metrics, RequestMetrics
 from microfactory.notifications import subscribers as notification_subscribers
 from microfactory.runtime.fleet import Fleet
+from microfactory.runtime.queue_runner import QueueRunner
 from microfactory.scheduler import Scheduler
 from microfactory.usage import subscribers as usage_subscribers
+from microfactory.usage.pages import router as usage_pages_router
+from microfactory.usage.routes import router as usage_router
 
 log = logging.getLogger("microfactory")
 
@@ -80,7 +85,7 @@ def _wire_events(sessionmaker: async_sessionmaker[AsyncSession], fleet: Fleet) -
 
     async def to_stream(event: JobChanged) -> None:
         # Only what any member may see: no title, owner or reason on the shared stream.
-        fleet.hub.publish_job(
+        fleet.publish_job(
             event.job_id,
             {
                 "topic": event.topic,
@@ -170,9 +175,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(designs_router)
     app.include_router(slicer_profiles_router)
     app.include_router(design_pages_router)
+    app.include_router(job_pages_router)
     app.include_router(dashboard_router)
     for router in booking_routers():
         app.include_router(router)
+    app.include_router(usage_router)
+    app.include_router(usage_pages_router)
+    app.include_router(costs_router)
+    app.include_router(costs_pages_router)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
 
     @app.get("/healthz", tags=["operations"])

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from microfactory.accounts.models import Role, User
+from microfactory.accounts.models import User
 from microfactory.bookings import hours
 from microfactory.bookings.models import (
     HOLDING_STATUSES,
@@ -101,8 +101,8 @@ class SlotTakenError(ConflictError):
 
 
 def is_staff(user: User) -> bool:
-    """Return whether the user is an operator or admin."""
-    return user.role in (Role.OPERATOR, Role.ADMIN)
+    """Return whether the user is an operator or admin (see User.is_staff)."""
+    return user.is_staff
 
 
 def _fmt(moment: dt.datetime, tz: ZoneInfo) -> str:

@@ -118,7 +118,7 @@ async def machines_page(request: Request, session: SessionDep, user: WebMember) 
     return render(
         request,
         "machines.html",
-        {"machines": machines, "staff": job_service.is_staff(user)},
+        {"machines": machines, "staff": user.is_staff},
     )
 
 
@@ -130,7 +130,7 @@ async def jobs_page(request: Request, session: SessionDep, user: WebMember) -> H
     return render(
         request,
         "jobs.html",
-        {"jobs": jobs, "machines": machines, "staff": job_service.is_staff(user)},
+        {"jobs": jobs, "machines": machines, "staff": user.is_staff},
     )
 
 
@@ -243,7 +243,7 @@ async def job_page(
         if job.machine_id
         else None
     )
-    staff = job_service.is_staff(user)
+    staff = user.is_staff
     candidates = []
     if staff and job.state.value in ("approved", "queued"):
         fleet = request.app.state.fleet

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from microfactory.accounts.models import User
 from microfactory.db import utcnow
 from microfactory.errors import ConflictError, NotFoundError
-from microfactory.events import JobChanged, publish_after_commit
+from microfactory.events import MACHINE, SYSTEM, Actor, JobChanged, publish_after_commit
 from microfactory.jobs.models import ACTIVE_STATES, ENDED_STATES, Job, JobEvent, JobState
 
 S = JobState
@@ -89,22 +89,9 @@ class TransitionRefused(ConflictError):
     """The job is not in a state the move starts from (a 409 naming the rule)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who made a transition: a person, a machine (its supervisor) or the system."""
-
-    kind: str  # "user", "machine", "system"
-    user_id: int | None = None
-    name: str | None = field(default=None, compare=False)
-
-    @classmethod
-    def of(cls, user: User) -> Actor:
-        """Return the actor for a person."""
-        return cls("user", user.id, user.username)
-
-
-MACHINE = Actor("machine")
-SYSTEM = Actor("system")
+def by_user(user: User) -> Actor:
+    """Return the actor for a person."""
+    return Actor.person(user.id, user.username)
 
 
 def _refusal(job_id: int, current: JobState, rule: Rule) -> TransitionRefused:
@@ -254,11 +241,11 @@ async def approve(*, session: AsyncSession, job: Job | int, by: User) -> Job:
         session=session,
         job=job,
         rule="approve",
-        actor=Actor.of(by),
+        actor=by_user(by),
         values={"approved_at": utcnow(), "approved_by_id": by.id},
     )
     if done.preparation == "ready":
-        done = await queue(session=session, job=done, actor=Actor.of(by))
+        done = await queue(session=session, job=done, actor=by_user(by))
     return done
 
 
@@ -396,6 +383,9 @@ async def clear(
     if notes:
         values["notes"] = (row.notes + "\n" + notes).strip()
     return await transition(
-        session=session, job=job_id, rule="clear", actor=Actor.of(by), reason=outcome,
+        session=session, job=job_id, rule="clear", actor=by_user(by), reason=outcome,
         values=values,
     )  # fmt: skip
+
+
+__all__ = ["MACHINE", "RULES", "SYSTEM", "Actor", "TransitionRefused", "by_user", "transition"]

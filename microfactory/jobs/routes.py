@@ -25,8 +25,8 @@ from microfactory.jobs.schemas import (
     PriorityRequest,
 )
 from microfactory.machines import service as machine_service
+from microfactory.machines.channel import CommandChannel
 from microfactory.machines.models import MachineKind
-from microfactory.runtime.fleet import Fleet
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
 
@@ -44,9 +44,9 @@ class UploadJobForm(BaseModel):
     allow_firmware_commands: bool = False
 
 
-def _fleet(request: Request) -> Fleet:
-    fleet: Fleet = request.app.state.fleet
-    return fleet
+def _fleet(request: Request) -> CommandChannel:
+    channel: CommandChannel = request.app.state.fleet
+    return channel
 
 
 def _wake_queue(request: Request) -> None:
@@ -232,13 +232,13 @@ async def dispatch(
         job=job,
         fleet=fleet,
         machine_id=body.machine_id if body else None,
-        actor=lifecycle.Actor.of(user),
+        actor=lifecycle.by_user(user),
     )
     assert job.machine_id is not None
     machine = await machine_service.get_or_raise(session=session, machine_id=job.machine_id)
     supervisor = fleet.get(machine)  # refuses before the commit if there is none
     await session.commit()  # the assignment is durable before the machine moves
-    await supervisor.start_job(job.id, actor=lifecycle.Actor.of(user))
+    await supervisor.start_job(job.id, actor=lifecycle.by_user(user))
     await session.refresh(job)
     return JobRead.model_validate(job)
 
@@ -256,7 +256,7 @@ async def _control(
     assert job.machine_id is not None
     machine = await machine_service.get_or_raise(session=session, machine_id=job.machine_id)
     await session.commit()
-    actor = lifecycle.Actor.of(user)
+    actor = lifecycle.by_user(user)
     try:
         await getattr(_fleet(request).get(machine), action)(actor=actor)
     except ConflictError:

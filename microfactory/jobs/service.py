@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from microfactory.accounts.models import Role, User
+from microfactory.accounts.models import User
 from microfactory.analysis import AnalysisError, analyse_gcode_async
 from microfactory.analysis.gcode import limits_from_dict
 from microfactory.db import utcnow
@@ -23,15 +23,8 @@ from microfactory.files import StoredFile, check_gcode_file
 from microfactory.jobs import lifecycle, queue
 from microfactory.jobs.models import ACTIVE_STATES, ENDED_STATES, Job, JobState
 from microfactory.machines import service as machine_service
+from microfactory.machines.channel import StatusReader
 from microfactory.machines.models import Machine, MachineKind
-from microfactory.runtime.fleet import Fleet
-
-STAFF = frozenset({Role.OPERATOR, Role.ADMIN})
-
-
-def is_staff(user: User) -> bool:
-    """Return whether the user is an operator or admin."""
-    return user.role in STAFF
 
 
 async def get_or_raise(*, session: AsyncSession, job_id: int) -> Job:
@@ -45,7 +38,7 @@ async def get_or_raise(*, session: AsyncSession, job_id: int) -> Job:
 async def get_visible(*, session: AsyncSession, job_id: int, user: User) -> Job:
     """Return a job the user may see: their own, or any for staff."""
     job = await get_or_raise(session=session, job_id=job_id)
-    if job.owner_id != user.id and not is_staff(user):
+    if job.owner_id != user.id and not user.is_staff:
         raise NotFoundError(f"job {job_id} not found")
     return job
 
@@ -55,7 +48,7 @@ async def list_jobs(
 ) -> list[Job]:
     """Return jobs, newest first: members see their own, staff everyone's."""
     stmt = select(Job).order_by(Job.id.desc()).limit(500)
-    if mine or not is_staff(user):
+    if mine or not user.is_staff:
         stmt = stmt.where(Job.owner_id == user.id)
     if states:
         stmt = stmt.where(Job.state.in_(states))
@@ -106,7 +99,7 @@ async def create_from_upload(
             machine_kind = requested.kind
         if machine_kind is None:
             raise InvalidInputError("give a machine_id or a machine_kind for the job")
-        if allow_firmware_commands and not is_staff(owner):
+        if allow_firmware_commands and not owner.is_staff:
             raise PermissionDeniedError("only operators may allow firmware-altering commands")
         analysis = await analyse_file(stored.path, requested)
         job = Job(
@@ -149,8 +142,8 @@ async def add_submitted(*, session: AsyncSession, job: Job, owner: User) -> Job:
     job.state = JobState.SUBMITTED  # a new row: its first state, recorded as its first event
     session.add(job)
     await session.flush()
-    await lifecycle.record_created(session=session, job=job, actor=lifecycle.Actor.of(owner))
-    if owner.trusted or is_staff(owner):
+    await lifecycle.record_created(session=session, job=job, actor=lifecycle.by_user(owner))
+    if owner.trusted or owner.is_staff:
         job = await lifecycle.approve(session=session, job=job, by=owner)
     return job
 
@@ -165,7 +158,7 @@ async def approve(*, session: AsyncSession, job: Job, by: User) -> Job:
     return await lifecycle.approve(session=session, job=job, by=by)
 
 
-def _refuse_machine(machine: Machine, job: Job, fleet: Fleet) -> str | None:
+def _refuse_machine(machine: Machine, job: Job, fleet: StatusReader) -> str | None:
     """Return why this machine cannot take this job now, or None."""
     if not machine.enabled:
         return f"machine {machine.name!r} is disabled"
@@ -198,7 +191,7 @@ async def dispatch(
     *,
     session: AsyncSession,
     job: Job,
-    fleet: Fleet,
+    fleet: StatusReader,
     machine_id: int | None,
     actor: lifecycle.Actor,
 ) -> Job:
@@ -247,7 +240,7 @@ async def dispatch(
 
 def check_can_control(job: Job, user: User) -> None:
     """Refuse members controlling someone else's job."""
-    if job.owner_id != user.id and not is_staff(user):
+    if job.owner_id != user.id and not user.is_staff:
         raise PermissionDeniedError("only operators or the job's owner can do this")
 
 
@@ -262,7 +255,7 @@ async def cancel_unstarted(*, session: AsyncSession, job: Job, by: User) -> bool
             session=session,
             job=job,
             state=JobState.CANCELLED,
-            actor=lifecycle.Actor.of(by),
+            actor=lifecycle.by_user(by),
             reason="cancelled",
             only_from=(*lifecycle.UNSTARTED, JobState.ASSIGNED),
         )
@@ -282,7 +275,7 @@ async def cancel_unreachable(*, session: AsyncSession, job: Job, by: User) -> Jo
         session=session,
         job=job,
         state=JobState.CANCELLED,
-        actor=lifecycle.Actor.of(by),
+        actor=lifecycle.by_user(by),
         reason="cancelled while its machine could not be reached: check the machine",
         only_from=ACTIVE_STATES,
     )
@@ -333,7 +326,7 @@ async def clear(
         )
         session.add(again)
         await session.flush()
-        await lifecycle.record_created(session=session, job=again, actor=lifecycle.Actor.of(by))
+        await lifecycle.record_created(session=session, job=again, actor=lifecycle.by_user(by))
         again = await lifecycle.approve(session=session, job=again, by=by)
     return job, again
 

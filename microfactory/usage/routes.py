@@ -9,8 +9,7 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import Response
 from pydantic import AwareDatetime
 
-from microfactory.bookings.deps import Now, ShopTz
-from microfactory.deps import AnyUser, SessionDep, StaffUser
+from microfactory.deps import AnyUser, Now, SessionDep, ShopTz, StaffUser
 from microfactory.usage import reports
 from microfactory.usage.csvout import csv_response
 from microfactory.usage.schemas import CorrectionCreate, UsageRead, UsageSummaryRow, UtilisationRow
