@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
@@ -173,14 +173,28 @@ async def _create_from_design(
 
 @router.get("", response_model=list[JobRead])
 async def list_jobs(
+    request: Request,
+    response: Response,
     session: SessionDep,
     user: AnyUser,
     mine: bool = False,
     state: Annotated[list[JobState] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = service.DEFAULT_PAGE,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> list[JobRead]:
-    """List jobs, newest first: members see their own, operators everyone's."""
-    jobs = await service.list_jobs(session=session, user=user, mine=mine, states=state)
-    return [JobRead.model_validate(j) for j in jobs]
+    """List jobs, newest first: members see their own, operators everyone's.
+
+    Paged by cursor: when there is more, the `Link` header (rel="next") and `X-Next-Cursor`
+    give the next page (`?cursor=`), with the same filters and `limit`.
+    """
+    page = await service.list_jobs(
+        session=session, user=user, mine=mine, states=state, limit=limit, cursor=cursor
+    )
+    if page.next_cursor is not None:
+        url = request.url.include_query_params(cursor=page.next_cursor, limit=limit)
+        response.headers["Link"] = f'<{url}>; rel="next"'
+        response.headers["X-Next-Cursor"] = page.next_cursor
+    return [JobRead.model_validate(j) for j in page.items]
 
 
 @router.get("/{job_id}", response_model=JobRead)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.accounts.models import User
@@ -43,15 +46,79 @@ async def get_visible(*, session: AsyncSession, job_id: int, user: User) -> Job:
     return job
 
 
+DEFAULT_PAGE = 100
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of a job list, newest first, and the cursor of the next page (if any)."""
+
+    items: list[Job]
+    next_cursor: str | None
+
+
+def encode_cursor(job_id: int) -> str:
+    """Return an opaque cursor that continues a list after this job."""
+    return base64.urlsafe_b64encode(f"j{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Return the job id a cursor continues after; a bad cursor is a 422."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("j") or not raw[1:].isdigit():
+            raise ValueError(raw)
+        return int(raw[1:])
+    except ValueError:
+        raise InvalidInputError("the cursor is not one this server gave out") from None
+
+
 async def list_jobs(
-    *, session: AsyncSession, user: User, mine: bool = False, states: list[JobState] | None = None
-) -> list[Job]:
-    """Return jobs, newest first: members see their own, staff everyone's."""
-    stmt = select(Job).order_by(Job.id.desc()).limit(500)
+    *,
+    session: AsyncSession,
+    user: User,
+    mine: bool = False,
+    states: Iterable[JobState] | None = None,
+    limit: int = DEFAULT_PAGE,
+    cursor: str | None = None,
+) -> JobPage:
+    """Return a page of jobs, newest first: members see their own, staff everyone's.
+
+    Keyset paging on the id (`id < cursor`), so a page costs the same however deep it is and
+    a job created meanwhile never shifts the pages that follow.
+    """
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}")
+    stmt = select(Job).order_by(Job.id.desc()).limit(limit + 1)
     if mine or not user.is_staff:
         stmt = stmt.where(Job.owner_id == user.id)
-    if states:
-        stmt = stmt.where(Job.state.in_(states))
+    wanted = list(states or [])
+    if wanted:
+        stmt = stmt.where(Job.state.in_(wanted))
+    if cursor:
+        stmt = stmt.where(Job.id < decode_cursor(cursor))
+    rows = list((await session.execute(stmt)).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return JobPage(rows, encode_cursor(rows[-1].id) if more and rows else None)
+
+
+async def list_open(*, session: AsyncSession) -> list[Job]:
+    """Return every job still in the shop's hands (not cleared, not ended off a machine).
+
+    The operator's queue shows all of them, however many: none may vanish off a page.
+    """
+    stmt = (
+        select(Job)
+        .where(
+            or_(
+                Job.state.in_([*lifecycle.UNSTARTED, *ACTIVE_STATES]),
+                and_(Job.state.in_(list(ENDED_STATES)), Job.machine_id.is_not(None)),
+            )
+        )
+        .order_by(Job.id.desc())
+    )
     return list((await session.execute(stmt)).scalars())
 
 
