@@ -17,6 +17,7 @@ from microfactory.errors import InvalidInputError
 from microfactory.jobs import lifecycle
 from microfactory.jobs.matcher import MachineView, QueuedJob, decide, incompatibility
 from microfactory.jobs.models import ENDED_STATES, Job, JobState
+from microfactory.machines import limits
 from microfactory.machines.channel import StatusReader
 from microfactory.machines.models import Machine, MachineKind
 from microfactory.usage.models import UsageRecord
@@ -60,6 +61,11 @@ def queued_job(job: Job) -> QueuedJob:
         heats=job.machine_kind is MachineKind.FDM_PRINTER,
         max_hotend_c=analysis.get("max_hotend_c"),
         max_bed_c=analysis.get("max_bed_c"),
+        refused_by=tuple(
+            (driver, why)
+            for driver in sorted(limits.GRBL_DRIVERS | limits.MARLIN_DRIVERS)
+            if (why := limits.program_problem(analysis, driver))
+        ),
     )
 
 
@@ -93,6 +99,7 @@ def machine_view(machine: Machine, status: dict[str, Any], bed_clear: bool = Tru
         heating=heating,
         max_hotend_c=caps.get("max_hotend_c"),
         max_bed_c=caps.get("max_bed_c"),
+        driver=machine.driver,
     )
 
 

@@ -22,9 +22,10 @@ from microfactory.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from microfactory.files import StoredFile, check_gcode_file
+from microfactory.files import StoredFile, read_program
 from microfactory.jobs import lifecycle, queue
 from microfactory.jobs.models import ACTIVE_STATES, ENDED_STATES, Job, JobState
+from microfactory.machines import limits
 from microfactory.machines import service as machine_service
 from microfactory.machines.channel import StatusReader
 from microfactory.machines.models import Machine, MachineKind
@@ -154,7 +155,8 @@ async def create_from_upload(
 ) -> Job:
     """Create a job from an uploaded G-code file, analysed and validated before it queues."""
     try:
-        lines_total = await asyncio.to_thread(check_gcode_file, stored.path)
+        lines = await asyncio.to_thread(read_program, stored.path)
+        lines_total = len(lines)
         requested: Machine | None = None
         if machine_id is not None:
             requested = await machine_service.get_or_raise(session=session, machine_id=machine_id)
@@ -169,6 +171,8 @@ async def create_from_upload(
         if allow_firmware_commands and not owner.is_staff:
             raise PermissionDeniedError("only operators may allow firmware-altering commands")
         analysis = await analyse_file(stored.path, requested)
+        # What each firmware accepts is checked now and at assignment, not at dispatch.
+        analysis["line_stats"] = await asyncio.to_thread(limits.line_stats, lines)
         job = Job(
             owner_id=owner.id,
             title=(title or stored.original_name)[:200],
@@ -238,6 +242,9 @@ def _refuse_machine(machine: Machine, job: Job, fleet: StatusReader) -> str | No
             f"machine {machine.name!r} is a {machine.kind.value.replace('_', ' ')}, "
             f"and this job needs a {job.machine_kind.value.replace('_', ' ')}"
         )
+    problem = limits.program_problem(job.analysis, machine.driver)
+    if problem is not None:
+        return f"machine {machine.name!r} cannot take this program: {problem}"
     state = fleet.status(machine).get("state")
     if state != "idle":
         message = fleet.status(machine).get("message") or ""

@@ -405,3 +405,45 @@ async def test_the_queue_page_shows_every_queued_job_a_page_at_a_time(
     last = (await client.get("/queue?limit=2&cursor=4")).text
     assert 'rel="next"' not in last
     assert 'href="/queue?cursor=2&amp;limit=2" rel="prev"' in last
+
+
+async def test_a_program_no_machine_firmware_takes_is_refused_at_submission(
+    client: httpx.AsyncClient, operator: dict[str, str], member: dict[str, str]
+) -> None:
+    await make_machine(
+        client, operator, name="Mill", kind="cnc_mill", driver="grbl", connection={"port": "/x"}
+    )
+    long = b"G21\nG90\nG1X1." + b"0" * 40 + b"Y2." + b"0" * 40 + b"F600\n"
+    resp = await upload(client, member, long, name="part.nc", machine_kind="cnc_mill")
+    assert resp.status_code == 422, resp.text
+    assert "Mill: line 3 is" in resp.json()["detail"]
+    assert "GRBL's 79-character line buffer" in resp.json()["detail"]
+
+    # The shop printer runs Marlin: a line too long for its command buffer is refused too.
+    text = b"G28\nM117 " + b"x" * 120 + b"\n"
+    resp = await upload(client, member, text)
+    assert resp.status_code == 422, resp.text
+    assert "Marlin's 96-byte command buffer" in resp.json()["detail"]
+
+
+async def test_dispatch_to_a_machine_whose_firmware_refuses_the_program_is_409(
+    client: httpx.AsyncClient, operator: dict[str, str]
+) -> None:
+    mill = await make_machine(
+        client, operator, name="Mill", kind="cnc_mill", driver="grbl", connection={"port": "/x"}
+    )
+    await make_machine(
+        client, operator, name="Hand mill", kind="cnc_mill", driver="manual", connection={}
+    )
+    long = b"G21\nG1X1." + b"0" * 40 + b"Y2." + b"0" * 40 + b"\n"
+    job = (await upload(client, operator, long, name="p.nc", machine_kind="cnc_mill")).json()
+    assert job["state"] == "queued"
+    resp = await client.post(
+        f"/api/v1/jobs/{job['id']}/dispatch", json={"machine_id": mill["id"]}, headers=operator
+    )
+    assert resp.status_code == 409
+    assert "cannot take this program: line 2 is" in resp.json()["detail"]
+    after = (await client.get(f"/api/v1/jobs/{job['id']}", headers=operator)).json()
+    assert after == job | {"updated_at": after["updated_at"]}
+    events = (await client.get(f"/api/v1/jobs/{job['id']}/events", headers=operator)).json()
+    assert [e["to_state"] for e in events] == ["submitted", "approved", "queued"]
