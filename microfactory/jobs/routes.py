@@ -271,14 +271,21 @@ async def _control(
     machine = await machine_service.get_or_raise(session=session, machine_id=job.machine_id)
     await session.commit()
     actor = lifecycle.by_user(user)
+    channel = _fleet(request)
     try:
-        await getattr(_fleet(request).get(machine), action)(actor=actor)
+        handle = channel.get(machine)
     except ConflictError:
         if action != "cancel":
             raise
-        # Cancel always works: a machine that cannot be reached is not running it for us.
+        handle = None
+    if action == "cancel" and (handle is None or channel.running_job(machine.id) != job.id):
+        # Cancel always works: no supervisor is running this job (the machine is offline or
+        # was never re-attached), so there is nothing to stop but the record.
         await service.cancel_unreachable(session=session, job=job, by=user)
         await session.commit()
+    else:
+        assert handle is not None
+        await getattr(handle, action)(actor=actor)
     await session.refresh(job)
     return JobRead.model_validate(job)
 
