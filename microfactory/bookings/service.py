@@ -75,7 +75,6 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "slot_minutes": 15,
     "buffer_minutes": 0,
     "requires_training": False,
-    "power_w": None,
 }
 
 
@@ -133,21 +132,20 @@ async def update_policy(*, session: AsyncSession, policy_in: PolicyUpdate) -> Bo
 async def get_profile(*, session: AsyncSession, machine_id: int) -> MachineProfile:
     """Return a machine's booking settings (defaults until an operator changes them)."""
     profile = await session.get(MachineProfile, machine_id)
-    return (
-        profile
-        if profile is not None
-        else MachineProfile(machine_id=machine_id, **PROFILE_DEFAULTS)
-    )
+    if profile is not None:
+        return profile
+    machine = await session.get(Machine, machine_id)
+    return MachineProfile(machine_id=machine_id, machine=machine, **PROFILE_DEFAULTS)
 
 
 async def update_profile(
     *, session: AsyncSession, machine_id: int, profile_in: ProfileUpdate
 ) -> MachineProfile:
     """Change a machine's slot size, buffer, training requirement or power rating."""
-    await machine_service.get_or_raise(session=session, machine_id=machine_id)
+    machine = await machine_service.get_or_raise(session=session, machine_id=machine_id)
     profile = await session.get(MachineProfile, machine_id)
     if profile is None:
-        profile = MachineProfile(machine_id=machine_id, **PROFILE_DEFAULTS)
+        profile = MachineProfile(machine_id=machine_id, machine=machine, **PROFILE_DEFAULTS)
         session.add(profile)
     for key, value in profile_in.model_dump(exclude_unset=True).items():
         if value is not None or key == "power_w":

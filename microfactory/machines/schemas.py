@@ -196,6 +196,7 @@ class MachineBase(_Strict):
     enabled: bool = True
     maintenance: bool = False
     notes: str = Field("", max_length=5000)
+    power_w: float | None = Field(None, ge=0, le=100_000)  # rated draw, for energy estimates
 
 
 class MachineCreate(MachineBase):
@@ -221,6 +222,7 @@ class MachineUpdate(_Strict):
     enabled: bool | None = None
     maintenance: bool | None = None
     notes: str | None = Field(None, max_length=5000)
+    power_w: float | None = Field(None, ge=0, le=100_000)  # null clears it
 
     @field_validator("driver")
     @classmethod
@@ -243,6 +245,7 @@ class MachineRead(BaseModel):
     enabled: bool
     maintenance: bool
     notes: str
+    power_w: float | None
     status: dict[str, Any]
     created_at: dt.datetime
     updated_at: dt.datetime
