@@ -34,6 +34,7 @@ from microfactory.designs.routes import router as designs_router
 from microfactory.errors import install_error_handlers
 from microfactory.events import BUS_KEY, EventBus, JobChanged
 from microfactory.fabrication.routes import router as slicer_profiles_router
+from microfactory.jobs import lifecycle as job_lifecycle
 from microfactory.jobs.pages import router as job_pages_router
 from microfactory.jobs.preparation import Preparer
 from microfactory.jobs.routes import router as jobs_router
@@ -100,6 +101,16 @@ def _wire_events(sessionmaker: async_sessionmaker[AsyncSession], fleet: Fleet) -
     return bus
 
 
+async def catch_up_usage(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """Log the runs whose usage a stop between commit and subscriber left unrecorded."""
+    async with sessionmaker() as session:
+        missed = await job_lifecycle.unrecorded_runs(session=session)
+    for event in missed:
+        async with sessionmaker() as session, session.begin():
+            await usage_subscribers.record_run(session=session, event=event)
+        log.warning("usage of job %s recorded at startup", event.job_id)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """Build the app for these settings."""
 
@@ -113,6 +124,8 @@ def create_app(settings: Settings) -> FastAPI:
         bus: EventBus = app.state.events
         bus.start()
         if settings.run_supervisors:
+            # The machine host alone, so two processes never log the same run twice.
+            await catch_up_usage(app.state.sessionmaker)
             # Bookings' periodic tasks; a database lease runs them once across processes.
             scheduler = Scheduler(app.state.sessionmaker, settings)
             scheduler.start()

@@ -30,6 +30,7 @@ from microfactory.db import utcnow
 from microfactory.errors import ConflictError, NotFoundError
 from microfactory.events import MACHINE, SYSTEM, Actor, JobChanged, publish_after_commit
 from microfactory.jobs.models import ACTIVE_STATES, ENDED_STATES, Job, JobEvent, JobState
+from microfactory.usage.models import UsageRecord
 
 S = JobState
 UNSTARTED = frozenset({S.SUBMITTED, S.APPROVED, S.QUEUED})
@@ -186,7 +187,7 @@ def _changed(
         owner_id=job.owner_id,
         machine_id=job.machine_id,
         from_state=current.value if current is not None else None,
-        to_state=job.state.value,
+        to_state=row.to_state.value,
         at=row.at,
         actor=actor.kind,
         actor_id=actor.user_id,
@@ -221,6 +222,40 @@ async def events_of(*, session: AsyncSession, job_id: int) -> list[JobEvent]:
         select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
     )
     return list(result.scalars())
+
+
+async def unrecorded_runs(*, session: AsyncSession) -> list[JobChanged]:
+    """Return the end of every run that reached a machine but has no usage record yet.
+
+    Reactions are delivered after the commit, in this process: a crash in between loses
+    them. The usage log must not lose a run, so at startup these endings are handed to its
+    (idempotent) subscriber again.
+    """
+    recorded = select(UsageRecord.id).where(
+        UsageRecord.job_id == JobEvent.job_id, UsageRecord.source == "job"
+    )
+    rows = await session.execute(
+        select(JobEvent, Job)
+        .join(Job, Job.id == JobEvent.job_id)
+        .where(
+            JobEvent.to_state.in_(list(ENDED_STATES)),
+            JobEvent.from_state.in_([S.RUNNING, S.PAUSED]),
+            ~recorded.exists(),
+        )
+        .order_by(JobEvent.id)
+    )
+    return [
+        _changed(
+            job,
+            "job.ended",
+            event.from_state,
+            event,
+            Actor(event.actor, event.actor_id),
+            event.reason,
+            {"usage_note": "recorded at startup: the server stopped before it was logged"},
+        )
+        for event, job in rows.all()
+    ]
 
 
 async def actor_names(*, session: AsyncSession, events: Iterable[JobEvent]) -> dict[int, str]:
