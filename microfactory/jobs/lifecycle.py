@@ -204,8 +204,16 @@ def _changed(
     )
 
 
-async def record_created(*, session: AsyncSession, job: Job, actor: Actor) -> None:
-    """Append the first event of a new job (it was flushed in `submitted`)."""
+async def create(*, session: AsyncSession, job: Job, actor: Actor) -> Job:
+    """Store a new job in its first state, `submitted`, and record it as its first event."""
+    job.state = S.SUBMITTED
+    session.add(job)
+    await session.flush()
+    await _record_created(session=session, job=job, actor=actor)
+    return job
+
+
+async def _record_created(*, session: AsyncSession, job: Job, actor: Actor) -> None:
     now = job.created_at or utcnow()
     row = JobEvent(
         job_id=job.id, from_state=None, to_state=job.state, at=now, actor=actor.kind,

@@ -121,7 +121,6 @@ async def create_from_design(
     job = Job(
         owner_id=owner.id,
         title=f"{design.title}" + (f" ×{copies}" if copies > 1 else ""),
-        state=JobState.SUBMITTED,
         preparation="pending",
         machine_kind=kind,
         requested_machine_id=machine_id,

@@ -176,7 +176,6 @@ async def create_from_upload(
         job = Job(
             owner_id=owner.id,
             title=(title or stored.original_name)[:200],
-            state=JobState.SUBMITTED,
             preparation="ready",
             machine_kind=machine_kind,
             requested_machine_id=requested.id if requested else None,
@@ -210,10 +209,7 @@ async def create_from_upload(
 
 async def add_submitted(*, session: AsyncSession, job: Job, owner: User) -> Job:
     """Store a new job as submitted; trusted members' and operators' jobs are approved at once."""
-    job.state = JobState.SUBMITTED  # a new row: its first state, recorded as its first event
-    session.add(job)
-    await session.flush()
-    await lifecycle.record_created(session=session, job=job, actor=lifecycle.by_user(owner))
+    await lifecycle.create(session=session, job=job, actor=lifecycle.by_user(owner))
     if owner.trusted or owner.is_staff:
         job = await lifecycle.approve(session=session, job=job, by=owner)
     return job
@@ -398,9 +394,7 @@ async def clear(
             notes=f"requeued after job {job.id} came out bad",
             created_at=utcnow(),
         )
-        session.add(again)
-        await session.flush()
-        await lifecycle.record_created(session=session, job=again, actor=lifecycle.by_user(by))
+        await lifecycle.create(session=session, job=again, actor=lifecycle.by_user(by))
         again = await lifecycle.approve(session=session, job=again, by=by)
     return job, again
 
