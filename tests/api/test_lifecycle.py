@@ -349,3 +349,44 @@ async def test_a_run_whose_usage_a_crash_lost_is_logged_at_startup(
     assert "recorded at startup" in records[0].note
     await catch_up_usage(app.state.sessionmaker)  # a second start changes nothing
     assert len(await usage()) == 1
+
+
+async def test_reactions_run_after_commit_and_not_after_rollback(
+    app: Any, client: httpx.AsyncClient, shop: dict[str, Any]
+) -> None:
+    from microfactory.notifications.models import Notification
+
+    updates = app.state.fleet.subscribe()
+    next_update = asyncio.ensure_future(anext(updates))
+    job_id = await _new_job(client, shop)
+    await _force_state(app, job_id, S.RUNNING, shop["machine"]["id"])
+
+    # A transition that is rolled back publishes nothing.
+    async with app.state.sessionmaker() as session:
+        await lifecycle.end(session=session, job=job_id, state=S.FAILED, reason="boom")
+        await session.rollback()
+    await app.state.events.drain()
+    kind, item_id, first = await asyncio.wait_for(next_update, 5)
+    assert (kind, item_id, first["to"]) == ("job", job_id, "submitted")  # the creation only
+
+    # A committed one reaches the live stream and the owner's outbox.
+    async with app.state.sessionmaker() as session:
+        await lifecycle.end(session=session, job=job_id, state=S.FAILED, reason="nozzle clog")
+        await session.commit()
+    await app.state.events.drain()
+    kind, item_id, ended = await asyncio.wait_for(anext(updates), 5)
+    assert (kind, item_id) == ("job", job_id)
+    assert ended["topic"] == "job.ended"
+    assert (ended["from"], ended["to"]) == ("running", "failed")
+    assert "reason" not in ended  # the shared stream carries no member's details
+    await updates.aclose()
+    async with app.state.sessionmaker() as session:
+        notes = list(
+            (
+                await session.execute(
+                    select(Notification).where(Notification.user_id == shop["member_user"].id)
+                )
+            ).scalars()
+        )
+    assert [(n.kind, n.body) for n in notes] == [("job_failed", "nozzle clog")]
+    assert "failed" in notes[0].subject
