@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 
 class MachineState(StrEnum):
@@ -224,24 +224,27 @@ class UnknownDriver(DriverError):
 # ---------------------------------------------------------------------------
 
 
-class EventHub:
-    """Fan-out of events to any number of subscribers, each with a bounded queue."""
+T = TypeVar("T")
+
+
+class EventHub(Generic[T]):
+    """Fan-out of items (driver events, or any other) to subscribers, each with a bounded queue."""
 
     def __init__(self, maxsize: int = 1000) -> None:
-        self._queues: set[asyncio.Queue[Event]] = set()
+        self._queues: set[asyncio.Queue[T]] = set()
         self._maxsize = maxsize
 
-    def publish(self, event: Event) -> None:
-        """Deliver an event to every subscriber; a full subscriber loses its oldest event."""
+    def publish(self, event: T) -> None:
+        """Deliver an item to every subscriber; a full subscriber loses its oldest item."""
         for q in self._queues:
             if q.full():
                 with contextlib.suppress(asyncio.QueueEmpty):
                     q.get_nowait()
             q.put_nowait(event)
 
-    async def subscribe(self) -> AsyncIterator[Event]:
-        """Yield events as they come, until the caller stops iterating."""
-        q: asyncio.Queue[Event] = asyncio.Queue(self._maxsize)
+    async def subscribe(self) -> AsyncIterator[T]:
+        """Yield items as they come, until the caller stops iterating."""
+        q: asyncio.Queue[T] = asyncio.Queue(self._maxsize)
         self._queues.add(q)
         try:
             while True:
@@ -261,7 +264,7 @@ class Driver(ABC):
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = dict(settings)
         self._status = Status()
-        self._events = EventHub()
+        self._events: EventHub[Event] = EventHub()
 
     # -- status and events ------------------------------------------------------
 

@@ -23,6 +23,8 @@ from microfactory.analysis import shutdown_analysis_pool
 from microfactory.bookings import wiring as booking_wiring
 from microfactory.bookings.wiring import routers as booking_routers
 from microfactory.config import Settings
+from microfactory.costs.pages import router as costs_pages_router
+from microfactory.costs.routes import router as costs_router
 from microfactory.dashboard.routes import install_dashboard_handlers
 from microfactory.dashboard.routes import router as dashboard_router
 from microfactory.db import make_engine, make_sessionmaker
@@ -31,8 +33,9 @@ from microfactory.designs.routes import router as designs_router
 from microfactory.errors import document_errors, install_error_handlers
 from microfactory.events import BUS_KEY, EventBus, JobChanged
 from microfactory.fabrication.routes import router as slicer_profiles_router
+from microfactory.jobs import lifecycle as job_lifecycle
+from microfactory.jobs.pages import router as job_pages_router
 from microfactory.jobs.preparation import Preparer
-from microfactory.jobs.queue import QueueRunner
 from microfactory.jobs.routes import router as jobs_router
 from microfactory.machines.routes import router as machines_router
 from microfactory.middleware import (
@@ -44,6 +47,7 @@ from microfactory.middleware import (
 )
 from microfactory.notifications import subscribers as notification_subscribers
 from microfactory.runtime.fleet import Fleet
+from microfactory.runtime.queue_runner import QueueRunner
 from microfactory.runtime.remote import (
     JobEventRelay,
     MachineHost,
@@ -53,6 +57,8 @@ from microfactory.runtime.remote import (
 )
 from microfactory.scheduler import Scheduler
 from microfactory.usage import subscribers as usage_subscribers
+from microfactory.usage.pages import router as usage_pages_router
+from microfactory.usage.routes import router as usage_router
 
 log = logging.getLogger("microfactory")
 
@@ -101,12 +107,22 @@ def _wire_events(
             "to": event.to_state,
             "at": event.at.isoformat(),
         }
-        fleet.hub.publish_job(event.job_id, payload)
+        fleet.publish_job(event.job_id, payload)
         if relay is not None:
             relay.forward(event.job_id, payload)  # to the other processes' streams
 
     bus.subscribe("job.*", to_stream)
     return bus
+
+
+async def catch_up_usage(sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    """Log the runs whose usage a stop between commit and subscriber left unrecorded."""
+    async with sessionmaker() as session:
+        missed = await job_lifecycle.unrecorded_runs(session=session)
+    for event in missed:
+        async with sessionmaker() as session, session.begin():
+            await usage_subscribers.record_run(session=session, event=event)
+        log.warning("usage of job %s recorded at startup", event.job_id)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -130,6 +146,8 @@ def create_app(settings: Settings) -> FastAPI:
             await fleet.start()
             app.state.queue_runner = QueueWaker(fleet)
         if settings.run_supervisors:
+            # The machine host alone, so two processes never log the same run twice.
+            await catch_up_usage(app.state.sessionmaker)
             # Bookings' periodic tasks; a database lease runs them once across processes.
             scheduler = Scheduler(app.state.sessionmaker, settings)
             scheduler.start()
@@ -185,7 +203,7 @@ def create_app(settings: Settings) -> FastAPI:
         else Fleet()
     )
     app.state.job_relay = (
-        JobEventRelay(libpq_dsn(settings.sync_database_url), app.state.fleet.hub)
+        JobEventRelay(libpq_dsn(settings.sync_database_url), app.state.fleet)
         if settings.is_postgresql
         else None
     )
@@ -205,9 +223,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(designs_router)
     app.include_router(slicer_profiles_router)
     app.include_router(design_pages_router)
+    app.include_router(job_pages_router)
     app.include_router(dashboard_router)
     for router in booking_routers():
         app.include_router(router)
+    app.include_router(usage_router)
+    app.include_router(usage_pages_router)
+    app.include_router(costs_router)
+    app.include_router(costs_pages_router)
     app.mount("/static", StaticFiles(directory=resources.web_dir() / "static"), name="static")
     document_errors(app)
 

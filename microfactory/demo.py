@@ -14,6 +14,7 @@ from microfactory.accounts.models import Role
 from microfactory.accounts.schemas import UserCreate
 from microfactory.bookings import demo as booking_demo
 from microfactory.config import Environment, Settings
+from microfactory.costs import demo as cost_demo
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import Machine
 from microfactory.machines.schemas import MachineCreate
@@ -151,7 +152,8 @@ async def seed(*, session: AsyncSession, settings: Settings) -> list[DemoLogin]:
         for machine_in in demo_machines(settings.demo_speed_factor):
             await machine_service.create(session=session, machine_in=machine_in)
     await seed_designs(session=session, settings=settings)
-    await booking_demo.seed(session=session)  # opening hours, machine profiles, rates, a plan
+    await booking_demo.seed(session=session)  # opening hours, machine profiles
+    await cost_demo.seed(session=session)  # rates and a plan
     return list(DEMO_USERS)
 
 

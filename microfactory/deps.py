@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
@@ -13,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, User
 from microfactory.config import Settings
+from microfactory.db import utcnow
 from microfactory.errors import NotAuthenticatedError, PermissionDeniedError
 
 SESSION_COOKIE = "mf_session"
@@ -103,3 +106,18 @@ def require_roles(*roles: Role) -> RoleCheck:
 AnyUser = Annotated[User, Depends(require_roles(Role.MEMBER, Role.OPERATOR, Role.ADMIN))]
 StaffUser = Annotated[User, Depends(require_roles(Role.OPERATOR, Role.ADMIN))]
 AdminUser = Annotated[User, Depends(require_roles(Role.ADMIN))]
+
+
+def shop_tz(request: Request) -> ZoneInfo:
+    """Return the shop's time zone."""
+    return ZoneInfo(request.app.state.settings.shop_timezone)
+
+
+def now(request: Request) -> dt.datetime:
+    """Return the current time; tests replace the clock with `app.state.clock`."""
+    clock = getattr(request.app.state, "clock", None)
+    return clock() if clock is not None else utcnow()
+
+
+ShopTz = Annotated[ZoneInfo, Depends(shop_tz)]
+Now = Annotated[dt.datetime, Depends(now)]

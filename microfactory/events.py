@@ -56,6 +56,24 @@ class JobChanged:
 Handler = Callable[[JobChanged], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who made a change: a person, a machine (its supervisor) or the system."""
+
+    kind: str  # "user", "machine", "system"
+    user_id: int | None = None
+    name: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def person(cls, user_id: int, username: str | None = None) -> Actor:
+        """Return the actor for a person."""
+        return cls("user", user_id, username)
+
+
+MACHINE = Actor("machine")
+SYSTEM = Actor("system")
+
+
 class EventBus:
     """Deliver events to subscribers in publication order, one at a time."""
 

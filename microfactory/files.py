@@ -67,7 +67,12 @@ def _open_new(path: Path) -> BinaryIO:
 
 
 def check_gcode_file(path: Path) -> int:
-    """Check that a file is non-empty UTF-8 G-code text; return its count of command lines.
+    """Check that a file is non-empty UTF-8 G-code text; return its count of command lines."""
+    return len(read_program(path))
+
+
+def read_program(path: Path) -> list[str]:
+    """Check that a file is non-empty UTF-8 G-code text; return its command lines.
 
     Runs in a worker thread: a 6 MB file takes tens of milliseconds.
     """
@@ -87,4 +92,4 @@ def check_gcode_file(path: Path) -> int:
     lines = clean_lines(text.splitlines())
     if not lines:
         raise InvalidInputError("the file holds no G-code commands, only comments or blank lines")
-    return len(lines)
+    return lines

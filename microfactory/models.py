@@ -19,9 +19,9 @@ from microfactory.db import Base
 from microfactory.designs.models import Design, DesignFile
 from microfactory.fabrication.models import SlicerProfile
 from microfactory.jobs.models import Job, JobEvent
+from microfactory.leases import SchedulerLease
 from microfactory.machines.models import Machine
 from microfactory.notifications.models import Notification
-from microfactory.scheduler import SchedulerLease
 from microfactory.usage.models import UsageRecord
 
 __all__ = [

@@ -20,31 +20,23 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy import String, or_, update
+from sqlalchemy import or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Mapped, mapped_column
 
+from microfactory.bookings import scheduled as booking_tasks
 from microfactory.config import Settings
-from microfactory.db import Base, UTCDateTime, utcnow
+from microfactory.db import utcnow
+from microfactory.leases import SchedulerLease
+from microfactory.notifications import service as notification_service
+from microfactory.usage import scheduled as usage_tasks
 
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "scheduler"
 TICK_S = 30.0
 LEASE_TTL = dt.timedelta(seconds=3 * TICK_S)  # three missed ticks before another takes over
-
-
-class SchedulerLease(Base):
-    """Who runs the scheduled tasks, until when."""
-
-    __tablename__ = "scheduler_leases"
-
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    holder: Mapped[str] = mapped_column(String(200))
-    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
-    acquired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
 def new_holder_id() -> str:
@@ -96,6 +88,8 @@ async def release_lease(
 
 
 Task = Callable[[AsyncSession, dt.datetime, Settings], Awaitable[object]]
+#: a task that opens its own transactions (it does slow I/O between them)
+AloneTask = Callable[[async_sessionmaker[AsyncSession], dt.datetime, Settings], Awaitable[object]]
 
 
 @dataclass(frozen=True)
@@ -103,15 +97,13 @@ class NamedTask:
     """A scheduled task: a name for the logs and a function of (session, now, settings)."""
 
     name: str
-    run: Task
+    run: Task | None = None
+    run_alone: AloneTask | None = None
 
 
 def default_tasks() -> list[NamedTask]:
     """Return the shop's periodic tasks, in the order they run each tick."""
-    # Imported here: the domain packages import models, and microfactory.models imports us.
-    from microfactory import retention
-    from microfactory.bookings import scheduled as booking_tasks
-    from microfactory.notifications import service as notification_service
+    from microfactory import retention  # imported here: retention imports jobs
 
     def tz(settings: Settings) -> ZoneInfo:
         return ZoneInfo(settings.shop_timezone)
@@ -123,10 +115,15 @@ def default_tasks() -> list[NamedTask]:
         return await booking_tasks.send_reminders(session=s, now=now, tz=tz(st))
 
     async def sessions(s: AsyncSession, now: dt.datetime, st: Settings) -> object:
-        return await booking_tasks.log_booked_sessions(session=s, now=now)
+        return await usage_tasks.log_booked_sessions(session=s, now=now)
 
-    async def email(s: AsyncSession, now: dt.datetime, st: Settings) -> object:
-        return await notification_service.deliver_pending(session=s, settings=st, now=now)
+    async def email(
+        sessions: async_sessionmaker[AsyncSession], now: dt.datetime, st: Settings
+    ) -> object:
+        # Its own short transactions, one per message: no SMTP call inside a transaction.
+        return await notification_service.deliver_pending(
+            sessionmaker=sessions, settings=st, now=now
+        )
 
     async def job_files(s: AsyncSession, now: dt.datetime, st: Settings) -> object:
         return await retention.purge_job_files(session=s, settings=st, now=now)
@@ -135,7 +132,7 @@ def default_tasks() -> list[NamedTask]:
         NamedTask("release_no_shows", no_shows),
         NamedTask("log_booked_sessions", sessions),
         NamedTask("send_reminders", reminders),
-        NamedTask("deliver_email", email),
+        NamedTask("deliver_email", run_alone=email),
         NamedTask("purge_job_files", job_files),
     ]
 
@@ -157,8 +154,12 @@ async def run_tick(
     for task in tasks if tasks is not None else default_tasks():
         # One transaction per task: a failing task neither blocks nor undoes the others.
         try:
-            async with sessionmaker() as session, session.begin():
-                await task.run(session, now, settings)
+            if task.run_alone is not None:
+                await task.run_alone(sessionmaker, now, settings)
+            else:
+                assert task.run is not None
+                async with sessionmaker() as session, session.begin():
+                    await task.run(session, now, settings)
             ran.append(task.name)
         except Exception:  # a scheduled task must not kill the scheduler; it retries next tick
             log.exception("scheduled task %s failed", task.name)
@@ -215,3 +216,6 @@ class Scheduler:
                 await release_lease(session=session, holder=self.holder, now=utcnow())
         except Exception:  # shutting down: the lease expires by itself anyway
             log.warning("could not release the scheduler lease", exc_info=True)
+
+
+__all__ = ["NamedTask", "Scheduler", "SchedulerLease", "run_tick", "take_lease"]

@@ -55,6 +55,11 @@ class User(TimestampMixin, Base):
         back_populates="user", cascade="all, delete-orphan", lazy="raise"
     )
 
+    @property
+    def is_staff(self) -> bool:
+        """Return whether the user is an operator or admin (they run the shop)."""
+        return self.role in (Role.OPERATOR, Role.ADMIN)
+
 
 class ApiToken(Base):
     """A bearer token; only its SHA-256 is stored, so a database leak reveals no token."""

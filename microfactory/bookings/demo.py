@@ -1,18 +1,14 @@
-"""The demo shop's booking setup: opening hours, machine profiles, rates and a plan."""
+"""The demo shop's booking setup: opening hours and machine profiles."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from microfactory.accounts import service as account_service
 from microfactory.bookings import service
 from microfactory.bookings.models import OpeningHours
 from microfactory.bookings.schemas import OpeningHoursUpdate, OpeningInterval, ProfileUpdate
-from microfactory.costs import service as cost_service
-from microfactory.costs.schemas import PlanCreate
 from microfactory.machines import service as machine_service
-from microfactory.machines.models import MachineKind
 
 # name -> (power W, slot minutes, buffer minutes, training required)
 PROFILES = {
@@ -25,7 +21,7 @@ PROFILES = {
 
 
 async def seed(*, session: AsyncSession) -> None:
-    """Open the demo shop 08:00-20:00 every day, price it, and put the member on a plan."""
+    """Open the demo shop 08:00-20:00 every day, with each machine's booking profile."""
     if (await session.execute(select(OpeningHours.id).limit(1))).first() is not None:
         return
     await service.set_weekly_schedule(
@@ -47,19 +43,3 @@ async def seed(*, session: AsyncSession) -> None:
                     requires_training=training,
                 ),
             )
-    rates = {
-        MachineKind.FDM_PRINTER: 200,
-        MachineKind.CNC_MILL: 800,
-        MachineKind.LASER_CUTTER: 600,
-    }
-    for kind, cents in rates.items():
-        await cost_service.set_machine_rate(session=session, kind=kind, cents_per_hour=cents)
-    for material, cents in {"PLA": 2500, "PETG": 3000, "plywood": 1200}.items():
-        await cost_service.set_material_rate(session=session, material=material, cents_per_kg=cents)
-    plan = await cost_service.create_plan(
-        session=session,
-        plan_in=PlanCreate(name="Maker", included_hours_per_month=5, monthly_fee_cents=2000),
-    )
-    member = await account_service.get_by_username(session=session, username="member")
-    if member is not None:
-        await cost_service.set_membership(session=session, user_id=member.id, plan_id=plan.id)

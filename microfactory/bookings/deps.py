@@ -1,28 +1,18 @@
-"""Booking request dependencies: the shop's time zone, the clock, and calendar feed callers."""
+"""Booking request dependencies: calendar feed callers.
+
+The shop's time zone and the clock (`ShopTz`, `Now`) are shared by several areas and live in
+microfactory/deps.py; they are re-exported here for the bookings' routes.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated
-from zoneinfo import ZoneInfo
 
 from fastapi import Depends, Query, Request
 
 from microfactory.accounts.models import Role, User
 from microfactory.bookings import service
-from microfactory.db import utcnow
-from microfactory.deps import SessionDep, current_user, oauth2_scheme
-
-
-def shop_tz(request: Request) -> ZoneInfo:
-    """Return the shop's time zone."""
-    return ZoneInfo(request.app.state.settings.shop_timezone)
-
-
-def now(request: Request) -> dt.datetime:
-    """Return the current time; tests replace the clock with `app.state.clock`."""
-    clock = getattr(request.app.state, "clock", None)
-    return clock() if clock is not None else utcnow()
+from microfactory.deps import Now, SessionDep, ShopTz, current_user, now, oauth2_scheme, shop_tz
 
 
 async def calendar_user(
@@ -39,6 +29,6 @@ async def calendar_user(
 
 calendar_user.allowed_roles = frozenset(Role)  # type: ignore[attr-defined]  # route audit
 
-ShopTz = Annotated[ZoneInfo, Depends(shop_tz)]
-Now = Annotated[dt.datetime, Depends(now)]
 CalendarUser = Annotated[User, Depends(calendar_user)]
+
+__all__ = ["CalendarUser", "Now", "ShopTz", "calendar_user", "now", "shop_tz"]

@@ -6,10 +6,10 @@ import datetime as dt
 from enum import StrEnum
 
 from sqlalchemy import Date, Enum, ForeignKey, Index, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from microfactory.db import Base, UTCDateTime, utcnow
-from microfactory.machines.models import MachineKind
+from microfactory.machines.models import Machine, MachineKind
 
 
 def _enum(cls: type[StrEnum], length: int) -> Enum:
@@ -60,7 +60,17 @@ class MachineProfile(Base):
     slot_minutes: Mapped[int] = mapped_column(default=15)
     buffer_minutes: Mapped[int] = mapped_column(default=0)  # cleaning time after each booking
     requires_training: Mapped[bool] = mapped_column(default=False)
-    power_w: Mapped[float | None]  # rated power draw, for the usage log's energy estimate
+    # The machine, for its power rating (kept on Machine since 0006b; shown with these settings).
+    machine: Mapped[Machine] = relationship(lazy="joined")
+
+    @property
+    def power_w(self) -> float | None:
+        """Return the machine's rated power in W (it lives on Machine)."""
+        return self.machine.power_w if self.machine is not None else None
+
+    @power_w.setter
+    def power_w(self, value: float | None) -> None:
+        self.machine.power_w = value
 
 
 class OpeningHours(Base):

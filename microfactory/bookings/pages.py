@@ -25,14 +25,12 @@ from microfactory.bookings.schemas import (
     OpeningHoursUpdate,
     OpeningInterval,
 )
-from microfactory.costs import service as cost_service
 from microfactory.deps import SessionDep
 from microfactory.errors import DomainError, InvalidInputError
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import MachineKind
 from microfactory.notifications import service as notification_service
 from microfactory.types import Id
-from microfactory.usage import reports
 from microfactory.web import CsrfChecked, WebMember, WebStaff, redirect, render
 
 router = APIRouter(include_in_schema=False)
@@ -109,7 +107,7 @@ async def _bookings_page(
                 "can_check_in": b.status is BookingStatus.BOOKED and opens <= now <= closes,
                 "can_cancel": b.status is BookingStatus.BOOKED
                 and (
-                    service.is_staff(user)
+                    user.is_staff
                     or now <= b.start_at - dt.timedelta(minutes=policy.cancel_cutoff_minutes)
                 ),
             }
@@ -321,68 +319,6 @@ async def calendar_book(
         )
     local = begin.astimezone(tz).strftime("%a %d %b %H:%M")
     return redirect(_with_message(back, f"Booked from {local} for {minutes} minutes."))
-
-
-# -- usage and statement ---------------------------------------------------------------------
-
-
-@router.get("/usage", response_class=HTMLResponse)
-async def usage_page(
-    request: Request, session: SessionDep, user: WebMember, month: str | None = None
-) -> HTMLResponse:
-    """Show the member's usage this month and every machine's utilisation over 14 days."""
-    tz = _tz(request)
-    now = clock_now(request)
-    month = month or cost_service.current_month(now, tz)
-    start, end = reports.month_bounds(month, tz)
-    records = await reports.entries(
-        session=session, user=user, start=start, end=end, user_id=user.id
-    )
-    by_machine = await reports.summary(
-        session=session, user=user, start=start, end=end, group_by="machine", user_id=user.id
-    )
-    days = 14
-    first = now.astimezone(tz).date() - dt.timedelta(days=days - 1)
-    util = await reports.utilisation(session=session, tz=tz, first_day=first, days=days)
-    charts: dict[int, dict[str, Any]] = {}
-    for row in util:
-        chart = charts.setdefault(
-            row["machine_id"], {"name": row["machine_name"], "bars": [], "used": 0.0, "open": 0.0}
-        )
-        chart["bars"].append(row)
-        chart["used"] += row["used_h"]
-        chart["open"] += row["open_h"]
-    machines = {m.id: m.name for m in await machine_service.list_machines(session=session)}
-    return render(
-        request,
-        "usage.html",
-        {
-            "month": month,
-            "records": records,
-            "by_machine": by_machine,
-            "charts": list(charts.values()),
-            "machines": machines,
-            "tz": tz,
-            "first": first,
-            "days": days,
-        },
-    )
-
-
-@router.get("/statement", response_class=HTMLResponse)
-async def statement_page(
-    request: Request, session: SessionDep, user: WebMember, month: str | None = None
-) -> HTMLResponse:
-    """Show the member's monthly statement."""
-    tz = _tz(request)
-    month = month or cost_service.current_month(clock_now(request), tz)
-    data = await cost_service.statement(
-        session=session, viewer=user, user_id=user.id, month=month, tz=tz
-    )
-    first = dt.date.fromisoformat(month + "-01")
-    prev = (first - dt.timedelta(days=1)).strftime("%Y-%m")
-    nxt = (first + dt.timedelta(days=32)).strftime("%Y-%m")
-    return render(request, "statement.html", {"st": data, "prev": prev, "next": nxt, "tz": tz})
 
 
 # -- operators -------------------------------------------------------------------------------

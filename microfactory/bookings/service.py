@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from microfactory.accounts.models import Role, User
+from microfactory.accounts.models import User
 from microfactory.bookings import hours
 from microfactory.bookings.models import (
     HOLDING_STATUSES,
@@ -75,7 +75,6 @@ PROFILE_DEFAULTS: dict[str, Any] = {
     "slot_minutes": 15,
     "buffer_minutes": 0,
     "requires_training": False,
-    "power_w": None,
 }
 
 
@@ -101,8 +100,8 @@ class SlotTakenError(ConflictError):
 
 
 def is_staff(user: User) -> bool:
-    """Return whether the user is an operator or admin."""
-    return user.role in (Role.OPERATOR, Role.ADMIN)
+    """Return whether the user is an operator or admin (see User.is_staff)."""
+    return user.is_staff
 
 
 def _fmt(moment: dt.datetime, tz: ZoneInfo) -> str:
@@ -133,21 +132,20 @@ async def update_policy(*, session: AsyncSession, policy_in: PolicyUpdate) -> Bo
 async def get_profile(*, session: AsyncSession, machine_id: int) -> MachineProfile:
     """Return a machine's booking settings (defaults until an operator changes them)."""
     profile = await session.get(MachineProfile, machine_id)
-    return (
-        profile
-        if profile is not None
-        else MachineProfile(machine_id=machine_id, **PROFILE_DEFAULTS)
-    )
+    if profile is not None:
+        return profile
+    machine = await session.get(Machine, machine_id)
+    return MachineProfile(machine_id=machine_id, machine=machine, **PROFILE_DEFAULTS)
 
 
 async def update_profile(
     *, session: AsyncSession, machine_id: int, profile_in: ProfileUpdate
 ) -> MachineProfile:
     """Change a machine's slot size, buffer, training requirement or power rating."""
-    await machine_service.get_or_raise(session=session, machine_id=machine_id)
+    machine = await machine_service.get_or_raise(session=session, machine_id=machine_id)
     profile = await session.get(MachineProfile, machine_id)
     if profile is None:
-        profile = MachineProfile(machine_id=machine_id, **PROFILE_DEFAULTS)
+        profile = MachineProfile(machine_id=machine_id, machine=machine, **PROFILE_DEFAULTS)
         session.add(profile)
     for key, value in profile_in.model_dump(exclude_unset=True).items():
         if value is not None or key == "power_w":

@@ -1,5 +1,5 @@
-"""The routers of bookings, usage reports, costs and their dashboard pages, for create_app;
-and the bookings' subscription to the job lifecycle (check-in when a job starts)."""
+"""The bookings' routers and dashboard pages for create_app, and their subscription to the job
+lifecycle (check-in when a job starts)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from microfactory.bookings import service as booking_service
 from microfactory.bookings.pages import router as pages_router
 from microfactory.bookings.routes import router as bookings_router
-from microfactory.costs.routes import router as costs_router
 from microfactory.events import EventBus, JobChanged
-from microfactory.usage.routes import router as usage_router
 
 
 def routers() -> list[APIRouter]:
     """Return the routers to include in the app."""
-    return [bookings_router, usage_router, costs_router, pages_router]
+    return [bookings_router, pages_router]
 
 
 def subscribe(bus: EventBus, sessionmaker: async_sessionmaker[AsyncSession]) -> None:

@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, status
 from fastapi.responses import Response
 
-from microfactory.bookings.deps import Now, ShopTz
 from microfactory.costs import service
 from microfactory.costs.schemas import (
     MachineRateSet,
@@ -19,7 +18,7 @@ from microfactory.costs.schemas import (
     Statement,
     StatementLine,
 )
-from microfactory.deps import AnyUser, SessionDep, StaffUser
+from microfactory.deps import AnyUser, Now, SessionDep, ShopTz, StaffUser
 from microfactory.machines.models import MachineKind
 from microfactory.types import MONTH_PATTERN, Id
 from microfactory.usage.csvout import CSV_RESPONSES, csv_response

@@ -115,7 +115,7 @@ async def statement(
     *, session: AsyncSession, viewer: User, user_id: int, month: str, tz: ZoneInfo
 ) -> dict[str, Any]:
     """Compute a member's statement for a local calendar month ("YYYY-MM")."""
-    if not reports.is_staff(viewer) and user_id != viewer.id:
+    if not viewer.is_staff and user_id != viewer.id:
         raise NotFoundError(f"user {user_id} not found")
     member = await session.get(User, user_id)
     if member is None:

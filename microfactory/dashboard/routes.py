@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
@@ -133,29 +133,47 @@ async def machines_page(request: Request, session: SessionDep, user: WebMember) 
     return render(
         request,
         "machines.html",
-        {"machines": machines, "staff": job_service.is_staff(user)},
+        {"machines": machines, "staff": user.is_staff},
     )
 
 
 @router.get("/jobs", response_class=HTMLResponse)
-async def jobs_page(request: Request, session: SessionDep, user: WebMember) -> HTMLResponse:
-    """Show jobs: a member's own, or the whole shop's for operators."""
-    jobs = await job_service.list_jobs(session=session, user=user)
+async def jobs_page(
+    request: Request, session: SessionDep, user: WebMember, cursor: str | None = None
+) -> HTMLResponse:
+    """Show jobs, a page at a time: a member's own, or the whole shop's for operators."""
+    page = await job_service.list_jobs(session=session, user=user, limit=50, cursor=cursor)
     machines = {m.id: m for m in await machine_service.list_machines(session=session)}
     return render(
         request,
         "jobs.html",
-        {"jobs": jobs, "machines": machines, "staff": job_service.is_staff(user)},
+        {
+            "jobs": page.items,
+            "next_cursor": page.next_cursor,
+            "paged": cursor is not None,
+            "machines": machines,
+            "staff": user.is_staff,
+        },
     )
 
 
 @router.get("/queue", response_class=HTMLResponse)
-async def queue_page(request: Request, session: SessionDep, user: WebStaff) -> HTMLResponse:
-    """Show the shop-wide queue to operators: approve, reprioritise, dispatch, clear beds."""
+async def queue_page(
+    request: Request,
+    session: SessionDep,
+    user: WebStaff,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[int, Query(ge=0)] = 0,
+) -> HTMLResponse:
+    """Show the shop-wide queue to operators: approve, reprioritise, dispatch, clear beds.
+
+    Every open job is read (none vanishes off a cut); the queued ones are shown a page at a
+    time in the order the matcher takes them, `cursor` being the place in that order.
+    """
     fleet = request.app.state.fleet
     machines = await machine_service.list_machines(session=session)
     by_id = {m.id: m for m in machines}
-    jobs = await job_service.list_jobs(session=session, user=user)
+    jobs = await job_service.list_open(session=session)
     owners = {u.id: u.username for u in await account_service.list_users(session=session)}
     groups: dict[str, list[Any]] = {
         "approval": [],
@@ -182,7 +200,17 @@ async def queue_page(request: Request, session: SessionDep, user: WebStaff) -> H
         {j.owner_id for j in groups["queued"]},
     )
     order = [q.id for q in order_queue([job_queue.queued_job(j) for j in groups["queued"]], usage)]
-    groups["queued"].sort(key=lambda j: order.index(j.id))
+    place = {job_id: i for i, job_id in enumerate(order)}
+    groups["queued"].sort(key=lambda j: place[j.id])
+    queued_total = len(groups["queued"])
+    groups["queued"] = groups["queued"][cursor : cursor + limit]
+    paging = {
+        "total": queued_total,
+        "first": cursor + 1,
+        "prev": max(0, cursor - limit) if cursor > 0 else None,
+        "next": cursor + limit if cursor + limit < queued_total else None,
+        "limit": limit,
+    }
     idle = {
         kind: [
             m
@@ -194,7 +222,13 @@ async def queue_page(request: Request, session: SessionDep, user: WebStaff) -> H
     return render(
         request,
         "queue.html",
-        {"groups": groups, "machines": by_id, "owners": owners, "idle": idle},
+        {
+            "groups": groups,
+            "machines": by_id,
+            "owners": owners,
+            "idle": idle,
+            "paging": paging,
+        },
     )
 
 
@@ -261,7 +295,7 @@ async def job_page(
         if job.machine_id
         else None
     )
-    staff = job_service.is_staff(user)
+    staff = user.is_staff
     candidates = []
     if staff and job.state.value in ("approved", "queued"):
         fleet = request.app.state.fleet

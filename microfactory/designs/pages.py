@@ -1,6 +1,7 @@
-"""Dashboard pages of the design library: browse, search, view, add, import, make.
+"""Dashboard pages of the design library: browse, search, view, add, import.
 
-Members browse, add designs and make jobs from them; operators also import OKH manifests.
+Members browse and add designs; operators also import OKH manifests. Making a job from a
+design is a job page (jobs/pages.py): jobs depend on designs, not the other way round.
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ from microfactory.designs.licences import licence_flags
 from microfactory.designs.models import Design
 from microfactory.designs.schemas import build_create
 from microfactory.designs.storage import store_uploads
-from microfactory.errors import DomainError, InvalidInputError
+from microfactory.errors import DomainError
 from microfactory.fabrication.prusaslicer import MATERIALS
-from microfactory.jobs import preparation as job_preparation
-from microfactory.jobs import service as job_service
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import MachineKind
 from microfactory.types import Id
 from microfactory.web import (
-    CsrfChecked,
     WebMember,
     WebStaff,
     redirect,
@@ -50,7 +48,7 @@ async def designs_page(
             "designs": designs,
             "q": q[:200],
             "flags": {d.id: licence_flags(d.licence) for d in designs},
-            "staff": job_service.is_staff(user),
+            "staff": user.is_staff,
         },
     )
 
@@ -159,7 +157,7 @@ async def design_import_submit(
     return redirect(f"/designs/{design.id}")
 
 
-async def _design_context(
+async def design_context(
     request: Request, session: SessionDep, design: Design, user: Any
 ) -> dict[str, Any]:
     settings = request.app.state.settings
@@ -182,7 +180,7 @@ async def _design_context(
         "machines": machines,
         "kinds": list(MachineKind),
         "materials": list(MATERIALS),
-        "staff": job_service.is_staff(user),
+        "staff": user.is_staff,
         "error": None,
         "values": {},
     }
@@ -194,10 +192,10 @@ async def design_page(
 ) -> HTMLResponse:
     """Show a design: licence and attribution, files with analysis, parameters, make."""
     design = await service.get_or_raise(session=session, design_id=design_id)
-    return render(request, "design.html", await _design_context(request, session, design, user))
+    return render(request, "design.html", await design_context(request, session, design, user))
 
 
-def _form_parameters(form: Any) -> dict[str, str]:
+def form_parameters(form: Any) -> dict[str, str]:
     values: dict[str, str] = {}
     for key in form:
         if key.startswith(PARAM_PREFIX):
@@ -206,55 +204,3 @@ def _form_parameters(form: Any) -> dict[str, str]:
             if entries:
                 values[key[len(PARAM_PREFIX) :]] = entries[-1]
     return values
-
-
-@router.post("/designs/{design_id}/make", response_class=HTMLResponse)
-async def design_make(
-    request: Request, design_id: Id, session: SessionDep, user: WebMember, _csrf: CsrfChecked
-) -> Response:
-    """Make a job from a design with the form's parameters, material, copies and machine."""
-    settings = request.app.state.settings
-    design = await service.get_or_raise(session=session, design_id=design_id)
-    form = await request.form()
-    raw = _form_parameters(form)
-    try:
-        file_field = str(form.get("file_id") or "")
-        if not file_field.isdigit():
-            raise InvalidInputError("choose which file of the design to make")
-        design_file = service.get_file_or_raise(design, int(file_field))
-        copies_field = str(form.get("copies") or "1")
-        if not copies_field.isdigit():
-            raise InvalidInputError("copies must be a whole number")
-        target = str(form.get("target") or "")
-        machine_id: Id | None = None
-        machine_kind: MachineKind | None = None
-        if target.startswith("machine:") and target[8:].isdigit():
-            machine_id = int(target[8:])
-        elif target.startswith("kind:") and target[5:] in {k.value for k in MachineKind}:
-            machine_kind = MachineKind(target[5:])
-        parameters: dict[str, Any] = {}
-        if design_file.kind == "scad":
-            values, changed = await service.check_parameters(
-                settings=settings, design=design, design_file=design_file, parameters=raw
-            )
-            # The job records only what differs from the published design.
-            parameters = {name: values[name] for name in changed}
-        job = await job_preparation.create_from_design(
-            session=session,
-            owner=user,
-            design=design,
-            design_file=design_file,
-            parameters=parameters,
-            material=str(form.get("material") or "").strip() or None,
-            copies=int(copies_field),
-            machine_kind=machine_kind,
-            machine_id=machine_id,
-            settings=settings,
-        )
-    except DomainError as exc:
-        context = await _design_context(request, session, design, user)
-        context.update({"error": exc.detail, "values": raw})
-        return render(request, "design.html", context, status_code=exc.status_code)
-    await session.commit()  # the job exists before its G-code is made
-    request.app.state.preparer.submit(job.id)
-    return redirect(f"/jobs/{job.id}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -28,8 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from microfactory.accounts.models import User
 from microfactory.db import utcnow
 from microfactory.errors import ConflictError, NotFoundError
-from microfactory.events import JobChanged, publish_after_commit
+from microfactory.events import MACHINE, SYSTEM, Actor, JobChanged, publish_after_commit
 from microfactory.jobs.models import ACTIVE_STATES, ENDED_STATES, Job, JobEvent, JobState
+from microfactory.usage.models import UsageRecord
 
 S = JobState
 UNSTARTED = frozenset({S.SUBMITTED, S.APPROVED, S.QUEUED})
@@ -89,22 +90,9 @@ class TransitionRefused(ConflictError):
     """The job is not in a state the move starts from (a 409 naming the rule)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who made a transition: a person, a machine (its supervisor) or the system."""
-
-    kind: str  # "user", "machine", "system"
-    user_id: int | None = None
-    name: str | None = field(default=None, compare=False)
-
-    @classmethod
-    def of(cls, user: User) -> Actor:
-        """Return the actor for a person."""
-        return cls("user", user.id, user.username)
-
-
-MACHINE = Actor("machine")
-SYSTEM = Actor("system")
+def by_user(user: User) -> Actor:
+    """Return the actor for a person."""
+    return Actor.person(user.id, user.username)
 
 
 def _refusal(job_id: int, current: JobState, rule: Rule) -> TransitionRefused:
@@ -199,7 +187,7 @@ def _changed(
         owner_id=job.owner_id,
         machine_id=job.machine_id,
         from_state=current.value if current is not None else None,
-        to_state=job.state.value,
+        to_state=row.to_state.value,
         at=row.at,
         actor=actor.kind,
         actor_id=actor.user_id,
@@ -216,8 +204,16 @@ def _changed(
     )
 
 
-async def record_created(*, session: AsyncSession, job: Job, actor: Actor) -> None:
-    """Append the first event of a new job (it was flushed in `submitted`)."""
+async def create(*, session: AsyncSession, job: Job, actor: Actor) -> Job:
+    """Store a new job in its first state, `submitted`, and record it as its first event."""
+    job.state = S.SUBMITTED
+    session.add(job)
+    await session.flush()
+    await _record_created(session=session, job=job, actor=actor)
+    return job
+
+
+async def _record_created(*, session: AsyncSession, job: Job, actor: Actor) -> None:
     now = job.created_at or utcnow()
     row = JobEvent(
         job_id=job.id, from_state=None, to_state=job.state, at=now, actor=actor.kind,
@@ -234,6 +230,40 @@ async def events_of(*, session: AsyncSession, job_id: int) -> list[JobEvent]:
         select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
     )
     return list(result.scalars())
+
+
+async def unrecorded_runs(*, session: AsyncSession) -> list[JobChanged]:
+    """Return the end of every run that reached a machine but has no usage record yet.
+
+    Reactions are delivered after the commit, in this process: a crash in between loses
+    them. The usage log must not lose a run, so at startup these endings are handed to its
+    (idempotent) subscriber again.
+    """
+    recorded = select(UsageRecord.id).where(
+        UsageRecord.job_id == JobEvent.job_id, UsageRecord.source == "job"
+    )
+    rows = await session.execute(
+        select(JobEvent, Job)
+        .join(Job, Job.id == JobEvent.job_id)
+        .where(
+            JobEvent.to_state.in_(list(ENDED_STATES)),
+            JobEvent.from_state.in_([S.RUNNING, S.PAUSED]),
+            ~recorded.exists(),
+        )
+        .order_by(JobEvent.id)
+    )
+    return [
+        _changed(
+            job,
+            "job.ended",
+            event.from_state,
+            event,
+            Actor(event.actor, event.actor_id),
+            event.reason,
+            {"usage_note": "recorded at startup: the server stopped before it was logged"},
+        )
+        for event, job in rows.all()
+    ]
 
 
 async def actor_names(*, session: AsyncSession, events: Iterable[JobEvent]) -> dict[int, str]:
@@ -254,11 +284,11 @@ async def approve(*, session: AsyncSession, job: Job | int, by: User) -> Job:
         session=session,
         job=job,
         rule="approve",
-        actor=Actor.of(by),
+        actor=by_user(by),
         values={"approved_at": utcnow(), "approved_by_id": by.id},
     )
     if done.preparation == "ready":
-        done = await queue(session=session, job=done, actor=Actor.of(by))
+        done = await queue(session=session, job=done, actor=by_user(by))
     return done
 
 
@@ -396,6 +426,9 @@ async def clear(
     if notes:
         values["notes"] = (row.notes + "\n" + notes).strip()
     return await transition(
-        session=session, job=job_id, rule="clear", actor=Actor.of(by), reason=outcome,
+        session=session, job=job_id, rule="clear", actor=by_user(by), reason=outcome,
         values=values,
     )  # fmt: skip
+
+
+__all__ = ["MACHINE", "RULES", "SYSTEM", "Actor", "TransitionRefused", "by_user", "transition"]

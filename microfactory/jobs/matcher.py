@@ -38,6 +38,8 @@ class QueuedJob:
     heats: bool = False  # FDM: heats a hotend and bed at start (counts for staggering)
     max_hotend_c: float | None = None
     max_bed_c: float | None = None
+    # (driver, why): firmwares that cannot take the program (a line too long for GRBL, ...)
+    refused_by: tuple[tuple[str, str], ...] = ()
 
     @property
     def duration_s(self) -> float:
@@ -60,6 +62,7 @@ class MachineView:
     heating: bool = False  # warming up now (counts against the staggered-start limit)
     max_hotend_c: float | None = None
     max_bed_c: float | None = None
+    driver: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,9 @@ def incompatibility(job: QueuedJob, machine: MachineView) -> str | None:
         return "hotend temperature above the machine's limit"
     if job.max_bed_c and machine.max_bed_c and job.max_bed_c > machine.max_bed_c:
         return "bed temperature above the machine's limit"
+    for driver, why in job.refused_by:
+        if driver == machine.driver:
+            return why
     return None
 
 

@@ -29,10 +29,11 @@ from microfactory.errors import DomainError, InvalidInputError
 from microfactory.fabrication import service as fabrication_service
 from microfactory.fabrication.pipeline import prepare_gcode
 from microfactory.fabrication.runner import Limits
-from microfactory.files import check_gcode_file
+from microfactory.files import read_program
 from microfactory.jobs import lifecycle, queue
 from microfactory.jobs.models import Job, JobState
 from microfactory.jobs.service import add_submitted, fresh_progress
+from microfactory.machines import limits
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import Machine, MachineKind
 
@@ -120,7 +121,6 @@ async def create_from_design(
     job = Job(
         owner_id=owner.id,
         title=f"{design.title}" + (f" ×{copies}" if copies > 1 else ""),
-        state=JobState.SUBMITTED,
         preparation="pending",
         machine_kind=kind,
         requested_machine_id=machine_id,
@@ -237,15 +237,17 @@ class Preparer:
         await asyncio.to_thread(shutil.move, prepared.path, target)
         try:
             digest, size = await asyncio.to_thread(_digest, target)
-            lines_total = await asyncio.to_thread(check_gcode_file, target)
+            lines = await asyncio.to_thread(read_program, target)
+            lines_total = len(lines)
+            stats = await asyncio.to_thread(limits.line_stats, lines)
             async with self.sessionmaker() as session, session.begin():
                 job = await session.get(Job, job_id)
                 if job is None:
                     raise InvalidInputError("the job disappeared while it was prepared")
                 machines = list((await session.execute(select(Machine))).scalars())
-                job.analysis = prepared.analysis
+                job.analysis = {**prepared.analysis, "line_stats": stats}
                 queue.validate_job(
-                    analysis=prepared.analysis,
+                    analysis=job.analysis,
                     kind=job.machine_kind,
                     machines=[m for m in machines if m.id == job.requested_machine_id] or machines,
                     allow_firmware_commands=job.allow_firmware_commands,

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.analysis import commands as program_commands
 from microfactory.bookings import service as booking_service
 from microfactory.config import Settings
 from microfactory.db import utcnow
-from microfactory.errors import ConflictError, InvalidInputError
+from microfactory.errors import InvalidInputError
 from microfactory.jobs import lifecycle
 from microfactory.jobs.matcher import MachineView, QueuedJob, decide, incompatibility
 from microfactory.jobs.models import ENDED_STATES, Job, JobState
+from microfactory.machines import limits
+from microfactory.machines.channel import StatusReader
 from microfactory.machines.models import Machine, MachineKind
-from microfactory.runtime.fleet import Fleet
 from microfactory.usage.models import UsageRecord
 
 log = logging.getLogger("microfactory.queue")
@@ -63,6 +62,11 @@ def queued_job(job: Job) -> QueuedJob:
         heats=job.machine_kind is MachineKind.FDM_PRINTER,
         max_hotend_c=analysis.get("max_hotend_c"),
         max_bed_c=analysis.get("max_bed_c"),
+        refused_by=tuple(
+            (driver, why)
+            for driver in sorted(limits.GRBL_DRIVERS | limits.MARLIN_DRIVERS)
+            if (why := limits.program_problem(analysis, driver))
+        ),
     )
 
 
@@ -96,6 +100,7 @@ def machine_view(machine: Machine, status: dict[str, Any], bed_clear: bool = Tru
         heating=heating,
         max_hotend_c=caps.get("max_hotend_c"),
         max_bed_c=caps.get("max_bed_c"),
+        driver=machine.driver,
     )
 
 
@@ -225,7 +230,11 @@ async def _booking_checker(
 
 
 async def plan(
-    *, session: AsyncSession, fleet: Fleet, settings: Settings, now: dt.datetime | None = None
+    *,
+    session: AsyncSession,
+    fleet: StatusReader,
+    settings: Settings,
+    now: dt.datetime | None = None,
 ) -> list[tuple[int, int]]:
     """Match queued jobs to free machines and mark them assigned; return (job, machine) pairs.
 
@@ -283,64 +292,3 @@ async def plan(
             continue  # cancelled or dispatched by hand since we read the queue
         pairs.append((a.job_id, a.machine_id))
     return pairs
-
-
-class QueueRunner:
-    """Runs the matcher every few seconds, and at once when woken (a job queued, a bed cleared)."""
-
-    def __init__(
-        self, sessionmaker: async_sessionmaker[AsyncSession], fleet: Fleet, settings: Settings
-    ) -> None:
-        self.sessionmaker = sessionmaker
-        self.fleet = fleet
-        self.settings = settings
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Start the loop."""
-        self._task = asyncio.create_task(self._run(), name="queue-runner")
-
-    async def stop(self) -> None:
-        """Stop the loop."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    def wake(self) -> None:
-        """Run the matcher soon."""
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.queue_interval_s)
-            self._wake.clear()
-            try:
-                await self.run_once()
-            except Exception:  # the loop must survive one bad pass; the next one retries
-                log.exception("queue pass failed")
-
-    async def run_once(self) -> list[tuple[int, int]]:
-        """Assign what can be assigned and start it."""
-        async with self.sessionmaker() as session:
-            pairs = await plan(session=session, fleet=self.fleet, settings=self.settings)
-            await session.commit()
-        for job_id, machine_id in pairs:
-            sup = self.fleet.supervisors.get(machine_id)
-            if sup is None:
-                async with self.sessionmaker() as session, session.begin():
-                    with contextlib.suppress(lifecycle.TransitionRefused):
-                        await lifecycle.unassign(
-                            session=session,
-                            job=job_id,
-                            reason="start refused: the machine has no supervisor",
-                            actor=lifecycle.SYSTEM,
-                        )
-                continue
-            # A refused start is handled by the supervisor: the job goes back to the queue
-            # as it was, or fails when it cannot run at all (its file is gone).
-            with contextlib.suppress(ConflictError):
-                await sup.start_job(job_id)
-        return pairs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
@@ -26,8 +26,8 @@ from microfactory.jobs.schemas import (
     PriorityRequest,
 )
 from microfactory.machines import service as machine_service
+from microfactory.machines.channel import CommandChannel
 from microfactory.machines.models import MachineKind
-from microfactory.runtime.fleet import Fleet
 from microfactory.types import Id
 
 router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
@@ -46,9 +46,9 @@ class UploadJobForm(BaseModel):
     allow_firmware_commands: bool = False
 
 
-def _fleet(request: Request) -> Fleet:
-    fleet: Fleet = request.app.state.fleet
-    return fleet
+def _fleet(request: Request) -> CommandChannel:
+    channel: CommandChannel = request.app.state.fleet
+    return channel
 
 
 def _wake_queue(request: Request) -> None:
@@ -181,14 +181,28 @@ async def _create_from_design(
 
 @router.get("", response_model=list[JobRead])
 async def list_jobs(
+    request: Request,
+    response: Response,
     session: SessionDep,
     user: AnyUser,
     mine: bool = False,
     state: Annotated[list[JobState] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = service.DEFAULT_PAGE,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
 ) -> list[JobRead]:
-    """List jobs, newest first: members see their own, operators everyone's."""
-    jobs = await service.list_jobs(session=session, user=user, mine=mine, states=state)
-    return [JobRead.model_validate(j) for j in jobs]
+    """List jobs, newest first: members see their own, operators everyone's.
+
+    Paged by cursor: when there is more, the `Link` header (rel="next") and `X-Next-Cursor`
+    give the next page (`?cursor=`), with the same filters and `limit`.
+    """
+    page = await service.list_jobs(
+        session=session, user=user, mine=mine, states=state, limit=limit, cursor=cursor
+    )
+    if page.next_cursor is not None:
+        url = request.url.include_query_params(cursor=page.next_cursor, limit=limit)
+        response.headers["Link"] = f'<{url}>; rel="next"'
+        response.headers["X-Next-Cursor"] = page.next_cursor
+    return [JobRead.model_validate(j) for j in page.items]
 
 
 @router.get("/{job_id}", response_model=JobRead)
@@ -240,13 +254,13 @@ async def dispatch(
         job=job,
         fleet=fleet,
         machine_id=body.machine_id if body else None,
-        actor=lifecycle.Actor.of(user),
+        actor=lifecycle.by_user(user),
     )
     assert job.machine_id is not None
     machine = await machine_service.get_or_raise(session=session, machine_id=job.machine_id)
     supervisor = fleet.get(machine)  # refuses before the commit if there is none
     await session.commit()  # the assignment is durable before the machine moves
-    await supervisor.start_job(job.id, actor=lifecycle.Actor.of(user))
+    await supervisor.start_job(job.id, actor=lifecycle.by_user(user))
     await session.refresh(job)
     return JobRead.model_validate(job)
 
@@ -264,15 +278,22 @@ async def _control(
     assert job.machine_id is not None
     machine = await machine_service.get_or_raise(session=session, machine_id=job.machine_id)
     await session.commit()
-    actor = lifecycle.Actor.of(user)
+    actor = lifecycle.by_user(user)
+    channel = _fleet(request)
     try:
-        await getattr(_fleet(request).get(machine), action)(actor=actor)
+        handle = channel.get(machine)
     except ConflictError:
         if action != "cancel":
             raise
-        # Cancel always works: a machine that cannot be reached is not running it for us.
+        handle = None
+    if action == "cancel" and (handle is None or channel.running_job(machine.id) != job.id):
+        # Cancel always works: no supervisor is running this job (the machine is offline or
+        # was never re-attached), so there is nothing to stop but the record.
         await service.cancel_unreachable(session=session, job=job, by=user)
         await session.commit()
+    else:
+        assert handle is not None
+        await getattr(handle, action)(actor=actor)
     await session.refresh(job)
     return JobRead.model_validate(job)
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from microfactory.accounts.models import Role, User
+from microfactory.accounts.models import User
 from microfactory.analysis import AnalysisError, analyse_gcode_async
 from microfactory.analysis.gcode import MachineLimits
 from microfactory.db import utcnow
@@ -19,20 +22,14 @@ from microfactory.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from microfactory.files import StoredFile, check_gcode_file
+from microfactory.files import StoredFile, read_program
 from microfactory.jobs import lifecycle, queue
 from microfactory.jobs.estimates import machine_limits
 from microfactory.jobs.models import ACTIVE_STATES, ENDED_STATES, Job, JobState
+from microfactory.machines import limits
 from microfactory.machines import service as machine_service
+from microfactory.machines.channel import StatusReader
 from microfactory.machines.models import Machine, MachineKind
-from microfactory.runtime.fleet import Fleet
-
-STAFF = frozenset({Role.OPERATOR, Role.ADMIN})
-
-
-def is_staff(user: User) -> bool:
-    """Return whether the user is an operator or admin."""
-    return user.role in STAFF
 
 
 async def get_or_raise(*, session: AsyncSession, job_id: int) -> Job:
@@ -46,20 +43,84 @@ async def get_or_raise(*, session: AsyncSession, job_id: int) -> Job:
 async def get_visible(*, session: AsyncSession, job_id: int, user: User) -> Job:
     """Return a job the user may see: their own, or any for staff."""
     job = await get_or_raise(session=session, job_id=job_id)
-    if job.owner_id != user.id and not is_staff(user):
+    if job.owner_id != user.id and not user.is_staff:
         raise NotFoundError(f"job {job_id} not found")
     return job
 
 
+DEFAULT_PAGE = 100
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of a job list, newest first, and the cursor of the next page (if any)."""
+
+    items: list[Job]
+    next_cursor: str | None
+
+
+def encode_cursor(job_id: int) -> str:
+    """Return an opaque cursor that continues a list after this job."""
+    return base64.urlsafe_b64encode(f"j{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Return the job id a cursor continues after; a bad cursor is a 422."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("j") or not raw[1:].isdigit():
+            raise ValueError(raw)
+        return int(raw[1:])
+    except ValueError:
+        raise InvalidInputError("the cursor is not one this server gave out") from None
+
+
 async def list_jobs(
-    *, session: AsyncSession, user: User, mine: bool = False, states: list[JobState] | None = None
-) -> list[Job]:
-    """Return jobs, newest first: members see their own, staff everyone's."""
-    stmt = select(Job).order_by(Job.id.desc()).limit(500)
-    if mine or not is_staff(user):
+    *,
+    session: AsyncSession,
+    user: User,
+    mine: bool = False,
+    states: Iterable[JobState] | None = None,
+    limit: int = DEFAULT_PAGE,
+    cursor: str | None = None,
+) -> JobPage:
+    """Return a page of jobs, newest first: members see their own, staff everyone's.
+
+    Keyset paging on the id (`id < cursor`), so a page costs the same however deep it is and
+    a job created meanwhile never shifts the pages that follow.
+    """
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInputError(f"limit must be between 1 and {MAX_PAGE}")
+    stmt = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    if mine or not user.is_staff:
         stmt = stmt.where(Job.owner_id == user.id)
-    if states:
-        stmt = stmt.where(Job.state.in_(states))
+    wanted = list(states or [])
+    if wanted:
+        stmt = stmt.where(Job.state.in_(wanted))
+    if cursor:
+        stmt = stmt.where(Job.id < decode_cursor(cursor))
+    rows = list((await session.execute(stmt)).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return JobPage(rows, encode_cursor(rows[-1].id) if more and rows else None)
+
+
+async def list_open(*, session: AsyncSession) -> list[Job]:
+    """Return every job still in the shop's hands (not cleared, not ended off a machine).
+
+    The operator's queue shows all of them, however many: none may vanish off a page.
+    """
+    stmt = (
+        select(Job)
+        .where(
+            or_(
+                Job.state.in_([*lifecycle.UNSTARTED, *ACTIVE_STATES]),
+                and_(Job.state.in_(list(ENDED_STATES)), Job.machine_id.is_not(None)),
+            )
+        )
+        .order_by(Job.id.desc())
+    )
     return list((await session.execute(stmt)).scalars())
 
 
@@ -96,7 +157,8 @@ async def create_from_upload(
 ) -> Job:
     """Create a job from an uploaded G-code file, analysed and validated before it queues."""
     try:
-        lines_total = await asyncio.to_thread(check_gcode_file, stored.path)
+        lines = await asyncio.to_thread(read_program, stored.path)
+        lines_total = len(lines)
         requested: Machine | None = None
         if machine_id is not None:
             requested = await machine_service.get_or_raise(session=session, machine_id=machine_id)
@@ -108,18 +170,19 @@ async def create_from_upload(
             machine_kind = requested.kind
         if machine_kind is None:
             raise InvalidInputError("give a machine_id or a machine_kind for the job")
-        if allow_firmware_commands and not is_staff(owner):
+        if allow_firmware_commands and not owner.is_staff:
             raise PermissionDeniedError("only operators may allow firmware-altering commands")
-        limits = machine_limits(requested)
+        motion = machine_limits(requested)
         await _end_read_only_transaction(session)
-        analysis = await analyse_file(stored.path, limits=limits)
-        if requested is not None and limits is not None:
+        analysis = await analyse_file(stored.path, limits=motion)
+        if requested is not None and motion is not None:
             read_at = (requested.capabilities or {}).get("motion_limits", {}).get("read_at")
             analysis["estimate_for"] = {"machine_id": requested.id, "read_at": read_at}
+        # What each firmware accepts is checked now and at assignment, not at dispatch.
+        analysis["line_stats"] = await asyncio.to_thread(limits.line_stats, lines)
         job = Job(
             owner_id=owner.id,
             title=(title or stored.original_name)[:200],
-            state=JobState.SUBMITTED,
             preparation="ready",
             machine_kind=machine_kind,
             requested_machine_id=requested.id if requested else None,
@@ -153,11 +216,8 @@ async def create_from_upload(
 
 async def add_submitted(*, session: AsyncSession, job: Job, owner: User) -> Job:
     """Store a new job as submitted; trusted members' and operators' jobs are approved at once."""
-    job.state = JobState.SUBMITTED  # a new row: its first state, recorded as its first event
-    session.add(job)
-    await session.flush()
-    await lifecycle.record_created(session=session, job=job, actor=lifecycle.Actor.of(owner))
-    if owner.trusted or is_staff(owner):
+    await lifecycle.create(session=session, job=job, actor=lifecycle.by_user(owner))
+    if owner.trusted or owner.is_staff:
         job = await lifecycle.approve(session=session, job=job, by=owner)
     return job
 
@@ -182,7 +242,7 @@ async def approve(*, session: AsyncSession, job: Job, by: User) -> Job:
     return await lifecycle.approve(session=session, job=job, by=by)
 
 
-def _refuse_machine(machine: Machine, job: Job, fleet: Fleet) -> str | None:
+def _refuse_machine(machine: Machine, job: Job, fleet: StatusReader) -> str | None:
     """Return why this machine cannot take this job now, or None."""
     if not machine.enabled:
         return f"machine {machine.name!r} is disabled"
@@ -195,6 +255,9 @@ def _refuse_machine(machine: Machine, job: Job, fleet: Fleet) -> str | None:
             f"machine {machine.name!r} is a {machine.kind.value.replace('_', ' ')}, "
             f"and this job needs a {job.machine_kind.value.replace('_', ' ')}"
         )
+    problem = limits.program_problem(job.analysis, machine.driver)
+    if problem is not None:
+        return f"machine {machine.name!r} cannot take this program: {problem}"
     state = fleet.status(machine).get("state")
     if state != "idle":
         message = fleet.status(machine).get("message") or ""
@@ -215,7 +278,7 @@ async def dispatch(
     *,
     session: AsyncSession,
     job: Job,
-    fleet: Fleet,
+    fleet: StatusReader,
     machine_id: int | None,
     actor: lifecycle.Actor,
 ) -> Job:
@@ -264,7 +327,7 @@ async def dispatch(
 
 def check_can_control(job: Job, user: User) -> None:
     """Refuse members controlling someone else's job."""
-    if job.owner_id != user.id and not is_staff(user):
+    if job.owner_id != user.id and not user.is_staff:
         raise PermissionDeniedError("only operators or the job's owner can do this")
 
 
@@ -279,7 +342,7 @@ async def cancel_unstarted(*, session: AsyncSession, job: Job, by: User) -> bool
             session=session,
             job=job,
             state=JobState.CANCELLED,
-            actor=lifecycle.Actor.of(by),
+            actor=lifecycle.by_user(by),
             reason="cancelled",
             only_from=(*lifecycle.UNSTARTED, JobState.ASSIGNED),
         )
@@ -299,7 +362,7 @@ async def cancel_unreachable(*, session: AsyncSession, job: Job, by: User) -> Jo
         session=session,
         job=job,
         state=JobState.CANCELLED,
-        actor=lifecycle.Actor.of(by),
+        actor=lifecycle.by_user(by),
         reason="cancelled while its machine could not be reached: check the machine",
         only_from=ACTIVE_STATES,
     )
@@ -348,9 +411,7 @@ async def clear(
             notes=f"requeued after job {job.id} came out bad",
             created_at=utcnow(),
         )
-        session.add(again)
-        await session.flush()
-        await lifecycle.record_created(session=session, job=again, actor=lifecycle.Actor.of(by))
+        await lifecycle.create(session=session, job=again, actor=lifecycle.by_user(by))
         again = await lifecycle.approve(session=session, job=again, by=by)
     return job, again
 

@@ -44,3 +44,4 @@ class Machine(TimestampMixin, Base):
     enabled: Mapped[bool] = mapped_column(default=True)
     maintenance: Mapped[bool] = mapped_column(default=False)
     notes: Mapped[str] = mapped_column(Text, default="")
+    power_w: Mapped[float | None]  # rated power draw, for the usage log's energy estimate

@@ -13,7 +13,9 @@ from fastapi.responses import StreamingResponse
 
 from microfactory.deps import AnyUser, SessionDep, StaffUser
 from microfactory.errors import ConflictError
+from microfactory.events import Actor
 from microfactory.machines import service, visibility
+from microfactory.machines.channel import CommandChannel
 from microfactory.machines.schemas import (
     CommandRequest,
     CommandResult,
@@ -21,16 +23,15 @@ from microfactory.machines.schemas import (
     MachineRead,
     MachineUpdate,
 )
-from microfactory.runtime.fleet import Fleet
 from microfactory.types import Id
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
 KEEPALIVE_S = 15.0  # a comment line on an idle stream, so proxies keep it open
 
 
-def _fleet(request: Request) -> Fleet:
-    fleet: Fleet = request.app.state.fleet
-    return fleet
+def _fleet(request: Request) -> CommandChannel:
+    channel: CommandChannel = request.app.state.fleet
+    return channel
 
 
 @router.get("", response_model=list[MachineRead])
@@ -73,10 +74,10 @@ async def stream_status(request: Request, user: AnyUser) -> StreamingResponse:
 
     async def events() -> AsyncIterator[bytes]:
         # A snapshot first, so a new page is complete without waiting for changes.
-        for machine_id, sup in list(fleet.supervisors.items()):
-            payload = json.dumps({"id": machine_id, "status": await shown(sup.status_dict())})
+        for machine_id, snapshot in fleet.snapshots().items():
+            payload = json.dumps({"id": machine_id, "status": await shown(snapshot)}, default=str)
             yield f"event: machine\ndata: {payload}\n\n".encode()
-        updates = fleet.hub.subscribe()
+        updates = fleet.subscribe()
         # One pending read survives the keep-alive timeouts: cancelling it (wait_for) would
         # end the subscription generator, and the stream would die after 15 quiet seconds.
         pending = asyncio.ensure_future(anext(updates))
@@ -143,15 +144,11 @@ async def update_machine(
     """Change a machine (operators, admins)."""
     machine = await service.get_or_raise(session=session, machine_id=machine_id)
     fleet = _fleet(request)
-    sup = fleet.supervisors.get(machine_id)
-    if (
-        sup is not None
-        and sup.job_id is not None
-        and (machine_in.connection is not None or machine_in.driver or machine_in.enabled is False)
+    running = fleet.running_job(machine_id)
+    if running is not None and (
+        machine_in.connection is not None or machine_in.driver or machine_in.enabled is False
     ):
-        raise ConflictError(
-            f"machine {machine.name!r} is running job {sup.job_id}; cancel it first"
-        )
+        raise ConflictError(f"machine {machine.name!r} is running job {running}; cancel it first")
     machine = await service.update(session=session, machine=machine, machine_in=machine_in)
     await session.commit()
     await fleet.sync(machine, machine.id)
@@ -165,11 +162,9 @@ async def delete_machine(
     """Remove a machine (operators, admins)."""
     machine = await service.get_or_raise(session=session, machine_id=machine_id)
     fleet = _fleet(request)
-    sup = fleet.supervisors.get(machine_id)
-    if sup is not None and sup.job_id is not None:
-        raise ConflictError(
-            f"machine {machine.name!r} is running job {sup.job_id}; cancel it first"
-        )
+    running = fleet.running_job(machine_id)
+    if running is not None:
+        raise ConflictError(f"machine {machine.name!r} is running job {running}; cancel it first")
     await service.delete(session=session, machine=machine)
     await session.commit()
     await fleet.sync(None, machine_id)
@@ -192,11 +187,11 @@ async def send_commands(
 
 @router.post("/{machine_id:int}/emergency-stop", response_model=MachineRead)
 async def emergency_stop(
-    machine_id: Id, request: Request, session: SessionDep, _user: StaffUser
+    machine_id: Id, request: Request, session: SessionDep, user: StaffUser
 ) -> MachineRead:
     """Stop a machine now (M112, GRBL reset); its job fails (operators, admins)."""
     machine = await service.get_or_raise(session=session, machine_id=machine_id)
     fleet = _fleet(request)
     await session.commit()
-    await fleet.get(machine).emergency_stop()
+    await fleet.get(machine).emergency_stop(actor=Actor.person(user.id, user.username))
     return service.to_read(machine, fleet.status(machine))

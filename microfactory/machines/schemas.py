@@ -232,6 +232,7 @@ class MachineBase(_Strict):
     enabled: Bool = True
     maintenance: Bool = False
     notes: str = Field("", max_length=5000)
+    power_w: float | None = Field(None, ge=0, le=100_000)  # rated draw, for energy estimates
 
 
 class MachineCreate(MachineBase):
@@ -259,13 +260,14 @@ class MachineUpdate(_Strict):
     enabled: Bool | SkipJsonSchema[None] = None
     maintenance: Bool | SkipJsonSchema[None] = None
     notes: Annotated[str, Field(max_length=5000)] | SkipJsonSchema[None] = None
+    power_w: Annotated[Number, Field(ge=0, le=100_000)] | None = None  # null clears it
 
     @model_validator(mode="after")
     def _no_nulls(self) -> MachineUpdate:
         nulls = sorted(
             name
             for name in self.model_fields_set
-            if name != "build_volume_mm" and getattr(self, name) is None
+            if name not in ("build_volume_mm", "power_w") and getattr(self, name) is None
         )
         if nulls:
             raise ValueError(f"{', '.join(nulls)} cannot be null; leave a field out to keep it")
@@ -292,6 +294,7 @@ class MachineRead(BaseModel):
     enabled: bool
     maintenance: bool
     notes: str
+    power_w: float | None
     status: dict[str, Any]
     created_at: dt.datetime
     updated_at: dt.datetime

@@ -70,6 +70,7 @@ async def create(*, session: AsyncSession, machine_in: MachineCreate) -> Machine
         enabled=machine_in.enabled,
         maintenance=machine_in.maintenance,
         notes=machine_in.notes,
+        power_w=machine_in.power_w,
     )
     _apply_volume(machine, machine_in.build_volume_mm)
     session.add(machine)
@@ -117,6 +118,8 @@ async def update(*, session: AsyncSession, machine: Machine, machine_in: Machine
     for key in ("enabled", "maintenance", "notes"):
         if key in data and data[key] is not None:
             setattr(machine, key, data[key])
+    if "power_w" in data:
+        machine.power_w = data["power_w"]
     await session.flush()
     return machine
 
@@ -172,6 +175,7 @@ def to_read(machine: Machine, status: dict[str, Any]) -> MachineRead:
             "enabled": machine.enabled,
             "maintenance": machine.maintenance,
             "notes": machine.notes,
+            "power_w": machine.power_w,
             "status": status,
             "created_at": machine.created_at,
             "updated_at": machine.updated_at,

@@ -2,12 +2,14 @@
 
 Requests read status here and never touch a device. Supervisors run in exactly one process
 per host (`run_supervisors`); other web workers see machines as offline.
+
+The fleet sits in the runtime, above the domains: it uses the job lifecycle and the machine
+registry; no domain imports it (they see `machines.channel.CommandChannel`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from drivers.base import EventHub
 from microfactory.errors import ConflictError
 from microfactory.jobs import lifecycle
 from microfactory.jobs.models import ACTIVE_STATES, Job, JobState
@@ -29,48 +32,21 @@ log = logging.getLogger("microfactory.fleet")
 SELF_HOSTED_DRIVERS = frozenset({"octoprint"})
 
 
-class StatusHub:
-    """Fan-out of live updates to dashboard streams: machine statuses and job transitions.
-
-    Each item is (kind, id, payload): ("machine", machine id, status) or ("job", job id, event).
-    """
-
-    def __init__(self) -> None:
-        self._queues: set[asyncio.Queue[tuple[str, int, dict[str, Any]]]] = set()
-
-    def publish(self, machine_id: int, status: dict[str, Any]) -> None:
-        """Deliver a machine's status."""
-        self._put(("machine", machine_id, status))
-
-    def publish_job(self, job_id: int, event: dict[str, Any]) -> None:
-        """Deliver a job's transition (after its commit)."""
-        self._put(("job", job_id, event))
-
-    def _put(self, item: tuple[str, int, dict[str, Any]]) -> None:
-        """Deliver an update; a slow subscriber loses its oldest update, never blocks us."""
-        for q in self._queues:
-            if q.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    q.get_nowait()
-            q.put_nowait(item)
-
-    async def subscribe(self) -> AsyncIterator[tuple[str, int, dict[str, Any]]]:
-        """Yield updates until the caller stops."""
-        q: asyncio.Queue[tuple[str, int, dict[str, Any]]] = asyncio.Queue(500)
-        self._queues.add(q)
-        try:
-            while True:
-                yield await q.get()
-        finally:
-            self._queues.discard(q)
+#: a live update: ("machine", machine id, status) or ("job", job id, transition)
+Update = tuple[str, int, dict[str, Any]]
 
 
 class Fleet:
-    """Holds the supervisors of this process."""
+    """Holds the supervisors of this process: the in-process command channel.
+
+    It implements `microfactory.machines.channel.CommandChannel`, which is all that routes
+    and services see of it.
+    """
 
     def __init__(self) -> None:
         self.supervisors: dict[int, Supervisor] = {}
-        self.hub = StatusHub()
+        # Slow dashboard streams lose their oldest update rather than block a supervisor.
+        self.hub: EventHub[Update] = EventHub(maxsize=500)
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._upload_dir: Path | None = None
         self.running = False
@@ -94,6 +70,27 @@ class Fleet:
             reason = offline_status(machine)["message"]
             raise ConflictError(f"machine {machine.name!r} cannot take commands: {reason}")
         return sup
+
+    def running_job(self, machine_id: int) -> int | None:
+        """Return the job a machine is running, if any."""
+        sup = self.supervisors.get(machine_id)
+        return sup.job_id if sup is not None else None
+
+    def snapshots(self) -> dict[int, dict[str, Any]]:
+        """Return every supervised machine's status, by id."""
+        return {mid: sup.status_dict() for mid, sup in list(self.supervisors.items())}
+
+    def subscribe(self) -> AsyncIterator[Update]:
+        """Yield live updates until the caller stops."""
+        return self.hub.subscribe()
+
+    def publish_status(self, machine_id: int, status: dict[str, Any]) -> None:
+        """Deliver a machine's status to the streams."""
+        self.hub.publish(("machine", machine_id, status))
+
+    def publish_job(self, job_id: int, event: dict[str, Any]) -> None:
+        """Deliver a job's transition to the streams (after its commit)."""
+        self.hub.publish(("job", job_id, event))
 
     async def send_commands(self, machine: Machine, lines: list[str]) -> list[dict[str, Any]]:
         """Send raw lines through the machine's supervisor."""
@@ -131,7 +128,7 @@ class Fleet:
             connection=machine.connection,
             sessionmaker=self._sessionmaker,
             upload_dir=self._upload_dir,
-            on_status=self.hub.publish,
+            on_status=self.publish_status,
         )
         self.supervisors[machine.id] = sup
         sup.start()

@@ -33,7 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from microfactory import errors
-from microfactory.jobs import lifecycle
+from microfactory.events import Actor
 from microfactory.machines.models import Machine
 from microfactory.machines.service import offline_status
 from microfactory.runtime.fleet import Fleet
@@ -190,18 +190,18 @@ class Bus:
         task.add_done_callback(self._tasks.discard)
 
 
-def _with_actor(args: dict[str, Any], actor: lifecycle.Actor | None) -> dict[str, Any]:
+def _with_actor(args: dict[str, Any], actor: Actor | None) -> dict[str, Any]:
     """Add who asked, so the job's history names the person, not the machine host."""
     if actor is not None:
         args["actor"] = {"kind": actor.kind, "user_id": actor.user_id, "name": actor.name}
     return args
 
 
-def _actor_from(data: Any) -> lifecycle.Actor | None:
+def _actor_from(data: Any) -> Actor | None:
     if not isinstance(data, dict):
         return None
     user_id = data.get("user_id")
-    return lifecycle.Actor(
+    return Actor(
         str(data.get("kind") or "user"),
         int(user_id) if user_id is not None else None,
         str(data["name"]) if data.get("name") is not None else None,
@@ -254,7 +254,7 @@ class MachineHost:
         return {str(mid): sup.status_dict() for mid, sup in list(self.fleet.supervisors.items())}
 
     async def _collect(self) -> None:
-        updates = self.fleet.hub.subscribe()
+        updates = self.fleet.subscribe()
         try:
             async for kind, machine_id, status in updates:
                 if kind == "machine":
@@ -364,25 +364,25 @@ class RemoteMachine:
         """Return the machine's last reported status."""
         return dict(self._fleet.cached.get(self.machine_id) or {"state": "offline"})
 
-    async def start_job(self, job_id: int, actor: lifecycle.Actor | None = None) -> None:
+    async def start_job(self, job_id: int, actor: Actor | None = None) -> None:
         """Start an assigned job on the machine."""
         await self._fleet.request(
             "start_job", self.machine_id, _with_actor({"job_id": job_id}, actor)
         )
 
-    async def pause(self, actor: lifecycle.Actor | None = None) -> None:
+    async def pause(self, actor: Actor | None = None) -> None:
         """Pause the running job."""
         await self._fleet.request("pause", self.machine_id, _with_actor({}, actor))
 
-    async def resume(self, actor: lifecycle.Actor | None = None) -> None:
+    async def resume(self, actor: Actor | None = None) -> None:
         """Resume the paused job."""
         await self._fleet.request("resume", self.machine_id, _with_actor({}, actor))
 
-    async def cancel(self, actor: lifecycle.Actor | None = None) -> None:
+    async def cancel(self, actor: Actor | None = None) -> None:
         """Cancel the running job."""
         await self._fleet.request("cancel", self.machine_id, _with_actor({}, actor))
 
-    async def emergency_stop(self, actor: lifecycle.Actor | None = None) -> None:
+    async def emergency_stop(self, actor: Actor | None = None) -> None:
         """Stop the machine now."""
         await self._fleet.request("emergency_stop", self.machine_id, _with_actor({}, actor))
 
@@ -441,7 +441,7 @@ class RemoteFleet(Fleet):
         for machine_id, status in updates.items():
             if self.cached.get(machine_id) != status:
                 self.cached[machine_id] = status
-                self.hub.publish(machine_id, status)
+                self.publish_status(machine_id, status)
 
     async def _on_message(self, channel: str, message: Any) -> None:
         if not isinstance(message, dict):
@@ -583,8 +583,8 @@ class JobEventRelay:
     `mf_job_events` and puts the others' on its local hub, so every SSE stream shows them.
     """
 
-    def __init__(self, dsn: str, hub: Any) -> None:
-        self.hub = hub
+    def __init__(self, dsn: str, fleet: Fleet) -> None:
+        self.fleet = fleet
         self.origin = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.bus = Bus(dsn, [JOB_EVENTS])
         self.bus.handlers.append(self._on_message)
@@ -609,4 +609,4 @@ class JobEventRelay:
 
     async def _on_message(self, _channel: str, message: Any) -> None:
         if isinstance(message, dict) and message.get("origin") != self.origin:
-            self.hub.publish_job(int(message["job_id"]), dict(message.get("event") or {}))
+            self.fleet.publish_job(int(message["job_id"]), dict(message.get("event") or {}))

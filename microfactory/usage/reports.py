@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from microfactory.accounts.models import Role, User
+from microfactory.accounts.models import User
 from microfactory.bookings import hours
 from microfactory.bookings import service as booking_service
 from microfactory.db import utcnow
@@ -20,11 +20,6 @@ from microfactory.usage.models import UsageRecord
 
 GroupBy = Literal["member", "machine", "member_machine"]
 MAX_UTILISATION_DAYS = 93
-
-
-def is_staff(user: User) -> bool:
-    """Return whether the user sees everyone's usage."""
-    return user.role in (Role.OPERATOR, Role.ADMIN)
 
 
 def month_bounds(month: str, tz: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
@@ -58,7 +53,7 @@ def resolve_period(
 
 def _scope(user: User, user_id: int | None) -> int | None:
     """Return the member filter: members only ever see themselves."""
-    if is_staff(user):
+    if user.is_staff:
         return user_id
     if user_id is not None and user_id != user.id:
         raise NotFoundError(f"user {user_id} not found")

@@ -8,8 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, status
 from fastapi.responses import Response
 
-from microfactory.bookings.deps import Now, ShopTz
-from microfactory.deps import AnyUser, SessionDep, StaffUser
+from microfactory.deps import AnyUser, Now, SessionDep, ShopTz, StaffUser
 from microfactory.types import MONTH_PATTERN, Day, Id, Timestamp
 from microfactory.usage import reports
 from microfactory.usage.csvout import CSV_RESPONSES, csv_response

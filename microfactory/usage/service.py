@@ -7,7 +7,7 @@ import datetime as dt
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from microfactory.bookings.models import MachineProfile
+from microfactory.machines.models import Machine
 from microfactory.usage.models import UsageRecord
 
 
@@ -16,9 +16,7 @@ async def energy_estimate(
 ) -> float | None:
     """Estimate energy in Wh from the machine's rated power, or None when it has none."""
     # Rated power x active time: an upper bound (heaters cycle), good enough to share costs.
-    power_w = await session.scalar(
-        select(MachineProfile.power_w).where(MachineProfile.machine_id == machine_id)
-    )
+    power_w = await session.scalar(select(Machine.power_w).where(Machine.id == machine_id))
     return None if power_w is None else round(power_w * active_s / 3600.0, 3)
 
 

@@ -1,7 +1,7 @@
 """personal tokens record where they were last used from
 
 Revision ID: 0007
-Revises: 0006
+Revises: 0006b
 Create Date: 2026-12-01 21:35:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | None = "0006"
+down_revision: str | None = "0006b"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

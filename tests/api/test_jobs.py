@@ -331,3 +331,119 @@ async def test_kind_with_no_machine_in_the_shop_is_422(
     resp = await upload(client, member, content=b"G21\nG0 X1\n", machine_kind="laser_cutter")
     assert resp.status_code == 422
     assert "no laser cutter" in resp.json()["detail"]
+
+
+async def test_job_lists_are_paged_with_a_cursor(
+    client: httpx.AsyncClient, make_user: UserFactory
+) -> None:
+    _, member = await make_user("member")
+    _, other = await make_user("member")
+    ids = [(await upload(client, member, title=f"part {i}")).json()["id"] for i in range(7)]
+    await upload(client, other)  # someone else's: never in the member's pages
+
+    seen: list[int] = []
+    url = "/api/v1/jobs?limit=3"
+    pages = 0
+    while url:
+        resp = await client.get(url, headers=member)
+        assert resp.status_code == 200, resp.text
+        page = [j["id"] for j in resp.json()]
+        assert len(page) <= 3
+        seen += page
+        pages += 1
+        link = resp.headers.get("link")
+        if link is None:
+            assert "x-next-cursor" not in resp.headers
+            break
+        assert link.endswith('; rel="next"')
+        url = link[1 : link.index(">")].removeprefix("http://testserver")
+        assert "limit=3" in url
+    assert seen == sorted(ids, reverse=True)  # newest first, each once, none missing
+    assert pages == 3
+
+    # A job created between pages does not shift the pages after it.
+    first = await client.get("/api/v1/jobs?limit=4", headers=member)
+    await upload(client, member, title="newer")
+    rest = await client.get(
+        f"/api/v1/jobs?limit=4&cursor={first.headers['x-next-cursor']}", headers=member
+    )
+    assert [j["id"] for j in first.json()] + [j["id"] for j in rest.json()] == sorted(
+        ids, reverse=True
+    )
+
+
+async def test_a_bad_cursor_or_limit_is_422(
+    client: httpx.AsyncClient, member: dict[str, str]
+) -> None:
+    bad = await client.get("/api/v1/jobs?cursor=not-ours", headers=member)
+    assert bad.status_code == 422
+    assert "cursor" in bad.json()["detail"]
+    assert (await client.get("/api/v1/jobs?limit=0", headers=member)).status_code == 422
+    assert (await client.get("/api/v1/jobs?limit=501", headers=member)).status_code == 422
+
+
+async def test_the_queue_page_shows_every_queued_job_a_page_at_a_time(
+    client: httpx.AsyncClient, make_user: UserFactory
+) -> None:
+    from tests.designs.test_design_pages import browser_login
+
+    staff_user, staff = await make_user("operator")
+    ids = [(await upload(client, staff, title=f"queued {i}")).json()["id"] for i in range(5)]
+    await browser_login(client, staff_user.username)
+
+    first = await client.get("/queue?limit=2")
+    assert first.status_code == 200
+    assert "Queued, in the order they will start (5)" in first.text
+    assert "1–2 of 5" in first.text
+    assert 'href="/queue?cursor=2&amp;limit=2" rel="next"' in first.text
+    shown: list[int] = []
+    for cursor in (0, 2, 4):
+        page = (await client.get(f"/queue?limit=2&cursor={cursor}")).text
+        shown += [i for i in ids if f'data-api="/api/v1/jobs/{i}/priority"' in page]
+    assert sorted(shown) == sorted(ids)  # every queued job, on exactly one page
+    assert len(shown) == len(set(shown))
+    last = (await client.get("/queue?limit=2&cursor=4")).text
+    assert 'rel="next"' not in last
+    assert 'href="/queue?cursor=2&amp;limit=2" rel="prev"' in last
+
+
+async def test_a_program_no_machine_firmware_takes_is_refused_at_submission(
+    client: httpx.AsyncClient, operator: dict[str, str], member: dict[str, str]
+) -> None:
+    await make_machine(
+        client, operator, name="Mill", kind="cnc_mill", driver="grbl", connection={"port": "/x"}
+    )
+    long = b"G21\nG90\nG1X1." + b"0" * 40 + b"Y2." + b"0" * 40 + b"F600\n"
+    resp = await upload(client, member, long, name="part.nc", machine_kind="cnc_mill")
+    assert resp.status_code == 422, resp.text
+    assert "Mill: line 3 is" in resp.json()["detail"]
+    assert "GRBL's 79-character line buffer" in resp.json()["detail"]
+
+    # The shop printer runs Marlin: a line too long for its command buffer is refused too.
+    text = b"G28\nM117 " + b"x" * 120 + b"\n"
+    resp = await upload(client, member, text)
+    assert resp.status_code == 422, resp.text
+    assert "Marlin's 96-byte command buffer" in resp.json()["detail"]
+
+
+async def test_dispatch_to_a_machine_whose_firmware_refuses_the_program_is_409(
+    client: httpx.AsyncClient, operator: dict[str, str]
+) -> None:
+    mill = await make_machine(
+        client, operator, name="Mill", kind="cnc_mill", driver="grbl", connection={"port": "/x"}
+    )
+    await make_machine(
+        client, operator, name="Hand mill", kind="cnc_mill", driver="manual", connection={}
+    )
+    long = b"G21\nG1X1." + b"0" * 40 + b"Y2." + b"0" * 40 + b"\n"
+    job = (await upload(client, operator, long, name="p.nc", machine_kind="cnc_mill")).json()
+    assert job["state"] == "queued"
+    resp = await client.post(
+        f"/api/v1/jobs/{job['id']}/dispatch", json={"machine_id": mill["id"]}, headers=operator
+    )
+    assert resp.status_code == 409
+    assert "cannot take this program: line 2 is" in resp.json()["detail"]
+    after = (await client.get(f"/api/v1/jobs/{job['id']}", headers=operator)).json()
+    assert after == job | {"updated_at": after["updated_at"]}
+    events = (await client.get(f"/api/v1/jobs/{job['id']}/events", headers=operator)).json()
+    assert [e["to_state"] for e in events] == ["submitted", "approved", "queued"]

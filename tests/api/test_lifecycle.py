@@ -319,3 +319,74 @@ async def test_cancel_of_a_running_job_whose_machine_is_unreachable_works(
     assert last.from_state is S.RUNNING
     assert last.reason is not None
     assert "could not be reached" in last.reason
+
+
+async def test_a_run_whose_usage_a_crash_lost_is_logged_at_startup(
+    app: Any, client: httpx.AsyncClient, shop: dict[str, Any]
+) -> None:
+    from microfactory.app import catch_up_usage
+    from microfactory.db import make_sessionmaker
+    from microfactory.usage.models import UsageRecord
+
+    job_id = await _new_job(client, shop)
+    await _force_state(app, job_id, S.RUNNING, shop["machine"]["id"])
+    # A session without the app's event bus: the commit happens, the reactions never run,
+    # as when the server stops between the two.
+    crashing = make_sessionmaker(app.state.engine)
+    async with crashing() as session:
+        await lifecycle.end(session=session, job=job_id, state=S.FINISHED)
+        await session.commit()
+    await app.state.events.drain()
+
+    async def usage() -> list[UsageRecord]:
+        async with app.state.sessionmaker() as session:
+            return list((await session.execute(select(UsageRecord))).scalars())
+
+    assert await usage() == []
+    await catch_up_usage(app.state.sessionmaker)
+    records = await usage()
+    assert [(r.job_id, r.outcome, r.source) for r in records] == [(job_id, "finished", "job")]
+    assert "recorded at startup" in records[0].note
+    await catch_up_usage(app.state.sessionmaker)  # a second start changes nothing
+    assert len(await usage()) == 1
+
+
+async def test_reactions_run_after_commit_and_not_after_rollback(
+    app: Any, client: httpx.AsyncClient, shop: dict[str, Any]
+) -> None:
+    from microfactory.notifications.models import Notification
+
+    updates = app.state.fleet.subscribe()
+    next_update = asyncio.ensure_future(anext(updates))
+    job_id = await _new_job(client, shop)
+    await _force_state(app, job_id, S.RUNNING, shop["machine"]["id"])
+
+    # A transition that is rolled back publishes nothing.
+    async with app.state.sessionmaker() as session:
+        await lifecycle.end(session=session, job=job_id, state=S.FAILED, reason="boom")
+        await session.rollback()
+    await app.state.events.drain()
+    kind, item_id, first = await asyncio.wait_for(next_update, 5)
+    assert (kind, item_id, first["to"]) == ("job", job_id, "submitted")  # the creation only
+
+    # A committed one reaches the live stream and the owner's outbox.
+    async with app.state.sessionmaker() as session:
+        await lifecycle.end(session=session, job=job_id, state=S.FAILED, reason="nozzle clog")
+        await session.commit()
+    await app.state.events.drain()
+    kind, item_id, ended = await asyncio.wait_for(anext(updates), 5)
+    assert (kind, item_id) == ("job", job_id)
+    assert ended["topic"] == "job.ended"
+    assert (ended["from"], ended["to"]) == ("running", "failed")
+    assert "reason" not in ended  # the shared stream carries no member's details
+    await updates.aclose()
+    async with app.state.sessionmaker() as session:
+        notes = list(
+            (
+                await session.execute(
+                    select(Notification).where(Notification.user_id == shop["member_user"].id)
+                )
+            ).scalars()
+        )
+    assert [(n.kind, n.body) for n in notes] == [("job_failed", "nozzle clog")]
+    assert "failed" in notes[0].subject

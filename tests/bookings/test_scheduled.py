@@ -11,6 +11,7 @@ from sqlalchemy import select
 from microfactory.bookings import scheduled
 from microfactory.bookings import service as booking_service
 from microfactory.scheduler import NamedTask, run_tick, take_lease
+from microfactory.usage import scheduled as usage_tasks
 from microfactory.usage.models import UsageRecord
 from tests.bookings.conftest import PARIS, Clock, book, paris
 from tests.conftest import UserFactory
@@ -134,15 +135,15 @@ async def test_a_checked_in_booking_is_logged_as_usage_with_an_energy_estimate(
     ).json()
     clock.now = paris(2026, 12, 1, 10, 15)
     await client.post(f"/api/v1/bookings/{b['id']}/check-in", headers=member)
-    assert await _run(app, scheduled.log_booked_sessions, now=paris(2026, 12, 1, 10, 59)) == []
-    records = await _run(app, scheduled.log_booked_sessions, now=paris(2026, 12, 1, 11))
+    assert await _run(app, usage_tasks.log_booked_sessions, now=paris(2026, 12, 1, 10, 59)) == []
+    records = await _run(app, usage_tasks.log_booked_sessions, now=paris(2026, 12, 1, 11))
     assert len(records) == 1
     record = records[0]
     assert record.booking_id == b["id"]
     assert record.source == "booking"
     assert record.active_s == 45 * 60
     assert record.energy_wh == 150.0  # 200 W for 45 minutes
-    assert await _run(app, scheduled.log_booked_sessions, now=paris(2026, 12, 1, 12)) == []
+    assert await _run(app, usage_tasks.log_booked_sessions, now=paris(2026, 12, 1, 12)) == []
     got = (await client.get(f"/api/v1/bookings/{b['id']}", headers=member)).json()
     assert got["status"] == "completed"
 

@@ -153,3 +153,34 @@ async def test_a_run_leaves_its_history_and_one_usage_record(
     assert events[-1]["last_acked_line"] == done["lines_total"]
     usage = await _usage(live_app)
     assert [(u.job_id, u.outcome) for u in usage] == [(job["id"], "finished")]
+
+
+async def test_a_refusal_by_the_machine_itself_puts_the_job_back_as_it_was(
+    live_app: Any, live_client: httpx.AsyncClient, shop: dict[str, Any]
+) -> None:
+    """The checks before assignment miss nothing GRBL refuses today, so make them blind:
+    a job analysed before they existed carries no line statistics, and only the driver
+    refuses it, after the assignment committed."""
+    operator, mill = shop["operator"], shop["mill"]
+    job = await _submit(live_client, operator, LONG_PROGRAM)
+    async with live_app.state.sessionmaker() as session, session.begin():
+        stored = await session.get(Job, job["id"])
+        assert stored is not None
+        stored.analysis = {k: v for k, v in stored.analysis.items() if k != "line_stats"}
+    before = await job_json(live_client, operator, job["id"])
+
+    resp = await live_client.post(
+        f"/api/v1/jobs/{job['id']}/dispatch", json={"machine_id": mill["id"]}, headers=operator
+    )
+    assert resp.status_code == 409, resp.text
+    assert "refused the job" in resp.json()["detail"]
+    assert "GRBL" in resp.json()["detail"]
+    after = await job_json(live_client, operator, job["id"])
+    assert {k: after[k] for k in SNAPSHOT} == {k: before[k] for k in SNAPSHOT}
+    assert "refused" in after["waiting_reason"]
+    assert await _usage(live_app) == []
+    events = (await live_client.get(f"/api/v1/jobs/{job['id']}/events", headers=operator)).json()
+    assert [(e["from_state"], e["to_state"]) for e in events][-2:] == [
+        ("queued", "assigned"),
+        ("assigned", "queued"),
+    ]
