@@ -11,11 +11,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import column, select, table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.accounts.models import Role, User
-from microfactory.jobs.models import Job
+
+# Two columns of the jobs table, read through a stub: machines sit below jobs in the import
+# graph (jobs import machines), so this module must not import the jobs package.
+_jobs = table("jobs", column("id"), column("owner_id"))
 
 # Driver-specific status fields that describe the job rather than the machine.
 _JOB_EXTRA_KEYS = ("file", "job", "line", "gcode", "command")
@@ -44,7 +47,7 @@ async def job_owners(*, session: AsyncSession, job_ids: Iterable[int | None]) ->
     ids = {j for j in job_ids if j is not None}
     if not ids:
         return {}
-    rows = await session.execute(select(Job.id, Job.owner_id).where(Job.id.in_(ids)))
+    rows = await session.execute(select(_jobs.c.id, _jobs.c.owner_id).where(_jobs.c.id.in_(ids)))
     return {int(row[0]): int(row[1]) for row in rows}
 
 
