@@ -17,7 +17,7 @@ ABOVE_THE_DOMAINS = frozenset({"runtime"})  # orchestration layers: may import e
 # Modules outside the runtime that read pure data from drivers/, never a driver or a device:
 DRIVER_DATA_READERS = {
     "files.py": "drivers.base.clean_lines: the one definition of a G-code program's lines",
-    "analysis/gcode.py": "drivers.planner: the one motion planner, pure, shared with the simulators",
+    "analysis/gcode.py": "drivers.planner: the one motion planner (pure), shared with the sims",
     "machines/schemas.py": "DRIVER_NAMES and the simulators' option names, to validate settings",
 }
 
