@@ -112,7 +112,7 @@ async def get_design(design_id: Id, session: SessionDep, _user: AnyUser) -> Desi
     return service.to_read(await service.get_or_raise(session=session, design_id=design_id))
 
 
-@router.get("/{design_id:int}/files/{file_id}", response_class=FileResponse)
+@router.get("/{design_id:int}/files/{file_id:int}", response_class=FileResponse)
 async def download_file(
     design_id: Id, file_id: Id, session: SessionDep, settings: SettingsDep, _user: AnyUser
 ) -> FileResponse:

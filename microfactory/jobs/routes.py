@@ -182,7 +182,7 @@ async def list_jobs(
     return [JobRead.model_validate(j) for j in jobs]
 
 
-@router.get("/{job_id}", response_model=JobRead)
+@router.get("/{job_id:int}", response_model=JobRead)
 async def get_job(job_id: Id, session: SessionDep, user: AnyUser) -> JobRead:
     """Return one job with its state, machine, progress and failure reason."""
     return JobRead.model_validate(
@@ -190,7 +190,7 @@ async def get_job(job_id: Id, session: SessionDep, user: AnyUser) -> JobRead:
     )
 
 
-@router.post("/{job_id}/approve", response_model=JobRead)
+@router.post("/{job_id:int}/approve", response_model=JobRead)
 async def approve(job_id: Id, request: Request, session: SessionDep, user: StaffUser) -> JobRead:
     """Approve a submitted job (operators); it joins the queue."""
     job = await service.get_or_raise(session=session, job_id=job_id)
@@ -200,7 +200,7 @@ async def approve(job_id: Id, request: Request, session: SessionDep, user: Staff
     return JobRead.model_validate(job)
 
 
-@router.post("/{job_id}/dispatch", response_model=JobRead)
+@router.post("/{job_id:int}/dispatch", response_model=JobRead)
 async def dispatch(
     job_id: Id,
     request: Request,
@@ -243,19 +243,19 @@ async def _control(job_id: Id, request: Request, session: SessionDep, action: st
     return JobRead.model_validate(job)
 
 
-@router.post("/{job_id}/pause", response_model=JobRead)
+@router.post("/{job_id:int}/pause", response_model=JobRead)
 async def pause(job_id: Id, request: Request, session: SessionDep, _user: StaffUser) -> JobRead:
     """Pause a running job (operators)."""
     return await _control(job_id, request, session, "pause")
 
 
-@router.post("/{job_id}/resume", response_model=JobRead)
+@router.post("/{job_id:int}/resume", response_model=JobRead)
 async def resume(job_id: Id, request: Request, session: SessionDep, _user: StaffUser) -> JobRead:
     """Resume a paused job (operators)."""
     return await _control(job_id, request, session, "resume")
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead)
+@router.post("/{job_id:int}/cancel", response_model=JobRead)
 async def cancel(job_id: Id, request: Request, session: SessionDep, user: AnyUser) -> JobRead:
     """Cancel a job: the owner or an operator."""
     job = await service.get_visible(session=session, job_id=job_id, user=user)
@@ -265,7 +265,7 @@ async def cancel(job_id: Id, request: Request, session: SessionDep, user: AnyUse
     return await _control(job_id, request, session, "cancel")
 
 
-@router.post("/{job_id}/clear", response_model=JobRead)
+@router.post("/{job_id:int}/clear", response_model=JobRead)
 async def clear(
     job_id: Id, body: ClearRequest, request: Request, session: SessionDep, user: AnyUser
 ) -> JobRead:
@@ -285,7 +285,7 @@ async def clear(
     return JobRead.model_validate(job)
 
 
-@router.post("/{job_id}/priority", response_model=JobRead)
+@router.post("/{job_id:int}/priority", response_model=JobRead)
 async def set_priority(
     job_id: Id, body: PriorityRequest, session: SessionDep, _user: StaffUser
 ) -> JobRead:
