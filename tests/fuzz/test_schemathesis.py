@@ -33,7 +33,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-EXAMPLES = 3
+EXAMPLES = 5
 CHECKS_EXCLUDED = "positive_data_acceptance"
 SERVE = [sys.executable, "-m", "microfactory.cli", "serve", "--demo"]
 RUN_CAP_S = 400  # a safety net for a stuck server, not a speed assertion
