@@ -215,6 +215,7 @@ def document_errors(app: FastAPI) -> None:
         }
         # FastAPI's own 422 schema says a list; domain rules answer a message.
         schemas["HTTPValidationError"] = schemas["Error"]
+        _resolve_local_defs(schema, schemas)
         for path, operations in schema.get("paths", {}).items():
             for method, operation in operations.items():
                 statuses = dict(_ERROR_STATUSES)
@@ -238,3 +239,16 @@ def document_errors(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _resolve_local_defs(node: Any, schemas: dict[str, Any]) -> None:
+    """Point pydantic's "#/$defs/X" (left in hand-written request bodies) at the components."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] in schemas:
+            node["$ref"] = "#/components/schemas/" + ref[8:]
+        for value in node.values():
+            _resolve_local_defs(value, schemas)
+    elif isinstance(node, list):
+        for value in node:
+            _resolve_local_defs(value, schemas)

@@ -101,13 +101,13 @@ async def create_user(user_in: UserCreate, session: SessionDep, _admin: AdminUse
     return UserRead.model_validate(await service.create(session=session, user_in=user_in))
 
 
-@router.get("/users/{user_id}", response_model=UserRead)
+@router.get("/users/{user_id:int}", response_model=UserRead)
 async def get_user(user_id: Id, session: SessionDep, _admin: AdminUser) -> UserRead:
     """Return one user (admin)."""
     return UserRead.model_validate(await service.get_or_raise(session=session, user_id=user_id))
 
 
-@router.patch("/users/{user_id}", response_model=UserRead)
+@router.patch("/users/{user_id:int}", response_model=UserRead)
 async def update_user(
     user_id: Id, user_in: UserUpdate, session: SessionDep, _admin: AdminUser
 ) -> UserRead:
@@ -141,7 +141,7 @@ async def create_token(
     )
 
 
-@router.delete("/users/me/tokens/{token_id}", response_model=ApiTokenRead)
+@router.delete("/users/me/tokens/{token_id:int}", response_model=ApiTokenRead)
 async def revoke_token(token_id: Id, session: SessionDep, user: AnyUser) -> ApiTokenRead:
     """Revoke one of the caller's tokens."""
     record = await service.revoke_token(session=session, user=user, token_id=token_id)

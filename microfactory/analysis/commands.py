@@ -45,7 +45,7 @@ def _words(text: str) -> frozenset[str]:
 # units, homing and levelling; extruder mode, heaters, fans and waits; motors, messages,
 # progress, print timer, beeps and object labels; motion limits and speed, flow and pressure
 # factors (RAM only, reset at power-up); filament change and pauses the slicer places on
-# purpose; Prusa's printer and firmware checks, mesh levelling on; tool select.
+# purpose; Prusa's printer and firmware checks, print area (M555), mesh levelling on; tools.
 _FDM_MARLIN: Final = _words(
     """
     G0 G1 G2 G3 G4 G10 G11 G17 G20 G21 G28 G29 G80 G90 G91 G92
@@ -53,17 +53,18 @@ _FDM_MARLIN: Final = _words(
     M17 M18 M84 M73 M75 M76 M77 M117 M118 M300 M486
     M201 M203 M204 M205 M220 M221 M900 M572 M593
     M0 M1 M600 M601
-    M115 M862.1 M862.3 M862.5 M862.6 M420
+    M115 M862.1 M862.3 M862.5 M862.6 M420 M555
     T
     """
 )
-# What CAM posts emit for GRBL mills: motion, planes, units, machine and work coordinates,
-# path and distance modes, feed modes; stops, program end, spindle, tool change, coolant.
+# What CAM posts emit for GRBL mills, and GRBL 1.1 runs: motion, planes, units, machine and
+# work coordinates, path and distance modes, feed modes; stops, program end, spindle, flood
+# coolant, tool number. Not M6 or M7: standard GRBL builds answer them with error:20.
 _CNC_GRBL: Final = _words(
     """
-    G0 G1 G2 G3 G4 G17 G18 G19 G20 G21 G28 G30 G40 G43.1 G49 G53
-    G54 G55 G56 G57 G58 G59 G61 G80 G90 G91 G91.1 G92 G93 G94
-    M0 M1 M2 M30 M3 M4 M5 M6 M7 M8 M9 T
+    G0 G1 G2 G3 G4 G10 G17 G18 G19 G20 G21 G28 G30 G40 G43.1 G49 G53
+    G54 G55 G56 G57 G58 G59 G61 G80 G90 G91 G91.1 G92 G92.1 G93 G94
+    M0 M1 M2 M30 M3 M4 M5 M8 M9 T
     """
 )
 # Laser programs on GRBL (laser mode): the same words, power as S with M3/M4.
@@ -124,6 +125,8 @@ MEANINGS: Final[Mapping[str, str]] = {
     "G38.3": "probes toward the work until contact",
     "G38.4": "probes away from the work",
     "G38.5": "probes away from the work",
+    "M6": "tool change: standard GRBL answers error:20 (pause with M0 to change tools)",
+    "M7": "mist coolant: off in standard GRBL builds (error:20)",
     "$H": "runs the homing cycle",
     "$X": "clears the alarm lock without homing (the position may be wrong)",
     "$RST=": "restores GRBL's EEPROM defaults",

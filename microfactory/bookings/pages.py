@@ -30,7 +30,7 @@ from microfactory.errors import DomainError, InvalidInputError
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import MachineKind
 from microfactory.notifications import service as notification_service
-from microfactory.types import Id
+from microfactory.types import MAX_YEAR, MIN_YEAR, Id
 from microfactory.web import CsrfChecked, WebMember, WebStaff, redirect, render
 
 router = APIRouter(include_in_schema=False)
@@ -206,6 +206,8 @@ async def _calendar_context(
         first = dt.date.fromisoformat(start) if start else today
     except ValueError:
         first = today
+    if not MIN_YEAR <= first.year <= MAX_YEAR:
+        first = today  # the week after 9999-12-31 cannot be reckoned (OverflowError)
     days = [first + dt.timedelta(days=i) for i in range(7)]
     weekly = await service.weekly_schedule(session=session)
     closures = await service.closure_days(session=session)
@@ -299,11 +301,20 @@ async def calendar_book(
     back = f"/bookings/machines/{machine_id}" + (f"?start={quote(week)}" if week else "")
     try:
         begin = _parse_local(start, tz)
+        try:
+            booking_in = BookingCreate(
+                machine_id=machine_id, start=begin, end=begin + dt.timedelta(minutes=minutes)
+            )
+        except (ValueError, OverflowError) as exc:  # pydantic's checks; past year 9999
+            detail = (
+                validation_text(exc)
+                if isinstance(exc, ValidationError)
+                else f"book between the years {MIN_YEAR} and {MAX_YEAR}"
+            )
+            raise InvalidInputError(detail) from None
         await service.create(
             session=session,
-            booking_in=BookingCreate(
-                machine_id=machine_id, start=begin, end=begin + dt.timedelta(minutes=minutes)
-            ),
+            booking_in=booking_in,
             member=user,
             tz=tz,
             now=clock_now(request),

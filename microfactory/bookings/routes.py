@@ -152,7 +152,7 @@ async def update_policy(
     )
 
 
-@router.get("/machines/{machine_id}/booking-profile", response_model=ProfileRead)
+@router.get("/machines/{machine_id:int}/booking-profile", response_model=ProfileRead)
 async def get_profile(machine_id: Id, session: SessionDep, _user: AnyUser) -> ProfileRead:
     """Return a machine's slot size, buffer, training requirement and power rating."""
     await machine_service.get_or_raise(session=session, machine_id=machine_id)
@@ -161,7 +161,7 @@ async def get_profile(machine_id: Id, session: SessionDep, _user: AnyUser) -> Pr
     )
 
 
-@router.patch("/machines/{machine_id}/booking-profile", response_model=ProfileRead)
+@router.patch("/machines/{machine_id:int}/booking-profile", response_model=ProfileRead)
 async def update_profile(
     machine_id: Id, profile_in: ProfileUpdate, session: SessionDep, _user: StaffUser
 ) -> ProfileRead:
@@ -209,7 +209,7 @@ async def add_closure(
     )
 
 
-@router.delete("/closures/{closure_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/closures/{closure_id:int}", status_code=status.HTTP_204_NO_CONTENT)
 async def remove_closure(closure_id: Id, session: SessionDep, _user: StaffUser) -> Response:
     """Remove a closure (operators)."""
     await service.remove_closure(session=session, closure_id=closure_id)
@@ -234,7 +234,7 @@ async def grant_certification(
     return CertificationRead.model_validate(cert)
 
 
-@router.delete("/certifications/{cert_id}", response_model=CertificationRead)
+@router.delete("/certifications/{cert_id:int}", response_model=CertificationRead)
 async def revoke_certification(
     cert_id: Id, session: SessionDep, _user: StaffUser
 ) -> CertificationRead:
@@ -270,7 +270,7 @@ async def list_suspensions(session: SessionDep, user: AnyUser) -> list[Suspensio
     ]
 
 
-@router.delete("/suspensions/{suspension_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/suspensions/{suspension_id:int}", status_code=status.HTTP_204_NO_CONTENT)
 async def lift_suspension(suspension_id: Id, session: SessionDep, _user: StaffUser) -> Response:
     """Lift a suspension early (operators)."""
     await service.lift_suspension(session=session, suspension_id=suspension_id)
@@ -305,7 +305,7 @@ async def create_maintenance(
     return read
 
 
-@router.delete("/maintenance-blocks/{block_id}", response_model=MaintenanceRead)
+@router.delete("/maintenance-blocks/{block_id:int}", response_model=MaintenanceRead)
 async def remove_maintenance(
     block_id: Id, session: SessionDep, _user: StaffUser
 ) -> MaintenanceRead:

@@ -68,7 +68,7 @@ async def create_plan(plan_in: PlanCreate, session: SessionDep, _user: StaffUser
     return PlanRead.model_validate(await service.create_plan(session=session, plan_in=plan_in))
 
 
-@router.put("/plans/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.put("/plans/members/{user_id:int}", status_code=status.HTTP_204_NO_CONTENT)
 async def set_membership(
     user_id: Id, body: MembershipSet, session: SessionDep, _user: StaffUser
 ) -> Response:

@@ -23,7 +23,7 @@ from microfactory.designs.schemas import (
 )
 from microfactory.designs.storage import store_uploads
 from microfactory.errors import NotFoundError
-from microfactory.types import Id
+from microfactory.types import ID_MAX, Id
 
 router = APIRouter(prefix="/api/v1/designs", tags=["designs"])
 
@@ -35,7 +35,7 @@ async def list_designs(
     q: Annotated[str | None, Query(max_length=200)] = None,
     content_hash: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=ID_MAX)] = 0,
 ) -> list[DesignRead]:
     """List designs, newest first; `q` searches title, description, authors, licence, tags."""
     if content_hash:
@@ -116,7 +116,7 @@ async def get_design(design_id: Id, session: SessionDep, _user: AnyUser) -> Desi
     return service.to_read(await service.get_or_raise(session=session, design_id=design_id))
 
 
-@router.get("/{design_id:int}/files/{file_id}", response_class=FileResponse)
+@router.get("/{design_id:int}/files/{file_id:int}", response_class=FileResponse)
 async def download_file(
     design_id: Id, file_id: Id, session: SessionDep, settings: SettingsDep, _user: AnyUser
 ) -> FileResponse:

@@ -13,14 +13,14 @@ from microfactory.types import Id
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
 
 
-@router.get("/{machine_id}/slicer-profile", response_model=SlicerProfileRead)
+@router.get("/{machine_id:int}/slicer-profile", response_model=SlicerProfileRead)
 async def get_profile(machine_id: Id, session: SessionDep, _user: StaffUser) -> SlicerProfileRead:
     """Return a printer's PrusaSlicer profile, generated if no one edited it (operators)."""
     machine = await machine_service.get_or_raise(session=session, machine_id=machine_id)
     return await service.read(session=session, machine=machine)
 
 
-@router.put("/{machine_id}/slicer-profile", response_model=SlicerProfileRead)
+@router.put("/{machine_id:int}/slicer-profile", response_model=SlicerProfileRead)
 async def put_profile(
     machine_id: Id, body: SlicerProfileUpdate, session: SessionDep, user: StaffUser
 ) -> SlicerProfileRead:
@@ -30,7 +30,7 @@ async def put_profile(
     return await service.read(session=session, machine=machine)
 
 
-@router.delete("/{machine_id}/slicer-profile", response_model=SlicerProfileRead)
+@router.delete("/{machine_id:int}/slicer-profile", response_model=SlicerProfileRead)
 async def reset_profile(machine_id: Id, session: SessionDep, _user: StaffUser) -> SlicerProfileRead:
     """Drop the edited profile and go back to the generated one (operators)."""
     machine = await machine_service.get_or_raise(session=session, machine_id=machine_id)

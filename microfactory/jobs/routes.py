@@ -205,7 +205,7 @@ async def list_jobs(
     return [JobRead.model_validate(j) for j in page.items]
 
 
-@router.get("/{job_id}", response_model=JobRead)
+@router.get("/{job_id:int}", response_model=JobRead)
 async def get_job(job_id: Id, session: SessionDep, user: AnyUser) -> JobRead:
     """Return one job with its state, machine, progress and failure reason."""
     return JobRead.model_validate(
@@ -213,7 +213,7 @@ async def get_job(job_id: Id, session: SessionDep, user: AnyUser) -> JobRead:
     )
 
 
-@router.post("/{job_id}/approve", response_model=JobRead)
+@router.post("/{job_id:int}/approve", response_model=JobRead)
 async def approve(job_id: Id, request: Request, session: SessionDep, user: StaffUser) -> JobRead:
     """Approve a submitted job (operators); it joins the queue."""
     job = await service.get_or_raise(session=session, job_id=job_id)
@@ -223,8 +223,8 @@ async def approve(job_id: Id, request: Request, session: SessionDep, user: Staff
     return JobRead.model_validate(job)
 
 
-@router.get("/{job_id}/events", response_model=list[JobEventRead])
-async def job_events(job_id: int, session: SessionDep, user: AnyUser) -> list[JobEventRead]:
+@router.get("/{job_id:int}/events", response_model=list[JobEventRead])
+async def job_events(job_id: Id, session: SessionDep, user: AnyUser) -> list[JobEventRead]:
     """Return a job's state transitions, oldest first: members see only their own jobs'."""
     await service.get_visible(session=session, job_id=job_id, user=user)
     return [
@@ -233,7 +233,7 @@ async def job_events(job_id: int, session: SessionDep, user: AnyUser) -> list[Jo
     ]
 
 
-@router.post("/{job_id}/dispatch", response_model=JobRead)
+@router.post("/{job_id:int}/dispatch", response_model=JobRead)
 async def dispatch(
     job_id: Id,
     request: Request,
@@ -298,19 +298,19 @@ async def _control(
     return JobRead.model_validate(job)
 
 
-@router.post("/{job_id}/pause", response_model=JobRead)
+@router.post("/{job_id:int}/pause", response_model=JobRead)
 async def pause(job_id: Id, request: Request, session: SessionDep, user: StaffUser) -> JobRead:
     """Pause a running job (operators)."""
     return await _control(job_id, request, session, "pause", user)
 
 
-@router.post("/{job_id}/resume", response_model=JobRead)
+@router.post("/{job_id:int}/resume", response_model=JobRead)
 async def resume(job_id: Id, request: Request, session: SessionDep, user: StaffUser) -> JobRead:
     """Resume a paused job (operators)."""
     return await _control(job_id, request, session, "resume", user)
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead)
+@router.post("/{job_id:int}/cancel", response_model=JobRead)
 async def cancel(job_id: Id, request: Request, session: SessionDep, user: AnyUser) -> JobRead:
     """Cancel a job: the owner or an operator."""
     job = await service.get_visible(session=session, job_id=job_id, user=user)
@@ -321,7 +321,7 @@ async def cancel(job_id: Id, request: Request, session: SessionDep, user: AnyUse
     return await _control(job_id, request, session, "cancel", user)
 
 
-@router.post("/{job_id}/clear", response_model=JobRead)
+@router.post("/{job_id:int}/clear", response_model=JobRead)
 async def clear(
     job_id: Id, body: ClearRequest, request: Request, session: SessionDep, user: AnyUser
 ) -> JobRead:
@@ -341,7 +341,7 @@ async def clear(
     return JobRead.model_validate(job)
 
 
-@router.post("/{job_id}/priority", response_model=JobRead)
+@router.post("/{job_id:int}/priority", response_model=JobRead)
 async def set_priority(
     job_id: Id, body: PriorityRequest, session: SessionDep, _user: StaffUser
 ) -> JobRead:

@@ -15,6 +15,7 @@ from microfactory.bookings import service as booking_service
 from microfactory.db import utcnow
 from microfactory.errors import InvalidInputError, NotFoundError
 from microfactory.machines.models import Machine
+from microfactory.types import MAX_YEAR, MIN_YEAR
 from microfactory.usage import service as usage_service
 from microfactory.usage.models import UsageRecord
 
@@ -28,6 +29,8 @@ def month_bounds(month: str, tz: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
         first = dt.date.fromisoformat(month + "-01")
     except ValueError:
         raise InvalidInputError(f"month {month!r} is not YYYY-MM, e.g. 2026-11") from None
+    if not MIN_YEAR <= first.year <= MAX_YEAR:  # the month after 9999-12 cannot be reckoned
+        raise InvalidInputError(f"month {month!r} must be in the years {MIN_YEAR} to {MAX_YEAR}")
     following = (first + dt.timedelta(days=32)).replace(day=1)
     return hours.local_datetime(first, 0, tz), hours.local_datetime(following, 0, tz)
 

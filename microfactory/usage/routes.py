@@ -101,7 +101,7 @@ async def utilisation(
 
 
 @router.post(
-    "/{record_id}/corrections", response_model=UsageRead, status_code=status.HTTP_201_CREATED
+    "/{record_id:int}/corrections", response_model=UsageRead, status_code=status.HTTP_201_CREATED
 )
 async def correct(
     record_id: Id, body: CorrectionCreate, session: SessionDep, user: StaffUser

@@ -56,6 +56,7 @@ def assert_clear_422(resp: httpx.Response, *needles: str) -> None:
         ("DELETE", "/api/v1/users/me/tokens/{id}"),
         ("GET", "/api/v1/designs/{id}"),
         ("GET", "/api/v1/maintenance-blocks?machine_id={id}"),
+        ("GET", "/api/v1/designs?offset={id}"),
     ],
 )
 async def test_ids_beyond_64_bits_in_paths_are_422(

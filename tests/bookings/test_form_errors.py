@@ -123,3 +123,30 @@ async def test_openapi_documents_the_error_shapes(client: httpx.AsyncClient) -> 
     assert {s.get("type") for s in detail["anyOf"]} == {"string", "array"}
     usage = doc["paths"]["/api/v1/usage"]["get"]["responses"]["200"]["content"]
     assert "text/csv" in usage
+
+
+@pytest.mark.parametrize("start", ["9999-12-31T23:30", "0001-01-01T00:00"])
+async def test_booking_at_the_ends_of_the_calendar_is_a_page(
+    app: Any, client: httpx.AsyncClient, clock: Clock, machine: dict[str, Any], start: str
+) -> None:
+    web = await _browser(app, client, Role.MEMBER, "timetraveller")
+    resp = await web.post(
+        f"/bookings/machines/{machine['id']}",
+        data={"csrf_token": CSRF, "start": start, "minutes": "60"},
+    )
+    assert resp.status_code == 422, resp.text
+    assert resp.headers["content-type"].startswith("text/html")
+    assert "year" in resp.text
+    week = await web.get(f"/bookings/machines/{machine['id']}", params={"start": start[:10]})
+    assert week.status_code == 200, week.text
+
+
+@pytest.mark.parametrize("path", ["/usage?month=9999-12", "/statement?month=0001-01"])
+async def test_month_pages_at_the_ends_of_the_calendar_are_pages(
+    app: Any, client: httpx.AsyncClient, clock: Clock, path: str
+) -> None:
+    web = await _browser(app, client, Role.MEMBER, "historian")
+    resp = await web.get(path)
+    assert resp.status_code == 422, resp.text
+    assert resp.headers["content-type"].startswith("text/html")
+    assert "must be in the years 1970 to 2999" in resp.text

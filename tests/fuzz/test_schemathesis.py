@@ -33,7 +33,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-EXAMPLES = 3
+EXAMPLES = 5
 CHECKS_EXCLUDED = "positive_data_acceptance"
 SERVE = [sys.executable, "-m", "microfactory.cli", "serve", "--demo"]
 RUN_CAP_S = 400  # a safety net for a stuck server, not a speed assertion
@@ -60,6 +60,7 @@ class Server:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / "server.log"
+        self.workdir = data_dir
         self.env = {
             **os.environ,
             "MICROFACTORY_DATA_DIR": str(data_dir / "data"),
@@ -157,7 +158,10 @@ def test_api_has_no_server_errors_and_matches_its_schema(server: Server, role: s
         "/api/v1/machines/stream",
     ]
     try:
-        run = subprocess.run(cmd, capture_output=True, timeout=RUN_CAP_S, check=False)
+        # Schemathesis keeps a cache of found examples in its working directory: not the repo.
+        run = subprocess.run(
+            cmd, capture_output=True, timeout=RUN_CAP_S, check=False, cwd=server.workdir
+        )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"schemathesis ran over {RUN_CAP_S} s:\n{(exc.stdout or b'').decode()[-4000:]}")
     output = run.stdout.decode(errors="replace") + run.stderr.decode(errors="replace")

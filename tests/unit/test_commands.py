@@ -120,3 +120,9 @@ def test_lines_longer_than_the_firmware_takes_are_refused_even_with_permission(
 def test_an_analysis_from_before_the_checks_is_left_to_the_deny_list() -> None:
     old = {"process": "fdm", "move_count": 3, "firmware_commands": []}
     assert refusal_message(check_program(old, "marlin"), allowed_by_operator=False) is None
+
+
+def test_grbl_tool_change_is_refused_as_grbl_would() -> None:
+    why = refusal("G21\nT1 M6\nG0 X1\n", firmware="grbl")
+    assert why is not None
+    assert "M6 (line 2: tool change: standard GRBL answers error:20" in why
