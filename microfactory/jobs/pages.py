@@ -13,6 +13,7 @@ from microfactory.designs import service as design_service
 from microfactory.errors import DomainError, InvalidInputError
 from microfactory.jobs import preparation
 from microfactory.machines.models import MachineKind
+from microfactory.types import Id
 from microfactory.web import CsrfChecked, WebMember, redirect, render
 
 router = APIRouter(include_in_schema=False)
@@ -20,7 +21,7 @@ router = APIRouter(include_in_schema=False)
 
 @router.post("/designs/{design_id}/make", response_class=HTMLResponse)
 async def design_make(
-    request: Request, design_id: int, session: SessionDep, user: WebMember, _csrf: CsrfChecked
+    request: Request, design_id: Id, session: SessionDep, user: WebMember, _csrf: CsrfChecked
 ) -> Response:
     """Make a job from a design with the form's parameters, material, copies and machine."""
     settings = request.app.state.settings
