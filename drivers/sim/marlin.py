@@ -119,6 +119,25 @@ class SimOptions:
         return opts
 
 
+def _limits_from_options(opts: SimOptions) -> MachineLimits:
+    """Return the planner limits the options describe (Marlin/Prusa defaults otherwise)."""
+    base = MachineLimits(block_buffer_size=opts.planner_blocks)
+    changes = {
+        name: getattr(opts, name)
+        for name in (
+            "max_feedrate",
+            "max_acceleration",
+            "max_jerk",
+            "print_acceleration",
+            "retract_acceleration",
+            "travel_acceleration",
+            "junction_deviation",
+        )
+        if hasattr(opts, name)
+    }
+    return replace(base, **changes)
+
+
 class _Killed(Exception):
     """The firmware halted while a command ran."""
 
@@ -181,7 +200,7 @@ class MarlinSimulator:
         self._killed = False
         self._silent = False
         self._closed = False
-        self._limits = MachineLimits(block_buffer_size=opts.planner_blocks)
+        self._limits = _limits_from_options(opts)
         self._jerk_set = False
         self._planner = MotionQueue(self._limits)
         self._motion_at = time.monotonic()
