@@ -132,6 +132,8 @@ class MachineLimits:
 
 
 _INT_FIELDS: Final = frozenset({"block_buffer_size"})
+# Other names drivers use for the same thing (the marlin driver's M115/ADVANCED_OK reading).
+_ALIASES: Final = {"planner_blocks": "block_buffer_size"}
 _BOOL_FIELDS: Final = frozenset({"laser_mode"})
 _STR_FIELDS: Final = frozenset({"firmware"})
 
@@ -145,6 +147,7 @@ def limits_from_dict(values: Mapping[str, Any], base: MachineLimits | None = Non
     known = {f.name for f in fields(MachineLimits)}
     clean: dict[str, Any] = {}
     for key, value in values.items():
+        key = _ALIASES.get(key, key)
         if key not in known or value is None:
             continue
         if key in _STR_FIELDS:
@@ -162,7 +165,9 @@ def limits_from_dict(values: Mapping[str, Any], base: MachineLimits | None = Non
             if len(value) != 4:
                 raise ValueError(f"{key} needs four values (X, Y, Z, E), got {len(value)}")
             numbers = tuple(float(v) for v in value)
-            if not all(math.isfinite(v) and v > 0 for v in numbers):
+            # A jerk of 0 is allowed (an axis the firmware does not report); rates are not.
+            low_ok = key == "max_jerk"
+            if not all(math.isfinite(v) and (v >= 0 if low_ok else v > 0) for v in numbers):
                 raise ValueError(f"{key} needs positive finite numbers, got {list(value)}")
             clean[key] = numbers
         else:

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -66,30 +67,53 @@ def _open_new(path: Path) -> BinaryIO:
     return path.open("xb")
 
 
+_CHECK_CHUNK = 4 << 20  # read in slices of whole lines: memory stays bounded at any size
+
+
+def iter_program(path: Path) -> Iterator[str]:
+    """Check that a file is non-empty UTF-8 G-code text while yielding its command lines.
+
+    Reads the file in 4 MiB slices of whole lines, so a 200 MiB upload is checked in bounded
+    memory (a 6 MB file takes tens of milliseconds); run it in a worker thread.
+    """
+    count = 0
+    offset = 0
+    blank = True
+    with path.open("rb") as fh:
+        rest = b""
+        while True:
+            block = fh.read(_CHECK_CHUNK)
+            data = rest + block
+            if block:
+                cut = data.rfind(b"\n") + 1
+                data, rest = (data[:cut], data[cut:]) if cut else (b"", data)
+            else:
+                rest = b""
+            if data:
+                if offset < 1024 * 1024 and b"\x00" in data[: 1024 * 1024 - offset]:
+                    raise InvalidInputError(
+                        "this is a binary file, not G-code text (binary G-code is not supported)"
+                    )
+                try:
+                    text = data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InvalidInputError(
+                        "the G-code file is not UTF-8 text "
+                        f"(bad byte at offset {offset + exc.start})"
+                    ) from None
+                blank = blank and not text.strip()
+                lines = clean_lines(text.splitlines())
+                count += len(lines)
+                yield from lines
+                offset += len(data)
+            if not block:
+                break
+    if blank:
+        raise InvalidInputError("the G-code file is empty")
+    if not count:
+        raise InvalidInputError("the file holds no G-code commands, only comments or blank lines")
+
+
 def check_gcode_file(path: Path) -> int:
     """Check that a file is non-empty UTF-8 G-code text; return its count of command lines."""
-    return len(read_program(path))
-
-
-def read_program(path: Path) -> list[str]:
-    """Check that a file is non-empty UTF-8 G-code text; return its command lines.
-
-    Runs in a worker thread: a 6 MB file takes tens of milliseconds.
-    """
-    data = path.read_bytes()
-    if not data.strip():
-        raise InvalidInputError("the G-code file is empty")
-    if b"\x00" in data[: 1024 * 1024]:
-        raise InvalidInputError(
-            "this is a binary file, not G-code text (binary G-code is not supported)"
-        )
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidInputError(
-            f"the G-code file is not UTF-8 text (bad byte at offset {exc.start})"
-        ) from None
-    lines = clean_lines(text.splitlines())
-    if not lines:
-        raise InvalidInputError("the file holds no G-code commands, only comments or blank lines")
-    return lines
+    return sum(1 for _ in iter_program(path))

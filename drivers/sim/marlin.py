@@ -132,6 +132,25 @@ class SimOptions:
         return opts
 
 
+def _limits_from_options(opts: SimOptions) -> MachineLimits:
+    """Return the planner limits the options describe (Marlin/Prusa defaults otherwise)."""
+    base = MachineLimits(block_buffer_size=opts.planner_blocks)
+    changes = {
+        name: getattr(opts, name)
+        for name in (
+            "max_feedrate",
+            "max_acceleration",
+            "max_jerk",
+            "print_acceleration",
+            "retract_acceleration",
+            "travel_acceleration",
+            "junction_deviation",
+        )
+        if hasattr(opts, name)
+    }
+    return replace(base, **changes)
+
+
 class _Killed(Exception):
     """The firmware halted while a command ran."""
 
@@ -194,7 +213,7 @@ class MarlinSimulator:
         self._killed = False
         self._silent = False
         self._closed = False
-        self._limits = MachineLimits(block_buffer_size=opts.planner_blocks)
+        self._limits = _limits_from_options(opts)
         self._jerk_set = False
         self._planner = MotionQueue(self._limits)
         self._motion_at = time.monotonic()
@@ -659,14 +678,14 @@ class MarlinSimulator:
         elif code == "M503":
             self._m503()
         elif code in ("M201", "M203", "M204", "M205", "M900"):
-            self._set_motion(code, params)
+            self._set_motion(code, params)  # what M503 reports
+            if code != "M900":
+                self._set_limits(code, params)  # what the planner moves with
         elif code == "M155":
             self._autoreport_s = params.get("S", 0.0)
             self._next_autoreport = time.monotonic() + self._autoreport_s
         elif code == "M400":
             await self._wait_moves()
-        elif code in ("M201", "M203", "M204", "M205"):
-            self._set_limits(code, params)
         elif code == "M108":
             self._wait_for_heatup = False
         elif code == "M118":

@@ -1482,7 +1482,6 @@ def _analyse(
     timeline: _LimitsTimeline | None = None
     window = 0
     limits_in_file = False
-    pending: tuple[_Moves, I64, PlanLimits, int] | None = None
     for data in chunks:
         if not data:
             continue
@@ -1531,19 +1530,28 @@ def _analyse(
             limits_in_file = True
         lim = timeline.per_move(ev.limits, mv.line)
         syncs = _sync_lines(table, ev, base, carry)
-        # Plan the previous chunk now that we know it is not the last one.
-        if pending is not None:
-            _plan_chunk(*pending, carry, window, final=False)
-        pending = (mv, syncs, lim, nlines)
+        # Plan now; the last blocks wait in the carry until the next chunk (or the end).
+        _plan_chunk(mv, syncs, lim, nlines, carry, window, final=False)
         nlines += table.nlines
-        del table, placed
+        del table, placed, mv, lim
     if blank:
         raise AnalysisError(f"empty G-code file: {label}")
-    if pending is not None:
-        _plan_chunk(*pending, carry, window, final=True)
+    if carry.tail is not None:  # the end of the file: the last blocks stop
+        _plan_chunk(
+            _no_moves(), np.zeros(0, dtype=np.int64), _NO_LIMITS, nlines, carry, window, True
+        )
     interp.finish()
     assert base is not None
     return _result(ev, carry, base, size, nlines, source_label, limits_in_file)
+
+
+def _no_moves() -> _Moves:
+    empty = np.zeros(0)
+    return _Moves(np.zeros((4, 0)), np.zeros((4, 0)), empty, np.zeros(0, dtype=bool),
+                  np.zeros(0, dtype=np.int64))  # fmt: skip
+
+
+_NO_LIMITS: Final = PlanLimits.constant(MachineLimits())
 
 
 def _check_chunk(data: bytes, label: str, offset: int) -> None:

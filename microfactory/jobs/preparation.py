@@ -29,7 +29,7 @@ from microfactory.errors import DomainError, InvalidInputError
 from microfactory.fabrication import service as fabrication_service
 from microfactory.fabrication.pipeline import prepare_gcode
 from microfactory.fabrication.runner import Limits
-from microfactory.files import read_program
+from microfactory.files import iter_program
 from microfactory.jobs import lifecycle, queue
 from microfactory.jobs.models import Job, JobState
 from microfactory.jobs.service import add_submitted, fresh_progress
@@ -237,9 +237,8 @@ class Preparer:
         await asyncio.to_thread(shutil.move, prepared.path, target)
         try:
             digest, size = await asyncio.to_thread(_digest, target)
-            lines = await asyncio.to_thread(read_program, target)
-            lines_total = len(lines)
-            stats = await asyncio.to_thread(limits.line_stats, lines)
+            stats = await asyncio.to_thread(lambda: limits.line_stats(iter_program(target)))
+            lines_total = int(stats["count"])
             async with self.sessionmaker() as session, session.begin():
                 job = await session.get(Job, job_id)
                 if job is None:

@@ -22,7 +22,7 @@ from microfactory.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from microfactory.files import StoredFile, read_program
+from microfactory.files import StoredFile, iter_program
 from microfactory.jobs import lifecycle, queue
 from microfactory.jobs.estimates import machine_limits
 from microfactory.jobs.models import ACTIVE_STATES, ENDED_STATES, Job, JobState
@@ -157,8 +157,9 @@ async def create_from_upload(
 ) -> Job:
     """Create a job from an uploaded G-code file, analysed and validated before it queues."""
     try:
-        lines = await asyncio.to_thread(read_program, stored.path)
-        lines_total = len(lines)
+        # One bounded pass over the file: its checks, its line count and its line lengths.
+        stats = await asyncio.to_thread(lambda: limits.line_stats(iter_program(stored.path)))
+        lines_total = int(stats["count"])
         requested: Machine | None = None
         if machine_id is not None:
             requested = await machine_service.get_or_raise(session=session, machine_id=machine_id)
@@ -179,7 +180,7 @@ async def create_from_upload(
             read_at = (requested.capabilities or {}).get("motion_limits", {}).get("read_at")
             analysis["estimate_for"] = {"machine_id": requested.id, "read_at": read_at}
         # What each firmware accepts is checked now and at assignment, not at dispatch.
-        analysis["line_stats"] = await asyncio.to_thread(limits.line_stats, lines)
+        analysis["line_stats"] = stats
         job = Job(
             owner_id=owner.id,
             title=(title or stored.original_name)[:200],

@@ -34,7 +34,10 @@ async def test_a_sim_marlin_job_takes_the_time_the_analyser_estimates() -> None:
     try:
         await asyncio.wait_for(driver.connect(), 10)
         text = print_like_program()
-        estimate = analyse_gcode(text).estimated_time_s  # Marlin defaults, as the sim's
+        sim = driver.simulator
+        assert sim is not None
+        # The printer's own limits (what M503 reports), changed by the file's M201/M204.
+        estimate = analyse_gcode(text, machine_limits=sim.motion_limits()).estimated_time_s
         assert estimate > 4.0
         events = await EventLog(driver).started()
         t0 = time.monotonic()
@@ -44,8 +47,6 @@ async def test_a_sim_marlin_job_takes_the_time_the_analyser_estimates() -> None:
         assert end.kind is EventKind.FINISHED, end.data
         # Marlin acknowledges a move once it is planned: the job's last `ok` comes while up
         # to 15 blocks still run. The print is over when the printer stops moving.
-        sim = driver.simulator
-        assert sim is not None
         async with asyncio.timeout(30):
             # Polling: no event announces the end of motion on the firmware's side.
             while await asyncio.to_thread(sim.moving):  # noqa: ASYNC110

@@ -19,12 +19,16 @@ REPO = Path(__file__).resolve().parents[3]
 SAMPLE = REPO / "tests" / "data" / "gcode" / "fdm" / "bracket.gcode"
 LIMIT_MB = 512
 
+# What an upload goes through: the text check (counting command lines), then the analysis.
 CHILD = """
 import json, resource, sys
+from pathlib import Path
 from microfactory.analysis import analyse_gcode
+from microfactory.jobs.files import check_gcode_file
+commands = check_gcode_file(Path(sys.argv[1]))
 a = analyse_gcode(sys.argv[1])
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-print(json.dumps({"peak_mb": peak, "lines": a.line_count, "estimate": a.estimated_time_s}))
+print(json.dumps({"peak_mb": peak, "lines": a.line_count, "commands": commands}))
 """
 
 
@@ -48,6 +52,24 @@ def test_peak_memory_stays_bounded_whatever_the_file_size(tmp_path: Path) -> Non
     write_big_gcode(SAMPLE, large, 200 << 20)  # the upload limit
     a, b = peak_of(small), peak_of(large)
     assert b["lines"] > 12 * a["lines"]
+    assert b["commands"] > 12 * a["commands"]
     assert b["peak_mb"] < LIMIT_MB, b
     # Twelve times the file, about the same memory: only a chunk is held at a time.
     assert b["peak_mb"] < a["peak_mb"] + 100, (a, b)
+
+
+def test_the_streamed_text_check_counts_as_the_whole_file_check(tmp_path: Path) -> None:
+    from drivers.base import clean_lines
+    from microfactory.jobs import files
+
+    text = SAMPLE.read_text().replace("\n", "\r\n", 500) + "; tail without newline\nG1 X1"
+    path = tmp_path / "mixed.gcode"
+    path.write_text(text, newline="")
+    expected = len(clean_lines(text.splitlines()))
+    old = files._CHECK_CHUNK
+    try:
+        files._CHECK_CHUNK = 1000  # many slices, lines cut at every boundary
+        assert files.check_gcode_file(path) == expected
+    finally:
+        files._CHECK_CHUNK = old
+    assert files.check_gcode_file(path) == expected

@@ -213,6 +213,10 @@ def test_limits_from_dict_reads_grbl_keys_and_refuses_nonsense() -> None:
     assert lim.firmware == "grbl"
     assert lim.junction_deviation == 0.01  # from the GRBL defaults
     assert lim.laser_mode is True
+    # The marlin driver's M503 reading names the ring size planner_blocks; a jerk may be 0.
+    marlin = limits_from_dict({"planner_blocks": 32, "max_jerk": [8, 8, 0.4, 0]})
+    assert marlin.block_buffer_size == 32
+    assert marlin.max_jerk == (8.0, 8.0, 0.4, 0.0)
     with pytest.raises(ValueError, match="finite"):
         limits_from_dict({"junction_deviation": float("inf")})
     with pytest.raises(ValueError, match="block_buffer_size"):
