@@ -34,7 +34,7 @@ def redact_text(text: str) -> str:
     return text
 
 
-# Generated upload names (a uuid4 hex and the extension; see jobs/files.py) and paths in the
+# Generated upload names (a uuid4 hex and the extension; see microfactory/files.py) and paths in the
 # data directory are internal: a message for a user names the file as the user named it.
 _STORED_NAME = re.compile(r"\b[0-9a-f]{32}(\.[A-Za-z0-9]{1,10})?\b")
 

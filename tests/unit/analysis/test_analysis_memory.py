@@ -24,7 +24,7 @@ CHILD = """
 import json, resource, sys
 from pathlib import Path
 from microfactory.analysis import analyse_gcode
-from microfactory.jobs.files import check_gcode_file
+from microfactory.files import check_gcode_file
 commands = check_gcode_file(Path(sys.argv[1]))
 a = analyse_gcode(sys.argv[1])
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -60,7 +60,7 @@ def test_peak_memory_stays_bounded_whatever_the_file_size(tmp_path: Path) -> Non
 
 def test_the_streamed_text_check_counts_as_the_whole_file_check(tmp_path: Path) -> None:
     from drivers.base import clean_lines
-    from microfactory.jobs import files
+    from microfactory import files
 
     text = SAMPLE.read_text().replace("\n", "\r\n", 500) + "; tail without newline\nG1 X1"
     path = tmp_path / "mixed.gcode"
