@@ -145,16 +145,21 @@ class BodySizeLimit:
 
 
 def _allowed_roles(route: BaseRoute) -> frozenset[Role] | None:
-    """Return the roles a route's dependencies admit, or None for a public route."""
+    """Return the roles a route's dependencies admit, or None for a public route.
+
+    A route may declare several role checks (each dependency its own); a caller must pass
+    them all, so the roles admitted are their intersection.
+    """
     dependant = getattr(route, "dependant", None)
     stack = [dependant] if dependant is not None else []
+    allowed: frozenset[Role] | None = None
     while stack:
         current = stack.pop()
         roles = getattr(getattr(current, "call", None), "allowed_roles", None)
         if roles is not None:
-            return frozenset(roles)
+            allowed = frozenset(roles) if allowed is None else allowed & frozenset(roles)
         stack.extend(current.dependencies)
-    return None
+    return allowed
 
 
 def _credential(scope: Scope) -> str | None:
