@@ -47,7 +47,12 @@ def cylinder_stl(*, radius_mm: float, height_mm: float, facets: int) -> bytes:
         triangles += [(b0, b1, t1), (b0, t1, t0)]  # side, outward
         triangles += [((cx, cy, 0.0), b1, b0)]  # bottom, facing -z
         triangles += [((cx, cy, height_mm), t0, t1)]  # top, facing +z
-    out = bytearray(b"microfactory test cylinder".ljust(80, b" "))
+    return binary_stl(triangles)
+
+
+def binary_stl(triangles: list[tuple[tuple[float, float, float], ...]]) -> bytes:
+    """Return a binary STL of these triangles (normals left zero: slicers recompute them)."""
+    out = bytearray(b"microfactory test".ljust(80, b" "))
     out += struct.pack("<I", len(triangles))
     for tri in triangles:
         out += struct.pack("<3f", 0.0, 0.0, 0.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -10,24 +9,15 @@ import httpx
 import pytest
 
 from tests.conftest import shared_data_dir
+from tests.samples import binary_stl
+
+__all__ = ["binary_stl"]  # the design tests import it from here
 
 
 @pytest.fixture
 def bracket_dir() -> Path:
     """The sample L-bracket design: .scad, .stl and okh.yml."""
     return shared_data_dir() / "designs" / "l-bracket"
-
-
-def binary_stl(triangles: list[tuple[tuple[float, float, float], ...]]) -> bytes:
-    """Return a binary STL of these triangles."""
-    out = bytearray(b"microfactory test".ljust(80, b" "))
-    out += struct.pack("<I", len(triangles))
-    for tri in triangles:
-        out += struct.pack("<3f", 0.0, 0.0, 0.0)
-        for vertex in tri:
-            out += struct.pack("<3f", *vertex)
-        out += b"\0\0"
-    return bytes(out)
 
 
 def cube_triangles(size: float = 10.0) -> list[tuple[tuple[float, float, float], ...]]:
