@@ -35,6 +35,6 @@ async def test_stream_sends_keep_alives_then_updates(monkeypatch: pytest.MonkeyP
         chunks.append(chunk.encode() if isinstance(chunk, str) else bytes(chunk))
         if len(chunks) == 3:
             # After two keep-alives, an update still arrives: the subscription is alive.
-            fleet.hub.publish(7, {"state": "idle"})
+            fleet.publish_status(7, {"state": "idle"})
     assert chunks[:3] == [b": keep-alive\n\n"] * 3
     assert b'event: machine\ndata: {"id": 7, "status": {"state": "idle"}}\n\n' in chunks
