@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from microfactory.jobs.models import Job
+from microfactory.machines.limits import line_stats
 from microfactory.usage.models import UsageRecord
 from tests.conftest import UserFactory
 from tests.integration.conftest import job_json, wait_for
@@ -61,6 +62,28 @@ async def _submit(
     return job
 
 
+async def _submit_long(
+    app: Any, client: httpx.AsyncClient, headers: dict[str, str], *, keep_checks: bool
+) -> dict[str, Any]:
+    """A queued job whose stored program has a line GRBL refuses.
+
+    Uploads refuse such a program outright, so the job is made from a good one and its file
+    is then replaced, as a file changed on disk (or a job from before the checks) would be.
+    With `keep_checks` its line statistics describe the long program, so the check at
+    assignment sees it; without, only the driver does.
+    """
+    job = await _submit(client, headers, CNC_PROGRAM)
+    async with app.state.sessionmaker() as session, session.begin():
+        stored = await session.get(Job, job["id"])
+        assert stored is not None
+        (app.state.settings.upload_dir / stored.stored_name).write_bytes(LONG_PROGRAM)
+        analysis = {k: v for k, v in stored.analysis.items() if k != "line_stats"}
+        if keep_checks:
+            analysis["line_stats"] = line_stats(LONG_PROGRAM.decode().splitlines())
+        stored.analysis = analysis
+    return job
+
+
 async def _usage(app: Any) -> list[UsageRecord]:
     await app.state.events.drain()
     async with app.state.sessionmaker() as session:
@@ -72,7 +95,7 @@ async def test_a_refused_dispatch_leaves_the_job_exactly_as_it_was(
 ) -> None:
     operator, mill = shop["operator"], shop["mill"]
     assert len(LONG_PROGRAM.splitlines()[-1]) > 80  # no spaces: every character counts
-    job = await _submit(live_client, operator, LONG_PROGRAM)
+    job = await _submit_long(live_app, live_client, operator, keep_checks=True)
     before = await job_json(live_client, operator, job["id"])
 
     resp = await live_client.post(
@@ -162,11 +185,7 @@ async def test_a_refusal_by_the_machine_itself_puts_the_job_back_as_it_was(
     a job analysed before they existed carries no line statistics, and only the driver
     refuses it, after the assignment committed."""
     operator, mill = shop["operator"], shop["mill"]
-    job = await _submit(live_client, operator, LONG_PROGRAM)
-    async with live_app.state.sessionmaker() as session, session.begin():
-        stored = await session.get(Job, job["id"])
-        assert stored is not None
-        stored.analysis = {k: v for k, v in stored.analysis.items() if k != "line_stats"}
+    job = await _submit_long(live_app, live_client, operator, keep_checks=False)
     before = await job_json(live_client, operator, job["id"])
 
     resp = await live_client.post(
