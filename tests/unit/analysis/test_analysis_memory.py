@@ -1,7 +1,7 @@
 """Analysing a large G-code file reads it in bounded chunks: memory does not grow with it.
 
 Each file is analysed in a fresh subprocess that reports its own peak RSS
-(resource.getrusage), so nothing else the test process holds is counted.
+(VmHWM in /proc/self/status), so nothing else the test process holds is counted.
 """
 
 from __future__ import annotations
@@ -21,13 +21,16 @@ LIMIT_MB = 512
 
 # What an upload goes through: the text check (counting command lines), then the analysis.
 CHILD = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from microfactory.analysis import analyse_gcode
 from microfactory.files import check_gcode_file
 commands = check_gcode_file(Path(sys.argv[1]))
 a = analyse_gcode(sys.argv[1])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across exec, so a child forked
+# from a large test process would report the parent's size (1.1 GB late in the suite).
+hwm = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
+peak = int(hwm.split()[1]) / 1024  # kB -> MB
 print(json.dumps({"peak_mb": peak, "lines": a.line_count, "commands": commands}))
 """
 
