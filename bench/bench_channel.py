@@ -201,7 +201,9 @@ def list_under_load(base_url: str, *, workers: int, machines: int, lines: int) -
                     for mid in ids
                 ]  # fmt: skip
                 for jid in jobs:
-                    c.post(f"/api/v1/jobs/{jid}/dispatch").raise_for_status()
+                    resp = c.post(f"/api/v1/jobs/{jid}/dispatch")
+                    if resp.is_error:
+                        raise RuntimeError(f"dispatch of job {jid}: {resp.text}")
                 stop = threading.Event()
                 samples: list[float] = []
 

@@ -43,7 +43,10 @@ log = logging.getLogger("microfactory.runtime.remote")
 COMMANDS = "mf_machine_commands"
 STATUS = "mf_machine_status"
 JOB_EVENTS = "mf_job_events"
-CHUNK_CHARS = 7000  # below NOTIFY's 8,000-byte payload limit, with room for the envelope
+# NOTIFY takes at most 7,999 bytes. A chunk is JSON text (ASCII: json.dumps escapes the
+# rest) that the envelope escapes again, so each character takes at most two bytes there.
+CHUNK_CHARS = 3500
+MAX_PAYLOAD_BYTES = 7999
 STATUS_INTERVAL_S = 0.1  # coalesce status changes; a dashboard needs no more than 10 a second
 HEARTBEAT_S = 3.0  # full snapshot; a worker that hears none for 3 beats shows machines offline
 RECONCILE_S = 5.0  # the host re-reads the machine table this often, in case a NOTIFY was lost
@@ -67,6 +70,17 @@ def libpq_dsn(database_url: str) -> str:
     if url.get_backend_name() != "postgresql":
         raise ValueError("LISTEN/NOTIFY needs PostgreSQL")
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def envelopes_of(message: Any) -> list[str]:
+    """Return the NOTIFY payloads that carry a message: numbered chunks of its JSON."""
+    text = json.dumps(message, default=str, separators=(",", ":"))
+    chunks = [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)] or [""]
+    mid = uuid.uuid4().hex[:12]
+    return [
+        json.dumps({"m": mid, "i": i, "n": len(chunks), "d": chunk}, separators=(",", ":"))
+        for i, chunk in enumerate(chunks)
+    ]
 
 
 class Bus:
@@ -109,9 +123,7 @@ class Bus:
 
     async def send(self, channel: str, message: Any) -> None:
         """NOTIFY a JSON message, in chunks if it is long."""
-        text = json.dumps(message, default=str, separators=(",", ":"))
-        chunks = [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)] or [""]
-        mid = uuid.uuid4().hex[:12]
+        envelopes = envelopes_of(message)
         async with self._send_lock:
             for attempt in (1, 2):
                 try:
@@ -119,8 +131,7 @@ class Bus:
                         self._sender = await psycopg.AsyncConnection.connect(
                             self.dsn, autocommit=True
                         )
-                    for i, chunk in enumerate(chunks):
-                        envelope = json.dumps({"m": mid, "i": i, "n": len(chunks), "d": chunk})
+                    for envelope in envelopes:
                         await self._sender.execute("SELECT pg_notify(%s, %s)", (channel, envelope))
                     return
                 except psycopg.OperationalError:
