@@ -6,8 +6,13 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-# `REPO.parent / "shared"`, "../shared", parents[N] / "shared": ways of reaching a sibling folder.
-OUTSIDE = re.compile(r"""\.\./shared|parent\s*/\s*["']shared["']|\]\s*/\s*["']shared["']""")
+# The reference folder that sits beside the repository on a developer's machine. Its name is
+# put together here so that this file, which looks for it, does not itself mention it.
+SIBLING = "sha" + "red"
+# `REPO.parent / "<sibling>"`, "../<sibling>", `parents[N] / "<sibling>"`: ways of reaching it.
+OUTSIDE = re.compile(
+    rf"""\.\./{SIBLING}\b|parent\s*/\s*["']{SIBLING}["']|\]\s*/\s*["']{SIBLING}["']"""
+)
 
 
 def test_no_code_reads_a_folder_beside_the_repository() -> None:
