@@ -75,8 +75,8 @@ class _FleetCollector(Collector):
             "microfactory_machines", "Machines by live state", labels=["state"]
         )
         counts: dict[str, int] = {}
-        for sup in list(self.app.state.fleet.supervisors.values()):
-            state = sup.status_dict().get("state", "offline")
+        for status in self.app.state.fleet.snapshots().values():
+            state = status.get("state", "offline")
             counts[state] = counts.get(state, 0) + 1
         for state, n in sorted(counts.items()):
             gauge.add_metric([state], n)

@@ -262,7 +262,7 @@ class MachineHost:
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Return every supervised machine's status, keyed by id (JSON keys are strings)."""
-        return {str(mid): sup.status_dict() for mid, sup in list(self.fleet.supervisors.items())}
+        return {str(mid): status for mid, status in self.fleet.snapshots().items()}
 
     async def _collect(self) -> None:
         updates = self.fleet.subscribe()
@@ -365,16 +365,6 @@ class RemoteMachine:
         self.machine_id = machine_id
         self.name = name
 
-    @property
-    def job_id(self) -> int | None:
-        """Return the job the machine runs, as the host last reported."""
-        value = self.status_dict().get("job_id")
-        return int(value) if value is not None else None
-
-    def status_dict(self) -> dict[str, Any]:
-        """Return the machine's last reported status."""
-        return dict(self._fleet.cached.get(self.machine_id) or {"state": "offline"})
-
     async def start_job(self, job_id: int, actor: Actor | None = None) -> None:
         """Start an assigned job on the machine."""
         await self._fleet.request(
@@ -417,8 +407,6 @@ class RemoteFleet(Fleet):
         self.names: dict[int, str] = {}
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._last_heard = 0.0
-        # Routes read `supervisors` for the SSE snapshot and job checks: give them handles.
-        self.supervisors = _HandleView(self)  # type: ignore[assignment]
 
     @property
     def host_alive(self) -> bool:
@@ -510,6 +498,15 @@ class RemoteFleet(Fleet):
             status = {**status, "maintenance": True}
         return dict(status)
 
+    def running_job(self, machine_id: int) -> int | None:
+        """Return the job a machine runs, as the host last reported."""
+        value = (self.cached.get(machine_id) or {}).get("job_id")
+        return int(value) if value is not None else None
+
+    def snapshots(self) -> dict[int, dict[str, Any]]:
+        """Return every machine's status as the host last reported it."""
+        return {mid: dict(status) for mid, status in list(self.cached.items())}
+
     def get(self, machine: Machine) -> RemoteMachine:  # type: ignore[override]
         """Return a handle that sends the machine's commands to the host, if it runs."""
         self.names[machine.id] = machine.name
@@ -547,32 +544,6 @@ class RemoteFleet(Fleet):
     async def _wake(self) -> None:
         with contextlib.suppress(Exception):
             await self.bus.send(COMMANDS, {"op": "wake", "id": None})
-
-
-class _HandleView(dict[int, RemoteMachine]):
-    """`fleet.supervisors` on a web worker: a handle for every machine the host reports."""
-
-    def __init__(self, fleet: RemoteFleet) -> None:
-        super().__init__()
-        self._fleet = fleet
-
-    def _handle(self, machine_id: int) -> RemoteMachine:
-        return RemoteMachine(self._fleet, machine_id, self._fleet.names.get(machine_id, ""))
-
-    def get(self, key: int, default: Any = None) -> Any:
-        return self._handle(key) if key in self._fleet.cached else default
-
-    def items(self) -> Any:
-        return [(mid, self._handle(mid)) for mid in list(self._fleet.cached)]
-
-    def values(self) -> Any:
-        return [self._handle(mid) for mid in list(self._fleet.cached)]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._fleet.cached
-
-    def __len__(self) -> int:
-        return len(self._fleet.cached)
 
 
 class QueueWaker:
