@@ -29,10 +29,8 @@ def _require_database(settings: Settings) -> None:
 
 
 def _run_db(settings: Settings, fn: Callable[..., Awaitable[T]]) -> T:
-    """Run a coroutine with a session that commits on success, on a migrated database."""
+    """Run a coroutine with a session that commits on success (callers check the database)."""
     from microfactory.db import make_engine, make_sessionmaker
-
-    _require_database(settings)
 
     async def runner() -> T:
         engine = make_engine(settings.async_database_url)
@@ -178,6 +176,8 @@ def cmd_user(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     """Create a personal API token and print it."""
     import datetime as dt
+
+    _require_database(settings)
 
     from sqlalchemy.ext.asyncio import AsyncSession
 
