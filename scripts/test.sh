@@ -44,5 +44,13 @@ echo "== ruff and mypy"
 
 # 5. Every test: unit, API and services on SQLite and PostgreSQL, drivers on ptys,
 #    OctoPrint, PrusaSlicer, OpenSCAD and Chromium.
+# Two workers (pytest-xdist), one test file each at a time: most tests wait on real peers
+# (servers, ptys, Chromium), so two files at once roughly halve the time on two cores.
+# MICROFACTORY_TEST_WORKERS=0 runs everything in this one process.
 echo "== pytest"
-.venv/bin/pytest "$@"
+workers=${MICROFACTORY_TEST_WORKERS:-2}
+if [ "$workers" = 0 ]; then
+  .venv/bin/pytest "$@"
+else
+  .venv/bin/pytest -n "$workers" --dist loadfile "$@"
+fi

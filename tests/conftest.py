@@ -46,6 +46,37 @@ def require_or_skip(available: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+# The longest test files, longest first (from `--durations` in CI). The test command spreads
+# files over two workers (pytest-xdist, `--dist loadfile`); handing these out first keeps one
+# worker from being left with a long file at the end while the other sits idle.
+LONGEST_FILES = (
+    "tests/fuzz/test_schemathesis.py",
+    "tests/runtime/test_multiprocess.py",
+    "tests/browser/test_design_flow.py",
+    "tests/test_packaging.py",
+    "tests/integration/test_octoprint_jobs.py",
+    "tests/drivers/marlin/test_marlin_virtual_printer.py",
+    "tests/drivers/marlin/test_marlin_sim.py",
+    "tests/unit/analysis/test_analysis_memory.py",
+    "tests/security/test_security_orphans.py",
+    "tests/browser/test_bookings.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the longest files first; every file keeps its own order."""
+    rank = {name: index for index, name in enumerate(LONGEST_FILES)}
+    first_seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        first_seen.setdefault(str(item.path), index)
+
+    def key(item: pytest.Item) -> tuple[int, int]:
+        name = item.path.relative_to(REPO).as_posix()
+        return (rank.get(name, len(rank)), first_seen[str(item.path)])
+
+    items.sort(key=key)
+
+
 # -- databases -----------------------------------------------------------------------
 
 

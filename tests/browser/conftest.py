@@ -49,9 +49,9 @@ class DemoServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = workdir / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFACTORY_")}
-        # The demo as shipped, but its simulated machines 3x faster than the demo default (20x):
+        # The demo as shipped, but its simulated machines 15x faster than the demo default (20x):
         # the design-flow test waits for a whole print to finish.
-        env.update(MICROFACTORY_LOG_JSON="false", MICROFACTORY_DEMO_SPEED_FACTOR="60")
+        env.update(MICROFACTORY_LOG_JSON="false", MICROFACTORY_DEMO_SPEED_FACTOR="300")
         self.log_path = workdir / "server.log"
         self.log = self.log_path.open("w")
         self.proc = subprocess.Popen(
