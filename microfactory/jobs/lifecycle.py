@@ -224,6 +224,31 @@ async def _record_created(*, session: AsyncSession, job: Job, actor: Actor) -> N
     publish_after_commit(session, _changed(job, "job.created", None, row, actor, None, None))
 
 
+def announce_preparation(*, session: AsyncSession, job: Job) -> None:
+    """Tell live pages, after the commit, that a job's G-code preparation moved on.
+
+    Not a transition (the state stays) and not recorded as an event: a `job.prepared` on the
+    live stream, so the job's page shows "Making the G-code", the result or the failure
+    without polling.
+    """
+    publish_after_commit(
+        session,
+        JobChanged(
+            topic="job.prepared",
+            job_id=job.id,
+            owner_id=job.owner_id,
+            machine_id=job.machine_id,
+            from_state=job.state.value,
+            to_state=job.state.value,
+            at=utcnow(),
+            actor=SYSTEM.kind,
+            details={"preparation": job.preparation},
+            title=job.title,
+            lines_total=job.lines_total,
+        ),
+    )
+
+
 async def events_of(*, session: AsyncSession, job_id: int) -> list[JobEvent]:
     """Return a job's transitions, oldest first."""
     result = await session.execute(

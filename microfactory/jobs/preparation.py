@@ -205,6 +205,7 @@ class Preparer:
             if job is None or job.preparation not in ("pending", "running"):
                 return
             job.preparation = "running"
+            lifecycle.announce_preparation(session=session, job=job)
             design = await design_service.get_or_raise(
                 session=session, design_id=job.design_id or 0
             )
@@ -259,6 +260,7 @@ class Preparer:
                 job.progress = fresh_progress(lines_total)
                 job.preparation = "ready"
                 job.preparation_log = prepared.log[-4000:]
+                lifecycle.announce_preparation(session=session, job=job)
                 if job.state is JobState.APPROVED:
                     await lifecycle.queue(
                         session=session, job=job, actor=lifecycle.SYSTEM, reason="G-code ready"
@@ -277,6 +279,7 @@ class Preparer:
                 return
             job.preparation = "failed"
             job.preparation_log = message[-4000:]
+            lifecycle.announce_preparation(session=session, job=job)
             if job.state in lifecycle.UNSTARTED:
                 await lifecycle.end(
                     session=session,

@@ -25,13 +25,17 @@ def test_member_makes_the_bracket_wider_and_watches_it_print(
     page.get_by_label(re.compile(r"^width")).fill("35")
     page.get_by_role("button", name="Submit a job from this design").click()
     page.wait_for_url(re.compile(r"/jobs/\d+$"))
+    # The job page follows the server's event stream: it changes in place, never reloads
+    # (a reload would drop this marker).
+    page.evaluate("window.__samePage = true")
     expect(page.get_by_text("width = 35")).to_be_visible()
     expect(page.get_by_role("heading", name="Design and licence")).to_be_visible()
     # OpenSCAD and PrusaSlicer make the G-code (with the demo's relative data directory),
-    # the queue picks a simulated printer, and the job page (which refreshes itself) shows
-    # it running.
+    # the queue picks a simulated printer, and the job page (live, from the event stream)
+    # shows it running.
     expect(page.locator("#job-state")).to_have_text(re.compile("running|finished"), timeout=180_000)
     expect(page.get_by_text(re.compile(r"Prusa MK3S #\d"))).to_be_visible()
+    assert page.evaluate("window.__samePage === true"), "the job page reloaded itself"
     job_url = page.url
     # The live machine grid shows the job on its printer.
     page.get_by_role("link", name="Machines", exact=True).click()
@@ -39,6 +43,9 @@ def test_member_makes_the_bracket_wider_and_watches_it_print(
     expect(card.first).to_be_visible(timeout=30_000)
     # The simulated printer runs the whole program: the job ends finished.
     page.goto(job_url)
+    page.evaluate("window.__samePage = true")
     expect(page.locator("#job-state")).to_have_text("finished", timeout=400_000)
+    assert page.evaluate("window.__samePage === true"), "the job page reloaded itself"
+    assert page.locator("#job-progress").evaluate("bar => bar.value") == 100
     assert demo_server.data_dir.is_dir()
     assert "preparing job" not in demo_server.log_path.read_text()

@@ -94,7 +94,11 @@
     if (jobBox) {
       jobBox.hidden = !st.job_id;
       const link = jobBox.querySelector("a");
-      if (link && st.job_id) { link.href = `/jobs/${st.job_id}`; link.textContent = `Job ${st.job_id}`; }
+      if (link) {
+        link.hidden = !st.job_id;
+        if (st.job_id) { link.href = `/jobs/${st.job_id}`; link.textContent = `Job ${st.job_id}`; }
+        else link.removeAttribute("href");  // no "Job None" link on an idle machine
+      }
       const bar = jobBox.querySelector("progress");
       if (bar && prog) { bar.value = prog.percent; bar.textContent = `${prog.percent}%`; }
       set("percent", prog ? `${prog.percent.toFixed(1)} %` : "");
@@ -108,11 +112,57 @@
     }
   }
 
-  if (document.querySelector("[data-live-machines]")) {
+  // Pages that follow the server's event stream (one stream per page, no timed reloads):
+  // the machine grid updates its cards; the job page its progress, and the whole page when
+  // the job changes; the queue and the job lists when any job they may show changes.
+  async function refreshMain() {
+    const main = document.getElementById("main");
+    const active = document.activeElement;
+    if (main && active && main.contains(active) && active.matches("input, select, textarea")) {
+      // Never swap a form out from under someone typing: refresh when they leave it.
+      active.addEventListener("blur", () => scheduleRefresh(), { once: true });
+      return;
+    }
+    const resp = await fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
+    if (!resp.ok || !main) return;
+    const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
+    const fresh = doc.getElementById("main");
+    if (fresh) main.innerHTML = fresh.innerHTML;
+  }
+
+  let refreshTimer = null;
+  function scheduleRefresh() {
+    if (refreshTimer) return;
+    refreshTimer = setTimeout(() => { refreshTimer = null; refreshMain().catch(() => {}); }, 250);
+  }
+
+  function updateJobProgress(jobEl, st) {
+    const prog = st.progress;
+    if (!prog) return;
+    const bar = document.getElementById("job-progress");
+    if (bar) bar.value = prog.percent;
+    const text = document.getElementById("job-progress-text");
+    if (text) {
+      const total = jobEl.dataset.linesTotal;
+      const eta = prog.eta_s != null && ["running", "paused"].includes(st.state) ? ` · ETA ${fmtEta(prog.eta_s)}` : "";
+      text.textContent = `${prog.percent.toFixed(1)} % · ${prog.lines_acked || 0} of ${total} lines${eta}`;
+    }
+  }
+
+  const grid = document.querySelector("[data-live-machines]");
+  const jobsList = document.querySelector("[data-live-jobs]");
+  if (grid || jobsList || document.querySelector("[data-live-job]")) {
     const source = new EventSource("/api/v1/machines/stream");
     source.addEventListener("machine", (ev) => {
       const data = JSON.parse(ev.data);
       document.querySelectorAll(`[data-machine-id="${data.id}"]`).forEach((card) => update(card, data.status));
+      const jobEl = document.querySelector("[data-live-job]");  // looked up again: refreshes replace it
+      if (jobEl && data.status && String(data.status.job_id) === jobEl.dataset.liveJob) updateJobProgress(jobEl, data.status);
+    });
+    source.addEventListener("job", (ev) => {
+      const data = JSON.parse(ev.data);
+      const jobEl = document.querySelector("[data-live-job]");
+      if (jobsList || (jobEl && String(data.id) === jobEl.dataset.liveJob)) scheduleRefresh();
     });
   }
 })();
