@@ -19,9 +19,7 @@ CNC = b"G21\nG90\nG0 Z5\nM3 S10000\nG1 X10 Y10 F600\nG1 X20 Y0\nM5\n"
 async def _end(app: Any, job_id: int, machine_id: int, state: JobState, **values: Any) -> None:
     async with app.state.sessionmaker() as session, session.begin():
         await session.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(state=state, machine_id=machine_id, **values)
+            update(Job).where(Job.id == job_id).values(state=state, machine_id=machine_id, **values)
         )
 
 
