@@ -357,7 +357,20 @@ async def _admin_context(request: Request, session: Any, user: User) -> dict[str
         "users": await account_service.list_users(session=session),
         "kinds": list(MachineKind),
         "tz": _tz(request),
+        "valid_until": valid_until,
     }
+
+
+def valid_until(expires_at: dt.datetime, tz: ZoneInfo) -> str:
+    """The last day (or moment) a certification is valid, as the form that made it says it.
+
+    "Valid until 2027-06-30" is stored as the exclusive end 2027-07-01 00:00 in the shop's
+    zone; showing that date would read as one day more than the operator typed.
+    """
+    local = expires_at.astimezone(tz)
+    if local.time() == dt.time(0, 0):
+        return (local.date() - dt.timedelta(days=1)).isoformat()
+    return local.strftime("%Y-%m-%d %H:%M")
 
 
 @router.get("/bookings/admin", response_class=HTMLResponse)
@@ -388,10 +401,24 @@ async def _admin_action(
     except DomainError as exc:
         user = await _after_rollback(session, user)
         ctx = await _admin_context(request, session, user)
+        error, overlap = exc.detail, None
+        if exc.extra.get("rule") == "maintenance_overlap":
+            # The API's wording names a field; the page asks the question with two buttons.
+            overlap = len(exc.extra.get("bookings") or [])
+            error = (
+                f"{overlap} booking{'s overlap' if overlap != 1 else ' overlaps'} this block. "
+                "Choose below whether to cancel them (their members are told) or keep them."
+            )
         return render(
             request,
             "booking_admin.html",
-            {**ctx, "msg": None, "error": exc.detail, "typed": await _typed(request)},
+            {
+                **ctx,
+                "msg": None,
+                "error": error,
+                "overlap": overlap,
+                "typed": await _typed(request),
+            },
             status_code=exc.status_code,
         )
     except (ValueError, OverflowError) as exc:  # pydantic validation; dates past year 9999

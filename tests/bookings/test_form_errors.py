@@ -150,3 +150,59 @@ async def test_month_pages_at_the_ends_of_the_calendar_are_pages(
     assert resp.status_code == 422, resp.text
     assert resp.headers["content-type"].startswith("text/html")
     assert "must be in the years 1970 to 2999" in resp.text
+
+
+async def test_a_certification_valid_until_a_day_shows_that_day(
+    app: Any,
+    client: httpx.AsyncClient,
+    clock: Clock,
+    machine: dict[str, Any],
+    make_user: UserFactory,
+) -> None:
+    web = await _browser(app, client, Role.OPERATOR, "trainer")
+    trainee, _ = await make_user("member", username="apprentice")
+    resp = await web.post(
+        "/bookings/admin/certifications",
+        data={
+            "csrf_token": CSRF,
+            "user_id": str(trainee.id),
+            "scope": f"machine:{machine['id']}",
+            "expires": "2027-06-30",
+        },
+        follow_redirects=True,
+    )
+    assert resp.status_code == 200, resp.text
+    row = next(line for line in resp.text.splitlines() if ">apprentice</td>" in line)
+    assert "<td>2027-06-30</td>" in row  # as typed, not the exclusive end 2027-07-01
+    assert "2027-07-01" not in row
+
+
+async def test_maintenance_over_bookings_asks_with_two_buttons_then_cancels_them(
+    app: Any, client: httpx.AsyncClient, clock: Clock, machine: dict[str, Any], member: Any
+) -> None:
+    from tests.bookings.conftest import book, paris
+
+    booked = await book(
+        client, member, machine["id"], paris(2026, 12, 3, 10), paris(2026, 12, 3, 11)
+    )
+    assert booked.status_code == 201, booked.text
+    web = await _browser(app, client, Role.OPERATOR, "mechanic")
+    form = {
+        "csrf_token": CSRF,
+        "machine_id": str(machine["id"]),
+        "start": "2026-12-03T09:00",
+        "end": "2026-12-03T12:00",
+        "reason": "new belts",
+    }
+    asked = await web.post("/bookings/admin/maintenance", data=form)
+    assert asked.status_code == 409
+    assert "1 booking overlaps this block." in asked.text
+    assert "on_conflict" not in asked.text.split('role="alert"')[1].split("</p>")[0]
+    assert 'name="on_conflict" value="cancel">Cancel it and tell the member</button>' in asked.text
+    assert 'name="on_conflict" value="keep">Keep it</button>' in asked.text
+    assert 'value="new belts"' in asked.text  # what was typed is kept
+
+    done = await web.post("/bookings/admin/maintenance", data={**form, "on_conflict": "cancel"})
+    assert done.status_code == 303
+    mine = await client.get(f"/api/v1/bookings/{booked.json()['id']}", headers=member)
+    assert mine.json()["status"] == "cancelled"
