@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import inspect
 
+from microfactory import forms
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import User
 from microfactory.bookings import hours, service
@@ -42,12 +43,12 @@ def _tz(request: Request) -> ZoneInfo:
     return ZoneInfo(request.app.state.settings.shop_timezone)
 
 
-def _parse_local(value: str, tz: ZoneInfo) -> dt.datetime:
+def _parse_local(value: str, tz: ZoneInfo, field: str = "start") -> dt.datetime:
     """Parse a form's "YYYY-MM-DDTHH:MM" as shop-local time."""
     try:
         naive = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidInputError(f"{value!r} is not a date and time like 2026-12-01T10:00") from None
+        raise forms.FieldError(field, "write a date and a time, such as 2026-12-01 10:00") from None
     if naive.tzinfo is not None:
         return naive
     return naive.replace(tzinfo=tz)
@@ -402,6 +403,11 @@ async def _admin_action(
         user = await _after_rollback(session, user)
         ctx = await _admin_context(request, session, user)
         error, overlap = exc.detail, None
+        field_errors = (
+            {str(exc.extra["field"]): str(exc.extra["field_message"])}
+            if "field" in exc.extra
+            else {}
+        )
         if exc.extra.get("rule") == "maintenance_overlap":
             # The API's wording names a field; the page asks the question with two buttons.
             overlap = len(exc.extra.get("bookings") or [])
@@ -417,6 +423,7 @@ async def _admin_action(
                 "msg": None,
                 "error": error,
                 "overlap": overlap,
+                "field_errors": field_errors,
                 "typed": await _typed(request),
             },
             status_code=exc.status_code,
@@ -424,21 +431,33 @@ async def _admin_action(
     except (ValueError, OverflowError) as exc:  # pydantic validation; dates past year 9999
         user = await _after_rollback(session, user)
         ctx = await _admin_context(request, session, user)
-        error = validation_text(exc) if isinstance(exc, ValidationError) else str(exc)
+        if isinstance(exc, ValidationError):
+            fields, general = forms.plain_errors(exc.errors(), rename=FORM_NAMES)
+            error = forms.summary(fields, general)
+        else:
+            fields, error = {}, f"use dates between the years {MIN_YEAR} and {MAX_YEAR}"
         return render(
             request,
             "booking_admin.html",
-            {**ctx, "msg": None, "error": error, "typed": await _typed(request)},
+            {
+                **ctx,
+                "msg": None,
+                "error": error,
+                "field_errors": fields,
+                "typed": await _typed(request),
+            },
             status_code=422,
         )
     return redirect(_with_message("/bookings/admin", done))
 
 
+# The booking models' field names that the admin forms type under another name.
+FORM_NAMES = {"expires_at": "expires", "machine_kind": "scope"}
+
+
 def validation_text(exc: ValidationError) -> str:
     """Say which fields were refused and why, in one line for a person."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in exc.errors()
-    )
+    return forms.summary(*forms.plain_errors(exc.errors(), rename=FORM_NAMES))
 
 
 @router.post("/bookings/admin/hours", response_class=HTMLResponse)
@@ -470,18 +489,22 @@ async def admin_closure(
     session: SessionDep,
     user: WebStaff,
     _csrf: CsrfChecked,
-    first_day: Annotated[dt.date, Form()],
-    last_day: Annotated[dt.date | None, Form()] = None,
+    first_day: Annotated[str, Form(max_length=40)] = "",
+    last_day: Annotated[str, Form(max_length=40)] = "",
     reason: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     """Close the shop for whole days."""
 
     async def action() -> None:
+        first = forms.date(first_day, "first_day")
+        last = forms.date(last_day, "last_day", required=False) or first
+        assert first is not None
+        assert last is not None
+        if last < first:
+            raise forms.FieldError("last_day", "must be on or after the first day")
         await service.add_closure(
             session=session,
-            closure_in=ClosureCreate(
-                first_day=first_day, last_day=last_day or first_day, reason=reason
-            ),
+            closure_in=ClosureCreate(first_day=first, last_day=last, reason=reason),
         )
 
     return await _admin_action(request, session, user, action, "Closure added.")
@@ -505,28 +528,33 @@ async def admin_certify(
     session: SessionDep,
     user: WebStaff,
     _csrf: CsrfChecked,
-    user_id: Annotated[Id, Form()],
-    scope: Annotated[str, Form()],
-    expires: Annotated[str, Form()] = "",
+    user_id: Annotated[str, Form(max_length=40)] = "",
+    scope: Annotated[str, Form(max_length=100)] = "",
+    expires: Annotated[str, Form(max_length=40)] = "",
     note: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     """Certify a member for a machine ("machine:ID") or a kind ("kind:KIND")."""
     tz = _tz(request)
 
     async def action() -> None:
+        member_id = forms.whole_number(user_id, "user_id")
         machine_id = (
             int(scope[8:]) if scope.startswith("machine:") and scope[8:].isdigit() else None
         )
-        kind = MachineKind(scope[5:]) if scope.startswith("kind:") else None
+        kinds = {k.value: k for k in MachineKind}
+        kind = kinds.get(scope[5:]) if scope.startswith("kind:") else None
+        if machine_id is None and kind is None:
+            raise forms.FieldError("scope", "choose a machine or a kind of machine")
+        last_day = forms.date(expires, "expires", required=False)
         expires_at = (
-            hours.local_datetime(dt.date.fromisoformat(expires) + dt.timedelta(days=1), 0, tz)
-            if expires
+            hours.local_datetime(last_day + dt.timedelta(days=1), 0, tz)
+            if last_day is not None
             else None
         )
         await service.grant_certification(
             session=session,
             cert_in=CertificationCreate(
-                user_id=user_id,
+                user_id=member_id,
                 machine_id=machine_id,
                 machine_kind=kind,
                 expires_at=expires_at,
@@ -556,11 +584,11 @@ async def admin_maintenance(
     session: SessionDep,
     user: WebStaff,
     _csrf: CsrfChecked,
-    machine_id: Annotated[Id, Form()],
-    start: Annotated[str, Form()],
-    end: Annotated[str, Form()],
+    machine_id: Annotated[str, Form(max_length=40)] = "",
+    start: Annotated[str, Form(max_length=40)] = "",
+    end: Annotated[str, Form(max_length=40)] = "",
     reason: Annotated[str, Form(max_length=2000)] = "",
-    on_conflict: Annotated[str, Form()] = "",
+    on_conflict: Annotated[str, Form(max_length=20)] = "",
 ) -> Response:
     """Block machine time; overlapping bookings are cancelled or kept as chosen."""
     tz = _tz(request)
@@ -569,9 +597,9 @@ async def admin_maintenance(
         await service.create_maintenance(
             session=session,
             block_in=MaintenanceCreate(
-                machine_id=machine_id,
-                start=_parse_local(start, tz),
-                end=_parse_local(end, tz),
+                machine_id=forms.whole_number(machine_id, "machine_id"),
+                start=_parse_local(start, tz, "start"),
+                end=_parse_local(end, tz, "end"),
                 reason=reason,
                 on_conflict=on_conflict if on_conflict in ("cancel", "keep") else None,
             ),
@@ -600,15 +628,18 @@ async def admin_quota(
     session: SessionDep,
     user: WebStaff,
     _csrf: CsrfChecked,
-    kind: Annotated[MachineKind, Form()],
-    hours_per_week: Annotated[str, Form()] = "",
+    kind: Annotated[str, Form(max_length=40)] = "",
+    hours_per_week: Annotated[str, Form(max_length=40)] = "",
 ) -> Response:
     """Set or clear a weekly quota."""
 
     async def action() -> None:
-        value = float(hours_per_week) if hours_per_week.strip() else None
+        kinds = {k.value: k for k in MachineKind}
+        if kind not in kinds:
+            raise forms.FieldError("kind", "choose a kind of machine")
+        value = forms.number(hours_per_week, "hours_per_week")
         if value is not None and not 0 < value <= 168:
-            raise InvalidInputError("hours per week must be between 0 and 168")
-        await service.set_quota(session=session, kind=kind, hours_per_week=value)
+            raise forms.FieldError("hours_per_week", "write a number of hours from 0 to 168")
+        await service.set_quota(session=session, kind=kinds[kind], hours_per_week=value)
 
     return await _admin_action(request, session, user, action, "Quota saved.")

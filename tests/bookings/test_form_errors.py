@@ -82,8 +82,29 @@ async def test_form_field_of_the_wrong_type_is_a_page(
     )
     assert resp.status_code == 422
     assert resp.headers["content-type"].startswith("text/html")
-    assert "machine_id: Input should be a valid integer" in resp.text
+    # Plain words next to the field, not a Pydantic dump; what was typed stays.
+    assert '<small class="field-error" id="err-machine_id">write a whole number' in resp.text
+    assert "Input should be" not in resp.text
     assert '"detail"' not in resp.text
+    assert 'name="start" aria-invalid' not in resp.text
+
+
+async def test_a_quota_that_is_not_a_number_is_said_in_plain_words_next_to_it(
+    app: Any, client: httpx.AsyncClient, clock: Clock
+) -> None:
+    web = await _browser(app, client, Role.OPERATOR, "quota-typo")
+    resp = await web.post(
+        "/bookings/admin/quotas",
+        data={"csrf_token": CSRF, "kind": "fdm_printer", "hours_per_week": "abc"},
+    )
+    assert resp.status_code == 422
+    assert "could not convert" not in resp.text
+    assert 'name="hours_per_week" aria-invalid="true" aria-describedby="err-hours_per_week"' in (
+        resp.text
+    )
+    assert "Hours per week: write a number, such as 2.5" in resp.text
+    assert 'value="abc"' in resp.text
+    assert '<option value="fdm_printer" selected>' in resp.text
 
 
 @pytest.mark.parametrize("path", ["/no-such-page", "/bookings/nowhere/at/all"])

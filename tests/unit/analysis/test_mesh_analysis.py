@@ -224,6 +224,9 @@ def test_3mf_units_transforms_and_components() -> None:
         (package(model_xml(build="")), "no build items"),
         (package(model_xml().replace('v3="1"', 'v3="99"', 1)), "missing vertex"),
     ],
+    # Named, not shown: the zips carry the time they were made, and test workers must agree
+    # on every test's name.
+    ids=["text", "truncated", "corrupt", "missing-object", "unit", "no-build", "no-vertex"],
 )
 def test_corrupt_3mf_is_refused_clearly(data: bytes, message: str) -> None:
     with pytest.raises(AnalysisError, match=message):
