@@ -121,9 +121,9 @@ def is_due(row: PushStatus | None, fingerprint: str, now: dt.datetime, settings:
     """Return whether a hub should get a report now."""
     if row is None or row.last_attempt_at is None:
         return True
-    if row.next_attempt_at is not None and now < row.next_attempt_at:
-        return False
-    if row.failures > 0 or row.last_success_at is None:
+    if row.failures > 0:  # backing off
+        return row.next_attempt_at is None or now >= row.next_attempt_at
+    if row.last_success_at is None:
         return True
     since = (now - row.last_success_at).total_seconds()
     if since >= settings.network_report_ttl_s / 3:
@@ -152,6 +152,7 @@ async def _record(
         row.last_status = answer.status
         row.last_sequence = answer.sequence if answer.sequence is not None else sequence
         row.last_fingerprint = fingerprint
+        # The periodic refresh; a change is pushed sooner (after MIN_INTERVAL_S).
         row.next_attempt_at = now + dt.timedelta(seconds=settings.network_report_ttl_s / 3)
     else:
         row.failures = (row.failures or 0) + 1
