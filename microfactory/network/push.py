@@ -38,7 +38,7 @@ from microfactory.network.models import PushStatus
 log = logging.getLogger("microfactory.network.push")
 
 CHECK_S = 5.0  # how often the scheduler looks for a change
-MIN_INTERVAL_S = 20.0  # a change is pushed at most this often per hub
+MIN_INTERVAL_S = 10.0  # a change is pushed at most this often per hub
 BACKOFF_BASE_S = 5.0  # the first retry after a failure; doubles with each failure
 TIMEOUT_S = (5.0, 15.0)  # connect, read: every outbound request has both
 REPORTS_PATH = "/api/v1/network/reports"
