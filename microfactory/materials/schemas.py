@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from microfactory.types import BodyId, Number
@@ -57,6 +57,15 @@ class MaterialUpdate(BaseModel):
     unit: str | SkipJsonSchema[None] = None
     machine_id: BodyId | None = None
     notes: Annotated[str, Field(max_length=500)] | SkipJsonSchema[None] = None
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> MaterialUpdate:
+        nulls = sorted(
+            k for k in self.model_fields_set if k != "machine_id" and getattr(self, k) is None
+        )
+        if nulls:
+            raise ValueError(f"{', '.join(nulls)} cannot be null (only machine_id can: unload)")
+        return self
 
     @field_validator("unit")
     @classmethod

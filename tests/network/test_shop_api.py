@@ -196,6 +196,10 @@ async def test_materials_are_kept_by_operators_and_read_by_members(
     assert (
         await client.patch(f"/api/v1/materials/{sid}", json={}, headers=member)
     ).status_code == 403
+    # Only machine_id may be null (unloaded); a null unit was a 500 once (schemathesis).
+    resp = await client.patch(f"/api/v1/materials/{sid}", json={"unit": None}, headers=operator)
+    assert resp.status_code == 422
+    assert "unit cannot be null" in resp.text
     assert (await client.delete(f"/api/v1/materials/{sid}", headers=operator)).status_code == 204
     assert (await client.get(f"/api/v1/materials/{sid}", headers=member)).status_code == 404
 
