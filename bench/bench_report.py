@@ -7,7 +7,8 @@ slots, each booked with probability 0.7 (1,427 bookings with the fixed seed), 60
 blocks, 300 queued jobs and 40 material stocks. Then time, median and p95 of repeated runs:
 
 1. `GET /api/v1/network/capacity?format=jws` through the app in-process (the whole request:
-   authentication, reads, free hours, sequence, RFC 8785, Ed25519 signature);
+   authentication, reads, free hours, sequence, RFC 8785, Ed25519 signature; the clock moves
+   on between requests, so each one issues a new report rather than reusing the last);
 2. the report's content alone (`network.report.content`: the reads and the free hours);
 3. the free-hours computation alone, on the same inputs (`network.capacity.compute`);
 
@@ -49,7 +50,7 @@ from microfactory.config import Settings
 from microfactory.jobs.models import Job, JobState
 from microfactory.machines.models import Machine, MachineKind
 from microfactory.materials.models import MaterialStock
-from microfactory.network import capacity, identity, report
+from microfactory.network import capacity, identity, report, routes
 
 SEED = 20261202
 NOW = dt.datetime(2026, 11, 30, 7, 0, tzinfo=dt.UTC)  # Monday 08:00 in Brussels
@@ -227,6 +228,10 @@ async def run_backend(name: str, url: str, data_dir: Path, repeat: int) -> None:
     async with app.router.lifespan_context(app):
         app.state.clock = lambda: NOW
         headers, bookings = await _load(app)
+        # Each timed request a new report (a new sequence and signature): the clock moves on
+        # past the reuse window of an unchanged report.
+        ticks = iter(range(1, 10**6))
+        app.state.clock = lambda: NOW + dt.timedelta(seconds=next(ticks) * routes.REUSE_S)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
 

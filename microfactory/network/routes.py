@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -22,6 +24,20 @@ from microfactory.network.schemas import (
 
 router = APIRouter(prefix="/api/v1/network", tags=["network"])
 JOSE = "application/jose"
+# A report whose content has not changed is served again for this long, rather than a new one
+# with the next sequence number: anonymous readers of a public shop do not each write to the
+# database, and the JSON and the JWS read within the window are the same report.
+REUSE_S = 30.0
+
+
+@dataclass(frozen=True)
+class _Issued:
+    """The last report this process issued, with its content digest and signature."""
+
+    digest: str
+    issued_at: dt.datetime
+    report: dict[str, Any]
+    jws: str
 
 
 async def shop_key(request: Request) -> identity.ShopKey:
@@ -126,12 +142,26 @@ async def capacity(
     """Return this shop's capacity report: OKW facility and equipment, and live capacity.
 
     `?format=jws` or `Accept: application/jose` answers the compact JWS signed by the shop's
-    key over the report's RFC 8785 canonical JSON. Each report takes a new sequence number.
+    key over the report's RFC 8785 canonical JSON. A new report takes the next sequence
+    number; an unchanged one is served again for up to REUSE_S seconds.
     """
-    built = await report.issue(session=session, settings=settings, shop=shop, now=now)
+    body = await report.content(session=session, settings=settings, shop=shop, now=now)
+    digest = report.fingerprint(body)
+    cached: _Issued | None = getattr(request.app.state, "network_report", None)
+    if (
+        cached is not None
+        and cached.digest == digest
+        and cached.issued_at <= now < cached.issued_at + dt.timedelta(seconds=REUSE_S)
+    ):
+        issued = cached  # unchanged and recent: the same report, no new sequence number
+    else:
+        sequence = await report.next_sequence(session=session)
+        built = report.finish(body, sequence=sequence, now=now, ttl_s=settings.network_report_ttl_s)
+        issued = _Issued(digest, now, built, report.sign(built, shop))
+        request.app.state.network_report = issued
     if _wants_jws(request, format):
-        return Response(report.sign(built, shop), media_type=JOSE)
-    return JSONResponse(built)
+        return Response(issued.jws, media_type=JOSE)
+    return JSONResponse(issued.report)
 
 
 @router.get("/push-status", response_model=PushStatusList)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import stat
+import uuid
 from typing import Any
 
 import httpx
@@ -23,7 +24,9 @@ from microfactory.accounts.models import Role, TokenKind
 from microfactory.accounts.schemas import UserCreate
 from microfactory.app import create_app
 from microfactory.config import Settings
-from microfactory.network import identity
+from microfactory.jobs.models import Job, JobState
+from microfactory.machines.models import MachineKind
+from microfactory.network import identity, routes
 
 # Monday 30 November 2026, 08:00 UTC.
 NOW = dt.datetime(2026, 11, 30, 8, 0, tzinfo=dt.UTC)
@@ -338,20 +341,41 @@ async def test_the_signed_report_verifies_independently_and_a_changed_byte_does_
 
 
 async def test_each_report_has_a_greater_sequence_across_restarts(
-    client: httpx.AsyncClient, member: dict[str, str], settings: Settings
+    app: Any, client: httpx.AsyncClient, member: dict[str, str], settings: Settings
 ) -> None:
-    seen = [
-        (await client.get("/api/v1/network/capacity", headers=member)).json()["live"]["sequence"]
-        for _ in range(3)
-    ]
-    again = create_app(settings)
-    async with again.router.lifespan_context(again):
-        transport = httpx.ASGITransport(app=again)
+    clock = {"now": NOW}
+    app.state.clock = lambda: clock["now"]
+
+    async def sequence(c: httpx.AsyncClient) -> int:
+        resp = await c.get("/api/v1/network/capacity", headers=member)
+        return int(resp.json()["live"]["sequence"])
+
+    seen = []
+    for _ in range(3):
+        seen.append(await sequence(client))
+        clock["now"] += dt.timedelta(seconds=routes.REUSE_S)
+    # Within REUSE_S an unchanged report is served again, with its sequence (and signature).
+    again_soon = await sequence(client)
+    assert again_soon == await sequence(client)
+    seen.append(again_soon)
+    restarted = create_app(settings)
+    async with restarted.router.lifespan_context(restarted):
+        restarted.state.clock = lambda: clock["now"]
+        transport = httpx.ASGITransport(app=restarted)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as other:
-            resp = await other.get("/api/v1/network/capacity", headers=member)
-            seen.append(resp.json()["live"]["sequence"])
+            seen.append(await sequence(other))  # a new process: a new report
     assert seen == sorted(set(seen))
-    assert len(seen) == 4
+    assert len(seen) == 5
+
+
+async def test_a_change_issues_a_new_report_at_once(
+    client: httpx.AsyncClient, member: dict[str, str], operator: dict[str, str]
+) -> None:
+    first = (await client.get("/api/v1/network/capacity", headers=member)).json()
+    await _machine(client, operator, "Laser", "laser_cutter")
+    second = (await client.get("/api/v1/network/capacity", headers=member)).json()
+    assert second["live"]["sequence"] > first["live"]["sequence"]
+    assert [e["process"] for e in second["okw"]["equipment"]] == ["laser_cutting"]
 
 
 async def test_push_status_is_for_admins(
@@ -435,3 +459,67 @@ async def test_operators_keep_materials_from_their_page(
         refused = await web.post("/materials", data={**form, "amount": "lots"})
         assert refused.status_code == 422
         assert "amount must be a number" in refused.text
+
+
+async def test_queued_and_running_work_shows_in_free_hours_and_waits(
+    app: Any, client: httpx.AsyncClient, operator: dict[str, str], member: dict[str, str]
+) -> None:
+    await _opening_hours(client, operator)
+    printer = await _machine(
+        client, operator, "MK4", "fdm_printer", capabilities={"materials": ["PLA"]}
+    )
+    laser = await _machine(client, operator, "Laser", "laser_cutter")
+    owner = (await client.get("/api/v1/users/me", headers=member)).json()["id"]
+
+    def job(**fields: Any) -> Job:
+        return Job(
+            owner_id=owner,
+            title="part",
+            file_name="part.gcode",
+            stored_name=uuid.uuid4().hex,
+            file_sha256="0" * 64,
+            file_size=1,
+            lines_total=1,
+            **fields,
+        )
+
+    async with app.state.sessionmaker() as session:
+        session.add_all(
+            [
+                # Queued: a 3 h PLA print, one with no estimate (1 h assumed, as the
+                # matcher does) and a 1 h print pinned to the printer.
+                job(
+                    state=JobState.QUEUED,
+                    machine_kind=MachineKind.FDM_PRINTER,
+                    material="PLA",
+                    analysis={"estimated_time_s": 3 * 3600, "time_profile": [0, 1]},
+                ),
+                job(state=JobState.QUEUED, machine_kind=MachineKind.FDM_PRINTER, analysis={}),
+                job(
+                    state=JobState.QUEUED,
+                    machine_kind=MachineKind.FDM_PRINTER,
+                    requested_machine_id=printer["id"],
+                    analysis={"estimated_time_s": 3600},
+                ),
+                # The laser runs a 4 h job started at 07:00: 3 h are left at 08:00, and the
+                # shop opens at 09:00, so it takes the laser's time until 12:00.
+                job(
+                    state=JobState.RUNNING,
+                    machine_kind=MachineKind.LASER_CUTTER,
+                    machine_id=laser["id"],
+                    started_at=NOW - dt.timedelta(hours=1),
+                    analysis={"estimated_time_s": 4 * 3600},
+                ),
+            ]
+        )
+        await session.commit()
+    rep = (await client.get("/api/v1/network/capacity", headers=member)).json()
+    free = {(f["date"], f["process"], f["material"]): f["hours"] for f in rep["live"]["freeHours"]}
+    # 8 open hours less 1 h pinned, 3 h and 1 h queued.
+    assert free[("2026-11-30", "fdm_printing", "PLA")] == 3
+    assert free[("2026-11-30", "laser_cutting", "*")] == 5
+    assert free[("2026-12-01", "laser_cutting", "*")] == 8
+    assert rep["live"]["queue"] == [
+        {"process": "fdm_printing", "depth": 3, "waitHours": 6},  # free from 14:00
+        {"process": "laser_cutting", "depth": 0, "waitHours": 4},  # free from 12:00
+    ]
