@@ -81,19 +81,28 @@ class Capacity:
 
 
 def subtract(spans: Sequence[Interval], holes: Iterable[Interval]) -> list[Interval]:
-    """Return `spans` with every part covered by `holes` removed (both sorted or not)."""
-    out = list(spans)
-    for h_start, h_end in hours.merge(holes):
-        nxt: list[Interval] = []
-        for start, end in out:
-            if h_end <= start or h_start >= end:
-                nxt.append((start, end))
-                continue
-            if start < h_start:
-                nxt.append((start, h_start))
-            if h_end < end:
-                nxt.append((h_end, end))
-        out = nxt
+    """Return `spans` with every part covered by `holes` removed (either may be unsorted).
+
+    One sweep over both sorted lists: a machine's week of bookings against its open hours
+    is linear, not spans × holes.
+    """
+    merged = hours.merge(holes)
+    out: list[Interval] = []
+    k = 0
+    for start, end in sorted(spans):
+        while k < len(merged) and merged[k][1] <= start:
+            k += 1  # holes wholly before this span (spans are sorted: before the next ones too)
+        cursor, h = start, k
+        while h < len(merged) and merged[h][0] < end:
+            h_start, h_end = merged[h]
+            if h_start > cursor:
+                out.append((cursor, h_start))
+            cursor = max(cursor, h_end)
+            if cursor >= end:
+                break
+            h += 1
+        if cursor < end:
+            out.append((cursor, end))
     return out
 
 
@@ -165,7 +174,9 @@ def compute(
     result = Capacity()
     processes = sorted({m.process for m in machines})
     windows = [(d, day_bounds(d, tz)) for d in dates]
-    for d, window in windows:
+    # Each machine's free seconds per day, once; then summed per process and material.
+    per_day = {m.id: [_seconds_within(free[m.id], w) for _, w in windows] for m in machines}
+    for i, (d, _) in enumerate(windows):
         for process in processes:
             group = [m for m in machines if m.process == process]
             materials = sorted({x for m in group for x in m.materials})
@@ -173,7 +184,7 @@ def compute(
                 materials.append(ANY_MATERIAL)
             for material in materials:
                 seconds = sum(
-                    _seconds_within(free[m.id], window)
+                    per_day[m.id][i]
                     for m in group
                     if (material in m.materials) or (material == ANY_MATERIAL and not m.materials)
                 )

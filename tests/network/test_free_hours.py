@@ -180,3 +180,21 @@ def test_the_day_clocks_go_forward_has_23_hours() -> None:
         now=now,
     )
     assert hours_of(result)[:2] == [23, 24]
+
+
+def test_subtract_removes_every_covered_part() -> None:
+    from microfactory.network.capacity import subtract
+
+    def t(h: float) -> dt.datetime:
+        return at(0, h)
+
+    spans = [(t(9), t(12)), (t(13), t(17)), (t(18), t(19))]
+    holes = [(t(16), t(18.5)), (t(8), t(9.5)), (t(10), t(11)), (t(11), t(11.5)), (t(20), t(21))]
+    assert subtract(spans, holes) == [
+        (t(9.5), t(10)),
+        (t(11.5), t(12)),
+        (t(13), t(16)),
+        (t(18.5), t(19)),
+    ]
+    assert subtract(spans, []) == spans
+    assert subtract(spans, [(t(0), t(24))]) == []
