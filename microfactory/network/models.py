@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import String, Text
+from sqlalchemy import BigInteger, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from microfactory.db import Base, UTCDateTime, utcnow
@@ -35,7 +35,7 @@ class ReportSequence(Base):
     __tablename__ = "network_sequence"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    last: Mapped[int] = mapped_column(default=0)
+    last: Mapped[int] = mapped_column(BigInteger, default=0)  # at least the Unix time (s)
 
 
 class PushStatus(Base):
@@ -50,7 +50,7 @@ class PushStatus(Base):
     last_error_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     failures: Mapped[int] = mapped_column(default=0)  # consecutive, reset by a success
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
-    last_sequence: Mapped[int | None]  # the sequence the hub last accepted
+    last_sequence: Mapped[int | None] = mapped_column(BigInteger)  # the hub last accepted
     last_status: Mapped[str | None] = mapped_column(String(16))  # accepted, pending
     # A digest of the report's content (times and sequence left out) last accepted: a change
     # pushes again before the periodic refresh.

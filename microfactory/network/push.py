@@ -189,7 +189,7 @@ async def push_due(
     if not due:
         return {}
     async with sessionmaker() as session, session.begin():
-        sequence = await report.next_sequence(session=session)
+        sequence = await report.next_sequence(session=session, now=now)
     signed = report.sign(
         report.finish(content, sequence=sequence, now=now, ttl_s=settings.network_report_ttl_s),
         shop,

@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import rfc8785
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -350,8 +350,14 @@ def fingerprint(report_content: dict[str, Any]) -> str:
     return hashlib.sha256(rfc8785.dumps(report_content)).hexdigest()
 
 
-async def next_sequence(*, session: AsyncSession) -> int:
-    """Take the next report sequence number (atomic; it only grows, across restarts)."""
+async def next_sequence(*, session: AsyncSession, now: dt.datetime) -> int:
+    """Take the next report sequence number (atomic; it only grows, across restarts).
+
+    It is the larger of the last one + 1 and the Unix time in seconds: a shop whose database
+    was restored from a backup, or made afresh beside its old key, still sends sequences
+    greater than the hubs have seen, instead of replays they refuse.
+    """
+    floor = int(now.timestamp())
     dialect = session.get_bind().dialect.name
     insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(ReportSequence)
     await session.execute(
@@ -360,7 +366,7 @@ async def next_sequence(*, session: AsyncSession) -> int:
     result = await session.execute(
         update(ReportSequence)
         .where(ReportSequence.id == 1)
-        .values(last=ReportSequence.last + 1)
+        .values(last=case((ReportSequence.last + 1 > floor, ReportSequence.last + 1), else_=floor))
         .returning(ReportSequence.last)
         .execution_options(synchronize_session=False)
     )
@@ -385,7 +391,7 @@ async def issue(
 ) -> dict[str, Any]:
     """Build a new report with the next sequence number (the caller commits)."""
     body = await content(session=session, settings=settings, shop=shop, now=now)
-    sequence = await next_sequence(session=session)
+    sequence = await next_sequence(session=session, now=now)
     return finish(body, sequence=sequence, now=now, ttl_s=settings.network_report_ttl_s)
 
 

@@ -155,7 +155,7 @@ async def capacity(
     ):
         issued = cached  # unchanged and recent: the same report, no new sequence number
     else:
-        sequence = await report.next_sequence(session=session)
+        sequence = await report.next_sequence(session=session, now=now)
         built = report.finish(body, sequence=sequence, now=now, ttl_s=settings.network_report_ttl_s)
         issued = _Issued(digest, now, built, report.sign(built, shop))
         request.app.state.network_report = issued

@@ -37,7 +37,7 @@ def upgrade() -> None:
     op.create_table(
         "network_sequence",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("last", sa.Integer(), nullable=False),
+        sa.Column("last", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_network_sequence")),
     )
     op.create_table(
@@ -49,7 +49,7 @@ def upgrade() -> None:
         sa.Column("last_error_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("failures", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("last_sequence", sa.Integer(), nullable=True),
+        sa.Column("last_sequence", sa.BigInteger(), nullable=True),
         sa.Column("last_status", sa.String(length=16), nullable=True),
         sa.Column("last_fingerprint", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("hub_url", name=op.f("pk_network_push_status")),

@@ -175,7 +175,7 @@ async def test_failures_back_off_then_a_success_is_recorded(
     assert shown[0]["hub_url"] == hub.url
     assert shown[0]["failures"] == 0
     assert shown[0]["last_error"] == "HTTP 503: hub is starting"
-    assert shown[0]["last_sequence"] == row.last_sequence + 2
+    assert shown[0]["last_sequence"] > row.last_sequence
 
 
 async def test_an_unreachable_hub_is_recorded_without_secrets(app: Any, settings: Settings) -> None:
