@@ -178,7 +178,9 @@ async def test_failures_back_off_then_a_success_is_recorded(
     assert shown[0]["last_sequence"] > row.last_sequence
 
 
-async def test_an_unreachable_hub_is_recorded_without_secrets(app: Any, settings: Settings) -> None:
+async def test_an_unreachable_hub_is_recorded_without_secrets(
+    app: Any, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     with FakeHub(failures=0) as spare:
         url = spare.url
     secret_url = url.replace("http://", "http://shop:hunter2@")  # closed: nothing listens
@@ -188,6 +190,9 @@ async def test_an_unreachable_hub_is_recorded_without_secrets(app: Any, settings
     row = await _status(app, secret_url)
     assert row.last_error == "ConnectionError: cannot reach the hub"
     assert "hunter2" not in (row.last_error or "")
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("microfactory")]
+    assert any("http://****@127.0.0.1" in m for m in logged), logged
+    assert not any("hunter2" in m for m in logged)
 
 
 async def test_the_scheduler_pushes_soon_after_start(app: Any, hub: FakeHub) -> None:
