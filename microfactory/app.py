@@ -38,6 +38,8 @@ from microfactory.jobs.pages import router as job_pages_router
 from microfactory.jobs.preparation import Preparer
 from microfactory.jobs.routes import router as jobs_router
 from microfactory.machines.routes import router as machines_router
+from microfactory.materials.pages import router as materials_pages_router
+from microfactory.materials.routes import router as materials_router
 from microfactory.middleware import (
     AuthBeforeBody,
     BodySizeLimit,
@@ -45,6 +47,9 @@ from microfactory.middleware import (
     Metrics,
     RequestMetrics,
 )
+from microfactory.network import identity as network_identity
+from microfactory.network.pages import router as network_pages_router
+from microfactory.network.routes import router as network_router
 from microfactory.notifications import subscribers as notification_subscribers
 from microfactory.runtime.fleet import Fleet
 from microfactory.runtime.queue_runner import QueueRunner
@@ -132,6 +137,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.upload_dir.mkdir(parents=True, exist_ok=True)
+        # The shop's network identity: an Ed25519 key made on first start (network/).
+        await asyncio.to_thread(network_identity.shop_key, settings.data_dir)
         runner = None
         scheduler = None
         preparer: Preparer = app.state.preparer
@@ -231,6 +238,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(usage_pages_router)
     app.include_router(costs_router)
     app.include_router(costs_pages_router)
+    # The network, shop side (issue 12): keys, profile, capacity report; materials on hand.
+    app.include_router(network_router)
+    app.include_router(network_pages_router)
+    app.include_router(materials_router)
+    app.include_router(materials_pages_router)
     app.mount("/static", StaticFiles(directory=resources.web_dir() / "static"), name="static")
     document_errors(app)
 

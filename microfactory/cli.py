@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         args.host = args.host or settings.host
         args.port = args.port or settings.port
+        # The address served is the shop's default public URL (network/service.py).
+        settings = settings.model_copy(update={"host": args.host, "port": args.port})
         if args.workers < 1:
             print("error: --workers must be at least 1", file=sys.stderr)
             return 2

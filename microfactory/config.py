@@ -6,10 +6,10 @@ import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key-change-me"  # noqa: S105 (refused in prod)
 
@@ -105,6 +105,26 @@ class Settings(BaseSettings):
     queue_interval_s: float = Field(2.0, gt=0, le=300)
     max_heating_machines: int | None = Field(3, ge=1)  # staggered start; None = no limit
     fair_share_window_days: int = Field(30, ge=1, le=365)  # recent usage that weighs a member
+
+    # -- The network, shop side (issue 12; microfactory/network/) --
+    # The capacity report is public (anonymous GET) when true; otherwise it needs a login.
+    network_publish: bool = False
+    # Hubs to push the signed capacity report to: base URLs, comma-separated in the environment.
+    network_hubs: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    network_report_ttl_s: int = Field(900, ge=60, le=7 * 24 * 3600)  # a report's lifetime
+    # -- end of the network, shop side --
+
+    @field_validator("network_hubs", mode="before")
+    @classmethod
+    def _hub_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [part.strip() for part in v.split(",") if part.strip()]
+        if isinstance(v, list):
+            for url in v:
+                if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                    raise ValueError(f"network_hubs: {url!r} is not an http(s):// base URL")
+            return [url.rstrip("/") for url in v]
+        return v
 
     @field_validator("log_level")
     @classmethod

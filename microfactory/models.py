@@ -21,6 +21,8 @@ from microfactory.fabrication.models import SlicerProfile
 from microfactory.jobs.models import Job, JobEvent
 from microfactory.leases import SchedulerLease
 from microfactory.machines.models import Machine
+from microfactory.materials.models import MaterialStock
+from microfactory.network.models import PushStatus, ReportSequence, ShopProfile
 from microfactory.notifications.models import Notification
 from microfactory.usage.models import UsageRecord
 
@@ -42,12 +44,16 @@ __all__ = [
     "MachineProfile",
     "MaintenanceBlock",
     "MaterialRate",
+    "MaterialStock",
     "MembershipPlan",
     "Notification",
     "OpeningHours",
     "PlanMembership",
+    "PushStatus",
     "Quota",
+    "ReportSequence",
     "SchedulerLease",
+    "ShopProfile",
     "SlicerProfile",
     "Suspension",
     "UsageRecord",

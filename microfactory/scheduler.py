@@ -203,6 +203,11 @@ class Scheduler:
             coalesce=True,
             misfire_grace_time=int(self.tick_s),
         )
+        if self.settings.network_hubs:
+            # Imported here: the network job takes its own lease with take_lease above.
+            from microfactory.network import scheduled as network_tasks
+
+            network_tasks.install(self._scheduler, self.sessionmaker, self.settings, self.holder)
         self._scheduler.start()
         log.info("scheduler started as %s", self.holder)
 

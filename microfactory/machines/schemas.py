@@ -197,6 +197,9 @@ class BuildVolume(_Strict):
 class Capabilities(_Strict):
     """What a machine can do; the matcher reads these."""
 
+    # Who made it and which model: the capacity report counts equipment per make and model.
+    make: str | None = Field(None, max_length=100)
+    model: str | None = Field(None, max_length=100)
     nozzle_diameter_mm: Number | None = Field(None, gt=0, le=5)
     materials: list[str] = Field(default_factory=list)  # e.g. PLA, PETG, plywood-3mm
     loaded_material: str | None = None

@@ -15,6 +15,7 @@ PUBLIC_ROUTES = {
     ("GET", "/login"),
     ("POST", "/login"),
     ("POST", "/logout"),
+    ("GET", "/api/v1/network/keys"),  # a shop's public key (JWKS)
 }
 
 

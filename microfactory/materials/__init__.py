@@ -1,0 +1,1 @@
+"""The materials inventory operators keep: what is on hand, and what is loaded where."""
