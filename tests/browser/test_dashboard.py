@@ -45,6 +45,9 @@ def test_member_is_refused_the_admin_page(page: Any, demo_server: DemoServer) ->
 def test_admin_creates_a_user_on_the_admin_page(page: Any, demo_server: DemoServer) -> None:
     login(page, demo_server.url, "admin", "admin-demo-pass")
     expect(page.get_by_role("heading", name="Machines", level=1)).to_be_visible()
+    # The desktop menu is one line: admin pages sit under "Shop admin".
+    assert page.locator("#main-menu").bounding_box()["height"] < 80
+    page.get_by_text("Shop admin").click()
     page.get_by_role("link", name="Users", exact=True).click()
     page.wait_for_url("**/admin/users")
     page.get_by_label("Username").fill("newbie")
@@ -61,6 +64,7 @@ def test_wrong_password_shows_an_error(page: Any, demo_server: DemoServer) -> No
 def test_logout_ends_the_session(page: Any, demo_server: DemoServer) -> None:
     login(page, demo_server.url, "member", "member-demo-pass")
     expect(page.get_by_role("heading", name="Machines", level=1)).to_be_visible()
+    page.get_by_text("member", exact=True).click()  # the account menu
     page.get_by_role("button", name="Log out member").click()
     page.wait_for_url("**/login")
     expect(page.get_by_role("heading", name="Log in")).to_be_visible()
@@ -76,6 +80,16 @@ def test_phone_sized_screen_is_readable(browser: Any, demo_server: DemoServer) -
     # No horizontal scrolling on a phone.
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 375
+    # The menu folds behind one button, and opens to every page.
+    menu_link = page.locator("#main-menu").get_by_role("link", name="Designs", exact=True)
+    expect(menu_link).to_be_hidden()
+    page.get_by_role("button", name="Menu").click()
+    expect(menu_link).to_be_visible()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "menu-phone.png"), full_page=True)
+    menu_link.click()
+    page.wait_for_url("**/designs")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "machines-phone.png"), full_page=True)
     context.close()
