@@ -330,6 +330,40 @@ async def busy_intervals(
     return out
 
 
+async def availability(
+    *, session: AsyncSession, machine_ids: Sequence[int], now: dt.datetime, user: User
+) -> dict[int, dict[str, Any]]:
+    """Say per machine whether it is booked (or in maintenance) now, and when it is next free.
+
+    Contiguous bookings, buffers and maintenance blocks count as one stretch of taken time,
+    so "free at" is when the machine can really be booked, not the end of the first booking.
+    Returns {machine_id: {"busy": "booking" | "maintenance" | None, "mine": bool,
+    "free_at": datetime | None, "next_taken_at": datetime | None}}, looking two weeks ahead.
+    """
+    horizon = now + dt.timedelta(days=14)
+    out: dict[int, dict[str, Any]] = {}
+    for machine_id in machine_ids:
+        taken = await busy_intervals(
+            session=session, machine_id=machine_id, start=now, end=horizon, user=user
+        )
+        info: dict[str, Any] = {"busy": None, "mine": False, "free_at": None, "next_taken_at": None}
+        current = [t for t in taken if t["start_at"] <= now < t["end_at"]]
+        if current:
+            first = min(current, key=lambda t: t["kind"] != "maintenance")
+            info["busy"] = "maintenance" if first["kind"] == "maintenance" else "booking"
+            info["mine"] = any(t["mine"] for t in current)
+            free_at = max(t["end_at"] for t in current)
+            for t in taken:  # extend over whatever starts before the stretch ends
+                if t["start_at"] <= free_at < t["end_at"]:
+                    free_at = t["end_at"]
+            info["free_at"] = free_at
+        else:
+            upcoming = [t["start_at"] for t in taken if t["start_at"] > now]
+            info["next_taken_at"] = min(upcoming) if upcoming else None
+        out[machine_id] = info
+    return out
+
+
 async def conflicting_booking(
     *,
     session: AsyncSession,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -15,8 +16,9 @@ from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, TokenKind, User
 from microfactory.accounts.schemas import ApiTokenCreate, UserCreate, UserUpdate
 from microfactory.accounts.throttle import LockoutKind, client_address, get_throttle
+from microfactory.bookings import service as booking_service
 from microfactory.db import utcnow
-from microfactory.deps import SESSION_COOKIE, SessionDep, check_csrf
+from microfactory.deps import SESSION_COOKIE, SessionDep, check_csrf, now
 from microfactory.errors import DomainError, NotAuthenticatedError, TooManyRequestsError
 from microfactory.files import store_upload
 from microfactory.jobs import lifecycle as job_lifecycle
@@ -130,10 +132,14 @@ async def machines_page(request: Request, session: SessionDep, user: WebMember) 
         session=session, user=user, statuses={m.id: fleet.status(m) for m in records}
     )
     machines = [machine_service.to_read(m, statuses[m.id]) for m in records]
+    tz = ZoneInfo(request.app.state.settings.shop_timezone)
+    booked = await booking_service.availability(
+        session=session, machine_ids=[m.id for m in records], now=now(request), user=user
+    )
     return render(
         request,
         "machines.html",
-        {"machines": machines, "staff": user.is_staff},
+        {"machines": machines, "staff": user.is_staff, "booked": booked, "tz": tz},
     )
 
 

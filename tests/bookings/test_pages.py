@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import httpx
@@ -115,3 +116,32 @@ async def test_usage_statement_and_admin_pages_render(
     assert "belts" in (await staff.get("/bookings/admin")).text
     await member.aclose()
     await staff.aclose()
+
+
+async def test_machine_cards_say_booked_now_and_when_the_machine_is_free(
+    app: Any,
+    client: httpx.AsyncClient,
+    clock: Any,
+    machine: dict[str, Any],
+    member: dict[str, str],
+    operator: dict[str, str],
+) -> None:
+    from tests.bookings.conftest import book, paris
+
+    # Two back-to-back bookings, 10:00-11:00 (the member's) and 11:00-12:00 (the operator's).
+    for who, start in ((member, 10), (operator, 11)):
+        resp = await book(
+            client, who, machine["id"], paris(2026, 12, 1, start), paris(2026, 12, 1, start + 1)
+        )
+        assert resp.status_code == 201, resp.text
+    web = await _browser(app, client, Role.OPERATOR, "card-reader")
+
+    def card(page: str) -> str:
+        return page.split(f'data-machine-id="{machine["id"]}"', 1)[1].split("</article>", 1)[0]
+
+    early = card((await web.get("/machines")).text)
+    assert "Free now, next booked Tue 01 Dec 10:00" in early
+    assert f'<a href="/bookings/machines/{machine["id"]}">Calendar</a>' in early
+    clock.now = paris(2026, 12, 1, 10, 30).astimezone(dt.UTC)
+    during = card((await web.get("/machines")).text)
+    assert "Booked now, free at Tue 01 Dec 12:00" in during  # both bookings, one stretch
