@@ -341,6 +341,21 @@ async def clear(
     return JobRead.model_validate(job)
 
 
+@router.post(
+    "/{job_id:int}/reprint", response_model=JobRead, status_code=status.HTTP_201_CREATED
+)
+async def reprint(
+    job_id: Id, request: Request, session: SessionDep, settings: SettingsDep, user: AnyUser
+) -> JobRead:
+    """Print an ended job again, as a new job with the same file: the owner or an operator."""
+    job = await service.get_visible(session=session, job_id=job_id, user=user)
+    service.check_can_control(job, user)
+    new = await service.reprint(session=session, job=job, by=user, upload_dir=settings.upload_dir)
+    await session.commit()
+    _wake_queue(request)
+    return JobRead.model_validate(new)
+
+
 @router.post("/{job_id:int}/priority", response_model=JobRead)
 async def set_priority(
     job_id: Id, body: PriorityRequest, session: SessionDep, _user: StaffUser

@@ -215,6 +215,80 @@ async def create_from_upload(
     return await add_submitted(session=session, job=job, owner=owner)
 
 
+REPRINTABLE = ENDED_STATES | {JobState.CLEARED}
+# What a re-print does not inherit from its original: its file's deletion, where the queue
+# sliced it for, and what the shop charged.
+_NOT_INHERITED_FLAGS = ("file_deleted_at",)
+
+
+async def reprint(*, session: AsyncSession, job: Job, by: User, upload_dir: Path) -> Job:
+    """Start a new job from an ended job's G-code: the same file, settings and attribution.
+
+    The new job belongs to the original's owner (it is their part) and goes through approval
+    and the queue's checks again, against today's machines. Firmware-altering commands stay
+    allowed only when an operator asks for the re-print.
+    """
+    if job.state not in REPRINTABLE:
+        raise ConflictError(
+            f"job {job.id} is {job.state.value}: a job can be printed again once it has ended"
+        )
+    if job.preparation != "ready" or not job.stored_name:
+        raise ConflictError(f"job {job.id} has no G-code to print again")
+    if (job.flags or {}).get("file_deleted_at") or not (upload_dir / job.stored_name).is_file():
+        raise ConflictError(
+            f"the file of job {job.id} was deleted after the shop's retention period: "
+            "upload it again to print it"
+        )
+    owner = by if job.owner_id == by.id else await session.get(User, job.owner_id)
+    if owner is None:
+        raise NotFoundError(f"the owner of job {job.id} no longer exists")
+    allow_firmware = job.allow_firmware_commands and by.is_staff
+    new = Job(
+        owner_id=owner.id,
+        title=job.title,
+        preparation="ready",
+        machine_kind=job.machine_kind,
+        requested_machine_id=job.requested_machine_id,
+        file_name=job.file_name,
+        stored_name=job.stored_name,  # shared: retention keeps a file any live job uses
+        file_sha256=job.file_sha256,
+        file_size=job.file_size,
+        lines_total=job.lines_total,
+        progress=fresh_progress(job.lines_total),
+        analysis=dict(job.analysis or {}),
+        material=job.material,
+        required_tags=list(job.required_tags or []),
+        allow_firmware_commands=allow_firmware,
+        design_id=job.design_id,
+        design_file_id=job.design_file_id,
+        parameters=dict(job.parameters or {}),
+        copies=job.copies,
+        nozzle_diameter_mm=job.nozzle_diameter_mm,
+        attribution=dict(job.attribution or {}),
+        flags={
+            **{k: v for k, v in (job.flags or {}).items() if k not in _NOT_INHERITED_FLAGS},
+            "reprint_of": job.id,
+        },
+        notes=f"re-print of job {job.id}",
+        created_at=utcnow(),
+    )
+    requested = (
+        await session.get(Machine, job.requested_machine_id) if job.requested_machine_id else None
+    )
+    machines = [requested] if requested else await machine_service.list_machines(session=session)
+    queue.validate_job(
+        analysis=new.analysis,
+        kind=new.machine_kind,
+        machines=machines,
+        allow_firmware_commands=allow_firmware,
+        job_view=queue.queued_job(new),
+    )
+    await lifecycle.create(session=session, job=new, actor=lifecycle.by_user(by))
+    if owner.trusted or owner.is_staff or by.is_staff:
+        new = await lifecycle.approve(session=session, job=new, by=by)
+    return new
+
+
 async def add_submitted(*, session: AsyncSession, job: Job, owner: User) -> Job:
     """Store a new job as submitted; trusted members' and operators' jobs are approved at once."""
     await lifecycle.create(session=session, job=job, actor=lifecycle.by_user(owner))

@@ -45,8 +45,10 @@
     btn.disabled = true;
     btn.setAttribute("aria-busy", "true");
     try {
-      await callApi(btn.dataset.api, body);
-      window.location.reload();
+      const data = await callApi(btn.dataset.api, body);
+      // data-goto="/jobs/{id}": go to what the call made (a re-print's new job), else reload.
+      if (btn.dataset.goto && data && data.id != null) window.location.assign(btn.dataset.goto.replace("{id}", data.id));
+      else window.location.reload();
     } catch (err) {
       showMessage(err.message, true);
       btn.disabled = false;
