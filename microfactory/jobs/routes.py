@@ -341,9 +341,7 @@ async def clear(
     return JobRead.model_validate(job)
 
 
-@router.post(
-    "/{job_id:int}/reprint", response_model=JobRead, status_code=status.HTTP_201_CREATED
-)
+@router.post("/{job_id:int}/reprint", response_model=JobRead, status_code=status.HTTP_201_CREATED)
 async def reprint(
     job_id: Id, request: Request, session: SessionDep, settings: SettingsDep, user: AnyUser
 ) -> JobRead:
