@@ -6,10 +6,15 @@ import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key-change-me"  # noqa: S105 (refused in prod)
 
@@ -105,6 +110,26 @@ class Settings(BaseSettings):
     queue_interval_s: float = Field(2.0, gt=0, le=300)
     max_heating_machines: int | None = Field(3, ge=1)  # staggered start; None = no limit
     fair_share_window_days: int = Field(30, ge=1, le=365)  # recent usage that weighs a member
+
+    # -- The network: hub side (issue 12, microfactory/network/hub) --
+    hub: bool = False  # also a hub: takes signed reports, mirrors other hubs, routes jobs
+    hub_open: bool = False  # pin a new shop's key on first use (False: an admin approves it)
+    # Other hubs to mirror, base URLs; the environment takes them comma-separated.
+    hub_upstreams: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    hub_clock_skew_s: int = Field(120, ge=0, le=3600)  # a report issued later than this is refused
+    hub_pull_interval_s: int = Field(60, ge=5)  # how often the upstreams are pulled
+    # Also declared in the shop side's block (net-shop); the lead keeps one at merge. Stored
+    # reports, the shop list and routing are public when it is set.
+    network_publish: bool = False
+
+    @field_validator("hub_upstreams", mode="before")
+    @classmethod
+    def _split_upstreams(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [u.strip().rstrip("/") for u in v.split(",") if u.strip()]
+        if isinstance(v, list):
+            return [str(u).strip().rstrip("/") for u in v if str(u).strip()]
+        return v
 
     @field_validator("log_level")
     @classmethod

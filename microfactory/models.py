@@ -21,6 +21,7 @@ from microfactory.fabrication.models import SlicerProfile
 from microfactory.jobs.models import Job, JobEvent
 from microfactory.leases import SchedulerLease
 from microfactory.machines.models import Machine
+from microfactory.network.hub.models import HubOffer, HubReport, HubShop, HubShopIndex, HubUpstream
 from microfactory.notifications.models import Notification
 from microfactory.usage.models import UsageRecord
 
@@ -35,6 +36,11 @@ __all__ = [
     "Closure",
     "Design",
     "DesignFile",
+    "HubOffer",
+    "HubReport",
+    "HubShop",
+    "HubShopIndex",
+    "HubUpstream",
     "Job",
     "JobEvent",
     "Machine",

@@ -1,0 +1,1 @@
+"""The network of shops: signed capacity reports, hubs that mirror them, and routing."""
