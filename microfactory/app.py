@@ -45,6 +45,8 @@ from microfactory.middleware import (
     Metrics,
     RequestMetrics,
 )
+from microfactory.network.hub.pages import router as hub_pages_router
+from microfactory.network.hub.routes import router as hub_router
 from microfactory.notifications import subscribers as notification_subscribers
 from microfactory.runtime.fleet import Fleet
 from microfactory.runtime.queue_runner import QueueRunner
@@ -231,6 +233,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(usage_pages_router)
     app.include_router(costs_router)
     app.include_router(costs_pages_router)
+    app.include_router(hub_router)  # the network: hub side
+    app.include_router(hub_pages_router)
     app.mount("/static", StaticFiles(directory=resources.web_dir() / "static"), name="static")
     document_errors(app)
 

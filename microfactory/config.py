@@ -114,10 +114,10 @@ class Settings(BaseSettings):
     # -- The network: hub side (issue 12, microfactory/network/hub) --
     hub: bool = False  # also a hub: takes signed reports, mirrors other hubs, routes jobs
     hub_open: bool = False  # pin a new shop's key on first use (False: an admin approves it)
-    # Other hubs to mirror, base URLs; the environment takes them comma-separated.
+    # Other hubs to mirror (base URLs, comma-separated in the environment), pulled each
+    # scheduler tick (30 s).
     hub_upstreams: Annotated[list[str], NoDecode] = Field(default_factory=list)
     hub_clock_skew_s: int = Field(120, ge=0, le=3600)  # a report issued later than this is refused
-    hub_pull_interval_s: int = Field(60, ge=5)  # how often the upstreams are pulled
     # Also declared in the shop side's block (net-shop); the lead keeps one at merge. Stored
     # reports, the shop list and routing are public when it is set.
     network_publish: bool = False

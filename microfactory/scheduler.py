@@ -128,12 +128,16 @@ def default_tasks() -> list[NamedTask]:
     async def job_files(s: AsyncSession, now: dt.datetime, st: Settings) -> object:
         return await retention.purge_job_files(session=s, settings=st, now=now)
 
+    from microfactory.network.hub import mirror  # the network: hub side
+
     return [
         NamedTask("release_no_shows", no_shows),
         NamedTask("log_booked_sessions", sessions),
         NamedTask("send_reminders", reminders),
         NamedTask("deliver_email", run_alone=email),
         NamedTask("purge_job_files", job_files),
+        # HTTP between its transactions; does nothing unless MICROFACTORY_HUB_UPSTREAMS is set.
+        NamedTask("pull_hub_upstreams", run_alone=mirror.pull_upstreams),
     ]
 
 

@@ -15,6 +15,12 @@ PUBLIC_ROUTES = {
     ("GET", "/login"),
     ("POST", "/login"),
     ("POST", "/logout"),
+    # The network: a pushed report is authenticated by its signature; reading a hub is public
+    # when it publishes (MICROFACTORY_NETWORK_PUBLISH), else its dependency asks for a login.
+    ("POST", "/api/v1/network/reports"),
+    ("GET", "/api/v1/network/reports"),
+    ("GET", "/api/v1/network/shops"),
+    ("POST", "/api/v1/network/route"),
 }
 
 
