@@ -165,5 +165,3 @@ async def pin_action(
     else:
         raise NotFoundError(f"there is no pin action {action!r}")
     return redirect("/network")
-
-
