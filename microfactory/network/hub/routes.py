@@ -77,7 +77,7 @@ async def push_report(request: Request, session: SessionDep, now: Now, _hub: Hub
     result = await service.ingest(
         session=session, token=body, settings=request.app.state.settings, now=now
     )
-    return ReportAccepted(shop_id=result.shop_id, sequence=result.sequence, status=result.status)  # type: ignore[arg-type]
+    return ReportAccepted(shop_id=result.shop_id, sequence=result.sequence, status=result.status)
 
 
 @router.get("/reports", response_model=ReportPage)

@@ -101,7 +101,7 @@ def _offers_query(req: Requirements, now: dt.datetime) -> Select[Any]:
                 HubOffer.dim_c >= c,
             )
         )
-    return select(
+    stmt: Select[Any] = select(  # type: ignore[assignment]  # a 16-column row type
         HubOffer.shop_id,
         HubOffer.process,
         HubOffer.machine,
@@ -123,6 +123,7 @@ def _offers_query(req: Requirements, now: dt.datetime) -> Select[Any]:
         HubOffer.expires_at > now,
         or_(*fits),
     )
+    return stmt
 
 
 @dataclass
@@ -287,8 +288,8 @@ async def route(*, session: AsyncSession, req: Requirements, now: dt.datetime) -
                 shop_id=p.shop_id,
                 name=names.get(p.shop_id, p.shop_id),
                 distance_km=round(p.distance_km, 2),
-                earliest_start=p.start,  # type: ignore[arg-type]  # routed plans have both
-                earliest_finish=p.finish,  # type: ignore[arg-type]
+                earliest_start=p.start,
+                earliest_finish=p.finish,
                 machine=p.machine,
                 reason=_fit_reason(p, req),
             )
@@ -346,8 +347,8 @@ async def _others(
         HubOffer.dim_c,
     ).where(HubOffer.shop_id.in_([s for _d, s, _e in near]))
     by_shop: dict[str, list[Any]] = {}
-    for row in (await session.execute(offers_stmt)).all():
-        by_shop.setdefault(row.shop_id, []).append(row)
+    for offer in (await session.execute(offers_stmt)).all():
+        by_shop.setdefault(offer.shop_id, []).append(offer)
     return [
         (distance, shop_id, unfit_reason(req, by_shop.get(shop_id, []), expires_at, now, distance))
         for distance, shop_id, expires_at in near

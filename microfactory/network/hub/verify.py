@@ -62,11 +62,12 @@ def _public_key(value: Any) -> tuple[dict[str, Any], OKPKey]:
         raise BadRequestError('the report\'s "key" must be an Ed25519 public JWK (kty OKP)')
     if "d" in value:
         raise BadRequestError('the report\'s "key" holds a private key; send the public one')
-    public = {"kty": "OKP", "crv": "Ed25519", "x": value.get("x")}
-    if not isinstance(public["x"], str):
+    x = value.get("x")
+    if not isinstance(x, str):
         raise BadRequestError('the report\'s "key" has no "x"')
+    public: dict[str, Any] = {"kty": "OKP", "crv": "Ed25519", "x": x}
     try:
-        key = OKPKey.import_key(public)
+        key = OKPKey.import_key({"kty": "OKP", "crv": "Ed25519", "x": x})
     except (JoseError, ValueError, binascii.Error) as exc:
         raise BadRequestError(f'the report\'s "key" is not a valid Ed25519 key: {exc}') from None
     return public, key
