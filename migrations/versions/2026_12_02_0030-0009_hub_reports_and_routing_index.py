@@ -4,8 +4,9 @@ Revision ID: 0009
 Revises: 0007
 Create Date: 2026-12-02 00:30:00
 
-On PostgreSQL the routing index gets `cube` + `earthdistance` (contrib, trusted extensions)
-and GiST indexes on `ll_to_earth(lat, lon)`; SQLite uses the plain (lat, lon) b-tree indexes
+On PostgreSQL the routing index gets `cube`, `earthdistance` and `btree_gist` (contrib,
+trusted extensions) and GiST indexes on `ll_to_earth(lat, lon)` (the offers' led by process
+and material); SQLite uses the plain (lat, lon) b-tree indexes
 as a bounding-box prefilter.
 """
 
@@ -99,6 +100,7 @@ def upgrade() -> None:
         "hub_offers",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("shop_id", sa.String(length=64), nullable=False),
+        sa.Column("shop_name", sa.String(length=200), nullable=False),
         sa.Column("process", sa.String(length=32), nullable=False),
         sa.Column("material", sa.String(length=64), nullable=False),
         sa.Column("machine", sa.String(length=200), nullable=False),
@@ -128,8 +130,10 @@ def upgrade() -> None:
     if _pg():
         op.execute("CREATE EXTENSION IF NOT EXISTS cube")
         op.execute("CREATE EXTENSION IF NOT EXISTS earthdistance")
+        op.execute("CREATE EXTENSION IF NOT EXISTS btree_gist")  # also the bookings' (0003b)
         op.execute(
-            "CREATE INDEX ix_hub_offers_earth ON hub_offers USING gist (ll_to_earth(lat, lon))"
+            "CREATE INDEX ix_hub_offers_earth ON hub_offers "
+            "USING gist (process, material, ll_to_earth(lat, lon))"
         )
         op.execute(
             "CREATE INDEX ix_hub_shop_index_earth ON hub_shop_index "
@@ -153,7 +157,7 @@ def downgrade() -> None:
     op.drop_table("hub_reports")
     op.drop_table("hub_shops")
     if _pg():
-        # Nothing else in the schema uses them; left behind they would keep the extensions'
-        # functions in a database downgraded to base.
+        # Nothing else in the schema uses these two (btree_gist stays: the bookings' exclusion
+        # constraint needs it, and its migration owns it).
         op.execute("DROP EXTENSION IF EXISTS earthdistance")
         op.execute("DROP EXTENSION IF EXISTS cube")

@@ -159,6 +159,7 @@ def derive(report: VerifiedReport, cursor: int) -> tuple[HubShopIndex, list[HubO
     waits = _waits(live)
     on_hand = _on_hand(live)
     timezone = _str(live.get("timezone"), 64) or "UTC"
+    name = _str(okw.get("name")) or report.shop_id[:12]
     offers = []
     for item in equipment:
         for material in item["materials"]:
@@ -168,6 +169,7 @@ def derive(report: VerifiedReport, cursor: int) -> tuple[HubShopIndex, list[HubO
             offers.append(
                 HubOffer(
                     shop_id=report.shop_id,
+                    shop_name=name,
                     process=item["process"],
                     material=key[:64],
                     machine=item["machine"][:200],
@@ -201,7 +203,7 @@ def derive(report: VerifiedReport, cursor: int) -> tuple[HubShopIndex, list[HubO
         shop_id=report.shop_id,
         report_cursor=cursor,
         sequence=report.sequence,
-        name=_str(okw.get("name")) or report.shop_id[:12],
+        name=name,
         url=_str(okw.get("url"), 500),
         city=city,
         country=country,

@@ -115,6 +115,7 @@ class HubOffer(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     shop_id: Mapped[str] = mapped_column(String(64), index=True)
+    shop_name: Mapped[str] = mapped_column(String(200), default="")
     process: Mapped[str] = mapped_column(String(32))
     material: Mapped[str] = mapped_column(String(64))  # lower case
     machine: Mapped[str] = mapped_column(String(200))  # "Prusa MK4"
@@ -136,8 +137,13 @@ class HubOffer(Base):
 
 # GiST indexes on ll_to_earth(lat, lon) (cube + earthdistance), PostgreSQL only; declared
 # here so that the schema check sees them, created by migration 0009.
+# The offers' index leads with process and material (btree_gist): a query reads only the
+# entries of its process and material near the point (measured at 100,000 shops: 717 rows
+# read instead of 4,869 with a location-only index).
 Index(
     "ix_hub_offers_earth",
+    HubOffer.process,
+    HubOffer.material,
     func.ll_to_earth(HubOffer.lat, HubOffer.lon),
     postgresql_using="gist",
 ).ddl_if(dialect="postgresql")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -42,6 +42,9 @@ EARTH_KM = 6371.0088  # mean radius (IUGG), used for every distance we report
 PG_EARTH_KM = 6378.168
 KM_PER_DEG_LAT = math.pi * EARTH_KM / 180.0
 EXCLUDED_LIMIT = 20
+SHOPS_LIMIT = 25  # the answer lists the best 25: enough to choose from, cheap to send
+KNN_PAGE = 50
+KNN_PAGES = 6
 FEW_FITTING = 3
 TOO_FAR_LIMIT = 5
 TOO_FAR_FACTOR = 3.0  # "too far" looks this many radii out
@@ -101,8 +104,9 @@ def _offers_query(req: Requirements, now: dt.datetime) -> Select[Any]:
                 HubOffer.dim_c >= c,
             )
         )
-    stmt: Select[Any] = select(  # type: ignore[assignment]  # a 16-column row type
+    stmt: Select[Any] = select(  # type: ignore[assignment]  # a 17-column row type
         HubOffer.shop_id,
+        HubOffer.shop_name,
         HubOffer.process,
         HubOffer.machine,
         HubOffer.quantity,
@@ -129,6 +133,7 @@ def _offers_query(req: Requirements, now: dt.datetime) -> Select[Any]:
 @dataclass
 class _Plan:
     shop_id: str
+    name: str
     distance_km: float
     machine: str
     dims: tuple[float, float, float]
@@ -146,8 +151,31 @@ def _zone(name: str) -> dt.tzinfo:
         return dt.UTC
 
 
+_Bounds = list[tuple[dt.date, dt.datetime, dt.datetime]]
+
+
+def _day_bounds(free_from: str, timezone: str, cache: dict[tuple[str, str], _Bounds]) -> _Bounds:
+    """Return each reported day with its start and end in UTC (cached per route call)."""
+    key = (free_from, timezone)
+    found = cache.get(key)
+    if found is None:
+        tz = _zone(timezone)
+        first = dt.date.fromisoformat(free_from)
+        days = [first + dt.timedelta(days=i) for i in range(8)]
+        edges = [dt.datetime.combine(d, dt.time(), tzinfo=tz).astimezone(dt.UTC) for d in days]
+        found = [(days[i], edges[i], edges[i + 1]) for i in range(7)]
+        cache[key] = found
+    return found
+
+
 def earliest_start(
-    *, now: dt.datetime, wait_h: float, free_from: str, free_hours: str, timezone: str
+    *,
+    now: dt.datetime,
+    wait_h: float,
+    free_from: str,
+    free_hours: str,
+    timezone: str,
+    cache: dict[tuple[str, str], _Bounds] | None = None,
 ) -> tuple[dt.datetime, dt.date] | None:
     """Return the earliest start and its day: after the queue wait, on a day with free hours.
 
@@ -157,42 +185,46 @@ def earliest_start(
     """
     if not free_from or not free_hours:
         return None
-    tz = _zone(timezone)
     ready = now + dt.timedelta(hours=wait_h)
-    first = dt.date.fromisoformat(free_from)
-    for i, text in enumerate(free_hours.split(",")):
-        if float(text) <= 0:
-            continue
-        day = first + dt.timedelta(days=i)
-        day_start = dt.datetime.combine(day, dt.time(), tzinfo=tz).astimezone(dt.UTC)
-        day_end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=tz).astimezone(
-            dt.UTC
-        )
-        if day_end <= ready:
+    bounds = _day_bounds(free_from, timezone, {} if cache is None else cache)
+    for (day, day_start, day_end), text in zip(bounds, free_hours.split(","), strict=False):
+        if day_end <= ready or float(text) <= 0:
             continue
         return max(ready, day_start), day
     return None
 
 
-def _plan(row: Any, req: Requirements, now: dt.datetime, distance: float) -> _Plan:
-    job_h = estimate.job_hours(
-        row.process,
-        req.size,
-        req.quantity,
-        machines=row.quantity,
-        nozzle_mm=row.nozzle_mm,
-        laser_w=row.laser_w,
-    )
+def _plan(
+    row: Any,
+    req: Requirements,
+    now: dt.datetime,
+    distance: float,
+    caches: tuple[dict[Any, float], dict[tuple[str, str], _Bounds]],
+) -> _Plan:
+    estimates, bounds = caches
+    key = (row.process, row.quantity, row.nozzle_mm, row.laser_w)
+    job_h = estimates.get(key)
+    if job_h is None:
+        job_h = estimates[key] = estimate.job_hours(
+            row.process,
+            req.size,
+            req.quantity,
+            machines=row.quantity,
+            nozzle_mm=row.nozzle_mm,
+            laser_w=row.laser_w,
+        )
     found = earliest_start(
         now=now,
         wait_h=row.wait_h,
         free_from=row.free_from,
         free_hours=row.free_hours,
         timezone=row.timezone,
+        cache=bounds,
     )
     start, day = found if found else (None, None)
     return _Plan(
         shop_id=row.shop_id,
+        name=row.shop_name,
         distance_km=distance,
         machine=row.machine,
         dims=(row.dim_a, row.dim_b, row.dim_c),
@@ -231,75 +263,69 @@ async def route(*, session: AsyncSession, req: Requirements, now: dt.datetime) -
     rows = (await session.execute(stmt)).all()
     best: dict[str, _Plan] = {}
     not_on_hand: dict[str, _Plan] = {}
+    caches: tuple[dict[Any, float], dict[tuple[str, str], _Bounds]] = ({}, {})
     for row in rows:
         distance = haversine_km(req.lat, req.lon, row.lat, row.lon)
         if distance > req.radius_km:
             continue
-        plan = _plan(row, req, now, distance)
+        plan = _plan(row, req, now, distance, caches)
         target = not_on_hand if row.on_hand is False else best
         current = target.get(row.shop_id)
         if current is None or _better(plan, current):
             target[row.shop_id] = plan
     for shop_id in best:
         not_on_hand.pop(shop_id, None)
-    excluded: list[tuple[float, str, str]] = []  # (distance, shop_id, reason)
+    excluded: list[_Unfit] = []
     routed: list[_Plan] = []
     for plan in best.values():
+        where = f"{plan.distance_km:.1f} km away"
         if plan.start is None or plan.finish is None:
-            excluded.append(
-                (
-                    plan.distance_km,
-                    plan.shop_id,
-                    f"no free hours for {req.material} in the "
-                    f"7 days reported ({plan.machine}, {plan.distance_km:.1f} km away)",
-                )
+            reason = (
+                f"no free hours for {req.material} in the 7 days reported ({plan.machine}; {where})"
             )
+            excluded.append(_Unfit(plan.distance_km, plan.shop_id, plan.name, reason))
         elif req.deadline is not None and plan.finish > req.deadline:
-            excluded.append(
-                (
-                    plan.distance_km,
-                    plan.shop_id,
-                    "no free hours before the deadline: the "
-                    f"earliest finish is {plan.finish.isoformat(timespec='minutes')} "
-                    f"(queue wait {_hours(plan.wait_h)}, job ≈ {_hours(plan.job_h)}, "
-                    f"{plan.distance_km:.1f} km away)",
-                )
+            reason = (
+                "no free hours before the deadline: the earliest finish is "
+                f"{plan.finish.isoformat(timespec='minutes')} (queue wait {_hours(plan.wait_h)}, "
+                f"job ≈ {_hours(plan.job_h)}; {where})"
             )
+            excluded.append(_Unfit(plan.distance_km, plan.shop_id, plan.name, reason))
         else:
             routed.append(plan)
     for plan in not_on_hand.values():
-        excluded.append(
-            (
-                plan.distance_km,
-                plan.shop_id,
-                f"no material: no {req.material} on hand ({plan.distance_km:.1f} km away)",
-            )
-        )
+        reason = f"no material: no {req.material} on hand ({plan.distance_km:.1f} km away)"
+        excluded.append(_Unfit(plan.distance_km, plan.shop_id, plan.name, reason))
     routed.sort(key=lambda p: (p.finish, p.distance_km, p.shop_id))
-    taken = set(best) | set(not_on_hand)
-    excluded += await _others(session, dialect, req, now, taken)
+    excluded += await _others(session, dialect, req, now, set(best) | set(not_on_hand))
+    excluded.sort(key=lambda e: (e.distance_km, e.shop_id))
+    excluded = excluded[:EXCLUDED_LIMIT]
     if len(routed) < FEW_FITTING:
         excluded += await _too_far(session, dialect, req, now)
-    excluded.sort(key=lambda e: (e[0], e[1]))
-    names = await _names(session, [p.shop_id for p in routed] + [e[1] for e in excluded])
     return RouteAnswer(
         shops=[
             RoutedShop(
                 shop_id=p.shop_id,
-                name=names.get(p.shop_id, p.shop_id),
+                name=p.name,
                 distance_km=round(p.distance_km, 2),
                 earliest_start=p.start,
                 earliest_finish=p.finish,
                 machine=p.machine,
                 reason=_fit_reason(p, req),
             )
-            for p in routed
+            for p in routed[:SHOPS_LIMIT]
+            if p.start is not None and p.finish is not None
         ],
-        excluded=[
-            ExcludedShop(shop_id=shop_id, name=names.get(shop_id, shop_id), reason=reason)
-            for _d, shop_id, reason in excluded[: EXCLUDED_LIMIT + TOO_FAR_LIMIT]
-        ],
+        excluded=[ExcludedShop(shop_id=e.shop_id, name=e.name, reason=e.reason) for e in excluded],
     )
+
+
+@dataclass(frozen=True)
+class _Unfit:
+    distance_km: float
+    shop_id: str
+    name: str
+    reason: str
 
 
 def _better(plan: _Plan, current: _Plan) -> bool:
@@ -311,29 +337,48 @@ def _better(plan: _Plan, current: _Plan) -> bool:
     return math.prod(d or 1 for d in plan.dims) < math.prod(d or 1 for d in current.dims)
 
 
-async def _names(session: AsyncSession, shop_ids: Sequence[str]) -> dict[str, str]:
-    if not shop_ids:
-        return {}
-    stmt = select(HubShopIndex.shop_id, HubShopIndex.name).where(
-        HubShopIndex.shop_id.in_(set(shop_ids))
-    )
-    return {r.shop_id: r.name for r in (await session.execute(stmt)).all()}
-
-
-async def _others(
-    session: AsyncSession, dialect: str, req: Requirements, now: dt.datetime, taken: set[str]
-) -> list[tuple[float, str, str]]:
-    """Return the nearest shops within the radius that do not fit, with the reason."""
-    stmt = select(
-        HubShopIndex.shop_id, HubShopIndex.lat, HubShopIndex.lon, HubShopIndex.expires_at
-    ).where(_near(HubShopIndex, dialect, req.lat, req.lon, req.radius_km))
-    near = []
-    for row in (await session.execute(stmt)).all():
+def _collect(
+    near: list[tuple[float, str, str, dt.datetime]],
+    rows: Iterable[Any],
+    req: Requirements,
+    taken: set[str],
+) -> None:
+    for row in rows:
         if row.shop_id in taken:
             continue
         distance = haversine_km(req.lat, req.lon, row.lat, row.lon)
         if distance <= req.radius_km:
-            near.append((distance, row.shop_id, row.expires_at))
+            near.append((distance, row.shop_id, row.name, row.expires_at))
+
+
+async def _others(
+    session: AsyncSession, dialect: str, req: Requirements, now: dt.datetime, taken: set[str]
+) -> list[_Unfit]:
+    """Return the nearest shops within the radius that do not fit, with the reason."""
+    stmt = select(
+        HubShopIndex.shop_id,
+        HubShopIndex.name,
+        HubShopIndex.lat,
+        HubShopIndex.lon,
+        HubShopIndex.expires_at,
+    ).where(_near(HubShopIndex, dialect, req.lat, req.lon, req.radius_km))
+    near: list[tuple[float, str, str, dt.datetime]] = []
+    if dialect == "postgresql":
+        # Nearest first through the GiST index (KNN on the cube distance, which orders as the
+        # great circle does), a page at a time until enough shops not already placed are
+        # found: a few dozen index entries instead of every shop within the radius (measured
+        # at 100,000 shops: 1 ms instead of 30 ms for the whole radius).
+        centre = func.ll_to_earth(bindparam("k_lat", req.lat), bindparam("k_lon", req.lon))
+        ordered = stmt.order_by(
+            func.ll_to_earth(HubShopIndex.lat, HubShopIndex.lon).op("<->")(centre)
+        )
+        for page in range(KNN_PAGES):
+            rows = (await session.execute(ordered.limit(KNN_PAGE).offset(page * KNN_PAGE))).all()
+            _collect(near, rows, req, taken)
+            if len(rows) < KNN_PAGE or len(near) >= EXCLUDED_LIMIT:
+                break
+    else:
+        _collect(near, (await session.execute(stmt)).all(), req, taken)
     near.sort()
     near = near[:EXCLUDED_LIMIT]
     if not near:
@@ -345,13 +390,13 @@ async def _others(
         HubOffer.dim_a,
         HubOffer.dim_b,
         HubOffer.dim_c,
-    ).where(HubOffer.shop_id.in_([s for _d, s, _e in near]))
+    ).where(HubOffer.shop_id.in_([n[1] for n in near]))
     by_shop: dict[str, list[Any]] = {}
     for offer in (await session.execute(offers_stmt)).all():
         by_shop.setdefault(offer.shop_id, []).append(offer)
     return [
-        (distance, shop_id, unfit_reason(req, by_shop.get(shop_id, []), expires_at, now, distance))
-        for distance, shop_id, expires_at in near
+        _Unfit(d, shop_id, name, unfit_reason(req, by_shop.get(shop_id, []), expires_at, now, d))
+        for d, shop_id, name, expires_at in near
     ]
 
 
@@ -382,19 +427,22 @@ def unfit_reason(
 
 async def _too_far(
     session: AsyncSession, dialect: str, req: Requirements, now: dt.datetime
-) -> list[tuple[float, str, str]]:
+) -> list[_Unfit]:
     """Return the nearest shops beyond the radius that would fit, as "too far"."""
     outer = req.radius_km * TOO_FAR_FACTOR
     stmt = _offers_query(req, now).where(_near(HubOffer, dialect, req.lat, req.lon, outer))
-    nearest: dict[str, float] = {}
+    nearest: dict[str, tuple[float, str]] = {}
     for row in (await session.execute(stmt)).all():
         distance = haversine_km(req.lat, req.lon, row.lat, row.lon)
-        if req.radius_km < distance <= outer:
-            nearest[row.shop_id] = min(distance, nearest.get(row.shop_id, math.inf))
-    ordered = sorted((d, s) for s, d in nearest.items())[:TOO_FAR_LIMIT]
+        if (
+            req.radius_km < distance <= outer
+            and distance < nearest.get(row.shop_id, (math.inf,))[0]
+        ):
+            nearest[row.shop_id] = (distance, row.shop_name)
+    ordered = sorted((d, s, n) for s, (d, n) in nearest.items())[:TOO_FAR_LIMIT]
     return [
-        (d, s, f"too far: {d:.1f} km away, beyond the {req.radius_km:g} km asked for")
-        for d, s in ordered
+        _Unfit(d, s, n, f"too far: {d:.1f} km away, beyond the {req.radius_km:g} km asked for")
+        for d, s, n in ordered
     ]
 
 
