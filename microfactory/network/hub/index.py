@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.errors import BadRequestError
@@ -150,7 +151,15 @@ def _days(per_day: dict[str, float]) -> tuple[str, str]:
     return first.isoformat(), ",".join(f"{h:g}" for h in hours)
 
 
-def derive(report: VerifiedReport, cursor: int) -> tuple[HubShopIndex, list[HubOffer]]:
+@dataclass(frozen=True)
+class Derived:
+    """The index rows a report gives: the shop's row and its offers (column dicts)."""
+
+    shop: dict[str, Any]
+    offers: list[dict[str, Any]]
+
+
+def derive(report: VerifiedReport, cursor: int = 0) -> Derived:
     """Build the shop's index row and offers from a verified report (400 on a bad field)."""
     okw, live = report.payload["okw"], report.payload["live"]
     lat, lon, city, country = location(okw)
@@ -167,27 +176,27 @@ def derive(report: VerifiedReport, cursor: int) -> tuple[HubShopIndex, list[HubO
             free_from, free_hours = _days(free.get((item["process"], key), {}))
             a, b, c = item["dims"]
             offers.append(
-                HubOffer(
-                    shop_id=report.shop_id,
-                    shop_name=name,
-                    process=item["process"],
-                    material=key[:64],
-                    machine=item["machine"][:200],
-                    quantity=item["quantity"],
-                    dim_a=a,
-                    dim_b=b,
-                    dim_c=c,
-                    nozzle_mm=item["nozzle"],
-                    laser_w=item["laser_w"],
-                    lat=lat,
-                    lon=lon,
-                    expires_at=report.expires_at,
-                    wait_h=waits.get(item["process"], {}).get("wait_h", 0.0),
-                    on_hand=None if on_hand is None else on_hand.get(key, 0.0) > 0,
-                    free_from=free_from,
-                    free_hours=free_hours,
-                    timezone=timezone,
-                )
+                {
+                    "shop_id": report.shop_id,
+                    "shop_name": name,
+                    "process": item["process"],
+                    "material": key[:64],
+                    "machine": item["machine"][:200],
+                    "quantity": item["quantity"],
+                    "dim_a": a,
+                    "dim_b": b,
+                    "dim_c": c,
+                    "nozzle_mm": item["nozzle"],
+                    "laser_w": item["laser_w"],
+                    "lat": lat,
+                    "lon": lon,
+                    "expires_at": report.expires_at,
+                    "wait_h": waits.get(item["process"], {}).get("wait_h", 0.0),
+                    "on_hand": None if on_hand is None else on_hand.get(key, 0.0) > 0,
+                    "free_from": free_from,
+                    "free_hours": free_hours,
+                    "timezone": timezone,
+                }
             )
     processes = sorted({e["process"] for e in equipment})
     typical = [
@@ -199,21 +208,21 @@ def derive(report: VerifiedReport, cursor: int) -> tuple[HubShopIndex, list[HubO
         target = free_by_process.setdefault(process, {})
         for day, hours in per_day.items():
             target[day] = max(target.get(day, 0.0), hours)
-    row = HubShopIndex(
-        shop_id=report.shop_id,
-        report_cursor=cursor,
-        sequence=report.sequence,
-        name=name,
-        url=_str(okw.get("url"), 500),
-        city=city,
-        country=country,
-        lat=lat,
-        lon=lon,
-        issued_at=report.issued_at,
-        expires_at=report.expires_at,
-        processes=processes,
-        materials=materials,
-        summary={
+    row = {
+        "shop_id": report.shop_id,
+        "report_cursor": cursor,
+        "sequence": report.sequence,
+        "name": name,
+        "url": _str(okw.get("url"), 500),
+        "city": city,
+        "country": country,
+        "lat": lat,
+        "lon": lon,
+        "issued_at": report.issued_at,
+        "expires_at": report.expires_at,
+        "processes": processes,
+        "materials": materials,
+        "summary": {
             "accessType": _str(okw.get("accessType"), 64),
             "timezone": timezone,
             "equipment": [
@@ -229,22 +238,45 @@ def derive(report: VerifiedReport, cursor: int) -> tuple[HubShopIndex, list[HubO
             "queue": [{"process": p, **w} for p, w in sorted(waits.items())],
             "freeHours": {p: dict(sorted(d.items())) for p, d in sorted(free_by_process.items())},
         },
-    )
-    return row, offers
+    }
+    return Derived(row, offers)
 
 
-def check(report: VerifiedReport) -> None:
-    """Refuse (400) a report the index could not take, before anything is stored."""
-    derive(report, 0)
+async def index_report(
+    *,
+    session: AsyncSession,
+    report: VerifiedReport,
+    cursor: int,
+    derived: Derived | None = None,
+) -> None:
+    """Replace the shop's index row and offers with what this stored report says.
 
-
-async def index_report(*, session: AsyncSession, report: VerifiedReport, cursor: int) -> None:
-    """Replace the shop's index row and offers with what this stored report says."""
-    row, offers = derive(report, cursor)
+    `derived` is `derive(report)` when the caller has it already (ingest derives first, to
+    refuse a report the index cannot take before storing it). Core inserts, not ORM
+    objects: 0.1 ms instead of 1 ms for a report with 10 offers.
+    """
+    derived = derived or derive(report, cursor)
     await drop_shop(session=session, shop_id=report.shop_id)
-    session.add(row)
-    session.add_all(offers)
-    await session.flush()
+    await session.execute(insert(HubShopIndex), [{**derived.shop, "report_cursor": cursor}])
+    if derived.offers:
+        await session.execute(insert(HubOffer), derived.offers)
+
+
+async def index_many(
+    *, session: AsyncSession, reports: list[tuple[VerifiedReport, Derived, int]]
+) -> None:
+    """Re-index several shops at once, each from its (report, derived rows, cursor)."""
+    if not reports:
+        return
+    shop_ids = [r.shop_id for r, _, _ in reports]
+    await session.execute(delete(HubOffer).where(HubOffer.shop_id.in_(shop_ids)))
+    await session.execute(delete(HubShopIndex).where(HubShopIndex.shop_id.in_(shop_ids)))
+    await session.execute(
+        insert(HubShopIndex), [{**d.shop, "report_cursor": c} for _, d, c in reports]
+    )
+    offers = [o for _, d, _ in reports for o in d.offers]
+    if offers:
+        await session.execute(insert(HubOffer), offers)
 
 
 async def drop_shop(*, session: AsyncSession, shop_id: str) -> None:

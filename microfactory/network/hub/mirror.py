@@ -4,7 +4,8 @@ A mirrored report passes the very checks a pushed one does (`service.ingest`: si
 pin, times, sequence), with the same pinning rule (open hub: pinned on first use; closed:
 pending until an admin approves). Nothing is taken on the upstream's word: a report whose
 bytes were changed anywhere on the way fails its signature and is refused and counted.
-Each report is its own transaction; the HTTP calls happen outside any transaction.
+Each page of reports is one transaction (`service.ingest_many`); the HTTP calls happen
+outside any transaction.
 """
 
 from __future__ import annotations
@@ -66,24 +67,21 @@ async def pull_one(
             error = f"{type(exc).__name__}: {exc}"[:500]
             log.warning("hub mirror: pulling %s failed: %s", url, error)
             break
+        tokens: list[str] = []
         for item in reports:
             token = item.get("jws") if isinstance(item, dict) else None
-            try:
-                async with sessionmaker() as session, session.begin():
-                    result = await service.ingest(
-                        session=session,
-                        token=token if isinstance(token, str) else "",
-                        settings=settings,
-                        now=now or utcnow(),
-                        source=url,
-                    )
-                counts["stored" if result.status != "duplicate" else "stale"] += 1
-            except DomainError as exc:
-                if exc.status_code in STALE:
-                    counts["stale"] += 1
-                    continue
+            tokens.append(token if isinstance(token, str) else "")
+        for item, outcome in zip(
+            reports, await _ingest_page(sessionmaker, settings, tokens, now, url), strict=True
+        ):
+            if not isinstance(outcome, DomainError):
+                counts["stored" if outcome.status != "duplicate" else "stale"] += 1
+            elif outcome.status_code in STALE:
+                counts["stale"] += 1
+            else:
                 counts["refused"] += 1
-                last_refusal = f"cursor {item.get('cursor')}: {exc.status_code} {exc.detail}"
+                where = item.get("cursor") if isinstance(item, dict) else "?"
+                last_refusal = f"cursor {where}: {outcome.status_code} {outcome.detail}"
                 log.warning("hub mirror: refused a report from %s: %s", url, last_refusal)
         cursor = nxt
         if not reports:
@@ -99,6 +97,39 @@ async def pull_one(
         if error is None:
             up.last_ok_at = now or utcnow()
     return counts
+
+
+async def _ingest_page(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    tokens: list[str],
+    now: dt.datetime | None,
+    url: str,
+) -> list[service.IngestResult | DomainError]:
+    """Take a page in one transaction; after a race, one transaction per report."""
+    try:
+        async with sessionmaker() as session, session.begin():
+            return await service.ingest_many(
+                session=session, tokens=tokens, settings=settings, now=now or utcnow(), source=url
+            )
+    except DomainError:
+        pass  # a push of the same shop raced the page: take its reports one by one
+    outcomes: list[service.IngestResult | DomainError] = []
+    for token in tokens:
+        try:
+            async with sessionmaker() as session, session.begin():
+                outcomes.extend(
+                    await service.ingest_many(
+                        session=session,
+                        tokens=[token],
+                        settings=settings,
+                        now=now or utcnow(),
+                        source=url,
+                    )
+                )
+        except DomainError as exc:
+            outcomes.append(exc)
+    return outcomes
 
 
 async def pull_upstreams(
