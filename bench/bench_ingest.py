@@ -9,7 +9,9 @@ payload, joserfc, header {"alg": "Ed25519", "kid"}). Timed, in the same run:
 - service: `service.ingest` (verify, pin, times, sequence, store as received, rebuild the
   shop's index rows), one transaction per report, as each push is;
 - HTTP: `POST /api/v1/network/reports` through the whole app in process (httpx's ASGI
-  transport: routing, middleware, the session dependency), one request at a time.
+  transport: routing, middleware, the session dependency), one request at a time;
+- mirror pages: `service.ingest_many` on pages of 500 reports, one transaction a page, as a
+  hub mirroring an upstream takes them (the same checks, report by report).
 
 Run: .venv/bin/python bench/bench_ingest.py [--reports 2000] [--shops 100]
      [--backend sqlite|postgresql|both]
@@ -41,8 +43,8 @@ from microfactory.network.hub import service, verify
 from tests.network.hub.conftest import Shop, fdm, laser
 
 
-def make_reports(n: int, shops: int) -> list[list[str]]:
-    """Return `n` signed reports, split into two halves with sequences ahead of each other."""
+def make_reports(n: int, shops: int, parts: int = 3) -> list[list[str]]:
+    """Return `n` signed reports in `parts` batches, each batch's sequences after the last's."""
     now = dt.datetime.now(dt.UTC)
     makers = [
         Shop(
@@ -59,8 +61,8 @@ def make_reports(n: int, shops: int) -> list[list[str]]:
         for i in range(shops)
     ]
     tokens = [m.jws(now=now) for _ in range(n // shops) for m in makers]
-    half = len(tokens) // 2
-    return [tokens[:half], tokens[half:]]
+    size = len(tokens) // parts
+    return [tokens[k * size : (k + 1) * size] for k in range(parts)]
 
 
 def settings_for(url: str, tmp: str) -> Settings:
@@ -101,12 +103,24 @@ async def run(url: str, tmp: str, batches: list[list[str]]) -> dict[str, float]:
                 resp = await client.post("/api/v1/network/reports", content=token, headers=headers)
                 assert resp.status_code == 202, resp.text
             results["POST /reports (ASGI)"] = len(batches[1]) / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for start in range(0, len(batches[2]), 500):
+            async with sessions() as session, session.begin():
+                outcomes = await service.ingest_many(
+                    session=session,
+                    tokens=batches[2][start : start + 500],
+                    settings=settings,
+                    now=dt.datetime.now(dt.UTC),
+                    source="http://upstream",
+                )
+            assert all(isinstance(o, service.IngestResult) for o in outcomes)
+        results["mirror pages of 500"] = len(batches[2]) / (time.perf_counter() - t0)
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reports", type=int, default=2000)
+    parser.add_argument("--reports", type=int, default=3000)
     parser.add_argument("--shops", type=int, default=100)
     parser.add_argument("--backend", choices=["postgresql", "sqlite", "both"], default="both")
     args = parser.parse_args()
@@ -115,7 +129,8 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
     batches = make_reports(args.reports, args.shops)
     size = sum(len(t) for t in batches[0]) / len(batches[0])
-    print(f"{sum(map(len, batches))} reports from {args.shops} shops, {size / 1024:.1f} KB each")
+    print(f"{sum(map(len, batches))} reports from {args.shops} shops, {size / 1024:.1f} KB each, "
+          f"{len(batches[0])} per mode")  # fmt: skip
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     for backend in backends:
         with tempfile.TemporaryDirectory() as tmp:

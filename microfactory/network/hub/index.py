@@ -99,16 +99,19 @@ def _equipment(okw: dict[str, Any]) -> list[dict[str, Any]]:
 def _free_hours(live: dict[str, Any]) -> dict[tuple[str, str], dict[str, float]]:
     """Return free hours by (process, lower-case material) and ISO day."""
     free: dict[tuple[str, str], dict[str, float]] = {}
+    days_seen: set[str] = set()
     for n, raw in enumerate(_list(live.get("freeHours"), "live.freeHours")):
         if not isinstance(raw, dict):
             raise BadRequestError(f"live.freeHours[{n}] must be an object")
         day, process, material = raw.get("date"), raw.get("process"), raw.get("material")
         if not isinstance(day, str) or not isinstance(material, str) or process not in PROCESSES:
             raise BadRequestError(f"live.freeHours[{n}] needs date, process and material")
-        try:
-            dt.date.fromisoformat(day)
-        except ValueError:
-            raise BadRequestError(f"live.freeHours[{n}].date is not an ISO date") from None
+        if day not in days_seen:
+            try:
+                dt.date.fromisoformat(day)
+            except ValueError:
+                raise BadRequestError(f"live.freeHours[{n}].date is not an ISO date") from None
+            days_seen.add(day)
         hours = max(_num(raw.get("hours"), f"live.freeHours[{n}].hours"), 0.0)
         key = (process, material.strip().lower())
         free.setdefault(key, {})[day] = free.get(key, {}).get(day, 0.0) + hours
@@ -170,10 +173,11 @@ def derive(report: VerifiedReport, cursor: int = 0) -> Derived:
     timezone = _str(live.get("timezone"), 64) or "UTC"
     name = _str(okw.get("name")) or report.shop_id[:12]
     offers = []
+    columns = {key: _days(per_day) for key, per_day in free.items()}
     for item in equipment:
         for material in item["materials"]:
             key = material.lower()
-            free_from, free_hours = _days(free.get((item["process"], key), {}))
+            free_from, free_hours = columns.get((item["process"], key), ("", ""))
             a, b, c = item["dims"]
             offers.append(
                 {
