@@ -237,7 +237,8 @@ def _plan(
 
 
 def _dims_text(dims: Iterable[float]) -> str:
-    return "×".join(f"{d:g}" for d in dims)
+    # A laser's work area is flat: "600×400", not "600×400×0".
+    return "×".join(f"{d:g}" for d in dims if d > 0) or "0"
 
 
 def _hours(h: float) -> str:

@@ -71,7 +71,7 @@ async def test_a_laser_job_near_b_goes_to_b(
     best = answer["shops"][0]
     assert best["machine"] == "Trotec Speedy 300"
     assert best["distance_km"] < 2
-    assert "Speedy 300" in best["reason"]
+    assert "Speedy 300 (600×400 mm) works plywood" in best["reason"]
     assert "plywood" in best["reason"]
     start = dt.datetime.fromisoformat(best["earliest_start"])
     finish = dt.datetime.fromisoformat(best["earliest_finish"])

@@ -6,7 +6,8 @@
   if (!box || !data || typeof L === "undefined") return;
   const points = JSON.parse(data.textContent);
   if (!points.length) { box.hidden = true; return; }
-  const map = L.map(box, { attributionControl: false, zoomSnap: 0.25 });
+  // No zoom buttons: the page's CSS restyles their links; the wheel and pinch still zoom.
+  const map = L.map(box, { attributionControl: false, zoomControl: false, zoomSnap: 0.25 });
   const bounds = [];
   points.forEach(function (p) {
     const marker = L.circleMarker([p.lat, p.lon], {
