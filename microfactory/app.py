@@ -48,6 +48,8 @@ from microfactory.middleware import (
     RequestMetrics,
 )
 from microfactory.network import identity as network_identity
+from microfactory.network.hub.pages import router as hub_pages_router
+from microfactory.network.hub.routes import router as hub_router
 from microfactory.network.pages import router as network_pages_router
 from microfactory.network.routes import router as network_router
 from microfactory.notifications import subscribers as notification_subscribers
@@ -243,6 +245,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(network_pages_router)
     app.include_router(materials_router)
     app.include_router(materials_pages_router)
+    app.include_router(hub_router)  # the network: hub side
+    app.include_router(hub_pages_router)
     app.mount("/static", StaticFiles(directory=resources.web_dir() / "static"), name="static")
     document_errors(app)
 

@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEFAULT_SECRET_KEY = "dev-only-insecure-secret-key-change-me"  # noqa: S105 (refused in prod)
 
@@ -107,7 +112,8 @@ class Settings(BaseSettings):
     fair_share_window_days: int = Field(30, ge=1, le=365)  # recent usage that weighs a member
 
     # -- The network, shop side (issue 12; microfactory/network/) --
-    # The capacity report is public (anonymous GET) when true; otherwise it needs a login.
+    # The capacity report is public (anonymous GET) when true; otherwise it needs a login. On a
+    # hub, it also makes the stored reports, the shop list and routing public.
     network_publish: bool = False
     # Hubs to push the signed capacity report to: base URLs, comma-separated in the environment.
     network_hubs: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -124,6 +130,23 @@ class Settings(BaseSettings):
                 if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                     raise ValueError(f"network_hubs: {url!r} is not an http(s):// base URL")
             return [url.rstrip("/") for url in v]
+        return v
+
+    # -- The network: hub side (issue 12, microfactory/network/hub) --
+    hub: bool = False  # also a hub: takes signed reports, mirrors other hubs, routes jobs
+    hub_open: bool = False  # pin a new shop's key on first use (False: an admin approves it)
+    # Other hubs to mirror (base URLs, comma-separated in the environment), pulled each
+    # scheduler tick (30 s).
+    hub_upstreams: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    hub_clock_skew_s: int = Field(120, ge=0, le=3600)  # a report issued later than this is refused
+
+    @field_validator("hub_upstreams", mode="before")
+    @classmethod
+    def _split_upstreams(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [u.strip().rstrip("/") for u in v.split(",") if u.strip()]
+        if isinstance(v, list):
+            return [str(u).strip().rstrip("/") for u in v if str(u).strip()]
         return v
 
     @field_validator("log_level")

@@ -22,6 +22,7 @@ from microfactory.jobs.models import Job, JobEvent
 from microfactory.leases import SchedulerLease
 from microfactory.machines.models import Machine
 from microfactory.materials.models import MaterialStock
+from microfactory.network.hub.models import HubOffer, HubReport, HubShop, HubShopIndex, HubUpstream
 from microfactory.network.models import PushStatus, ReportSequence, ShopProfile
 from microfactory.notifications.models import Notification
 from microfactory.usage.models import UsageRecord
@@ -37,6 +38,11 @@ __all__ = [
     "Closure",
     "Design",
     "DesignFile",
+    "HubOffer",
+    "HubReport",
+    "HubShop",
+    "HubShopIndex",
+    "HubUpstream",
     "Job",
     "JobEvent",
     "Machine",

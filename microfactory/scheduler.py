@@ -101,7 +101,7 @@ class NamedTask:
     run_alone: AloneTask | None = None
 
 
-def default_tasks() -> list[NamedTask]:
+def default_tasks(settings: Settings | None = None) -> list[NamedTask]:
     """Return the shop's periodic tasks, in the order they run each tick."""
     from microfactory import retention  # imported here: retention imports jobs
 
@@ -128,13 +128,19 @@ def default_tasks() -> list[NamedTask]:
     async def job_files(s: AsyncSession, now: dt.datetime, st: Settings) -> object:
         return await retention.purge_job_files(session=s, settings=st, now=now)
 
-    return [
+    from microfactory.network.hub import mirror  # the network: hub side
+
+    tasks = [
         NamedTask("release_no_shows", no_shows),
         NamedTask("log_booked_sessions", sessions),
         NamedTask("send_reminders", reminders),
         NamedTask("deliver_email", run_alone=email),
         NamedTask("purge_job_files", job_files),
     ]
+    if settings is not None and settings.hub and settings.hub_upstreams:
+        # A hub mirroring others: HTTP between its transactions, so it opens its own.
+        tasks.append(NamedTask("pull_hub_upstreams", run_alone=mirror.pull_upstreams))
+    return tasks
 
 
 async def run_tick(
@@ -151,7 +157,7 @@ async def run_tick(
         if not await take_lease(session=session, holder=holder, now=now):
             return None
     ran = []
-    for task in tasks if tasks is not None else default_tasks():
+    for task in tasks if tasks is not None else default_tasks(settings):
         # One transaction per task: a failing task neither blocks nor undoes the others.
         try:
             if task.run_alone is not None:

@@ -1,1 +1,2 @@
-"""The network of shops: this shop's identity, profile, signed capacity report and pushes."""
+"""The network of shops: this shop's identity, profile, signed capacity report and pushes;
+and (network.hub) hubs that take, mirror and route on the shops' reports."""

@@ -16,6 +16,12 @@ PUBLIC_ROUTES = {
     ("POST", "/login"),
     ("POST", "/logout"),
     ("GET", "/api/v1/network/keys"),  # a shop's public key (JWKS)
+    # The network: a pushed report is authenticated by its signature; reading a hub is public
+    # when it publishes (MICROFACTORY_NETWORK_PUBLISH), else its dependency asks for a login.
+    ("POST", "/api/v1/network/reports"),
+    ("GET", "/api/v1/network/reports"),
+    ("GET", "/api/v1/network/shops"),
+    ("POST", "/api/v1/network/route"),
 }
 
 

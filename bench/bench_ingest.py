@@ -1,0 +1,162 @@
+"""Report ingest on a hub: verify and store signed capacity reports, reports per second.
+
+N reports from S shops (each a realistic report: 4 machine models, 2-3 materials each, a
+week of free hours, ~6 KB of JWS), signed beforehand in the contract's exact form (RFC 8785
+payload, joserfc, header {"alg": "Ed25519", "kid"}). Timed, in the same run:
+
+- verify only: `verify.verify` (parse, canonical form, thumbprint, Ed25519 signature), no
+  database: the ceiling;
+- service: `service.ingest` (verify, pin, times, sequence, store as received, rebuild the
+  shop's index rows), one transaction per report, as each push is;
+- HTTP: `POST /api/v1/network/reports` through the whole app in process (httpx's ASGI
+  transport: routing, middleware, the session dependency), one request at a time;
+- mirror pages: `service.ingest_many` on pages of 500 reports, one transaction a page, as a
+  hub mirroring an upstream takes them (the same checks, report by report).
+
+Run: .venv/bin/python bench/bench_ingest.py [--reports 2000] [--shops 100]
+     [--backend sqlite|postgresql|both]
+PostgreSQL: a throwaway database on MICROFACTORY_TEST_POSTGRES_URL, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+from sqlalchemy import create_engine, text
+
+from microfactory import migrate
+from microfactory.app import create_app
+from microfactory.config import Settings
+from microfactory.network.hub import service, verify
+from tests.network.hub.conftest import Shop, fdm, laser
+
+
+def make_reports(n: int, shops: int, parts: int = 3) -> list[list[str]]:
+    """Return `n` signed reports in `parts` batches, each batch's sequences after the last's."""
+    now = dt.datetime.now(dt.UTC)
+    makers = [
+        Shop(
+            f"Shop {i}",
+            lat=50 + i / 100,
+            lon=4 + i / 100,
+            equipment=[
+                fdm("MK4", 250, 210, 220, ["PLA", "PETG", "ABS"], quantity=4),
+                fdm("XL", 360, 360, 360, ["PLA", "PETG"]),
+                fdm("MINI", 180, 180, 180, ["PLA", "TPU"], quantity=2),
+                laser("Speedy 300", 726, 432, ["plywood", "acrylic", "MDF"]),
+            ],
+        )
+        for i in range(shops)
+    ]
+    tokens = [m.jws(now=now) for _ in range(n // shops) for m in makers]
+    size = len(tokens) // parts
+    return [tokens[k * size : (k + 1) * size] for k in range(parts)]
+
+
+def settings_for(url: str, tmp: str) -> Settings:
+    return Settings(
+        data_dir=Path(tmp),
+        database_url=url,
+        run_supervisors=False,
+        log_json=False,
+        log_level="WARNING",
+        hub=True,
+        hub_open=True,
+        max_body_bytes=256 * 1024,
+    )
+
+
+async def run(url: str, tmp: str, batches: list[list[str]]) -> dict[str, float]:
+    settings = settings_for(url, tmp)
+    app = create_app(settings)
+    results = {}
+    t0 = time.perf_counter()
+    for token in batches[0]:
+        verify.verify(token)
+    results["verify only"] = len(batches[0]) / (time.perf_counter() - t0)
+    async with app.router.lifespan_context(app):
+        sessions = app.state.sessionmaker
+        t0 = time.perf_counter()
+        for token in batches[0]:
+            async with sessions() as session, session.begin():
+                await service.ingest(
+                    session=session, token=token, settings=settings, now=dt.datetime.now(dt.UTC)
+                )
+        results["service.ingest"] = len(batches[0]) / (time.perf_counter() - t0)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+            headers = {"Content-Type": "application/jose"}
+            t0 = time.perf_counter()
+            for token in batches[1]:
+                resp = await client.post("/api/v1/network/reports", content=token, headers=headers)
+                assert resp.status_code == 202, resp.text
+            results["POST /reports (ASGI)"] = len(batches[1]) / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for start in range(0, len(batches[2]), 500):
+            async with sessions() as session, session.begin():
+                outcomes = await service.ingest_many(
+                    session=session,
+                    tokens=batches[2][start : start + 500],
+                    settings=settings,
+                    now=dt.datetime.now(dt.UTC),
+                    source="http://upstream",
+                )
+            assert all(isinstance(o, service.IngestResult) for o in outcomes)
+        results["mirror pages of 500"] = len(batches[2]) / (time.perf_counter() - t0)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reports", type=int, default=3000)
+    parser.add_argument("--shops", type=int, default=100)
+    parser.add_argument("--backend", choices=["postgresql", "sqlite", "both"], default="both")
+    args = parser.parse_args()
+    print(f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
+    batches = make_reports(args.reports, args.shops)
+    size = sum(len(t) for t in batches[0]) / len(batches[0])
+    print(f"{sum(map(len, batches))} reports from {args.shops} shops, {size / 1024:.1f} KB each, "
+          f"{len(batches[0])} per mode")  # fmt: skip
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    for backend in backends:
+        with tempfile.TemporaryDirectory() as tmp:
+            if backend == "sqlite":
+                url = f"sqlite:///{tmp}/bench.sqlite3"
+                migrate.upgrade(Settings(data_dir=Path(tmp), database_url=url))
+                results = asyncio.run(run(url, tmp, batches))
+            else:
+                base = os.environ.get("MICROFACTORY_TEST_POSTGRES_URL")
+                if not base:
+                    raise SystemExit("set MICROFACTORY_TEST_POSTGRES_URL to a PostgreSQL server")
+                name = f"mf_bench_{uuid.uuid4().hex[:8]}"
+                admin = create_engine(base, isolation_level="AUTOCOMMIT")
+                with admin.connect() as conn:
+                    conn.execute(text(f'CREATE DATABASE "{name}"'))
+                url = base.rsplit("/", 1)[0] + "/" + name
+                try:
+                    migrate.upgrade(Settings(database_url=url))
+                    results = asyncio.run(run(url, tmp, batches))
+                finally:
+                    with admin.connect() as conn:
+                        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                    admin.dispose()
+        for label, rate in results.items():
+            print(f"{backend:10s} {label:24s} {rate:8.0f} reports/s")
+
+
+if __name__ == "__main__":
+    main()
