@@ -10,9 +10,10 @@ Two queries and a small ranking in Python:
    on both backends.
 2. For each fitting shop: the best-fitting machine (the shortest estimated job, then the
    smallest work volume), the earliest start (its queue wait for the process, then the first
-   day with free hours for that material) and finish (start + the job's estimate, see
-   `estimate`). Shops whose finish misses the deadline, or with no free hours in the week
-   reported, are excluded with that reason.
+   day with free hours for that material) and finish (when the job's estimate, see
+   `estimate`, fits into the free hours reported day by day). Shops whose finish misses the
+   deadline, or without enough free hours in the week reported, are excluded with that
+   reason.
 3. `excluded` lists the other shops within the radius, nearest first (up to EXCLUDED_LIMIT),
    each with the first reason it does not fit: report expired, no machine for the process,
    none that works the material, none large enough, the material not on hand. When fewer than
@@ -175,22 +176,33 @@ def earliest_start(
     free_from: str,
     free_hours: str,
     timezone: str,
+    job_h: float = 0.0,
     cache: dict[tuple[str, str], _Bounds] | None = None,
-) -> tuple[dt.datetime, dt.date] | None:
-    """Return the earliest start and its day: after the queue wait, on a day with free hours.
+) -> tuple[dt.datetime, dt.date, dt.datetime] | None:
+    """Return the earliest start, its day and the finish: after the queue wait, in free hours.
 
-    The report gives free hours per day, not per hour, so a start on a later day is that
-    day's beginning in the shop's time zone; today's is now plus the wait. None: no day of
-    the week reported has free hours after the wait.
+    The report gives free machine-hours per day, not their times of day, so the job is laid
+    into each day's free hours from that day's beginning in the shop's time zone (today: from
+    now plus the wait); what does not fit in one day's free hours goes on into the next day
+    with free hours. None: after the wait, the week reported has not enough free hours for
+    the job (a week of bookings leaves a few minutes here and there, not a 3-hour print).
     """
     if not free_from or not free_hours:
         return None
     ready = now + dt.timedelta(hours=wait_h)
     bounds = _day_bounds(free_from, timezone, {} if cache is None else cache)
+    remaining = max(job_h, 0.0)
+    first: tuple[dt.datetime, dt.date] | None = None
     for (day, day_start, day_end), text in zip(bounds, free_hours.split(","), strict=False):
-        if day_end <= ready or float(text) <= 0:
+        free = float(text)
+        if day_end <= ready or free <= 0:
             continue
-        return max(ready, day_start), day
+        begin = max(ready, day_start)
+        if first is None:
+            first = (begin, day)
+        if remaining <= free:
+            return first[0], first[1], begin + dt.timedelta(hours=remaining)
+        remaining -= free
     return None
 
 
@@ -219,9 +231,10 @@ def _plan(
         free_from=row.free_from,
         free_hours=row.free_hours,
         timezone=row.timezone,
+        job_h=job_h,
         cache=bounds,
     )
-    start, day = found if found else (None, None)
+    start, day, finish = found if found else (None, None, None)
     return _Plan(
         shop_id=row.shop_id,
         name=row.shop_name,
@@ -231,7 +244,7 @@ def _plan(
         job_h=job_h,
         wait_h=row.wait_h,
         start=start,
-        finish=start + dt.timedelta(hours=job_h) if start else None,
+        finish=finish,
         first_free=day,
     )
 
@@ -282,7 +295,8 @@ async def route(*, session: AsyncSession, req: Requirements, now: dt.datetime) -
         where = f"{plan.distance_km:.1f} km away"
         if plan.start is None or plan.finish is None:
             reason = (
-                f"no free hours for {req.material} in the 7 days reported ({plan.machine}; {where})"
+                f"no free hours for {req.material} in the 7 days reported: not enough for a "
+                f"job of ≈ {_hours(plan.job_h)} ({plan.machine}; {where})"
             )
             excluded.append(_Unfit(plan.distance_km, plan.shop_id, plan.name, reason))
         elif req.deadline is not None and plan.finish > req.deadline:
