@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     max_heating_machines: int | None = Field(3, ge=1)  # staggered start; None = no limit
     fair_share_window_days: int = Field(30, ge=1, le=365)  # recent usage that weighs a member
 
+    # network publishing (shared with the network package)
+    network_publish: bool = False
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, v: str) -> str:
