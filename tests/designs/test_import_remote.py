@@ -118,14 +118,13 @@ class SourceShop:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SourceShop]:
     shop = SourceShop(tmp_path_factory.mktemp("source-shop"))
-    shop.cli("db", "upgrade")
-    shop.cli(
-        "user", "create", "--username", "ana", "--role", "member", "--password-stdin",
-        stdin="ana-source-pass\n",
-    )  # fmt: skip
-    token = shop.cli("token", "create", "--username", "ana").splitlines()[-1].strip()
-    shop.start()
+    shop.start()  # migrates its database first
     try:
+        shop.cli(
+            "user", "create", "--username", "ana", "--role", "member", "--password-stdin",
+            stdin="ana-source-pass\n",
+        )  # fmt: skip
+        token = shop.cli("token", "create", "--username", "ana").splitlines()[-1].strip()
         shop.add(token, "bracket", [("bracket.scad", SCAD), ("cube.stl", CUBE_STL)])
         shop.add(token, "nd", [("nd.scad", SCAD + b"// nd\n")], licence="CC-BY-ND-4.0")
         shop.add(
