@@ -91,7 +91,13 @@ class RemoteError(InvalidInputError):
 
 def check_url(url: str) -> str:
     """Return an http(s) URL without a trailing slash; 422 for anything else."""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+        _ = parts.port, parts.hostname
+    except ValueError:
+        raise InvalidInputError(f"{url[:200]!r} is not a valid URL") from None
+    if any(ch.isspace() or not ch.isprintable() for ch in url.strip()):
+        raise InvalidInputError(f"{url[:200]!r}: a URL has no spaces or control characters")
     if parts.scheme not in ("http", "https"):
         raise InvalidInputError(f"{url!r}: only http:// and https:// URLs can be fetched")
     if not parts.hostname:
@@ -100,10 +106,6 @@ def check_url(url: str) -> str:
         raise InvalidInputError(f"{url!r}: credentials in a URL are not sent to other shops")
     if parts.query or parts.fragment:
         raise InvalidInputError(f"{url!r}: a shop URL carries no query or fragment")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise InvalidInputError(f"{url!r} has an invalid port") from None
     return url.strip().rstrip("/")
 
 
@@ -186,8 +188,10 @@ async def _check_host(url: str) -> None:
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise RemoteError(f"cannot resolve {host}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeError) as exc:
+        raise RemoteError(
+            f"cannot resolve {host}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
@@ -246,7 +250,7 @@ async def _stream(client: httpx.AsyncClient, url: str) -> AsyncIterator[httpx.Re
                     )
                 yield response
                 return
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise RemoteError(f"cannot fetch {current}: {type(exc).__name__} {exc}") from None
     raise RemoteError(f"{url} redirects more than {MAX_REDIRECTS} times")
 
@@ -282,8 +286,8 @@ async def _download(
                         )
                         if written > limit
                         else InvalidInputError(
-                            f"{name} is longer than the {size} bytes the design lists: refused, "
-                            "nothing was imported",
+                            f"hash mismatch in {name}: the source served more than the {size} "
+                            "bytes it lists; refused, nothing was imported",
                             file=name,
                         )
                     )
@@ -344,7 +348,11 @@ def parse_metadata(raw: bytes, source: Source) -> DesignMetadata:
 
 def _provenance(meta: DesignMetadata, source: Source, user: User | None) -> list[DesignProvenance]:
     for hop in meta.provenance:
-        if not _HASH.match(hop.content_hash) or len(hop.shop_id or "") > 128:
+        if (
+            not _HASH.match(hop.content_hash)
+            or len(hop.shop_id or "") > 128
+            or hop.fetched_at.tzinfo is None
+        ):
             raise RemoteError("the source's provenance chain is malformed: refused")
     hops = [
         DesignProvenance(
@@ -435,7 +443,10 @@ async def import_design(
         authors=meta.authors,
         source_url=meta.source_url,
         version=meta.version,
-        derivative_of=meta.derivative_of if meta.derivative_of else None,
+        # Only a content hash names a design across shops; a bare id is the source's own.
+        derivative_of=meta.derivative_of
+        if meta.derivative_of and _HASH.match(meta.derivative_of)
+        else None,
         tags=meta.tags,
     )
     design, created = await service.create(
