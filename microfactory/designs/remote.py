@@ -20,6 +20,7 @@ timeouts, each file the upload limit, and the whole import an overall deadline.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import ipaddress
 import json
@@ -346,7 +347,9 @@ def parse_metadata(raw: bytes, source: Source) -> DesignMetadata:
     return meta
 
 
-def _provenance(meta: DesignMetadata, source: Source, user: User | None) -> list[DesignProvenance]:
+def _provenance(
+    meta: DesignMetadata, source: Source, user: User | None, fetched_at: dt.datetime
+) -> list[DesignProvenance]:
     for hop in meta.provenance:
         if (
             not _HASH.match(hop.content_hash)
@@ -372,7 +375,7 @@ def _provenance(meta: DesignMetadata, source: Source, user: User | None) -> list
             shop_id=source.shop_id,
             source_url=source.metadata_url,
             content_hash=source.content_hash,
-            fetched_at=utcnow(),
+            fetched_at=fetched_at,
             imported_by_id=user.id if user else None,
         )
     )
@@ -382,17 +385,36 @@ def _provenance(meta: DesignMetadata, source: Source, user: User | None) -> list
 # -- importing -----------------------------------------------------------------------------
 
 
-async def import_design(
-    *, session: AsyncSession, settings: Settings, user: User, source: Source
-) -> tuple[Design, bool]:
-    """Fetch, verify and keep a design from another shop; return (design, created)."""
+async def held_design(*, session: AsyncSession, user: User, source: Source) -> Design | None:
+    """Return the design this shop already holds under the source's hash, if any.
+
+    A design held privately by someone else is a 409: the hash is unique here, so it cannot
+    be imported a second time, and it is not the importer's to see.
+    """
     held = await service.get_by_hash(session=session, content_hash=source.content_hash)
-    if held is not None:
-        if not service.can_see(held, user):
-            raise ConflictError(
-                "this shop already holds that design, privately; ask its author to share it"
-            )
-        return held, False
+    if held is not None and not service.can_see(held, user):
+        raise ConflictError(
+            "this shop already holds that design, privately; ask its author to share it"
+        )
+    return held
+
+
+@dataclass
+class Fetched:
+    """A design fetched and verified, its files stored under generated names."""
+
+    source: Source
+    meta: DesignMetadata
+    files: list[StoredFile]
+    fetched_at: dt.datetime
+
+
+async def fetch_design(*, settings: Settings, source: Source) -> Fetched:
+    """Fetch a design's metadata and files and verify every hash; nothing is kept on refusal.
+
+    Needs no database: the caller ends its transaction first, so a fetch that takes minutes
+    holds no lock and no connection.
+    """
     stored: list[StoredFile] = []
     try:
         async with asyncio.timeout(IMPORT_DEADLINE_S), _client() as client:
@@ -436,30 +458,50 @@ async def import_design(
     except BaseException:
         await asyncio.to_thread(discard, stored)
         raise
-    design_in = build_create(
-        title=meta.title,
-        description=meta.description,
-        licence=normalise_licence(meta.licence),
-        authors=meta.authors,
-        source_url=meta.source_url,
-        version=meta.version,
-        # Only a content hash names a design across shops; a bare id is the source's own.
-        derivative_of=meta.derivative_of
-        if meta.derivative_of and _HASH.match(meta.derivative_of)
-        else None,
-        tags=meta.tags,
-    )
+    return Fetched(source=source, meta=meta, files=stored, fetched_at=utcnow())
+
+
+async def keep_design(
+    *, session: AsyncSession, settings: Settings, user: User, fetched: Fetched
+) -> tuple[Design, bool]:
+    """Add a fetched design with its licence, authors, source and provenance; (design, created).
+
+    A design added under the same hash meanwhile is answered instead (the copies discarded).
+    """
+    meta, source = fetched.meta, fetched.source
+    try:
+        design_in = build_create(
+            title=meta.title,
+            description=meta.description,
+            licence=normalise_licence(meta.licence),
+            authors=meta.authors,
+            source_url=meta.source_url,
+            version=meta.version,
+            # Only a content hash names a design across shops; a bare id is the source's own.
+            derivative_of=meta.derivative_of
+            if meta.derivative_of and _HASH.match(meta.derivative_of)
+            else None,
+            tags=meta.tags,
+        )
+        provenance = _provenance(meta, source, user, fetched.fetched_at)
+    except BaseException:
+        await asyncio.to_thread(discard, fetched.files)
+        raise
     design, created = await service.create(
         session=session,
         owner=user,
         design_in=design_in,
-        files=stored,
+        files=fetched.files,
         limits=service.mesh_limits(settings),
-        provenance=_provenance(meta, source, user),
+        provenance=provenance,
     )
-    log.info(
-        "design %s imported from %s (%s files)", design.content_hash, source.base_url, len(stored)
-    )
+    if created:
+        log.info(
+            "design %s imported from %s (%s files)",
+            design.content_hash,
+            source.base_url,
+            len(fetched.files),
+        )
     return design, created
 
 
@@ -490,7 +532,9 @@ def metadata(design: Design, *, derivative_of: str | None) -> DesignMetadata:
 __all__: Sequence[str] = [
     "Source",
     "check_url",
-    "import_design",
+    "fetch_design",
+    "held_design",
+    "keep_design",
     "metadata",
     "parse_metadata",
     "source_from_hub",

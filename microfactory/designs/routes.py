@@ -213,8 +213,16 @@ async def import_remote(
     else:
         assert body.url is not None
         source = remote.source_from_url(body.url, body.hash)
-    design, created = await remote.import_design(
-        session=session, settings=settings, user=user, source=source
+    held = await remote.held_design(session=session, user=user, source=source)
+    if held is not None:
+        response.status_code = status.HTTP_200_OK
+        return service.to_read(held)
+    # End the transaction before fetching, which may take minutes: no lock or connection is
+    # held meanwhile (the token check may have written). The keep is a second transaction.
+    await session.commit()
+    fetched = await remote.fetch_design(settings=settings, source=source)
+    design, created = await remote.keep_design(
+        session=session, settings=settings, user=user, fetched=fetched
     )
     if not created:
         response.status_code = status.HTTP_200_OK
