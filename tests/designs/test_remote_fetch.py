@@ -26,6 +26,15 @@ SCAD_SHA = hashlib.sha256(SCAD).hexdigest()
 GOOD_HASH = content_hash([("a.scad", SCAD_SHA)])
 
 
+HOP = {
+    "shop_url": "https://first.example",
+    "shop_id": "first-shop-id",
+    "source_url": f"https://first.example/api/v1/designs/by-hash/{GOOD_HASH}",
+    "content_hash": GOOD_HASH,
+    "fetched_at": "2026-11-01T10:00:00+00:00",
+}
+
+
 def _meta(**changes: Any) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "content_hash": GOOD_HASH,
@@ -93,6 +102,11 @@ def _serve(peer: Peer, prefix: str, meta: dict[str, Any], file_body: bytes = SCA
         (_meta(licence="NOASSERTION"), SCAD, "no right to redistribute"),
         (_meta(title=None), SCAD, "did not answer design metadata"),
         (_meta(), SCAD + b"// longer\n", "hash mismatch in a.scad"),
+        (
+            _meta(provenance=[dict(HOP, fetched_at="2026-11-01T10:00:00")]),  # no time zone
+            SCAD,
+            "provenance chain is malformed",
+        ),
         (_meta(), b"cube(5);\n", "hash mismatch in a.scad"),
     ],
 )
@@ -111,6 +125,19 @@ async def test_a_peer_that_lies_is_refused_and_nothing_is_kept(
     assert needle in resp.json()["detail"]
     assert (await client.get("/api/v1/designs", headers=operator)).json() == []
     assert stored_files(settings.upload_dir) == []
+
+
+async def test_the_provenance_chain_travels_on_with_this_hop_appended(
+    client: httpx.AsyncClient, operator: dict[str, str], peer: Peer
+) -> None:
+    url = _serve(peer, "/second", _meta(provenance=[HOP]))
+    resp = await client.post("/api/v1/designs/import-remote", json={"url": url}, headers=operator)
+    assert resp.status_code == 201, resp.text
+    first, second = resp.json()["provenance"]
+    assert first == {**HOP, "fetched_at": "2026-11-01T10:00:00Z"}
+    assert second["shop_url"] == _base(peer) + "/second"
+    assert second["source_url"] == url
+    assert second["shop_id"] is None
 
 
 async def test_redirects_are_followed_only_within_the_same_origin(
