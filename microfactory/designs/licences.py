@@ -17,6 +17,7 @@ from license_expression import (
     LicenseSymbol,
     LicenseWithExceptionSymbol,
     Licensing,
+    get_license_index,
     get_spdx_licensing,
 )
 
@@ -108,6 +109,68 @@ def licence_flags(licence: str) -> LicenceFlags:
     return {"nd": _restricted(parsed, _ND), "nc": _restricted(parsed, _NC)}
 
 
+# ScanCode's licence categories (the index `license-expression` ships) of licences that grant
+# no general right to pass a copy on. Every other licence on the SPDX list grants it, including
+# the CC NC and ND licences (ScanCode's "Source-available"): they let a shop share a design
+# verbatim (ND) or non-commercially (NC), which is what a transfer between shops is. Of the
+# SPDX list, no id is in these categories today; proprietary and "all rights reserved" terms
+# are spelled LicenseRef-*, which are refused on their own.
+_NOT_REDISTRIBUTABLE = frozenset({"Commercial", "CLA", "Patent License"})
+
+
+@functools.cache
+def _categories() -> dict[str, str]:
+    # The index is 2,579 entries; read once per process (~20 ms).
+    categories: dict[str, str] = {}
+    for entry in get_license_index():
+        category = entry.get("category") or ""
+        for key in [entry.get("spdx_license_key"), *(entry.get("other_spdx_license_keys") or [])]:
+            if key:
+                categories[str(key).lower()] = category
+    return categories
+
+
+def _redistribution_problem(node: Expression) -> str | None:
+    """Return why an expression grants no right to redistribute, or None if it does."""
+    if isinstance(node, LicenseWithExceptionSymbol):
+        return _redistribution_problem(node.license_symbol)
+    if isinstance(node, LicenseSymbol):
+        key = str(node.key)
+        if key.startswith("LicenseRef-"):
+            return f"{key} is a licence outside the SPDX list, whose terms this shop cannot check"
+        category = _categories().get(key.lower())
+        if category is None:
+            return f"{key} is not an SPDX licence id"
+        if category in _NOT_REDISTRIBUTABLE:
+            return f"{key} is a {category.lower()} licence that grants no right to redistribute"
+        return None
+    if isinstance(node, OR):
+        # A choice: one licence that allows it is enough.
+        problems = [_redistribution_problem(arg) for arg in node.args]
+        return None if any(p is None for p in problems) else "; ".join(p for p in problems if p)
+    if isinstance(node, AND):
+        return next((p for arg in node.args if (p := _redistribution_problem(arg))), None)
+    return f"{node} is not a licence expression"
+
+
+def redistribution_refusal(licence: str) -> str | None:
+    """Return why a licence forbids passing the design to another shop, or None if it allows it.
+
+    Proprietary and "all rights reserved" licences, `LicenseRef-*` ids (terms unknown here)
+    and ids that are not on the SPDX list are refused.
+    """
+    text = (licence or "").strip()
+    if not text or text.upper() in {"NONE", "NOASSERTION"}:
+        return f"the licence {text or '(none)'!r} states no right to redistribute"
+    try:
+        parsed = _licensing().parse(text)
+    except Exception:  # the library raises odd types on some syntax errors
+        return f"{text!r} is not a well-formed SPDX licence expression"
+    if parsed is None:
+        return f"{text!r} is not a well-formed SPDX licence expression"
+    return _redistribution_problem(parsed)
+
+
 def attribution_text(
     *, title: str, authors: list[str], licence: str, source_url: str | None
 ) -> str:
@@ -140,4 +203,11 @@ def attribution(design: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["LicenceFlags", "attribution", "attribution_text", "licence_flags", "normalise_licence"]
+__all__ = [
+    "LicenceFlags",
+    "attribution",
+    "attribution_text",
+    "licence_flags",
+    "normalise_licence",
+    "redistribution_refusal",
+]

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from microfactory.db import Base, TimestampMixin
+from microfactory.db import Base, TimestampMixin, UTCDateTime, utcnow
+
+
+class Visibility(StrEnum):
+    """Who may see a design."""
+
+    PUBLIC = "public"  # every member, and other shops when network publishing is on
+    SHOP = "shop"  # members of this shop only (the default: nothing leaves without a choice)
+    PRIVATE = "private"  # its author (and the shop's admins)
 
 
 class Design(TimestampMixin, Base):
@@ -32,6 +42,9 @@ class Design(TimestampMixin, Base):
     # SQLite and PostgreSQL alike, instead of casting JSON columns per dialect.
     search_text: Mapped[str] = mapped_column(Text, default="")
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    visibility: Mapped[str] = mapped_column(
+        String(16), default=Visibility.SHOP.value, server_default=Visibility.SHOP.value
+    )
 
     # selectin: every read of a design shows its files, and a list page of 200 designs
     # loads them in one extra query rather than 200.
@@ -40,6 +53,13 @@ class Design(TimestampMixin, Base):
         cascade="all, delete-orphan",
         lazy="selectin",
         order_by="DesignFile.name",
+    )
+    # selectin for the same reason: the design page and the by-hash metadata show the chain.
+    provenance: Mapped[list[DesignProvenance]] = relationship(
+        back_populates="design",
+        cascade="all, delete-orphan",
+        lazy="selectin",
+        order_by="DesignProvenance.position",
     )
 
 
@@ -59,3 +79,28 @@ class DesignFile(Base):
     analysis: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     design: Mapped[Design] = relationship(back_populates="files", lazy="raise")
+
+
+class DesignProvenance(Base):
+    """One hop of the way a design travelled to this shop, oldest first.
+
+    An import copies the source shop's chain and appends its own hop: where the design was
+    fetched from, when, and under which hash. A design made here has no rows.
+    """
+
+    __tablename__ = "design_provenance"
+    __table_args__ = (
+        UniqueConstraint("design_id", "position", name="uq_design_provenance_design_position"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    design_id: Mapped[int] = mapped_column(ForeignKey("designs.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int]  # 0 is the oldest hop
+    shop_url: Mapped[str] = mapped_column(String(500))  # the base URL of the shop it came from
+    shop_id: Mapped[str | None] = mapped_column(String(128))  # the shop's network id, if known
+    source_url: Mapped[str] = mapped_column(String(1000))  # the by-hash URL that was fetched
+    content_hash: Mapped[str] = mapped_column(String(64))
+    fetched_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    imported_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+    design: Mapped[Design] = relationship(back_populates="provenance", lazy="raise")

@@ -15,10 +15,10 @@ from microfactory import retention
 from microfactory.deps import SessionDep, check_csrf
 from microfactory.designs import service
 from microfactory.designs.licences import licence_flags
-from microfactory.designs.models import Design
+from microfactory.designs.models import Design, Visibility
 from microfactory.designs.schemas import build_create
 from microfactory.designs.storage import store_uploads
-from microfactory.errors import DomainError
+from microfactory.errors import ConflictError, DomainError, InvalidInputError
 from microfactory.fabrication.prusaslicer import MATERIALS
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import MachineKind
@@ -40,7 +40,7 @@ async def designs_page(
     request: Request, session: SessionDep, user: WebMember, q: str = ""
 ) -> HTMLResponse:
     """Browse and search the design library."""
-    designs = await service.list_designs(session=session, q=q[:200] or None)
+    designs = await service.list_designs(session=session, user=user, q=q[:200] or None)
     return render(
         request,
         "designs.html",
@@ -77,6 +77,7 @@ async def design_new_submit(
     source_url: Annotated[str, Form(max_length=500)] = "",
     version: Annotated[str, Form(max_length=64)] = "",
     tags: Annotated[str, Form(max_length=2000)] = "",
+    visibility: Annotated[str, Form(max_length=16)] = Visibility.SHOP.value,
 ) -> Response:
     """Add a design from the dashboard; the same files lead to the existing design."""
     check_csrf(request, csrf_token)
@@ -89,8 +90,11 @@ async def design_new_submit(
         "source_url": source_url,
         "version": version,
         "tags": tags,
+        "visibility": visibility,
     }
     try:
+        if visibility not in {v.value for v in Visibility}:
+            raise InvalidInputError("choose who sees the design: public, shop or private")
         design_in = build_create(
             title=title,
             licence=licence,
@@ -115,7 +119,10 @@ async def design_new_submit(
             design_in=design_in,
             files=stored,
             limits=service.mesh_limits(settings),
+            visibility=Visibility(visibility),
         )
+        if not service.can_see(design, user):
+            raise ConflictError("these files are already a design held here privately")
     except DomainError as exc:
         return render(
             request, "design_new.html", _new_context(exc.detail, form), status_code=exc.status_code
@@ -181,6 +188,9 @@ async def design_context(
         "kinds": list(MachineKind),
         "materials": list(MATERIALS),
         "staff": user.is_staff,
+        "can_edit_visibility": service.can_edit_visibility(design, user),
+        "visibilities": list(Visibility),
+        "publishing": settings.network_publish,
         "error": None,
         "values": {},
     }
@@ -191,8 +201,33 @@ async def design_page(
     request: Request, design_id: Id, session: SessionDep, user: WebMember
 ) -> HTMLResponse:
     """Show a design: licence and attribution, files with analysis, parameters, make."""
-    design = await service.get_or_raise(session=session, design_id=design_id)
+    design = await service.get_visible_or_raise(session=session, design_id=design_id, user=user)
     return render(request, "design.html", await design_context(request, session, design, user))
+
+
+@router.post("/designs/{design_id}/visibility", response_class=HTMLResponse)
+async def design_visibility_submit(
+    request: Request,
+    design_id: Id,
+    session: SessionDep,
+    user: WebMember,
+    visibility: Annotated[str, Form(max_length=16)] = "",
+    csrf_token: Annotated[str, Form()] = "",
+) -> Response:
+    """Change who may see a design (its author and admins)."""
+    check_csrf(request, csrf_token)
+    design = await service.get_visible_or_raise(session=session, design_id=design_id, user=user)
+    try:
+        if visibility not in {v.value for v in Visibility}:
+            raise InvalidInputError("choose public, shop or private")
+        await service.set_visibility(
+            session=session, design=design, user=user, visibility=Visibility(visibility)
+        )
+    except DomainError as exc:
+        context = await design_context(request, session, design, user)
+        context["error"] = exc.detail
+        return render(request, "design.html", context, status_code=exc.status_code)
+    return redirect(f"/designs/{design.id}")
 
 
 def form_parameters(form: Any) -> dict[str, str]:

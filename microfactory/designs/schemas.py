@@ -6,8 +6,9 @@ import datetime as dt
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from microfactory.designs.models import Visibility
 from microfactory.errors import InvalidInputError
 from microfactory.types import BodyId
 
@@ -107,6 +108,16 @@ class DesignFileRead(BaseModel):
     analysis: dict[str, Any]
 
 
+class ProvenanceRead(BaseModel):
+    """One hop of the way a design travelled: from which shop, when, under which hash."""
+
+    shop_url: str
+    shop_id: str | None
+    source_url: str
+    content_hash: str
+    fetched_at: dt.datetime
+
+
 class DesignRead(BaseModel):
     """A design as the API shows it, with its licence rules and attribution."""
 
@@ -125,8 +136,76 @@ class DesignRead(BaseModel):
     attribution: dict[str, Any]
     okh: dict[str, Any] | None
     created_by_id: int | None
+    visibility: Visibility
+    provenance: list[ProvenanceRead]  # oldest hop first; empty for a design made here
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+class VisibilityUpdate(BaseModel):
+    """Who may see a design."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    visibility: Visibility
+
+
+class HashedFile(BaseModel):
+    """One file of a design as other shops see it: its name, SHA-256 and size."""
+
+    path: str = Field(max_length=255)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    kind: str = Field("", max_length=16)
+
+
+class DesignMetadata(BaseModel):
+    """A design by content hash: what another shop needs to fetch, check and credit it."""
+
+    content_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    title: str = Field(max_length=200)
+    description: str = Field("", max_length=20000)
+    licence: str = Field(max_length=200)  # SPDX expression
+    licence_flags: LicenceFlagsRead | None = None
+    authors: list[str] = Field(default_factory=list, max_length=50)
+    source_url: str | None = Field(None, max_length=500)
+    version: str | None = Field(None, max_length=64)
+    derivative_of: str | None = Field(None, max_length=64)  # a content hash
+    tags: list[str] = Field(default_factory=list, max_length=50)
+    provenance: list[ProvenanceRead] = Field(default_factory=list, max_length=100)
+    files: list[HashedFile] = Field(max_length=50)
+
+
+class RemoteImport(BaseModel):
+    """Where to fetch a design from: a by-hash URL, a shop's base URL and a hash, or a
+    shop's network id and a hash (found through a hub)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        None,
+        max_length=1000,
+        description="<shop>/api/v1/designs/by-hash/<sha256>, or a shop's base URL with `hash`",
+    )
+    shop: str | None = Field(
+        None, max_length=128, description="a shop's network id (a hub finds it)"
+    )
+    hash: str | None = Field(None, description="the design's content hash (64 lower-case hex)")
+
+    @field_validator("hash")
+    @classmethod
+    def _hash(cls, v: str | None) -> str | None:
+        if v is not None and not _HASH_RE.match(v):
+            raise ValueError("hash must be a SHA-256 in 64 lower-case hex characters")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RemoteImport:
+        if (self.url is None) == (self.shop is None):
+            raise ValueError('give either "url" or "shop" (with "hash")')
+        if self.shop is not None and self.hash is None:
+            raise ValueError('"shop" needs a "hash"')
+        return self
 
 
 class ParameterSchema(BaseModel):

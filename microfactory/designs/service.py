@@ -7,38 +7,48 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory import analysis
-from microfactory.accounts.models import User
+from microfactory.accounts.models import Role, User
 from microfactory.analysis.mesh import MeshLimits
 from microfactory.config import Settings
 from microfactory.designs import okh
 from microfactory.designs.licences import attribution, licence_flags, normalise_licence
-from microfactory.designs.models import Design, DesignFile
+from microfactory.designs.models import Design, DesignFile, DesignProvenance, Visibility
 from microfactory.designs.schemas import DesignCreate, DesignRead, build_create
 from microfactory.designs.storage import KINDS, content_hash, discard, file_kind
-from microfactory.errors import ConflictError, InvalidInputError, NotFoundError
+from microfactory.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from microfactory.fabrication import customizer
 from microfactory.fabrication.pipeline import compact_analysis
 from microfactory.files import StoredFile
 
 __all__ = [
     "attribution",
+    "can_edit_visibility",
+    "can_see",
     "check_parameters",
     "create",
     "file_path",
     "get_by_hash",
     "get_file_or_raise",
     "get_or_raise",
+    "get_visible_by_hash",
+    "get_visible_or_raise",
     "import_okh",
     "licence_flags",
     "list_designs",
     "parameter_schema",
     "parametric_file",
     "resolve_parameters",
+    "set_visibility",
     "to_read",
 ]
 
@@ -64,6 +74,73 @@ async def get_by_hash(*, session: AsyncSession, content_hash: str) -> Design | N
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
+# -- visibility ----------------------------------------------------------------------------
+#
+# public: every member, and anyone (other shops) when network publishing is on;
+# shop: every signed-in member of this shop; private: its author, and the shop's admins (who
+# run the server and answer for what it holds). A design the caller may not see is answered
+# as not found, exactly like a design that does not exist.
+
+
+def can_see(design: Design, user: User | None, *, publishing: bool = False) -> bool:
+    """Tell whether a caller (None: anonymous) may see a design."""
+    if user is None:
+        return publishing and design.visibility == Visibility.PUBLIC
+    if design.visibility in (Visibility.PUBLIC, Visibility.SHOP):
+        return True
+    return design.created_by_id == user.id or user.role is Role.ADMIN
+
+
+def can_edit_visibility(design: Design, user: User) -> bool:
+    """Tell whether a user may change who sees a design: its author and admins."""
+    return user.role is Role.ADMIN or (
+        design.created_by_id is not None and design.created_by_id == user.id
+    )
+
+
+def visible_clause(user: User) -> ColumnElement[bool]:
+    """Return the SQL condition that keeps the designs a signed-in user may see."""
+    if user.role is Role.ADMIN:
+        return Design.id.is_not(None)
+    return or_(
+        Design.visibility.in_([Visibility.PUBLIC.value, Visibility.SHOP.value]),
+        and_(Design.visibility == Visibility.PRIVATE.value, Design.created_by_id == user.id),
+    )
+
+
+def _hidden(what: str) -> NotFoundError:
+    return NotFoundError(f"{what} not found")
+
+
+async def get_visible_or_raise(*, session: AsyncSession, design_id: int, user: User) -> Design:
+    """Return a design the user may see, or raise NotFoundError (also when it is hidden)."""
+    design = await session.get(Design, design_id)
+    if design is None or not can_see(design, user):
+        raise _hidden(f"design {design_id}")
+    return design
+
+
+async def get_visible_by_hash(
+    *, session: AsyncSession, content_hash: str, user: User | None, publishing: bool
+) -> Design:
+    """Return the design with this content hash if the caller may see it, else NotFoundError."""
+    design = await get_by_hash(session=session, content_hash=content_hash)
+    if design is None or not can_see(design, user, publishing=publishing):
+        raise _hidden(f"no design with content hash {content_hash} here:")
+    return design
+
+
+async def set_visibility(
+    *, session: AsyncSession, design: Design, user: User, visibility: Visibility
+) -> Design:
+    """Change who may see a design (its author and admins)."""
+    if not can_edit_visibility(design, user):
+        raise PermissionDeniedError("only the design's author or an admin may change who sees it")
+    design.visibility = Visibility(visibility).value
+    await session.flush()
+    return design
+
+
 def get_file_or_raise(design: Design, file_id: int) -> DesignFile:
     """Return one of a design's files or raise NotFoundError."""
     for f in design.files:
@@ -73,11 +150,18 @@ def get_file_or_raise(design: Design, file_id: int) -> DesignFile:
 
 
 async def list_designs(
-    *, session: AsyncSession, q: str | None = None, limit: int = SEARCH_LIMIT, offset: int = 0
+    *,
+    session: AsyncSession,
+    user: User | None,
+    q: str | None = None,
+    limit: int = SEARCH_LIMIT,
+    offset: int = 0,
 ) -> list[Design]:
-    """Return designs, newest first; `q` matches every word in title, description, authors,
-    licence or tags."""
+    """Return the designs a user may see, newest first; `q` matches every word in title,
+    description, authors, licence or tags. `user=None` is the shop itself (every design)."""
     stmt = select(Design).order_by(Design.id.desc()).limit(min(limit, SEARCH_LIMIT))
+    if user is not None:
+        stmt = stmt.where(visible_clause(user))
     if offset:
         stmt = stmt.offset(offset)
     for word in (q or "").lower().split()[:10]:
@@ -119,10 +203,36 @@ def to_read(design: Design) -> DesignRead:
             "attribution": attribution(design),
             "okh": design.okh,
             "created_by_id": design.created_by_id,
+            "visibility": design.visibility,
+            "provenance": [provenance_read(p) for p in design.provenance],
             "created_at": design.created_at,
             "updated_at": design.updated_at,
         }
     )
+
+
+def provenance_read(hop: DesignProvenance) -> dict[str, Any]:
+    """Return one hop of a design's provenance chain as the API shows it."""
+    return {
+        "shop_url": hop.shop_url,
+        "shop_id": hop.shop_id,
+        "source_url": hop.source_url,
+        "content_hash": hop.content_hash,
+        "fetched_at": hop.fetched_at,
+    }
+
+
+async def derivative_hash(*, session: AsyncSession, design: Design) -> str | None:
+    """Return what a design derives from as a content hash, which names it in every shop.
+
+    A local design id is translated to that design's hash; an id this shop no longer holds
+    cannot name anything elsewhere and is left out.
+    """
+    parent = design.derivative_of
+    if parent and parent.isdigit():
+        found = await session.get(Design, int(parent))
+        return found.content_hash if found else None
+    return parent
 
 
 # -- analysis ------------------------------------------------------------------------------
@@ -167,13 +277,25 @@ async def analyse_file(
 # -- creating ------------------------------------------------------------------------------
 
 
-async def _check_derivative(session: AsyncSession, derivative_of: str | None) -> None:
-    if (
-        derivative_of
-        and derivative_of.isdigit()
-        and await session.get(Design, int(derivative_of)) is None
-    ):
-        raise InvalidInputError(f"derivative_of names design {derivative_of}, which is unknown")
+async def _check_derivative(
+    session: AsyncSession, derivative_of: str | None, *, refuse_nd: bool = True
+) -> None:
+    if not derivative_of:
+        return
+    if derivative_of.isdigit():
+        parent = await session.get(Design, int(derivative_of))
+        if parent is None:
+            raise InvalidInputError(f"derivative_of names design {derivative_of}, which is unknown")
+    else:
+        parent = await get_by_hash(session=session, content_hash=derivative_of)
+    if refuse_nd and parent is not None and licence_flags(parent.licence)["nd"]:
+        # The same rule as the Customizer's: an ND design is made only as published, so this
+        # shop records no derivative of it (an imported ND design arrives read-only too).
+        raise ConflictError(
+            f"{parent.title!r} is licensed {parent.licence}, a no-derivatives (ND) licence: "
+            "no derivative of it can be added; ask its authors for permission",
+            licence=parent.licence,
+        )
 
 
 async def create(
@@ -184,6 +306,8 @@ async def create(
     files: Sequence[StoredFile],
     okh_record: dict[str, Any] | None = None,
     limits: MeshLimits | None = None,
+    visibility: Visibility = Visibility.SHOP,
+    provenance: Sequence[DesignProvenance] = (),
 ) -> tuple[Design, bool]:
     """Add a design from stored files; return (design, created).
 
@@ -207,7 +331,8 @@ async def create(
         existing = await get_by_hash(session=session, content_hash=digest)
         if existing is not None:
             return existing, False
-        await _check_derivative(session, design_in.derivative_of)
+        # An import keeps what its source says it derives from: the rule is the source's.
+        await _check_derivative(session, design_in.derivative_of, refuse_nd=not provenance)
         records = []
         for f, kind in zip(files, kinds, strict=True):
             if f.size == 0:
@@ -234,7 +359,9 @@ async def create(
             tags=design_in.tags,
             okh=okh_record,
             created_by_id=owner.id if owner else None,
+            visibility=Visibility(visibility).value,
             files=records,
+            provenance=list(provenance),
         )
         design.search_text = _search_text(design)
         session.add(design)

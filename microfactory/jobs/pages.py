@@ -25,7 +25,9 @@ async def design_make(
 ) -> Response:
     """Make a job from a design with the form's parameters, material, copies and machine."""
     settings = request.app.state.settings
-    design = await design_service.get_or_raise(session=session, design_id=design_id)
+    design = await design_service.get_visible_or_raise(
+        session=session, design_id=design_id, user=user
+    )
     form = await request.form()
     raw = design_pages.form_parameters(form)
     try:

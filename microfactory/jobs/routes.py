@@ -151,7 +151,9 @@ async def create_job(
 async def _create_from_design(
     session: SessionDep, settings: SettingsDep, user: AnyUser, body: DesignJobCreate
 ) -> Job:
-    design = await design_service.get_or_raise(session=session, design_id=body.design_id)
+    design = await design_service.get_visible_or_raise(
+        session=session, design_id=body.design_id, user=user
+    )
     if body.file_id is not None:
         design_file = design_service.get_file_or_raise(design, body.file_id)
     else:

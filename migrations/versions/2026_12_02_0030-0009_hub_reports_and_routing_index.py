@@ -1,7 +1,7 @@
 """hub: pinned shops, reports as received, upstream cursors, the routing index
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-02 00:30:00
 
 On PostgreSQL the routing index gets `cube`, `earthdistance` and `btree_gist` (contrib,
