@@ -53,6 +53,7 @@ from microfactory.network.hub.routes import router as hub_router
 from microfactory.network.pages import router as network_pages_router
 from microfactory.network.routes import router as network_router
 from microfactory.notifications import subscribers as notification_subscribers
+from microfactory.notifications.pages import router as notification_pages_router
 from microfactory.runtime.fleet import Fleet
 from microfactory.runtime.queue_runner import QueueRunner
 from microfactory.runtime.remote import (
@@ -238,6 +239,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(router)
     app.include_router(usage_router)
     app.include_router(usage_pages_router)
+    app.include_router(notification_pages_router)
     app.include_router(costs_router)
     app.include_router(costs_pages_router)
     # The network, shop side (issue 12): keys, profile, capacity report; materials on hand.

@@ -16,6 +16,7 @@ from microfactory.accounts.models import Role, User
 from microfactory.deps import CSRF_COOKIE, SESSION_COOKIE, SessionDep, check_csrf
 from microfactory.errors import NotAuthenticatedError, PermissionDeniedError
 from microfactory.logs import scrub_internal_names
+from microfactory.notifications import service as notification_service
 
 TEMPLATES_DIR = resources.web_dir() / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
@@ -48,7 +49,12 @@ def render(
 ) -> HTMLResponse:
     """Render a page, setting the CSRF cookie when the browser has none yet."""
     token = csrf_token(request)
-    ctx = {"request": request, "csrf_token": token, "user": getattr(request.state, "viewer", None)}
+    ctx = {
+        "request": request,
+        "csrf_token": token,
+        "user": getattr(request.state, "viewer", None),
+        "unread": getattr(request.state, "unread", 0),
+    }
     ctx.update(context or {})
     # Error messages shown on a page never carry internal stored file names or paths.
     data_dir = str(request.app.state.settings.data_dir.resolve())
@@ -82,6 +88,8 @@ async def web_user(request: Request, session: SessionDep) -> User:
     except NotAuthenticatedError:
         raise LoginRequired from None
     request.state.viewer = Viewer(id=user.id, username=user.username, role=user.role)
+    # The menu's unread badge on every page.
+    request.state.unread = await notification_service.unread_count(session=session, user_id=user.id)
     return user
 
 

@@ -37,7 +37,7 @@ from microfactory.errors import InvalidInputError
 from microfactory.machines import service as machine_service
 from microfactory.machines.models import MachineKind
 from microfactory.notifications import service as notification_service
-from microfactory.notifications.schemas import NotificationRead
+from microfactory.notifications.schemas import NotificationRead, NotificationsMarked
 from microfactory.types import Id, Timestamp
 
 router = APIRouter(prefix="/api/v1", tags=["bookings"])
@@ -323,6 +323,16 @@ async def my_notifications(session: SessionDep, user: AnyUser) -> list[Notificat
     """List the caller's messages (the outbox), newest first."""
     notes = await notification_service.list_for_user(session=session, user_id=user.id)
     return [NotificationRead.model_validate(n) for n in notes]
+
+
+@router.post("/notifications/read", response_model=NotificationsMarked)
+async def mark_notifications_read(
+    session: SessionDep, user: AnyUser, at: Now
+) -> NotificationsMarked:
+    """Mark every unread message of the caller as read (as opening the Messages page does)."""
+    marked = await notification_service.mark_read(session=session, user_id=user.id, now=at)
+    await session.commit()
+    return NotificationsMarked(marked=marked)
 
 
 @router.post("/calendars/feed-token", response_model=FeedTokenCreated, status_code=201)

@@ -17,6 +17,7 @@ class Notification(Base):
     __table_args__ = (
         Index("ix_notifications_user_created", "user_id", "created_at"),
         Index("ix_notifications_sent_at", "sent_at"),
+        Index("ix_notifications_user_read", "user_id", "read_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -27,5 +28,6 @@ class Notification(Base):
     booking_id: Mapped[int | None] = mapped_column(ForeignKey("bookings.id", ondelete="SET NULL"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())  # by email, if set up
+    read_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())  # seen on the dashboard
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(String(500))

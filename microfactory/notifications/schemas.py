@@ -19,3 +19,10 @@ class NotificationRead(BaseModel):
     booking_id: int | None
     created_at: dt.datetime
     sent_at: dt.datetime | None
+    read_at: dt.datetime | None
+
+
+class NotificationsMarked(BaseModel):
+    """How many messages were marked read."""
+
+    marked: int

@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from microfactory.accounts.models import User
@@ -48,6 +48,26 @@ async def list_for_user(
         .limit(limit)
     )
     return list(result.scalars())
+
+
+async def unread_count(*, session: AsyncSession, user_id: int) -> int:
+    """Return how many of a member's messages they have not seen on the dashboard."""
+    result = await session.execute(
+        select(func.count())
+        .select_from(Notification)
+        .where(Notification.user_id == user_id, Notification.read_at.is_(None))
+    )
+    return int(result.scalar_one())
+
+
+async def mark_read(*, session: AsyncSession, user_id: int, now: dt.datetime) -> int:
+    """Mark every unread message of a member as read; return how many."""
+    result = await session.execute(
+        update(Notification)
+        .where(Notification.user_id == user_id, Notification.read_at.is_(None))
+        .values(read_at=now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def deliver_pending(

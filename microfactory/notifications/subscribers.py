@@ -1,4 +1,5 @@
-"""The outbox listens to the job lifecycle: a member hears when their job ends."""
+"""The outbox listens to the job lifecycle: a member hears when their job is approved,
+starts, and ends (finished: waiting for them to collect it; failed; cancelled by someone)."""
 
 from __future__ import annotations
 
@@ -29,4 +30,28 @@ def subscribe(bus: EventBus, sessionmaker: async_sessionmaker[AsyncSession]) -> 
                 body=body,
             )
 
+    async def on_approved(event: JobChanged) -> None:
+        if event.actor_id == event.owner_id:
+            return  # trusted members and operators approve their own jobs on submission
+        async with sessionmaker() as session, session.begin():
+            await service.enqueue(
+                session=session,
+                user_id=event.owner_id,
+                kind="job_approved",
+                subject=f"Your job {event.title!r} was approved",
+                body="It waits in the queue for a free machine.",
+            )
+
+    async def on_started(event: JobChanged) -> None:
+        async with sessionmaker() as session, session.begin():
+            await service.enqueue(
+                session=session,
+                user_id=event.owner_id,
+                kind="job_started",
+                subject=f"Your job {event.title!r} started",
+                body="Follow it live on its job page.",
+            )
+
     bus.subscribe("job.ended", on_ended)
+    bus.subscribe("job.approved", on_approved)
+    bus.subscribe("job.started", on_started)
