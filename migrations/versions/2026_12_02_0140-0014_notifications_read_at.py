@@ -21,7 +21,9 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     """Apply this migration."""
     with op.batch_alter_table("notifications", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("read_at", microfactory.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(
+            sa.Column("read_at", microfactory.db.UTCDateTime(timezone=True), nullable=True)
+        )
         batch_op.create_index("ix_notifications_user_read", ["user_id", "read_at"])
 
 
