@@ -82,7 +82,9 @@ def _equipment(okw: dict[str, Any]) -> list[dict[str, Any]]:
                 "process": process,
                 "machine": " ".join(p for p in (_str(raw.get("make")), _str(raw.get("model"))) if p)
                 or process,
-                "quantity": quantity if isinstance(quantity, int) and quantity > 0 else 1,
+                "quantity": min(quantity, 10_000)
+                if isinstance(quantity, int) and quantity > 0
+                else 1,
                 "dims": dims,
                 "materials": [m for m in materials if m],
                 "nozzle": raw.get("nozzleSize")

@@ -186,7 +186,7 @@ def _check_shape(payload: dict[str, Any], raw_payload: bytes, tricky: bool) -> t
     sequence = live.get("sequence")
     if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
         raise BadRequestError("live.sequence must be a non-negative integer")
-    if sequence > 2**62:
+    if sequence > 2**53:  # JSON's safe integers (RFC 8785 refuses larger ones)
         raise BadRequestError("live.sequence is out of range")
     return sequence, live.get("issuedAt"), live.get("expiresAt")
 

@@ -107,6 +107,10 @@ async def test_a_replay_is_refused_409(client: Client, open_hub: Any) -> None:
     assert older.status_code == 409
     assert (await push(client, shop.jws(sequence=5))).status_code == 202
     assert (await push(client, shop.jws(sequence=4))).status_code == 409
+    # A shop may count in milliseconds since 1970: beyond 32 bits.
+    ms = 1_764_633_600_000
+    assert (await push(client, shop.jws(sequence=ms))).status_code == 202
+    assert (await push(client, shop.jws(sequence=ms - 1))).status_code == 409
 
 
 async def test_expired_and_future_reports_are_refused_422(client: Client, open_hub: Any) -> None:
