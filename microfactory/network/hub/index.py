@@ -21,6 +21,7 @@ from microfactory.network.hub.verify import VerifiedReport
 
 PROCESSES = ("fdm_printing", "cnc_milling", "laser_cutting")
 FREE_DAYS = 7
+MAX_WAIT_H = 10 * 366 * 24.0
 
 
 def _num(value: Any, name: str, *, default: float | None = None) -> float:
@@ -82,7 +83,9 @@ def _equipment(okw: dict[str, Any]) -> list[dict[str, Any]]:
                 "process": process,
                 "machine": " ".join(p for p in (_str(raw.get("make")), _str(raw.get("model"))) if p)
                 or process,
-                "quantity": quantity if isinstance(quantity, int) and quantity > 0 else 1,
+                "quantity": min(quantity, 10_000)
+                if isinstance(quantity, int) and quantity > 0
+                else 1,
                 "dims": dims,
                 "materials": [m for m in materials if m],
                 "nozzle": raw.get("nozzleSize")
@@ -125,7 +128,11 @@ def _waits(live: dict[str, Any]) -> dict[str, dict[str, float]]:
             raise BadRequestError(f"live.queue[{n}] needs a process")
         waits[raw["process"]] = {
             "depth": max(_num(raw.get("depth"), f"live.queue[{n}].depth", default=0.0), 0.0),
-            "wait_h": max(_num(raw.get("waitHours"), f"live.queue[{n}].waitHours", default=0.0), 0),
+            # Capped at ten years: a wait is added to dates, which end at year 9999.
+            "wait_h": min(
+                max(_num(raw.get("waitHours"), f"live.queue[{n}].waitHours", default=0.0), 0),
+                MAX_WAIT_H,
+            ),
         }
     return waits
 

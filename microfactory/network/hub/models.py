@@ -6,7 +6,18 @@ import datetime as dt
 import enum
 from typing import Any
 
-from sqlalchemy import JSON, Enum, Float, Index, Integer, String, Text, UniqueConstraint, func
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Enum,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from microfactory.db import Base, UTCDateTime, utcnow
@@ -34,7 +45,8 @@ class HubShop(Base):
     )
     name: Mapped[str] = mapped_column(String(200), default="")  # from its latest report
     url: Mapped[str] = mapped_column(String(500), default="")
-    last_sequence: Mapped[int | None] = mapped_column(Integer)  # of the last report stored
+    # Of the last report stored; 64-bit: a shop may count in milliseconds since 1970.
+    last_sequence: Mapped[int | None] = mapped_column(BigInteger)
     # The newest report that arrived while the shop waited for approval: indexed on approval.
     pending_jws: Mapped[str | None] = mapped_column(Text)
     pending_source: Mapped[str | None] = mapped_column(String(500))
@@ -51,7 +63,7 @@ class HubReport(Base):
 
     cursor: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     shop_id: Mapped[str] = mapped_column(String(64), index=True)
-    sequence: Mapped[int] = mapped_column(Integer)
+    sequence: Mapped[int] = mapped_column(BigInteger)
     jws: Mapped[str] = mapped_column(Text)  # the compact JWS, byte for byte as received
     issued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
@@ -87,7 +99,7 @@ class HubShopIndex(Base):
 
     shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     report_cursor: Mapped[int] = mapped_column(Integer)
-    sequence: Mapped[int] = mapped_column(Integer)
+    sequence: Mapped[int] = mapped_column(BigInteger)
     name: Mapped[str] = mapped_column(String(200))
     url: Mapped[str] = mapped_column(String(500), default="")
     city: Mapped[str] = mapped_column(String(200), default="")

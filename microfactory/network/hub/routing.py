@@ -43,6 +43,7 @@ EARTH_KM = 6371.0088  # mean radius (IUGG), used for every distance we report
 PG_EARTH_KM = 6378.168
 KM_PER_DEG_LAT = math.pi * EARTH_KM / 180.0
 EXCLUDED_LIMIT = 20
+MAX_JOB_H = 366 * 24.0
 SHOPS_LIMIT = 25  # the answer lists the best 25: enough to choose from, cheap to send
 KNN_PAGE = 50
 KNN_PAGES = 6
@@ -244,7 +245,8 @@ def _plan(
         job_h=job_h,
         wait_h=row.wait_h,
         start=start,
-        finish=finish,
+        # A job over a year is not planned (and its finish could overflow a datetime).
+        finish=finish if job_h <= MAX_JOB_H else None,
         first_free=day,
     )
 
@@ -293,7 +295,13 @@ async def route(*, session: AsyncSession, req: Requirements, now: dt.datetime) -
     routed: list[_Plan] = []
     for plan in best.values():
         where = f"{plan.distance_km:.1f} km away"
-        if plan.start is None or plan.finish is None:
+        if plan.job_h > MAX_JOB_H:
+            reason = (
+                f"the job would take ≈ {plan.job_h:,.0f} h on its best machine ({plan.machine}), "
+                f"over a year; {where}"
+            )
+            excluded.append(_Unfit(plan.distance_km, plan.shop_id, plan.name, reason))
+        elif plan.start is None or plan.finish is None:
             reason = (
                 f"no free hours for {req.material} in the 7 days reported: not enough for a "
                 f"job of ≈ {_hours(plan.job_h)} ({plan.machine}; {where})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import json
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -83,11 +84,16 @@ def parse(token: str | bytes) -> tuple[dict[str, Any], dict[str, Any], bytes]:
 def _parse(token: str | bytes) -> tuple[dict[str, Any], dict[str, Any], bytes, bool]:
     tricky = False
 
+    def parse_constant(text: str) -> float:
+        raise BadRequestError(f"the JWS payload holds {text}, which JSON (RFC 8259) does not")
+
     def parse_float(text: str) -> float:
         # Floats that Python and RFC 8785 write differently (see is_canonical), noted as
         # the C parser meets them.
         nonlocal tricky
         value = float(text)
+        if not math.isfinite(value):
+            raise BadRequestError(f"the JWS payload holds {text[:20]}, too large for a number")
         if value.is_integer() or "e" in text or "E" in text:
             tricky = True
         return value
@@ -108,7 +114,7 @@ def _parse(token: str | bytes) -> tuple[dict[str, Any], dict[str, Any], bytes, b
     if not isinstance(header.get("kid"), str):
         raise BadRequestError('the JWS header has no "kid" (the shop id)')
     try:
-        payload = json.loads(obj.payload, parse_float=parse_float)
+        payload = json.loads(obj.payload, parse_float=parse_float, parse_constant=parse_constant)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise BadRequestError("the JWS payload is not JSON") from None
     if not isinstance(payload, dict):
@@ -132,12 +138,19 @@ def is_canonical(payload: Any, raw: bytes, tricky: bool | None = None) -> bool:
     try:
         fast = _COMPACT.encode(payload).encode("utf-8")
     except (UnicodeEncodeError, ValueError):
-        return bool(rfc8785.dumps(payload) == raw)
+        return _jcs_equal(payload, raw)
     if tricky is None:
         tricky = _tricky_floats(payload)
     if fast != raw or tricky or _HIGH_UTF8.search(raw):
-        return bool(rfc8785.dumps(payload) == raw)
+        return _jcs_equal(payload, raw)
     return True
+
+
+def _jcs_equal(payload: Any, raw: bytes) -> bool:
+    try:
+        return bool(rfc8785.dumps(payload) == raw)
+    except rfc8785.CanonicalizationError:  # integers beyond 2**53, lone surrogates
+        return False
 
 
 _COMPACT = json.JSONEncoder(
@@ -173,7 +186,7 @@ def _check_shape(payload: dict[str, Any], raw_payload: bytes, tricky: bool) -> t
     sequence = live.get("sequence")
     if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
         raise BadRequestError("live.sequence must be a non-negative integer")
-    if sequence > 2**62:
+    if sequence > 2**53:  # JSON's safe integers (RFC 8785 refuses larger ones)
         raise BadRequestError("live.sequence is out of range")
     return sequence, live.get("issuedAt"), live.get("expiresAt")
 

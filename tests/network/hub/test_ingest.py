@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import httpx
+import rfc8785
+from joserfc import jws
 from jwcrypto import jwk as jw_jwk
 from jwcrypto import jws as jw_jws
 
@@ -104,6 +107,10 @@ async def test_a_replay_is_refused_409(client: Client, open_hub: Any) -> None:
     assert older.status_code == 409
     assert (await push(client, shop.jws(sequence=5))).status_code == 202
     assert (await push(client, shop.jws(sequence=4))).status_code == 409
+    # A shop may count in milliseconds since 1970: beyond 32 bits.
+    ms = 1_764_633_600_000
+    assert (await push(client, shop.jws(sequence=ms))).status_code == 202
+    assert (await push(client, shop.jws(sequence=ms - 1))).status_code == 409
 
 
 async def test_expired_and_future_reports_are_refused_422(client: Client, open_hub: Any) -> None:
@@ -163,10 +170,6 @@ async def test_bad_bodies_get_400_with_a_message(client: Client, open_hub: Any) 
     assert wrong_type.status_code == 400
     assert "application/jose" in wrong_type.json()["detail"]
     # Signed, but not the canonical (RFC 8785) form of the payload.
-    import json
-
-    from joserfc import jws
-
     loose = jws.serialize_compact(
         {"alg": "Ed25519", "kid": shop.shop_id},
         json.dumps(shop.report(), indent=2),
@@ -176,6 +179,16 @@ async def test_bad_bodies_get_400_with_a_message(client: Client, open_hub: Any) 
     resp = await push(client, loose)
     assert resp.status_code == 400
     assert "RFC 8785" in resp.json()["detail"]
+    # Numbers JSON does not have, signed: refused with a message, not a server error.
+    canonical = rfc8785.dumps(shop.report())
+    for odd in (b"NaN", b"1e400", b"-Infinity"):
+        body = canonical.replace(b'"depth":0', b'"depth":' + odd, 1)
+        signed = jws.serialize_compact(
+            {"alg": "Ed25519", "kid": shop.shop_id}, body, shop.key, algorithms=["Ed25519"]
+        )
+        resp = await push(client, signed)
+        assert resp.status_code == 400, odd
+        assert "JWS payload holds" in resp.json()["detail"]
     no_place = shop.report()
     del no_place["okw"]["location"]["gpsCoordinates"]
     resp = await push(client, shop.sign(no_place))

@@ -71,8 +71,9 @@ async def test_admins_approve_waiting_shops_and_members_route_a_job(
 
 
 async def test_a_design_held_here_is_routed_by_its_content_hash(
-    client: Client, open_hub: Any, member: dict[str, str]
+    client: Client, open_hub: Any, make_user: UserFactory
 ) -> None:
+    user, member = await make_user("member")
     shop = Shop("Printers", equipment=[fdm("MK4", 250, 210, 220, ["PLA"])])
     assert (
         await client.post("/api/v1/network/reports", content=shop.jws(), headers=JOSE)
@@ -82,6 +83,12 @@ async def test_a_design_held_here_is_routed_by_its_content_hash(
     )
     assert created.status_code == 201, created.text
     digest = created.json()["content_hash"]
+    # The design's page links to the hub's routing form, which it fills in.
+    await browser_login(client, user.username)
+    design_page = await client.get(f"/designs/{created.json()['id']}")
+    assert f'href="/network?design_hash={digest}"' in design_page.text
+    form = await client.get("/network", params={"design_hash": digest})
+    assert f'value="{digest}"' in form.text
     resp = await client.post(
         "/api/v1/network/route",
         json={"design_hash": digest, "material": "PLA", "near": {"lat": 51.0, "lon": 3.7}},

@@ -272,3 +272,26 @@ async def test_the_box_prefilter_works_across_the_antimeridian(
     )
     assert [s["name"] for s in answer["shops"]] == ["Suva"]
     assert answer["shops"][0]["distance_km"] == pytest.approx(21.1, abs=0.2)
+
+
+async def test_a_job_of_over_a_year_is_excluded_not_a_server_error(
+    client: Client, open_hub: Any
+) -> None:
+    giant = Shop("Giant", lat=50.85, lon=4.35, equipment=[fdm("BigRep", 1000, 1000, 1000, ["PLA"])])
+    slow = Shop("Slow", lat=50.86, lon=4.35, waits={"fdm_printing": 1e300})
+    await publish(client, giant, slow)
+    answer = await route(
+        client,
+        process="fdm_printing",
+        material="PLA",
+        size_mm={"x": 1000, "y": 1000, "z": 1000},
+        quantity=100_000,
+    )
+    assert answer["shops"] == []
+    assert "over a year" in reasons(answer)["Giant"]
+    # An absurd queue wait is taken (capped): it ends after the week reported.
+    small = await route(
+        client, process="fdm_printing", material="PLA", size_mm={"x": 9, "y": 9, "z": 9}
+    )
+    assert [s["name"] for s in small["shops"]] == ["Giant"]
+    assert reasons(small)["Slow"].startswith("no free hours for PLA in the 7 days")
