@@ -616,7 +616,11 @@ class MarlinProtocol:
         self._cursor = target + 1
         body = f"M110 N{target}"
         anchor = Cmd(body, number=target, anchor=True)
-        anchor.wire = (format_line(target, body) + "\n").encode("ascii")
+        # A blank line first: Marlin (and VirtualPrinter) ignore an empty line, and a
+        # firmware that drops the next line it receives after a fault (VirtualPrinter's
+        # resend_with_timeout) drops the blank line instead of the anchor, which would
+        # otherwise cost a timeout.
+        anchor.wire = ("\n" + format_line(target, body) + "\n").encode("ascii")
         self.stats["anchors"] += 1
         self._write(anchor)
 

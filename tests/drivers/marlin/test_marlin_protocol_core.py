@@ -59,7 +59,7 @@ class Host:
     def writes(self) -> list[str]:
         """What the core wrote since the last call, without newlines."""
         self.core.pump()
-        return [w.decode().rstrip("\n") for w in self.core.take_writes()]
+        return [w.decode().strip("\n") for w in self.core.take_writes()]
 
     def reply(self, *lines: str) -> list[str]:
         """Feed reply lines; return what was written in answer."""
