@@ -97,6 +97,7 @@ class _Tag:
     job_index: int | None = None  # index in the program, for progress
     waiter: _Waiter | None = None
     is_poll: bool = False  # an M105 the driver sent itself
+    motion_end: bool = False  # the M400 that ends a job: its ok means the motion is over
 
 
 @dataclass(slots=True)
@@ -108,6 +109,9 @@ class _Job:
     last_acked: str | None = None
     paused: bool = False
     cancelling: bool = False
+    motion_wait: Cmd | None = None  # the closing M400, once every line is acknowledged
+    motion_done: bool = False
+    acked_all_at: float | None = None
 
 
 class MarlinDriver(Driver):
@@ -137,6 +141,10 @@ class MarlinDriver(Driver):
         self.clean_lines = int(s.get("clean_lines", 16))
         self.tick_interval_s = float(s.get("tick_interval_s", 0.2))
         self.read_settings_at_connect = bool(s.get("read_settings", True))
+        # Marlin acknowledges a move once it is planned, so the last `ok` of a job comes
+        # while up to 15 planner blocks still run: the job is finished when the M400 sent
+        # after it is acknowledged (Marlin answers M400 once the planner is empty).
+        self.wait_for_motion = bool(s.get("wait_for_motion", True))
         # Bytes after the last newline are taken as a line once the peer has been quiet this
         # long (peers such as VirtualPrinter do not end every reply with a newline).
         self.partial_line_s = float(s.get("partial_line_s", 0.05))
@@ -590,6 +598,10 @@ class MarlinDriver(Driver):
             self._poll_out = False
             self._last_poll = time.monotonic()
         job = self._job
+        if tag.motion_end:
+            if job is not None and job.motion_wait is cmd:
+                job.motion_done = True
+            return
         if job is not None and tag.job_index is not None:
             job.acked += 1
             job.last_acked = cmd.command
@@ -605,8 +617,19 @@ class MarlinDriver(Driver):
         job = self._job
         if job is None or job.cancelling:
             return
-        if job.next_index >= len(job.program.lines) and job.acked >= len(job.program.lines):
-            self._end_job(EventKind.FINISHED, "finished")
+        total = len(job.program.lines)
+        if job.next_index < total or job.acked < total:
+            return
+        if self.wait_for_motion and not job.motion_done and self._halted is None:
+            if job.motion_wait is None:
+                # Every line is in the firmware; wait for its planner to run dry.
+                job.acked_all_at = time.time()
+                job.motion_wait = Cmd.of("M400", _Tag(motion_end=True))
+                self._set_status(message=f"{job.program.name}: finishing the last moves")
+                self._core.submit(job.motion_wait)
+                self._flush()
+            return
+        self._end_job(EventKind.FINISHED, "finished")
 
     def _end_job(self, kind: EventKind, reason: str) -> None:
         job = self._job
@@ -621,6 +644,9 @@ class MarlinDriver(Driver):
             "last_line": job.last_acked,
             "elapsed_s": round(time.time() - job.started_at, 3),
         }
+        if kind is EventKind.FINISHED and job.acked_all_at is not None:
+            # From the last line's ok to the end of the motion (the closing M400's ok).
+            data["motion_wait_s"] = round(time.time() - job.acked_all_at, 3)
         if kind is EventKind.FINISHED or kind is EventKind.CANCELLED:
             state = MachineState.IDLE if self._halted is None else MachineState.ERROR
             self._set_status(state=state, message=reason, progress=progress)

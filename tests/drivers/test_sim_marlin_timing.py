@@ -1,4 +1,5 @@
-"""sim-marlin runs motion with the analyser's planner: a job takes the time it was estimated."""
+"""sim-marlin runs motion with the analyser's planner: a job takes the time it was estimated,
+and the driver reports it finished no earlier than the motion ends."""
 
 from __future__ import annotations
 
@@ -45,13 +46,13 @@ async def test_a_sim_marlin_job_takes_the_time_the_analyser_estimates() -> None:
         end = await events.wait(EventKind.FINISHED, EventKind.FAILED, within=40)
         events.close()
         assert end.kind is EventKind.FINISHED, end.data
-        # Marlin acknowledges a move once it is planned: the job's last `ok` comes while up
-        # to 15 blocks still run. The print is over when the printer stops moving.
-        async with asyncio.timeout(30):
-            # Polling: no event announces the end of motion on the firmware's side.
-            while await asyncio.to_thread(sim.moving):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
         actual = time.monotonic() - t0
+        # Marlin acknowledges a move once it is planned: the job's last `ok` comes while up
+        # to 15 blocks still run. The driver reports the job finished only when the M400 it
+        # sends after the last line is acknowledged, i.e. when the printer has stopped.
+        assert not await asyncio.to_thread(sim.moving)
+        assert end.data["motion_wait_s"] > 0.1  # the tail of the program was still moving
+        assert sim.executed[-1] == "M400"
         assert actual == pytest.approx(estimate, rel=0.05), (actual, estimate)
     finally:
         with contextlib.suppress(Exception):

@@ -27,6 +27,10 @@ HANDSHAKE = ["M110 N0", "M115", "M155 S2", "M503"]
 FIRST_N = 4  # program lines start at N4 after the handshake's lines and M503
 
 
+#: The driver ends every job with M400 and reports it finished at its ok (the motion is over).
+MOTION_END = ["M400"]
+
+
 def ran(sim: MarlinSimulator) -> list[str]:
     """What the firmware ran after the handshake, without the driver's own M110 anchors."""
     return [c for c in sim.executed[len(HANDSHAKE) :] if not c.startswith("M110 ")]
@@ -72,7 +76,7 @@ async def test_streams_a_program_exactly(make_sim: MakeSim) -> None:
     program = cube_program(600)
     end = await run_to_end(driver, program)
     assert end.kind is EventKind.FINISHED
-    assert ran(sim_of(driver)) == list(program.lines)
+    assert ran(sim_of(driver)) == [*program.lines, *MOTION_END]
     progress = (await driver.status()).progress
     assert progress is not None
     assert (progress.lines_total, progress.lines_sent, progress.lines_acked) == (600, 600, 600)
@@ -101,7 +105,7 @@ async def test_resends_with_several_lines_in_flight_under_corruption(make_sim: M
     end = await run_to_end(driver, program)
     assert end.kind is EventKind.FINISHED, end.data
     sim = sim_of(driver)
-    assert ran(sim) == list(program.lines)
+    assert ran(sim) == [*program.lines, *MOTION_END]
     assert sim.stats.lines_corrupted >= 3
     assert sim.stats.lines_dropped >= 1
     assert driver.stats["resends"] >= 4
@@ -117,7 +121,7 @@ async def test_advanced_ok_sizes_the_window_from_the_firmware(make_sim: MakeSim)
     end = await run_to_end(driver, program)
     assert end.kind is EventKind.FINISHED
     assert driver._learned_slots == 8  # "ok N.. P.. B7" when idle: B + the running command
-    assert ran(sim_of(driver)) == list(program.lines)
+    assert ran(sim_of(driver)) == [*program.lines, *MOTION_END]
 
 
 async def test_a_window_beyond_the_slots_respects_the_rx_buffer(make_sim: MakeSim) -> None:
@@ -125,7 +129,7 @@ async def test_a_window_beyond_the_slots_respects_the_rx_buffer(make_sim: MakeSi
     program = cube_program(400)
     end = await run_to_end(driver, program)
     assert end.kind is EventKind.FINISHED
-    assert ran(sim_of(driver)) == list(program.lines)
+    assert ran(sim_of(driver)) == [*program.lines, *MOTION_END]
     assert sim_of(driver).stats.rx_overflow_bytes == 0
 
 
@@ -219,7 +223,7 @@ async def test_pause_stops_feeding_and_resume_finishes(make_sim: MakeSim) -> Non
         EventKind.RESUMED,
         EventKind.FINISHED,
     ]
-    assert ran(sim_of(driver)) == list(program.lines)
+    assert ran(sim_of(driver)) == [*program.lines, *MOTION_END]
 
 
 async def test_cancel_stops_feeding_and_turns_heaters_off(make_sim: MakeSim) -> None:
@@ -285,7 +289,7 @@ async def test_without_autoreport_the_driver_polls_m105(make_sim: MakeSim) -> No
     end = await run_to_end(driver, program)
     assert end.kind is EventKind.FINISHED
     lines = [c for c in sim_of(driver).executed[2:] if c not in ("M105", "M503")]
-    assert lines == list(program.lines)
+    assert lines == [*program.lines, *MOTION_END]
 
 
 async def test_send_is_refused_while_a_program_runs(make_sim: MakeSim) -> None:
@@ -363,7 +367,7 @@ async def test_long_commands_finish_with_busy_and_short_timeouts(make_sim: MakeS
     )
     end = await run_to_end(driver, program, within=60)
     assert end.kind is EventKind.FINISHED, end.data
-    assert ran(sim_of(driver)) == list(program.lines)
+    assert ran(sim_of(driver)) == [*program.lines, *MOTION_END]
     assert driver.stats["timeouts"] == 0
     assert driver.stats["resends"] == 0
 
