@@ -125,6 +125,9 @@ class MarlinDriver(Driver):
         # Marlin's default BUFSIZE is 4 command slots; 4 lines in flight never spill into
         # the 128-byte receive buffer (docs/bench-marlin.md).
         self.window = max(1, int(s.get("window", 4)))
+        # Measure which window (full, 2 or 1 lines) streams fastest on this link and keep it
+        # (drivers/marlin_protocol.py, _WindowTuner); False: always the full window.
+        self.window_autotune = bool(s.get("window_autotune", True))
         self.buffer_slots = max(1, int(s.get("buffer_slots", 4)))
         self.rx_buffer = int(s.get("rx_buffer", 128))
         # An unanswered line is sent again after this long (never a failure).
@@ -176,6 +179,7 @@ class MarlinDriver(Driver):
             settle_s=self.resend_settle_s,
             clean_lines=self.clean_lines,
             max_resends=self.max_resends,
+            autotune=self.window_autotune,
         )
         core.feed = self._feed
         return core
