@@ -34,6 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -159,7 +160,7 @@ async def one_in_flight(path: str, lines: tuple[str, ...]) -> tuple[float, str]:
         link.close()
 
 
-async def driver_run(path: str, program: Program, window: int) -> tuple[float, str, dict[str, int]]:
+async def driver_run(path: str, program: Program, window: int) -> tuple[float, str, dict[str, Any]]:
     """Stream with the marlin driver; return the seconds taken, the outcome, its counters."""
     driver = MarlinDriver({"port": path, "window": window})
     await driver.connect()
@@ -182,7 +183,9 @@ async def driver_run(path: str, program: Program, window: int) -> tuple[float, s
         await driver.start(program)
         ended, outcome = await asyncio.wait_for(finished, 1800)
         watcher.cancel()
-        return ended - started, outcome, dict(driver.stats)
+        stats: dict[str, Any] = dict(driver.stats)
+        stats["windows"] = driver._core.window_choices
+        return ended - started, outcome, stats
     finally:
         await driver.close()
 
@@ -213,7 +216,7 @@ def _diff(executed: list[str], lines: tuple[str, ...]) -> str:
     )
 
 
-def _note(stats: dict[str, int], bridge: dict[str, int]) -> str:
+def _note(stats: dict[str, Any], bridge: dict[str, int]) -> str:
     parts = []
     if bridge.get("lines_corrupted"):
         parts.append(f"{bridge['lines_corrupted']} lines damaged")
@@ -222,6 +225,8 @@ def _note(stats: dict[str, int], bridge: dict[str, int]) -> str:
             f"{stats['resends']} faults, {stats['stale_resends']} duplicate requests "
             f"collapsed, {stats['anchors']} anchors, {stats['timeouts']} timeouts"
         )
+        if stats.get("windows"):
+            parts.append("windows chosen " + ",".join(str(w) for w in stats["windows"]))
     return "; ".join(parts)
 
 
@@ -317,8 +322,10 @@ async def run(args: argparse.Namespace) -> list[Result]:
         for i, (mode, flags) in enumerate(CONDITIONS):
             if args.conditions is not None and i not in args.conditions:
                 continue
-            await run_condition(python, workdir, mode, flags, lines, program, args, results)
-            if octoprint is not None and i in args.octoprint_conditions:
+            for _ in range(args.repeat):
+                await run_condition(python, workdir, mode, flags, lines, program, args, results)
+                if octoprint is None or i not in args.octoprint_conditions:
+                    continue
                 peer = Peer(python, workdir, *flags)
                 try:
                     seconds, outcome = await asyncio.to_thread(
@@ -331,14 +338,39 @@ async def run(args: argparse.Namespace) -> list[Result]:
                 note = "; ".join(n for n in (_note({}, bridge), _diff(executed, lines)) if n)
                 results.append(
                     Result(
-                        "OctoPrint 1.11.8 server", mode, len(lines), seconds, exact, outcome, note
+                        "OctoPrint 1.11.8 server",
+                        mode,
+                        len(lines),
+                        seconds,
+                        exact,
+                        outcome,
+                        note,
                     )
                 )
                 print(results[-1], flush=True)
     finally:
         if octoprint is not None:
             octoprint.close()
-    return results
+    return summarise(results)
+
+
+def summarise(results: list[Result]) -> list[Result]:
+    """Collapse repeated runs of a host and condition into the median run (by time)."""
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.host, r.mode), []).append(r)
+    out = []
+    for runs in groups.values():
+        if len(runs) == 1:
+            out.append(runs[0])
+            continue
+        ordered = sorted(runs, key=lambda r: r.seconds)
+        mid = ordered[len(ordered) // 2]
+        exact = all(r.exact for r in runs) if mid.exact is not None else None
+        times = ", ".join(f"{r.seconds:.1f}" for r in runs)
+        note = f"median of {len(runs)} runs ({times} s)" + (f"; {mid.note}" if mid.note else "")
+        out.append(Result(mid.host, mid.mode, mid.lines, mid.seconds, exact, mid.outcome, note))
+    return out
 
 
 async def run_condition(
@@ -431,6 +463,9 @@ def main() -> None:
     parser.add_argument(
         "--octoprint-venv",
         default=os.environ.get("MICROFACTORY_OCTOPRINT_VENV", str(REPO / ".octoprint-venv")),
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per host and condition, alternating"
     )
     parser.add_argument(
         "--octoprint-conditions",

@@ -379,7 +379,7 @@ class _WindowTuner:
     """
 
     candidates: tuple[int | None, ...]  # None: the full window
-    probe_lines: int = 48
+    probe_lines: int = 128
     rounds: int = 3
     hold_lines: int = 4000
     margin: float = 0.1
@@ -392,6 +392,7 @@ class _WindowTuner:
     started: float = 0.0
     faults: int = 0
     chosen: int | None = None
+    choices: list[int | None] = field(default_factory=list)  # every decision, in order
 
     def reset(self) -> None:
         self.schedule = [c for _ in range(self.rounds) for c in self.candidates]
@@ -435,6 +436,7 @@ class _WindowTuner:
         if best != self.candidates[0] and median[best] > full * (1 - self.margin):
             best = self.candidates[0]
         self.chosen, self.holding, self.count = best, True, 0
+        self.choices.append(best)
         log.info(
             "marlin: window %s chosen (%s)",
             "full" if best is None else best,
@@ -536,6 +538,14 @@ class MarlinProtocol:
     def window(self) -> int:
         """Lines allowed in flight right now (1 while recovering from a fault)."""
         return self._window
+
+    @property
+    def window_choices(self) -> list[int]:
+        """The windows the tuner chose so far, in order (the full window as its size)."""
+        if self._tuner is None:
+            return []
+        full = max(self.max_window, self.learned_slots or 0)
+        return [full if c is None else c for c in self._tuner.choices]
 
     @property
     def settling(self) -> bool:
