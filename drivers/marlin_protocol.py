@@ -981,9 +981,9 @@ class MarlinProtocol:
             # flight: a timeout takes the lines in flight out to send them again one by
             # one, and the firmware may have run them all before it meets the first copy.
             for number in range(min(self._cursor, lowest), target):
-                cmd = self._history.get(number)
-                if cmd is not None and not cmd.done and not cmd.anchor:
-                    self._confirm(cmd, "ok")
+                held = self._history.get(number)
+                if held is not None and not held.done and not held.anchor:
+                    self._confirm(held, "ok")
         # One ok per "Resend:" line, per junk echo and per line the firmware still owes an
         # ok for. Surplus oks (a resent line accepted while the burst's replies were still
         # coming) are credited: they are the owed oks of the next burst.
