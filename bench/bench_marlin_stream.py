@@ -423,9 +423,12 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     rows = []
     for r in results:
         ratio = f"{r.rate / base[r.mode]:.1f}x" if base.get(r.mode) else ""
+        rate = f"{r.rate:,.0f}"
+        if r.outcome.startswith("failed"):
+            rate, ratio = "—", ""  # a job that stopped early has no rate
         exact = "" if r.exact is None else ("yes" if r.exact else "**no**")
         rows.append(
-            f"| {r.host} | {r.mode} | {r.seconds:.1f} | {r.rate:,.0f} | {ratio} "
+            f"| {r.host} | {r.mode} | {r.seconds:.1f} | {rate} | {ratio} "
             f"| {r.outcome} | {exact} | {r.note} |"
         )
     return "\n".join(
