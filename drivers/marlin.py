@@ -253,6 +253,7 @@ class MarlinDriver(Driver):
             raise
         self._link = link
         self._handshake_q = asyncio.Queue()
+        link.on_line = self._on_raw_line  # replies are handled in the reader callback
         self._reader_task = asyncio.create_task(self._read_loop(link), name=f"marlin-rx {port}")
         try:
             next_n = await self._handshake(str(port), baudrate)
@@ -686,12 +687,7 @@ class MarlinDriver(Driver):
                     text = link.take_partial().decode("utf-8", errors="replace")
                     partial_seen = b""
                     self._note_loose_newlines(text)
-                pieces = split_replies(text)
-                if len(pieces) > 1:
-                    self._note_loose_newlines(text)
-                for piece in pieces:
-                    if piece.strip():
-                        self._on_line(piece)
+                self._on_text(text)
         except MachineOffline as exc:
             self._on_link_lost(str(exc))
         except asyncio.CancelledError:
@@ -699,6 +695,22 @@ class MarlinDriver(Driver):
         except Exception as exc:  # a bug must not leave a job hanging silently
             log.exception("marlin reader failed")
             self._on_link_lost(f"internal error in the Marlin driver: {exc!r}")
+
+    def _on_raw_line(self, raw: bytes) -> None:
+        """A complete line from the link's reader callback (most replies come this way)."""
+        try:
+            self._on_text(raw.decode("utf-8", errors="replace"))
+        except Exception as exc:  # a bug must not leave a job hanging silently
+            log.exception("marlin reader failed")
+            self._on_link_lost(f"internal error in the Marlin driver: {exc!r}")
+
+    def _on_text(self, text: str) -> None:
+        pieces = split_replies(text)
+        if len(pieces) > 1:
+            self._note_loose_newlines(text)
+        for piece in pieces:
+            if piece.strip():
+                self._on_line(piece)
 
     def _note_loose_newlines(self, text: str) -> None:
         if not self._loose_newlines:
