@@ -31,6 +31,11 @@ from drivers.sim.grbl import SimGrblDriver  # noqa: E402
 
 SAMPLES = REPO / "tests" / "data" / "gcode"
 BYTE_RATE = 115200 / 10
+# sim-grbl takes the time its motion needs at its settings. Stock GRBL 1.1 (500 mm/min,
+# 10 mm/s²) would make 0.05 mm segments machine-bound: the 16-block buffer must stop within
+# 14 x 0.05 mm. A laser set up for it (6,000 mm/min, 2,000 mm/s²: 50 mm/s stops in 0.63 mm)
+# cuts each segment in about 1 ms, faster than the link carries it: the link is the limit.
+LINK_SETTINGS = {"110": 6000, "111": 6000, "112": 1000, "120": 2000, "121": 2000, "122": 500}
 
 
 @dataclass
@@ -79,13 +84,11 @@ async def stream(program: Program, mode: str, speed_factor: float, latency_s: fl
             "latency_s": latency_s,
             "streaming": mode,
             "isolation": "process",
+            "grbl_settings": LINK_SETTINGS,
         }
     )
     await driver.connect()
     try:
-        # GRBL's default max rates (500 mm/min) would cap F3000; a laser is set up faster.
-        for setting in ("$110=6000", "$111=6000", "$112=1000"):
-            assert await driver.send(setting) == ["ok"]
         done = asyncio.Event()
         finished_at = 0.0
 
@@ -197,7 +200,9 @@ The grbl driver streams to sim-grbl (a separate process) over a pty at an emulat
 baud, 11,520 bytes/s each way, with the one-way latency given. "Link capacity used" is
 the program's bytes (each line and its newline) over the time to the last `ok`, divided by
 11,520 bytes/s. pocket-and-contour.nc runs at speed_factor {args.pocket_speed:g} (its arcs
-make it motion-bound at 1x); the generated program runs at 1x with `$110=$111=6000`:
+make it motion-bound at 1x); the generated program runs at 1x. Both run with
+`$110=$111=6000`, `$112=1000`, `$120=$121=2000`, `$122=500` (a laser set up for speed; at
+stock GRBL's 10 mm/s² the 16-block buffer, not the link, would bound 0.05 mm segments):
 {args.lines} segments of about 0.05 mm at F3000, each 1 ms to cut and about 1.7 ms to send.
 
 {text}

@@ -34,6 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -43,8 +44,10 @@ from drivers.marlin import MarlinDriver, format_line, parse_reply, split_replies
 from drivers.serial_io import AsyncSerialLink  # noqa: E402
 
 BRIDGE = REPO / "tests" / "peers" / "virtual_printer_bridge.py"
-# lines the hosts send on their own: handshake, M503, polls and the driver's M110 anchors
-OWN = re.compile(r"^(M105|M110 N\d+|M115|M155 S\d+|M503)$")
+# lines the hosts send on their own: handshake, M503, polls, the driver's M110 anchors and
+# its closing M400 (it reports a job finished when the motion is over); OctoPrint's M20/M21
+# (SD card list and init) and M27 (SD status) polls
+OWN = re.compile(r"^(M105|M110 N\d+|M115|M155 S\d+|M503|M400|M20|M21|M27( S\d+)?)$")
 
 
 @dataclass
@@ -157,7 +160,7 @@ async def one_in_flight(path: str, lines: tuple[str, ...]) -> tuple[float, str]:
         link.close()
 
 
-async def driver_run(path: str, program: Program, window: int) -> tuple[float, str, dict[str, int]]:
+async def driver_run(path: str, program: Program, window: int) -> tuple[float, str, dict[str, Any]]:
     """Stream with the marlin driver; return the seconds taken, the outcome, its counters."""
     driver = MarlinDriver({"port": path, "window": window})
     await driver.connect()
@@ -180,12 +183,15 @@ async def driver_run(path: str, program: Program, window: int) -> tuple[float, s
         await driver.start(program)
         ended, outcome = await asyncio.wait_for(finished, 1800)
         watcher.cancel()
-        return ended - started, outcome, dict(driver.stats)
+        stats: dict[str, Any] = dict(driver.stats)
+        stats["windows"] = driver._core.window_choices
+        return ended - started, outcome, stats
     finally:
         await driver.close()
 
 
 CONDITIONS: tuple[tuple[str, list[str]], ...] = (
+    ("clean (no simulated errors)", ["--terminate", "--simulated-errors", "none"]),
     ("default errors", ["--terminate"]),
     ("default errors + 0.1 % damaged", ["--terminate", "--corrupt-rate", "0.001", "--seed", "1"]),
     ("default errors + 1 % damaged", ["--terminate", "--corrupt-rate", "0.01", "--seed", "1"]),
@@ -194,7 +200,23 @@ CONDITIONS: tuple[tuple[str, list[str]], ...] = (
 )
 
 
-def _note(stats: dict[str, int], bridge: dict[str, int]) -> str:
+def _diff(executed: list[str], lines: tuple[str, ...]) -> str:
+    """Say how the executed program differs from the program (empty if it does not)."""
+    if executed == list(lines):
+        return ""
+    missing = len(lines) - len(executed)
+    i = next((k for k, (a, b) in enumerate(zip(executed, lines, strict=False)) if a != b), None)
+    if i is None:
+        i = min(len(executed), len(lines))
+    got = executed[i] if i < len(executed) else "(nothing)"
+    want = lines[i] if i < len(lines) else "(nothing)"
+    return (
+        f"{-missing:+d} lines vs the program; first difference at line {i + 1}: "
+        f"ran {got!r}, program {want!r}"
+    )
+
+
+def _note(stats: dict[str, Any], bridge: dict[str, int]) -> str:
     parts = []
     if bridge.get("lines_corrupted"):
         parts.append(f"{bridge['lines_corrupted']} lines damaged")
@@ -203,7 +225,78 @@ def _note(stats: dict[str, int], bridge: dict[str, int]) -> str:
             f"{stats['resends']} faults, {stats['stale_resends']} duplicate requests "
             f"collapsed, {stats['anchors']} anchors, {stats['timeouts']} timeouts"
         )
+        if stats.get("windows"):
+            parts.append("windows chosen " + ",".join(str(w) for w in stats["windows"]))
     return "; ".join(parts)
+
+
+class OctoPrintHost:
+    """A real OctoPrint server (its own venv) printing through its serial layer to a pty.
+
+    It is configured as tests/peers/octoprint_server.py does (no wizard, no network), plus
+    `serial.additionalPorts` so that it lists and opens the bridge's pty like a USB port.
+    Everything else about its serial layer is as shipped.
+    """
+
+    def __init__(self, venv: Path, workdir: Path) -> None:
+        import yaml
+
+        from tests.peers.octoprint_server import OctoPrintServer, octoprint_executable
+
+        exe = octoprint_executable(venv)
+        if exe is None:
+            raise FileNotFoundError(f"no OctoPrint in {venv}")
+        self.server = OctoPrintServer(executable=exe, basedir=workdir / "octoprint")
+        self.server.prepare()
+        config_path = self.server.basedir / "config.yaml"
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        config["serial"]["additionalPorts"] = ["/dev/pts/*"]
+        config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        self.server.start()
+
+    def close(self) -> None:
+        """Stop the server."""
+        self.server.stop()
+
+    def print_file(self, port: str, path: Path) -> tuple[float, str]:
+        """Connect to `port`, upload and print `path`; return the seconds and the outcome."""
+        api = self.server.api
+        r = api("POST", "/api/connection", json={"command": "connect", "port": port})
+        if r.status_code != 204:
+            return 0.0, f"failed: connect answered {r.status_code} {r.text[:200]}"
+        try:
+            end = time.monotonic() + 60
+            while api("GET", "/api/connection").json()["current"]["state"] != "Operational":
+                if time.monotonic() > end:
+                    return 0.0, "failed: never Operational"
+                time.sleep(0.2)
+            with path.open("rb") as fh:
+                r = api("POST", "/api/files/local", files={"file": (path.name, fh)})
+            if r.status_code != 201:
+                return 0.0, f"failed: upload answered {r.status_code}"
+            started = time.perf_counter()
+            r = api(
+                "POST", f"/api/files/local/{path.name}", json={"command": "select", "print": True}
+            )
+            if r.status_code != 204:
+                return 0.0, f"failed: select answered {r.status_code}"
+            seen_printing = False
+            while True:
+                job = api("GET", "/api/job").json()
+                state = job.get("state", "")
+                if state.startswith("Printing"):
+                    seen_printing = True
+                elif seen_printing or (job.get("progress") or {}).get("completion") == 100:
+                    if state == "Operational":
+                        return time.perf_counter() - started, "finished (OctoPrint: Operational)"
+                    if not state.startswith(("Starting", "Finishing")):
+                        return time.perf_counter() - started, f"failed: {state}"
+                if time.perf_counter() - started > 1800:
+                    return time.perf_counter() - started, "failed: still printing after 30 min"
+                time.sleep(0.05)
+        finally:
+            api("POST", "/api/connection", json={"command": "disconnect"})
+            time.sleep(1.0)
 
 
 async def run(args: argparse.Namespace) -> list[Result]:
@@ -220,40 +313,106 @@ async def run(args: argparse.Namespace) -> list[Result]:
     program = Program(name=f"vase-{len(lines)}", lines=lines)
     results: list[Result] = []
     workdir = Path(tempfile.mkdtemp(prefix="bench-marlin-"))
-    wanted = [
-        c for i, c in enumerate(CONDITIONS) if args.conditions is None or i in args.conditions
-    ]
-    for mode, flags in wanted:
+    octoprint: OctoPrintHost | None = None
+    gcode = workdir / f"vase-{len(lines)}.gcode"
+    gcode.write_text("\n".join(lines) + "\n", encoding="ascii")
+    if args.octoprint_conditions:
+        octoprint = OctoPrintHost(Path(args.octoprint_venv), workdir)
+    try:
+        for i, (mode, flags) in enumerate(CONDITIONS):
+            if args.conditions is not None and i not in args.conditions:
+                continue
+            for _ in range(args.repeat):
+                await run_condition(python, workdir, mode, flags, lines, program, args, results)
+                if octoprint is None or i not in args.octoprint_conditions:
+                    continue
+                peer = Peer(python, workdir, *flags)
+                try:
+                    seconds, outcome = await asyncio.to_thread(
+                        octoprint.print_file, peer.path, gcode
+                    )
+                    executed = peer.executed()
+                    exact = executed == list(lines)
+                finally:
+                    bridge = peer.close()
+                note = "; ".join(n for n in (_note({}, bridge), _diff(executed, lines)) if n)
+                results.append(
+                    Result(
+                        "OctoPrint 1.11.8 server",
+                        mode,
+                        len(lines),
+                        seconds,
+                        exact,
+                        outcome,
+                        note,
+                    )
+                )
+                print(results[-1], flush=True)
+    finally:
+        if octoprint is not None:
+            octoprint.close()
+    return summarise(results)
+
+
+def summarise(results: list[Result]) -> list[Result]:
+    """Collapse repeated runs of a host and condition into the median run (by time)."""
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.host, r.mode), []).append(r)
+    out = []
+    for runs in groups.values():
+        if len(runs) == 1:
+            out.append(runs[0])
+            continue
+        ordered = sorted(runs, key=lambda r: r.seconds)
+        mid = ordered[len(ordered) // 2]
+        exact = all(r.exact for r in runs) if mid.exact is not None else None
+        times = ", ".join(f"{r.seconds:.1f}" for r in runs)
+        note = f"median of {len(runs)} runs ({times} s)" + (f"; {mid.note}" if mid.note else "")
+        out.append(Result(mid.host, mid.mode, mid.lines, mid.seconds, exact, mid.outcome, note))
+    return out
+
+
+async def run_condition(
+    python: Path,
+    workdir: Path,
+    mode: str,
+    flags: list[str],
+    lines: tuple[str, ...],
+    program: Program,
+    args: argparse.Namespace,
+    results: list[Result],
+) -> None:
+    """Run one condition with the one-line host and the driver."""
+    peer = Peer(python, workdir, *flags)
+    try:
+        seconds, outcome = await one_in_flight(peer.path, lines)
+        exact = peer.executed() == list(lines)
+    finally:
+        bridge = peer.close()
+    results.append(
+        Result("one-in-flight", mode, len(lines), seconds, exact, outcome, _note({}, bridge))
+    )
+    print(results[-1], flush=True)
+    for window in args.windows:
         peer = Peer(python, workdir, *flags)
         try:
-            seconds, outcome = await one_in_flight(peer.path, lines)
+            seconds, outcome, stats = await driver_run(peer.path, program, window)
             exact = peer.executed() == list(lines)
         finally:
             bridge = peer.close()
         results.append(
-            Result("one-in-flight", mode, len(lines), seconds, exact, outcome, _note({}, bridge))
+            Result(
+                f"marlin window={window}",
+                mode,
+                len(lines),
+                seconds,
+                exact,
+                outcome,
+                _note(stats, bridge),
+            )
         )
         print(results[-1], flush=True)
-        for window in args.windows:
-            peer = Peer(python, workdir, *flags)
-            try:
-                seconds, outcome, stats = await driver_run(peer.path, program, window)
-                exact = peer.executed() == list(lines)
-            finally:
-                bridge = peer.close()
-            results.append(
-                Result(
-                    f"marlin window={window}",
-                    mode,
-                    len(lines),
-                    seconds,
-                    exact,
-                    outcome,
-                    _note(stats, bridge),
-                )
-            )
-            print(results[-1], flush=True)
-    return results
 
 
 def report(results: list[Result], args: argparse.Namespace) -> str:
@@ -264,9 +423,12 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     rows = []
     for r in results:
         ratio = f"{r.rate / base[r.mode]:.1f}x" if base.get(r.mode) else ""
+        rate = f"{r.rate:,.0f}"
+        if r.outcome.startswith("failed"):
+            rate, ratio = "—", ""  # a job that stopped early has no rate
         exact = "" if r.exact is None else ("yes" if r.exact else "**no**")
         rows.append(
-            f"| {r.host} | {r.mode} | {r.seconds:.1f} | {r.rate:,.0f} | {ratio} "
+            f"| {r.host} | {r.mode} | {r.seconds:.1f} | {rate} | {ratio} "
             f"| {r.outcome} | {exact} | {r.note} |"
         )
     return "\n".join(
@@ -304,6 +466,15 @@ def main() -> None:
     parser.add_argument(
         "--octoprint-venv",
         default=os.environ.get("MICROFACTORY_OCTOPRINT_VENV", str(REPO / ".octoprint-venv")),
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per host and condition, alternating"
+    )
+    parser.add_argument(
+        "--octoprint-conditions",
+        type=lambda v: [int(x) for x in v.split(",")] if v else [],
+        default=[0, 1],
+        help="conditions a real OctoPrint server also prints (default 0,1; '' for none)",
     )
     parser.add_argument("--out", default=str(REPO / "docs" / "bench-marlin.md"))
     args = parser.parse_args()

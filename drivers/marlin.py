@@ -97,6 +97,7 @@ class _Tag:
     job_index: int | None = None  # index in the program, for progress
     waiter: _Waiter | None = None
     is_poll: bool = False  # an M105 the driver sent itself
+    motion_end: bool = False  # the M400 that ends a job: its ok means the motion is over
 
 
 @dataclass(slots=True)
@@ -108,6 +109,9 @@ class _Job:
     last_acked: str | None = None
     paused: bool = False
     cancelling: bool = False
+    motion_wait: Cmd | None = None  # the closing M400, once every line is acknowledged
+    motion_done: bool = False
+    acked_all_at: float | None = None
 
 
 class MarlinDriver(Driver):
@@ -121,6 +125,9 @@ class MarlinDriver(Driver):
         # Marlin's default BUFSIZE is 4 command slots; 4 lines in flight never spill into
         # the 128-byte receive buffer (docs/bench-marlin.md).
         self.window = max(1, int(s.get("window", 4)))
+        # Measure which window (full, 2 or 1 lines) streams fastest on this link and keep it
+        # (drivers/marlin_protocol.py, _WindowTuner); False: always the full window.
+        self.window_autotune = bool(s.get("window_autotune", True))
         self.buffer_slots = max(1, int(s.get("buffer_slots", 4)))
         self.rx_buffer = int(s.get("rx_buffer", 128))
         # An unanswered line is sent again after this long (never a failure).
@@ -137,6 +144,10 @@ class MarlinDriver(Driver):
         self.clean_lines = int(s.get("clean_lines", 16))
         self.tick_interval_s = float(s.get("tick_interval_s", 0.2))
         self.read_settings_at_connect = bool(s.get("read_settings", True))
+        # Marlin acknowledges a move once it is planned, so the last `ok` of a job comes
+        # while up to 15 planner blocks still run: the job is finished when the M400 sent
+        # after it is acknowledged (Marlin answers M400 once the planner is empty).
+        self.wait_for_motion = bool(s.get("wait_for_motion", True))
         # Bytes after the last newline are taken as a line once the peer has been quiet this
         # long (peers such as VirtualPrinter do not end every reply with a newline).
         self.partial_line_s = float(s.get("partial_line_s", 0.05))
@@ -168,6 +179,7 @@ class MarlinDriver(Driver):
             settle_s=self.resend_settle_s,
             clean_lines=self.clean_lines,
             max_resends=self.max_resends,
+            autotune=self.window_autotune,
         )
         core.feed = self._feed
         return core
@@ -241,6 +253,7 @@ class MarlinDriver(Driver):
             raise
         self._link = link
         self._handshake_q = asyncio.Queue()
+        link.on_line = self._on_raw_line  # replies are handled in the reader callback
         self._reader_task = asyncio.create_task(self._read_loop(link), name=f"marlin-rx {port}")
         try:
             next_n = await self._handshake(str(port), baudrate)
@@ -590,6 +603,10 @@ class MarlinDriver(Driver):
             self._poll_out = False
             self._last_poll = time.monotonic()
         job = self._job
+        if tag.motion_end:
+            if job is not None and job.motion_wait is cmd:
+                job.motion_done = True
+            return
         if job is not None and tag.job_index is not None:
             job.acked += 1
             job.last_acked = cmd.command
@@ -605,8 +622,19 @@ class MarlinDriver(Driver):
         job = self._job
         if job is None or job.cancelling:
             return
-        if job.next_index >= len(job.program.lines) and job.acked >= len(job.program.lines):
-            self._end_job(EventKind.FINISHED, "finished")
+        total = len(job.program.lines)
+        if job.next_index < total or job.acked < total:
+            return
+        if self.wait_for_motion and not job.motion_done and self._halted is None:
+            if job.motion_wait is None:
+                # Every line is in the firmware; wait for its planner to run dry.
+                job.acked_all_at = time.time()
+                job.motion_wait = Cmd.of("M400", _Tag(motion_end=True))
+                self._set_status(message=f"{job.program.name}: finishing the last moves")
+                self._core.submit(job.motion_wait)
+                self._flush()
+            return
+        self._end_job(EventKind.FINISHED, "finished")
 
     def _end_job(self, kind: EventKind, reason: str) -> None:
         job = self._job
@@ -621,6 +649,9 @@ class MarlinDriver(Driver):
             "last_line": job.last_acked,
             "elapsed_s": round(time.time() - job.started_at, 3),
         }
+        if kind is EventKind.FINISHED and job.acked_all_at is not None:
+            # From the last line's ok to the end of the motion (the closing M400's ok).
+            data["motion_wait_s"] = round(time.time() - job.acked_all_at, 3)
         if kind is EventKind.FINISHED or kind is EventKind.CANCELLED:
             state = MachineState.IDLE if self._halted is None else MachineState.ERROR
             self._set_status(state=state, message=reason, progress=progress)
@@ -656,12 +687,7 @@ class MarlinDriver(Driver):
                     text = link.take_partial().decode("utf-8", errors="replace")
                     partial_seen = b""
                     self._note_loose_newlines(text)
-                pieces = split_replies(text)
-                if len(pieces) > 1:
-                    self._note_loose_newlines(text)
-                for piece in pieces:
-                    if piece.strip():
-                        self._on_line(piece)
+                self._on_text(text)
         except MachineOffline as exc:
             self._on_link_lost(str(exc))
         except asyncio.CancelledError:
@@ -669,6 +695,22 @@ class MarlinDriver(Driver):
         except Exception as exc:  # a bug must not leave a job hanging silently
             log.exception("marlin reader failed")
             self._on_link_lost(f"internal error in the Marlin driver: {exc!r}")
+
+    def _on_raw_line(self, raw: bytes) -> None:
+        """A complete line from the link's reader callback (most replies come this way)."""
+        try:
+            self._on_text(raw.decode("utf-8", errors="replace"))
+        except Exception as exc:  # a bug must not leave a job hanging silently
+            log.exception("marlin reader failed")
+            self._on_link_lost(f"internal error in the Marlin driver: {exc!r}")
+
+    def _on_text(self, text: str) -> None:
+        pieces = split_replies(text)
+        if len(pieces) > 1:
+            self._note_loose_newlines(text)
+        for piece in pieces:
+            if piece.strip():
+                self._on_line(piece)
 
     def _note_loose_newlines(self, text: str) -> None:
         if not self._loose_newlines:

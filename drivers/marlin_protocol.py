@@ -362,6 +362,92 @@ class _Burst:
     expect: int = 0  # lines in flight when it began: each draws at most one ok
 
 
+@dataclass(slots=True)
+class _WindowTuner:
+    """Picks the lines in flight that the link and firmware actually go fastest with.
+
+    Sending ahead hides the link's round trip, which is what counts on a USB-serial link (1
+    to 16 ms). Where the round trip is negligible and the firmware's own processing is the
+    limit, more lines in flight can be slower: OctoPrint's VirtualPrinter, whose reader,
+    writer and planner threads contend for one interpreter lock, runs fastest with one or
+    two lines on a bare pty. So the core measures: it streams `probe_lines` clean lines at
+    each candidate window in turn (interleaved, `rounds` times, so that the program's
+    content weighs alike on each), keeps the fastest by the median, and holds it for
+    `hold_lines` lines before measuring again. A smaller window must be faster by `margin`
+    to be chosen: a printer that is bound by its motion, not its link, keeps the full window
+    (what keeps its planner fed on short segments).
+    """
+
+    candidates: tuple[int | None, ...]  # None: the full window
+    probe_lines: int = 128
+    rounds: int = 3
+    hold_lines: int = 4000
+    margin: float = 0.1
+    warmup: int = 4  # lines after a switch before the epoch's clock starts
+    schedule: list[int | None] = field(default_factory=list)
+    index: int = 0
+    times: dict[int | None, list[float]] = field(default_factory=dict)
+    holding: bool = False
+    count: int = 0  # lines in the current epoch (negative: still warming up)
+    started: float = 0.0
+    faults: int = 0
+    chosen: int | None = None
+    choices: list[int | None] = field(default_factory=list)  # every decision, in order
+
+    def reset(self) -> None:
+        self.schedule = [c for _ in range(self.rounds) for c in self.candidates]
+        self.index, self.times, self.holding = 0, {}, False
+        self.count, self.chosen = -self.warmup, self.schedule[0]
+
+    @property
+    def cap(self) -> int | None:
+        return self.chosen
+
+    def restart_epoch(self) -> None:
+        self.count = -self.warmup
+
+    def on_line(self, now: float, faults: int) -> None:
+        """One program line acknowledged without doubt, at the full window."""
+        if self.holding:
+            self.count += 1
+            if self.count >= self.hold_lines:
+                self.reset()
+            return
+        if self.count < 0:
+            self.count += 1
+            if self.count == 0:
+                self.started, self.faults = now, faults
+            return
+        if faults != self.faults:
+            self.restart_epoch()  # a fault's time is not the window's
+            return
+        self.count += 1
+        if self.count < self.probe_lines:
+            return
+        self.times.setdefault(self.schedule[self.index], []).append(now - self.started)
+        self.index += 1
+        if self.index < len(self.schedule):
+            self.chosen = self.schedule[self.index]
+            self.restart_epoch()
+            return
+        median = {c: sorted(t)[len(t) // 2] for c, t in self.times.items()}
+        full = median[self.candidates[0]]
+        best = min(median, key=lambda c: median[c])
+        if best != self.candidates[0] and median[best] > full * (1 - self.margin):
+            best = self.candidates[0]
+        self.chosen, self.holding, self.count = best, True, 0
+        self.choices.append(best)
+        log.info(
+            "marlin: window %s chosen (%s)",
+            "full" if best is None else best,
+            ", ".join(
+                f"{'full' if c is None else c}: {self.probe_lines / t:.0f} lines/s"
+                for c, t in median.items()
+                if t > 0
+            ),
+        )
+
+
 class MarlinProtocol:
     """Numbered, checksummed send-ahead streaming with resends; no I/O, injected clock."""
 
@@ -380,6 +466,7 @@ class MarlinProtocol:
         max_resends: int = 10,
         wait_grace_s: float = 0.5,
         history: int = 4096,
+        autotune: bool = False,
     ) -> None:
         self.clock = clock
         self.max_window = max(1, window)
@@ -394,6 +481,9 @@ class MarlinProtocol:
         self.wait_grace_s = wait_grace_s
         self.history_size = max(64, history)
         self.feed: Callable[[], Cmd | None] | None = None
+        #: Measures which window streams fastest (see _WindowTuner); off: the full window.
+        self.autotune = autotune
+        self._tuner: _WindowTuner | None = None
         #: Set once a resend-class error names no line ("Error: Checksum mismatch", as
         #: VirtualPrinter says): such a firmware's counter cannot be audited, so any claim
         #: that skips unacknowledged lines is answered with an anchor.
@@ -424,6 +514,12 @@ class MarlinProtocol:
         self._staged: Cmd | None = None  # taken from feed() but not yet sent
         self._window = self.max_window
         self._clean = 0
+        self._tuner = None
+        if self.autotune and self.max_window > 1:
+            self._tuner = _WindowTuner(
+                candidates=tuple(dict.fromkeys((None, *(w for w in (2, 1) if w < self.max_window))))
+            )
+            self._tuner.reset()
         self._burst: _Burst | None = None
         self._swallow = 0
         self._credit = 0
@@ -442,6 +538,14 @@ class MarlinProtocol:
     def window(self) -> int:
         """Lines allowed in flight right now (1 while recovering from a fault)."""
         return self._window
+
+    @property
+    def window_choices(self) -> list[int]:
+        """The windows the tuner chose so far, in order (the full window as its size)."""
+        if self._tuner is None:
+            return []
+        full = max(self.max_window, self.learned_slots or 0)
+        return [full if c is None else c for c in self._tuner.choices]
 
     @property
     def settling(self) -> bool:
@@ -521,9 +625,11 @@ class MarlinProtocol:
     def _limit(self) -> int:
         if self._window < self.max_window:
             return self._window
+        limit = self.max_window
         if self.learned_slots is not None:
-            return max(self.max_window, self.learned_slots)
-        return self.max_window
+            limit = max(self.max_window, self.learned_slots)
+        cap = self._tuner.cap if self._tuner is not None else None
+        return limit if cap is None else min(limit, cap)
 
     def _may_send(self, wire_len: int) -> bool:
         if self._burst is not None or self.halted or self.failure is not None:
@@ -616,7 +722,11 @@ class MarlinProtocol:
         self._cursor = target + 1
         body = f"M110 N{target}"
         anchor = Cmd(body, number=target, anchor=True)
-        anchor.wire = (format_line(target, body) + "\n").encode("ascii")
+        # A blank line first: Marlin (and VirtualPrinter) ignore an empty line, and a
+        # firmware that drops the next line it receives after a fault (VirtualPrinter's
+        # resend_with_timeout) drops the blank line instead of the anchor, which would
+        # otherwise cost a timeout.
+        anchor.wire = ("\n" + format_line(target, body) + "\n").encode("ascii")
         self.stats["anchors"] += 1
         self._write(anchor)
 
@@ -708,6 +818,12 @@ class MarlinProtocol:
             if self._window < self.max_window and self._clean >= self.clean_lines:
                 self._window = self.max_window
                 self._credit = 0  # the link has been clean: old surplus means nothing
+            tuner = self._tuner
+            if tuner is not None:
+                if cmd.long or self._window < self.max_window:
+                    tuner.restart_epoch()
+                else:
+                    tuner.on_line(self.clock(), self.stats["resends"] + self.stats["timeouts"])
         self._done.append((cmd, text))
 
     def _on_request(self, number: int | None, now: float, pair: bool) -> None:
@@ -860,6 +976,14 @@ class MarlinProtocol:
                 if not cmd.unnumbered:
                     self._confirm(cmd, "ok")
         self._inflight.clear()
+        if not lie and not self.distrust:
+            # The firmware has every line before the target, also lines that were not in
+            # flight: a timeout takes the lines in flight out to send them again one by
+            # one, and the firmware may have run them all before it meets the first copy.
+            for number in range(min(self._cursor, lowest), target):
+                held = self._history.get(number)
+                if held is not None and not held.done and not held.anchor:
+                    self._confirm(held, "ok")
         # One ok per "Resend:" line, per junk echo and per line the firmware still owes an
         # ok for. Surplus oks (a resent line accepted while the burst's replies were still
         # coming) are credited: they are the owed oks of the next burst.

@@ -47,9 +47,11 @@ __all__ = [
     "MotionQueue",
     "PlanLimits",
     "QueuedBlock",
+    "arc_geometry",
     "grbl_arc_segments",
     "limits_from_dict",
     "lookahead_window",
+    "marlin_arc_segments",
     "plan_times",
     "profile_time",
 ]
@@ -192,6 +194,66 @@ def grbl_arc_segments(angular_travel: float, radius: float, tolerance: float) ->
         return 1
     tol = min(tolerance, radius)
     return max(1, int(abs(0.5 * angular_travel * radius) / math.sqrt(tol * (2 * radius - tol))))
+
+
+#: Marlin 2's arcs (`plan_arc`): segments of feed / ARC_SEGMENTS_PER_SEC, kept within
+#: MIN_ARC_SEGMENT_MM and MAX_ARC_SEGMENT_MM (Marlin 1 cut every arc into MM_PER_ARC_SEGMENT
+#: = 1 mm chords: the upper bound). The analyser splits arcs the same way.
+MARLIN_ARC_SEGMENTS_PER_S: Final = 50.0
+MARLIN_MIN_ARC_SEGMENT_MM: Final = 0.1
+MARLIN_MAX_ARC_SEGMENT_MM: Final = 1.0
+
+
+def marlin_arc_segments(angular_travel: float, radius: float, feed_mm_s: float) -> int:
+    """Return how many segments Marlin cuts an arc into at a feed rate (mm/s)."""
+    seg = min(
+        max(feed_mm_s / MARLIN_ARC_SEGMENTS_PER_S, MARLIN_MIN_ARC_SEGMENT_MM),
+        MARLIN_MAX_ARC_SEGMENT_MM,
+    )
+    return max(1, int(abs(angular_travel) * radius / seg))
+
+
+def arc_geometry(
+    start: tuple[float, float],
+    end: tuple[float, float],
+    offset: tuple[float, float] | None,
+    radius: float | None,
+    clockwise: bool,
+) -> tuple[float, float, float, float]:
+    """Return an XY arc's centre, radius and signed angular travel (radians).
+
+    `offset` is I/J (the centre relative to the start); else `radius` is R (> 0 the short
+    arc, < 0 the long one). Start = end with I/J is a full circle. A degenerate arc (no
+    radius) has an angular travel of 0.
+    """
+    sx, sy = start
+    ex, ey = end
+    if offset is None:
+        r = radius or 0.0
+        dx, dy = ex - sx, ey - sy
+        chord = math.hypot(dx, dy)
+        if chord == 0 or r == 0:
+            return sx, sy, 0.0, 0.0
+        h2 = r * r - chord * chord / 4
+        h = math.sqrt(h2) if h2 > 0 else 0.0
+        sign = (-1.0 if clockwise else 1.0) * (1.0 if r > 0 else -1.0)
+        cx = sx + dx / 2 - sign * h * dy / chord
+        cy = sy + dy / 2 + sign * h * dx / chord
+    else:
+        cx, cy = sx + offset[0], sy + offset[1]
+    r0x, r0y = sx - cx, sy - cy
+    r1x, r1y = ex - cx, ey - cy
+    rad = math.hypot(r0x, r0y)
+    if rad == 0:
+        return cx, cy, 0.0, 0.0
+    angle = math.atan2(r0x * r1y - r0y * r1x, r0x * r1x + r0y * r1y)
+    if abs(ex - sx) < 1e-9 and abs(ey - sy) < 1e-9:
+        angle = -2 * math.pi if clockwise else 2 * math.pi  # a full circle
+    elif clockwise and angle >= -5e-7:
+        angle -= 2 * math.pi
+    elif not clockwise and angle <= 5e-7:
+        angle += 2 * math.pi
+    return cx, cy, rad, angle
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 import serial
@@ -35,6 +36,9 @@ class AsyncSerialLink:
         self._closed_reason: str | None = None
         self.bytes_written = 0
         self.bytes_read = 0
+        #: If set, each complete line is handed to it from the reader callback, at once and
+        #: in order, instead of being queued for readline() (one task switch less per line).
+        self.on_line: Callable[[bytes], None] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -100,7 +104,12 @@ class AsyncSerialLink:
                 break
             line = bytes(self._rxbuf[:idx]).rstrip(b"\r")
             del self._rxbuf[: idx + 1]
-            self._lines.append(line)
+            if self.on_line is not None:
+                self.on_line(line)
+                if self._fd is None:
+                    return  # the handler closed the link
+            else:
+                self._lines.append(line)
         if self._lines:
             self._line_ready.set()
 

@@ -13,9 +13,12 @@ it from a printer:
   planner (`drivers.planner.MotionQueue`): per-axis feed and acceleration limits, M204
   accelerations, classic jerk or junction deviation, look-ahead bounded by the buffer;
   M201/M203/M204/M205 change the limits as the firmware does (M205 X/Y switch to classic
-  jerk, as PrusaSlicer's model of Marlin assumes); arcs run as straight moves;
+  jerk, as PrusaSlicer's model of Marlin assumes); G2/G3 arcs (I/J or R, XY plane) are cut
+  into segments as Marlin 2's `plan_arc` does (`drivers.planner.marlin_arc_segments`);
 - the emergency parser (M112, M108, M410 act the moment they arrive);
-- heaters that move toward their targets, M109/M190 waits with `busy: processing`;
+- heaters that move toward their targets, M109/M190 waits with `busy: processing`, and the
+  host keepalive (`busy: processing` every 2 s) while a move waits for room in a full
+  planner or M400 waits for the moves to end;
 - M115 capability lines, M155 auto-reports, ADVANCED_OK (`ok N.. P.. B..`) if asked for;
 - the link's byte rate (`baud`, 10 bits a byte) in both directions;
 - faults: corrupted or dropped lines, silence, a closed port, thermal runaway, MINTEMP,
@@ -44,7 +47,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from drivers.marlin import MarlinDriver
-from drivers.planner import MachineLimits, MotionQueue
+from drivers.planner import MachineLimits, MotionQueue, arc_geometry, marlin_arc_segments
 from drivers.sim.pty import PtyPair
 
 log = logging.getLogger(__name__)
@@ -172,6 +175,7 @@ class _Stats:
     errors: int = 0
     resend_requests: int = 0
     emergency: list[str] = field(default_factory=list)
+    path_mm: float = 0.0  # XYZ distance of every move planned (arcs as their segments)
 
 
 class MarlinSimulator:
@@ -218,6 +222,7 @@ class MarlinSimulator:
         self._planner = MotionQueue(self._limits)
         self._motion_at = time.monotonic()
         self._pos = {"X": 0.0, "Y": 0.0, "Z": 0.0, "E": 0.0}
+        self._next_busy = math.inf  # when the running command next says "busy: processing"
         self._relative = False
         self._relative_e = False
         self._feed = 1500.0  # mm/min
@@ -624,11 +629,14 @@ class MarlinSimulator:
             self._ok(number)
             return
         self.executed.append(command)
+        self._next_busy = time.monotonic() + max(0.05, self.options.busy_interval)
         code = f"{match.group(1)}{int(match.group(2))}"
         params = {k: float(v) for k, v in _PARAM_RE.findall(command[len(code) :].upper())}
         say_ok = True
-        if code in ("G0", "G1", "G2", "G3"):
+        if code in ("G0", "G1"):
             await self._move(params)
+        elif code in ("G2", "G3"):
+            await self._arc(params, clockwise=code == "G2")
         elif code == "G4":
             await self._wait_moves()
             dwell = params.get("P", 0.0) / 1000.0 if "P" in params else params.get("S", 0.0)
@@ -887,13 +895,69 @@ class MarlinSimulator:
                 target = self._pos[axis] + params[axis] if relative else params[axis]
                 delta[axis] = target - self._pos[axis]
                 self._pos[axis] = target
-        sf = self.options.speed_factor
-        if not any(delta.values()) or sf <= 0 or math.isinf(sf):
-            return
         move = (delta.get("X", 0.0), delta.get("Y", 0.0), delta.get("Z", 0.0), delta.get("E", 0.0))
+        await self._plan(move)
+
+    def _arc_target(self, params: Mapping[str, float]) -> dict[str, float]:
+        target = {}
+        for axis in ("X", "Y", "Z", "E"):
+            relative = self._relative_e if axis == "E" else self._relative
+            value = params.get(axis)
+            if value is None:
+                target[axis] = self._pos[axis]
+            else:
+                target[axis] = self._pos[axis] + value if relative else value
+        return target
+
+    async def _arc(self, params: Mapping[str, float], clockwise: bool) -> None:
+        """Run G2/G3 as Marlin's plan_arc does: straight segments along the arc (XY plane)."""
+        if "F" in params and params["F"] > 0:
+            self._feed = params["F"]
+        start = dict(self._pos)
+        end = self._arc_target(params)
+        has_ij = "I" in params or "J" in params
+        offset = (params.get("I", 0.0), params.get("J", 0.0)) if has_ij else None
+        cx, cy, radius, angle = arc_geometry(
+            (start["X"], start["Y"]), (end["X"], end["Y"]), offset, params.get("R"), clockwise
+        )
+        segments = self.arc_segments(radius, angle)
+        for k in range(1, segments + 1):
+            if k == segments:
+                point = end
+            else:
+                f = k / segments
+                c, s = math.cos(angle * f), math.sin(angle * f)
+                r0x, r0y = start["X"] - cx, start["Y"] - cy
+                point = {
+                    "X": cx + r0x * c - r0y * s,
+                    "Y": cy + r0x * s + r0y * c,
+                    "Z": start["Z"] + (end["Z"] - start["Z"]) * f,
+                    "E": start["E"] + (end["E"] - start["E"]) * f,
+                }
+            move = (
+                point["X"] - self._pos["X"],
+                point["Y"] - self._pos["Y"],
+                point["Z"] - self._pos["Z"],
+                point["E"] - self._pos["E"],
+            )
+            self._pos = dict(point)
+            await self._plan(move)
+
+    def arc_segments(self, radius: float, angle: float) -> int:
+        """Return how many segments an arc of this radius and travel is cut into now."""
+        if radius <= 0 or angle == 0:
+            return 1
+        return marlin_arc_segments(angle, radius, self._feed / 60.0)
+
+    async def _plan(self, move: tuple[float, float, float, float]) -> None:
+        """Queue one straight move in the planner, waiting while the planner is full."""
+        self.stats.path_mm += math.sqrt(move[0] ** 2 + move[1] ** 2 + move[2] ** 2)
+        sf = self.options.speed_factor
+        if not any(move) or sf <= 0 or math.isinf(sf):
+            return
         self._prune_planner()
         while self._planner.full:
-            await self._sleep_until(time.monotonic() + self._planner.time_to_next() / sf)
+            await self._sleep_keepalive(time.monotonic() + self._planner.time_to_next() / sf)
             self._prune_planner()
         block = self._planner.make_block(move, self._feed / 60.0)
         if block is not None:
@@ -904,9 +968,28 @@ class MarlinSimulator:
         self._prune_planner()
         while self._planner.blocks and sf > 0 and not math.isinf(sf):
             wait = self._planner.time_to_next() / sf
-            await self._sleep_until(time.monotonic() + wait)
+            await self._sleep_keepalive(time.monotonic() + wait)
             self._prune_planner()
         self._planner.clear()
+
+    async def _sleep_keepalive(self, when: float) -> None:
+        """Sleep until `when`, saying "busy: processing" as Marlin's host keepalive does.
+
+        Marlin's `host_keepalive()` runs in `idle()`, which also spins while a move waits
+        for room in a full planner and while M400 waits: a command that has been running for
+        `busy_interval` seconds says so, and again every `busy_interval` seconds.
+        """
+        interval = max(0.05, self.options.busy_interval)
+        while True:
+            now = time.monotonic()
+            if now >= self._next_busy:
+                self._next_busy = now + interval
+                self._send("echo:busy: processing")
+            if now >= when:
+                return
+            await self._sleep_until(min(when, self._next_busy))
+            if time.monotonic() >= when:
+                return
 
     async def _busy_sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -59,7 +60,7 @@ class Host:
     def writes(self) -> list[str]:
         """What the core wrote since the last call, without newlines."""
         self.core.pump()
-        return [w.decode().rstrip("\n") for w in self.core.take_writes()]
+        return [w.decode().strip("\n") for w in self.core.take_writes()]
 
     def reply(self, *lines: str) -> list[str]:
         """Feed reply lines; return what was written in answer."""
@@ -470,3 +471,75 @@ async def test_the_watchdog_survives_an_exception(caplog: pytest.LogCaptureFixtu
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def stream_with(
+    host: Host, lines: int, latency: float, service: Callable[[int], float]
+) -> list[int]:
+    """Run a firmware model against the core; return the lines in flight at each ok.
+
+    Each ok comes `latency` after its line was written, and `service(in_flight)` after the
+    firmware's previous ok (its own processing, which may slow down with more lines queued).
+    """
+    written: list[float] = []
+    in_flight_seen: list[int] = []
+    last_ok = host.clock.now
+    for _ in range(lines):
+        written += [host.clock.now] * len(host.writes())
+        n = len(host.core.inflight())
+        if n == 0:
+            break
+        at = max(last_ok + service(n), written.pop(0) + latency)
+        host.clock.now = max(host.clock.now, at)
+        last_ok = host.clock.now
+        in_flight_seen.append(n)
+        host.core.on_reply(parse_reply("ok"))
+        host._collect()
+    return in_flight_seen
+
+
+def test_the_window_tuner_keeps_the_full_window_where_the_link_has_latency() -> None:
+    # 2 ms of latency, 0.1 ms of processing: 4 lines in flight are 4x as fast as one.
+    host = Host([f"G1 X{i % 100}" for i in range(3000)], autotune=True)
+    seen = stream_with(host, 2000, 0.002, lambda n: 0.0001)
+    tuner = host.core._tuner
+    assert tuner is not None
+    assert tuner.holding
+    assert tuner.chosen is None  # the full window
+    assert seen[-100:] == [4] * 100
+
+
+def test_the_window_tuner_keeps_the_full_window_on_a_motion_bound_printer() -> None:
+    # The printer takes 5 ms a line whatever the host does: every window is as fast, so the
+    # full one stays (it keeps the planner fed).
+    host = Host([f"G1 X{i % 100}" for i in range(3000)], autotune=True)
+    seen = stream_with(host, 2000, 0.0002, lambda n: 0.005)
+    assert host.core._tuner is not None
+    assert host.core._tuner.holding
+    assert host.core._tuner.chosen is None
+    assert seen[-100:] == [4] * 100
+
+
+def test_the_window_tuner_narrows_where_more_lines_in_flight_slow_the_firmware() -> None:
+    # A firmware like VirtualPrinter on a bare pty: no latency to hide, and each extra line
+    # queued slows its processing (its threads contend for one lock).
+    host = Host([f"G1 X{i % 100}" for i in range(3000)], autotune=True)
+    seen = stream_with(host, 2000, 0.0002, lambda n: 0.0003 * (1 + 0.3 * (n - 1)))
+    tuner = host.core._tuner
+    assert tuner is not None
+    assert tuner.holding
+    assert tuner.chosen == 1
+    assert seen[-100:] == [1] * 100
+
+
+def test_the_window_tuner_measures_again_after_holding() -> None:
+    host = Host([f"G1 X{i % 100}" for i in range(9000)], autotune=True)
+    tuner = host.core._tuner
+    assert tuner is not None
+    tuner.hold_lines = 500
+    stream_with(host, 1500, 0.0002, lambda n: 0.0003 * (1 + 0.3 * (n - 1)))
+    assert tuner.choices == [1]
+    # The link changes (a latency appears): the next measurement widens the window again.
+    stream_with(host, 2500, 0.002, lambda n: 0.0001)
+    assert tuner.choices[:2] == [1, None]
+    assert host.core.window_choices[:2] == [1, 4]
