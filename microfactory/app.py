@@ -151,7 +151,11 @@ def create_app(settings: Settings) -> FastAPI:
             # Bookings' periodic tasks; a database lease runs them once across processes.
             scheduler = Scheduler(app.state.sessionmaker, settings)
             scheduler.start()
-            await app.state.fleet.start(app.state.sessionmaker, settings.upload_dir)
+            await app.state.fleet.start(
+                app.state.sessionmaker,
+                settings.upload_dir,
+                unknown_command_policy=settings.unknown_command_policy,
+            )
             if settings.auto_dispatch:
                 runner = QueueRunner(app.state.sessionmaker, app.state.fleet, settings)
                 app.state.queue_runner = runner
