@@ -23,11 +23,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 # An operator's job may carry commands off the allow-list (allow_firmware_commands); M7777 is
 # no Marlin command, M105 is none of GRBL's. Each sits on line 4.
-PRINT = (
-    b"G28\nG1 Z0.2 F3000\nG1 X10 Y10 F3000\nM7777 S1\n"
-    + b"".join(f"G1 X{10 + i % 20} Y{10 + i % 7} F3000\n".encode() for i in range(40))
+PRINT = b"G28\nG1 Z0.2 F3000\nG1 X10 Y10 F3000\nM7777 S1\n" + b"".join(
+    f"G1 X{10 + i % 20} Y{10 + i % 7} F3000\n".encode() for i in range(40)
 )
-CUT = b"G21\nG90\nG0 Z5\nM105\n" + b"".join(f"G1 X{i % 20} Y{i % 9} F900\n".encode() for i in range(40))
+CUT = b"G21\nG90\nG0 Z5\nM105\n" + b"".join(
+    f"G1 X{i % 20} Y{i % 9} F900\n".encode() for i in range(40)
+)
 
 
 async def _client(settings: Settings, policy: str) -> AsyncIterator[httpx.AsyncClient]:
