@@ -86,7 +86,8 @@ class Server:
         self.base = f"http://127.0.0.1:{port}"
 
         def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, "the server exited"
+            assert self.proc is not None
+            assert self.proc.poll() is None, "the server exited"
             try:
                 return httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200
             except httpx.TransportError:
