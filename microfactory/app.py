@@ -212,7 +212,7 @@ def create_app(settings: Settings) -> FastAPI:
         else None
     )
     app.state.events = _wire_events(app.state.sessionmaker, app.state.fleet, app.state.job_relay)
-    app.state.login_throttle = LoginThrottle.from_settings(settings)
+    app.state.login_throttle = LoginThrottle.from_settings(settings, app.state.engine)
     app.state.preparer = Preparer(app.state.sessionmaker, settings)
     metrics = Metrics()
     metrics.registry.register(_FleetCollector(app))
