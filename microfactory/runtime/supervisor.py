@@ -13,11 +13,12 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from drivers import (
@@ -54,6 +55,20 @@ GRBL_DRIVERS = frozenset({"grbl", "sim-grbl"})
 # tail of a line (the driver's resend logic accounts for it), not a command it refused.
 _UNKNOWN_COMMAND_RE = re.compile(r'^echo:\s*Unknown command:\s*"\s*([GMTgmt]\d[^"]*)"')
 MAX_FLAGGED_LINES = 50  # "flag" keeps at most this many refused lines on a job
+# A job's state must reach the database even across a database restart: its transitions are
+# retried at these intervals (the last repeats) for up to DB_RETRY_FOR_S, then given up with
+# an error logged (the job is then failed by the next start's recovery, never dropped).
+DB_RETRY_S = (0.5, 1.0, 2.0, 5.0)
+DB_RETRY_FOR_S = 600.0
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    """Whether an error means the database cannot be reached now (a restart, a network cut)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    return isinstance(exc, ConnectionError)
 
 
 class Supervisor:
@@ -331,7 +346,19 @@ class Supervisor:
         if now - self._last_progress_write < PROGRESS_WRITE_INTERVAL_S:
             return
         self._last_progress_write = now
+        try:
+            await self._write_progress(status)
+        except Exception as exc:
+            if not _database_unavailable(exc):
+                raise
+            # Progress is superseded by the next write: skip this one, the job streams on.
+            log.warning(
+                "machine %s: progress not written (database unavailable): %s", self.name, exc
+            )
+
+    async def _write_progress(self, status: Status) -> None:
         progress = status.progress
+        assert progress is not None
         # Progress is not state: a conditional write that only touches a job still on the
         # machine, so it can never resurrect a job that ended meanwhile.
         values = progress.as_dict()
@@ -358,14 +385,43 @@ class Supervisor:
                 .execution_options(synchronize_session=False)
             )
 
+    async def _retrying(self, what: str, write: Callable[[], Awaitable[None]]) -> None:
+        """Run a database write, retrying while the database is unreachable (a restart)."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                await write()
+                if attempt:
+                    log.info("machine %s: %s written after %s retries", self.name, what, attempt)
+                return
+            except Exception as exc:
+                if not _database_unavailable(exc):
+                    raise
+                if time.monotonic() - started > DB_RETRY_FOR_S:
+                    log.error("machine %s: gave up writing %s: %s", self.name, what, exc)
+                    raise
+                delay = DB_RETRY_S[min(attempt, len(DB_RETRY_S) - 1)]
+                attempt += 1
+                log.warning(
+                    "machine %s: database unavailable while writing %s (retry in %ss): %s",
+                    self.name, what, delay, exc,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+
     async def _set_job_state(self, state: JobState, actor: lifecycle.Actor | None = None) -> None:
         """Record a pause or resume the machine reported (idempotent: a repeat is ignored)."""
         if self.job_id is None:
             return
         move = lifecycle.pause if state is JobState.PAUSED else lifecycle.resume
-        async with self.sessionmaker() as session, session.begin():
-            with contextlib.suppress(lifecycle.TransitionRefused):
-                await move(session=session, job=self.job_id, actor=actor or lifecycle.MACHINE)
+        job_id = self.job_id
+
+        async def write() -> None:
+            async with self.sessionmaker() as session, session.begin():
+                with contextlib.suppress(lifecycle.TransitionRefused):
+                    await move(session=session, job=job_id, actor=actor or lifecycle.MACHINE)
+
+        await self._retrying(f"job {job_id} {state.value}", write)
 
     async def _end_job(
         self,
@@ -384,11 +440,13 @@ class Supervisor:
                 return
             progress = self._status.progress
             details = {"lines_sent": progress.lines_sent} if progress is not None else {}
-            try:
+            ended = job_id
+
+            async def write() -> None:
                 async with self.sessionmaker() as session, session.begin():
                     await lifecycle.end(
                         session=session,
-                        job=job_id,
+                        job=ended,
                         state=state,
                         actor=actor or lifecycle.MACHINE,
                         reason=reason,
@@ -396,6 +454,9 @@ class Supervisor:
                         details=details,
                         only_from=ACTIVE_STATES,
                     )
+
+            try:
+                await self._retrying(f"job {job_id} {state.value}", write)
             except lifecycle.TransitionRefused as exc:
                 log.info("machine %s: job %s already ended: %s", self.name, job_id, exc.detail)
             else:
