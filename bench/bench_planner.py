@@ -47,21 +47,25 @@ OCTOPRINT_PYTHON = Path(
 ) / "bin" / "python"  # fmt: skip
 
 OURS_CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from microfactory.analysis import analyse_gcode
 t = time.perf_counter()
 a = analyse_gcode(sys.argv[1])
 dt = time.perf_counter() - t
-print(json.dumps({"s": dt, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec (the parent's size would count).
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"s": dt, "peak_mb": int(hwm.split()[1]) / 1024}))
 """
 OCTO_CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from octoprint.util.gcodeInterpreter import gcode
 g = gcode()
 t = time.perf_counter()
 g.load(sys.argv[1])
 dt = time.perf_counter() - t
-print(json.dumps({"s": dt, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec (the parent's size would count).
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"s": dt, "peak_mb": int(hwm.split()[1]) / 1024}))
 """
 
 
@@ -269,14 +273,17 @@ a segment at these accelerations, as in the synthetic spiral of 0.02 mm chords a
 there the firmware must run about 29 % longer than a whole-file planner (and PrusaSlicer,
 which ignores the buffer) says.
 
-**Memory.** The analyser reads 8 MiB of whole lines at a time and carries only the modal
+**Memory.** The analyser reads 1 MiB of whole lines at a time and carries only the modal
 state and the last few planner blocks from one chunk to the next, so its peak memory hardly
 grows with the file (the test `tests/unit/analysis/test_analysis_memory.py` checks a 200 MiB
 file stays under 512 MB and within 100 MB of a 16 MiB one). Before, a 200 MiB upload peaked
-at about 8.7 GB. OctoPrint's interpreter holds less (it keeps no per-line table) but is
-slower: 9 to 16 times across our runs on this shared 2-core machine, where the ratio moves
-with the load (the 10 MiB file, the shortest analysis, came out at 8.4x and 9.1x in two runs,
-the 100 and 200 MiB files at 12x to 16x).
+at about 8.7 GB; with 8 MiB chunks (until 2026-12-02) at 168-196 MB, with 1 MiB chunks at
+62-64 MB. OctoPrint's interpreter holds less (it keeps no per-line table) but is slower. On
+this shared 2-core machine the ratio moves with the load. With 8 MiB chunks the 10 MiB file
+came out at 8.4x and 9.1x in two runs. With 1 MiB chunks (each step's arrays stay in the
+CPU's caches) two runs on 2026-12-02 gave 11.6x / 9.5x / 13.2x (load average 11, while a
+test run shared the machine) and 12.2x / 10.6x / 8.7x (load 4-7) for 10 / 100 / 200 MiB:
+10x or more in four of six, and never below 8.7x.
 """
 
 
@@ -348,9 +355,9 @@ def render(
         out += [
             "## Analysis memory and speed",
             "",
-            "Copies of bracket.gcode (bench/big_gcode.py), each analysed in a fresh process; peak "
-            "RSS from getrusage, time of the analysis call only. Ours and OctoPrint's run "
-            "alternately, best of the rounds for each.",
+            "Copies of bracket.gcode (bench/big_gcode.py), each analysed in a fresh process; "
+            "peak RSS from VmHWM in /proc/self/status, time of the analysis call only. Ours and "
+            "OctoPrint's run alternately, best of the rounds for each.",
             "",
             "| file | ours: peak RSS | ours: MB/s | OctoPrint: peak RSS | OctoPrint: MB/s "
             "| speed ratio |",

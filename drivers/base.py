@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, overload
 
 
 class MachineState(StrEnum):
@@ -142,10 +142,14 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Program:
-    """A G-code program ready to stream: comments and blank lines removed."""
+    """A G-code program ready to stream: comments and blank lines removed.
+
+    `lines` is a sequence: a tuple for programs built from text, a `FileLines` reading its
+    file block by block for programs from files (a 200 MiB job is not held in memory).
+    """
 
     name: str
-    lines: tuple[str, ...]
+    lines: Sequence[str]
     source: Path | None = None  # the original file, for drivers that upload files whole
 
     @classmethod
@@ -155,9 +159,103 @@ class Program:
 
     @classmethod
     def from_file(cls, path: Path, name: str | None = None) -> Program:
-        """Read a G-code file (UTF-8) into a program."""
-        text = path.read_text(encoding="utf-8")
-        return cls.from_text(name or path.name, text, source=path)
+        """Open a G-code file (UTF-8) as a program streamed from disk (one pass to index it;
+        call it in a worker thread)."""
+        return cls(name=name or path.name, lines=FileLines(path), source=path)
+
+
+class FileLines(Sequence[str]):
+    """The command lines of a G-code file, read from disk a block at a time.
+
+    Building it reads the file once, in 1 MiB slices, to count the command lines and to note
+    where every `BLOCK` lines begin (a 200 MiB file of 6 million lines keeps about 1,500
+    offsets). Indexing reads the block holding the line, keeping the last `CACHED` blocks:
+    drivers stream forwards and resend only recent lines, so each block is read about once.
+    A block read is 4,096 lines (about 100 KB from the page cache, well under a millisecond),
+    so the drivers may index it on the event loop. The lines are those `from_text` gives:
+    comments and blank lines dropped, any line break (\\n, \\r\\n, \\r) splits.
+    """
+
+    BLOCK: ClassVar[int] = 4096
+    CACHED: ClassVar[int] = 4
+    _SLICE: ClassVar[int] = 1 << 20
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # checkpoints[b] = (byte offset of the raw line holding line b*BLOCK, and how many
+        # command lines of that raw line come before it)
+        self._checkpoints: list[tuple[int, int]] = []
+        self._count = 0
+        self._cache: dict[int, list[str]] = {}
+        for offset, cleaned in self._raw_lines(0):
+            for skip, _line in enumerate(cleaned):
+                if self._count % self.BLOCK == 0:
+                    self._checkpoints.append((offset, skip))
+                self._count += 1
+
+    def _raw_lines(self, start: int) -> Iterator[tuple[int, list[str]]]:
+        """Yield (offset, command lines) for each newline-ended piece of the file from `start`."""
+        with self.path.open("rb") as fh:
+            fh.seek(start)
+            offset = start
+            rest = b""
+            while True:
+                block = fh.read(self._SLICE)
+                data = rest + block
+                if not data:
+                    return
+                pieces = data.split(b"\n")
+                rest = pieces.pop() if block else b""
+                for piece in pieces:
+                    yield offset, clean_lines(piece.decode("utf-8").splitlines())
+                    offset += len(piece) + 1
+                if not block:
+                    if rest:
+                        yield offset, clean_lines(rest.decode("utf-8").splitlines())
+                    return
+
+    def _block(self, number: int) -> list[str]:
+        cached = self._cache.get(number)
+        if cached is not None:
+            return cached
+        offset, skip = self._checkpoints[number]
+        want = min(self.BLOCK, self._count - number * self.BLOCK)
+        lines: list[str] = []
+        for _offset, cleaned in self._raw_lines(offset):
+            lines.extend(cleaned[skip:])
+            skip = 0
+            if len(lines) >= want:
+                break
+        del lines[want:]
+        if len(self._cache) >= self.CACHED:
+            self._cache.pop(next(iter(self._cache)))  # the oldest read
+        self._cache[number] = lines
+        return lines
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("program line index out of range")
+        return self._block(index // self.BLOCK)[index % self.BLOCK]
+
+    def __iter__(self) -> Iterator[str]:
+        for _offset, cleaned in self._raw_lines(0):
+            yield from cleaned
+
+    def __repr__(self) -> str:
+        return f"FileLines({str(self.path)!r}, {self._count} lines)"
 
 
 def strip_comment(line: str) -> str:

@@ -739,12 +739,25 @@ class MarlinDriver(Driver):
         if kind is ReplyKind.ACTION:
             self._on_action(reply.message)
         elif kind in (ReplyKind.ECHO, ReplyKind.POSITION, ReplyKind.OTHER):
-            self._emit(EventKind.LOG, line=reply.text)
+            self._emit(EventKind.LOG, line=reply.text, **self._program_line_of(reply))
             self._collect(reply.text)
         if self._halted is not None:
             return
         self._core.on_reply(reply)
         self._flush()
+
+    def _program_line_of(self, reply: Reply) -> dict[str, Any]:
+        """Name the program line an `echo:Unknown command` answers (the oldest in flight:
+        Marlin runs commands in order and echoes before its ok), for the host's policy."""
+        if reply.kind is not ReplyKind.ECHO or not reply.message.startswith("Unknown command"):
+            return {}
+        oldest = self._core.oldest()
+        if oldest is None or self._job is None:
+            return {}
+        tag = oldest.tag
+        if not isinstance(tag, _Tag) or tag.job_index is None:
+            return {}
+        return {"line_number": tag.job_index + 1, "program_line": oldest.command}
 
     def _collect(self, text: str) -> None:
         oldest = self._core.oldest()

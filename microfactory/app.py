@@ -161,7 +161,11 @@ def create_app(settings: Settings) -> FastAPI:
             # Bookings' periodic tasks; a database lease runs them once across processes.
             scheduler = Scheduler(app.state.sessionmaker, settings)
             scheduler.start()
-            await app.state.fleet.start(app.state.sessionmaker, settings.upload_dir)
+            await app.state.fleet.start(
+                app.state.sessionmaker,
+                settings.upload_dir,
+                unknown_command_policy=settings.unknown_command_policy,
+            )
             if settings.auto_dispatch:
                 runner = QueueRunner(app.state.sessionmaker, app.state.fleet, settings)
                 app.state.queue_runner = runner
@@ -218,7 +222,7 @@ def create_app(settings: Settings) -> FastAPI:
         else None
     )
     app.state.events = _wire_events(app.state.sessionmaker, app.state.fleet, app.state.job_relay)
-    app.state.login_throttle = LoginThrottle.from_settings(settings)
+    app.state.login_throttle = LoginThrottle.from_settings(settings, app.state.engine)
     app.state.preparer = Preparer(app.state.sessionmaker, settings)
     metrics = Metrics()
     metrics.registry.register(_FleetCollector(app))

@@ -6,7 +6,7 @@ import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     member_storage_quota_bytes: int | None = Field(2 * 1024 * 1024 * 1024, ge=1024)
 
     # Machines
+    # What a job does when the firmware answers one of its lines "Unknown command" (Marlin's
+    # `echo:Unknown command:`) or GRBL `error:N` (error:20, an unsupported command): "fail"
+    # stops the job with the reason naming the line; "flag" runs on and records the line in
+    # the job's flags (`firmware_rejected`) for the operator.
+    unknown_command_policy: Literal["fail", "flag"] = "fail"
     run_supervisors: bool = True  # False on extra web workers: one process per host drives
     demo_speed_factor: float = Field(20.0, gt=0)  # simulated machines move this much faster
 

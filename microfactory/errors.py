@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -12,6 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from microfactory.logs import scrub_internal_names
+
+log = logging.getLogger("microfactory.errors")
 
 # Paths that answer JSON (or plain text) whatever went wrong; every other path is the
 # dashboard, where a person reads the error in a page.
@@ -70,6 +74,27 @@ class TooManyRequestsError(DomainError):
     """Too many attempts (failed logins); `retry_after_s` says when to try again."""
 
     status_code = 429
+
+
+class InsufficientStorageError(DomainError):
+    """The server's disk is full (or a file size limit was hit): nothing was stored."""
+
+    status_code = 507
+
+
+# ENOSPC: no space left; EDQUOT: a disk quota; EFBIG: a file size limit (RLIMIT_FSIZE).
+STORAGE_FULL_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+STORAGE_FULL_MESSAGE = (
+    "the server's storage is full, so this was not stored (nothing of it was kept); "
+    "ask an operator to free disk space, then try again"
+)
+
+
+def storage_full(exc: BaseException) -> InsufficientStorageError | None:
+    """Return the 507 for an OSError that says the disk is full, else None."""
+    if isinstance(exc, OSError) and exc.errno in STORAGE_FULL_ERRNOS:
+        return InsufficientStorageError(STORAGE_FULL_MESSAGE)
+    return None
 
 
 class InvalidInputError(DomainError):
@@ -154,7 +179,17 @@ def install_error_handlers(app: FastAPI) -> None:
                 return page
         return await http_exception_handler(request, exc)
 
+    async def _os_error(request: Request, exc: Exception) -> Response:
+        # A full disk anywhere under a request (an upload's spool, a tool's output, SQLite)
+        # is a 507 with a message; any other OSError stays a server error.
+        full = storage_full(exc)
+        if full is None:
+            raise exc
+        log.error("storage full while serving %s %s: %s", request.method, request.url.path, exc)
+        return await _handle(request, full)
+
     app.add_exception_handler(DomainError, _handle)
+    app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
 
@@ -168,7 +203,10 @@ _ERROR_STATUSES: dict[int, str] = {
     409: "Conflicts with the current state",
     422: "Refused input: the fields and rules that failed",
 }
-_BODY_STATUSES: dict[int, str] = {413: "The body is over the configured limit"}
+_BODY_STATUSES: dict[int, str] = {
+    413: "The body is over the configured limit",
+    507: "The server's storage is full; nothing was stored",
+}
 _THROTTLED: dict[int, str] = {429: "Too many attempts; retry after the Retry-After header"}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import uuid
@@ -14,7 +15,7 @@ from typing import BinaryIO
 from starlette.datastructures import UploadFile
 
 from drivers.base import clean_lines
-from microfactory.errors import InvalidInputError, PayloadTooLargeError
+from microfactory.errors import InvalidInputError, PayloadTooLargeError, storage_full
 
 CHUNK = 1024 * 1024
 
@@ -44,7 +45,10 @@ async def store_upload(upload: UploadFile, directory: Path, limit: int, suffix: 
     digest = hashlib.sha256()
     size = 0
     # Disk writes go to a worker thread: a 200 MB upload must not stall the event loop.
-    fh = await asyncio.to_thread(_open_new, path)
+    try:
+        fh = await asyncio.to_thread(_open_new, path)
+    except OSError as exc:
+        raise storage_full(exc) or exc from None
     try:
         while chunk := await upload.read(CHUNK):
             size += len(chunk)
@@ -53,13 +57,23 @@ async def store_upload(upload: UploadFile, directory: Path, limit: int, suffix: 
             digest.update(chunk)
             await asyncio.to_thread(fh.write, chunk)
         await asyncio.to_thread(fh.close)
-    except BaseException:
-        fh.close()
-        path.unlink(missing_ok=True)
+    except BaseException as exc:
+        discard_partial(fh, path)
+        full = storage_full(exc)
+        if full is not None:
+            raise full from None
         raise
     return StoredFile(
         path, stored_name, safe_display_name(upload.filename), digest.hexdigest(), size
     )
+
+
+def discard_partial(fh: BinaryIO, path: Path) -> None:
+    """Close and delete a file whose writing failed (closing may fail again on a full disk)."""
+    with contextlib.suppress(OSError):
+        fh.close()
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def _open_new(path: Path) -> BinaryIO:

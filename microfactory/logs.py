@@ -39,6 +39,22 @@ def redact_text(text: str) -> str:
 _STORED_NAME = re.compile(r"\b[0-9a-f]{32}(\.[A-Za-z0-9]{1,10})?\b")
 
 
+# An absolute path of at least two parts (`/srv/data/work/12/part.scad`), not inside a URL
+# (`https://host/a/b`): PrusaSlicer and OpenSCAD name their inputs by such paths.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"`:;,()<>\[\]]+/)+([^\s/'\"`:;,()<>\[\]]*)")
+
+
+def scrub_paths(text: str) -> str:
+    """Replace server paths by their last part and stored file names by "the uploaded file".
+
+    For what members see of a job (failure reasons, the preparation log, event reasons): the
+    server's layout (data dir, work folders, generated names) is none of their business, the
+    file name they uploaded is.
+    """
+    text = _ABSOLUTE_PATH.sub(lambda m: m.group(1) or "(a server folder)", text)
+    return _STORED_NAME.sub("the uploaded file", text)
+
+
 def scrub_internal_names(text: str, data_dir: str | None = None) -> str:
     """Replace internal stored file names and data-directory paths in a user-facing message."""
     if data_dir:

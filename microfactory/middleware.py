@@ -313,7 +313,7 @@ class LoginGate:
             throttle: LoginThrottle | None = getattr(scope["app"].state, "login_throttle", None)
             client = scope.get("client")
             address = client[0] if client else "unknown"
-            refusal = throttle.address_refusal(address) if throttle is not None else None
+            refusal = await throttle.address_refusal(address) if throttle is not None else None
             if throttle is not None and refusal is not None:
                 # Answered late: a sleeping coroutine costs nothing, and a client guessing
                 # in a loop is slowed to one guess a second per connection.

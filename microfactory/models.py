@@ -1,6 +1,6 @@
 """Import every model so that the metadata is complete (Alembic and tests use this)."""
 
-from microfactory.accounts.models import ApiToken, User
+from microfactory.accounts.models import ApiToken, LoginFailure, User
 from microfactory.bookings.models import (
     Booking,
     BookingLock,
@@ -45,6 +45,7 @@ __all__ = [
     "HubUpstream",
     "Job",
     "JobEvent",
+    "LoginFailure",
     "Machine",
     "MachineKindRate",
     "MachineProfile",

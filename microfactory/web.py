@@ -15,11 +15,13 @@ from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, User
 from microfactory.deps import CSRF_COOKIE, SESSION_COOKIE, SessionDep, check_csrf
 from microfactory.errors import NotAuthenticatedError, PermissionDeniedError
-from microfactory.logs import scrub_internal_names
+from microfactory.logs import scrub_internal_names, scrub_paths
 from microfactory.notifications import service as notification_service
 
 TEMPLATES_DIR = resources.web_dir() / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+# `{{ job.failure_reason | scrub }}`: no server paths or stored file names on a page.
+templates.env.filters["scrub"] = lambda v: scrub_paths(v) if isinstance(v, str) else v
 
 
 @dataclass(frozen=True)

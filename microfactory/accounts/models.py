@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from enum import StrEnum
 
-from sqlalchemy import Enum, ForeignKey, String
+from sqlalchemy import BigInteger, Enum, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from microfactory.db import Base, TimestampMixin, UTCDateTime, utcnow
@@ -83,3 +83,20 @@ class ApiToken(Base):
     last_used_from: Mapped[str | None] = mapped_column(String(64))  # client address, last use
 
     user: Mapped[User] = relationship(back_populates="tokens", lazy="raise")
+
+
+class LoginFailure(Base):
+    """One failed login in a throttle window, shared by every process on PostgreSQL.
+
+    `key` is the `limits` library's key (kind, username or address, limit and window); rows
+    older than the window are deleted as new failures arrive (accounts/throttle.py).
+    """
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(400))
+    at: Mapped[float] = mapped_column(Float(precision=53))  # Unix time, seconds

@@ -69,7 +69,7 @@ async def list_lockouts(throttle: ThrottleDep, _admin: AdminUser) -> list[Lockou
             retry_after_s=lk.retry_after_s,
             until=dt.datetime.fromtimestamp(lk.until, dt.UTC),
         )
-        for lk in throttle.lockouts()
+        for lk in await throttle.lockouts()
     ]
 
 
@@ -78,7 +78,7 @@ async def lift_lockout(
     kind: LockoutKind, key: str, throttle: ThrottleDep, admin: AdminUser
 ) -> LockoutLifted:
     """Lift the lockout of a username or client address (admin)."""
-    was = throttle.lift(kind=kind, key=key)
+    was = await throttle.lift(kind=kind, key=key)
     service.log_lockout_lifted(admin=admin, kind=kind, key=key, was_locked_out=was)
     return LockoutLifted(kind=kind, key=key, was_locked_out=was)
 

@@ -124,16 +124,16 @@ async def login(
     The lockout is checked before the password, so a locked-out guesser costs no hashing.
     """
     try:
-        throttle.check(username=username, address=address)
+        await throttle.check(username=username, address=address)
     except TooManyRequestsError:
         await asyncio.sleep(throttle.refusal_delay_s)  # slows a guessing loop, costs nothing
         raise
     try:
         user = await authenticate(session=session, username=username, password=password)
     except NotAuthenticatedError:
-        throttle.failed(username=username, address=address)
+        await throttle.failed(username=username, address=address)
         raise
-    throttle.succeeded(username=username)
+    await throttle.succeeded(username=username)
     return user
 
 

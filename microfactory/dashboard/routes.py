@@ -340,7 +340,7 @@ async def users_page(request: Request, session: SessionDep, user: WebAdmin) -> H
             "users": users,
             "roles": list(Role),
             "error": None,
-            "lockouts": get_throttle(request).lockouts(),
+            "lockouts": await get_throttle(request).lockouts(),
         },
     )
 
@@ -374,7 +374,7 @@ async def users_create(
                 "users": users,
                 "roles": list(Role),
                 "error": error,
-                "lockouts": get_throttle(request).lockouts(),
+                "lockouts": await get_throttle(request).lockouts(),
             },
             status_code=422,
         )
@@ -486,7 +486,7 @@ async def lockout_lift(
     key: Annotated[str, Form(max_length=128)],
 ) -> Response:
     """Lift a login lockout (admins)."""
-    was = get_throttle(request).lift(kind=kind, key=key)
+    was = await get_throttle(request).lift(kind=kind, key=key)
     account_service.log_lockout_lifted(admin=admin, kind=kind, key=key, was_locked_out=was)
     return redirect("/admin/users#lockouts")
 

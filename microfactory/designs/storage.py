@@ -11,8 +11,8 @@ from typing import IO
 
 from fastapi import UploadFile
 
-from microfactory.errors import InvalidInputError, PayloadTooLargeError
-from microfactory.files import StoredFile, safe_display_name, store_upload
+from microfactory.errors import InvalidInputError, PayloadTooLargeError, storage_full
+from microfactory.files import StoredFile, discard_partial, safe_display_name, store_upload
 
 CHUNK = 1024 * 1024
 MAX_FILES = 50
@@ -103,7 +103,11 @@ def write_stream(
     size = 0
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        with path.open("xb") as out:
+        out = path.open("xb")
+    except OSError as exc:
+        raise storage_full(exc) or exc from None
+    try:
+        with out:
             while chunk := source.read(CHUNK):
                 size += len(chunk)
                 budget[0] -= len(chunk)
@@ -117,7 +121,10 @@ def write_stream(
                     )
                 digest.update(chunk)
                 out.write(chunk)
-    except BaseException:
-        path.unlink(missing_ok=True)
+    except BaseException as exc:
+        discard_partial(out, path)
+        full = storage_full(exc)
+        if full is not None:
+            raise full from None
         raise
     return StoredFile(path, stored_name, name, digest.hexdigest(), size)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from microfactory.jobs.models import JobState
+from microfactory.logs import scrub_paths
 from microfactory.machines.models import MachineKind
 from microfactory.types import BodyId, Bool, Int, Number
 
@@ -57,6 +58,12 @@ class JobRead(BaseModel):
     created_at: dt.datetime
     updated_at: dt.datetime
 
+    @field_validator("failure_reason", "preparation_log", "waiting_reason")
+    @classmethod
+    def _no_internal_paths(cls, v: str | None) -> str | None:
+        # Scrubbed at the boundary: the stored text keeps the paths for operators' debugging.
+        return scrub_paths(v) if v else v
+
 
 class JobEventRead(BaseModel):
     """One transition of a job's life: from, to, when, who, why."""
@@ -73,6 +80,11 @@ class JobEventRead(BaseModel):
     reason: str | None
     last_acked_line: int | None
     last_line_text: str | None
+
+    @field_validator("reason")
+    @classmethod
+    def _no_internal_paths(cls, v: str | None) -> str | None:
+        return scrub_paths(v) if v else v
 
 
 class DispatchRequest(BaseModel):

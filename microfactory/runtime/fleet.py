@@ -49,6 +49,7 @@ class Fleet:
         self.hub: EventHub[Update] = EventHub(maxsize=500)
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._upload_dir: Path | None = None
+        self._unknown_command_policy = "fail"
         self.running = False
 
     # -- reading --------------------------------------------------------------------
@@ -98,10 +99,17 @@ class Fleet:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    async def start(self, sessionmaker: async_sessionmaker[AsyncSession], upload_dir: Path) -> None:
+    async def start(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        upload_dir: Path,
+        *,
+        unknown_command_policy: str = "fail",
+    ) -> None:
         """Recover jobs interrupted by a restart, then start a supervisor per machine."""
         self._sessionmaker = sessionmaker
         self._upload_dir = upload_dir
+        self._unknown_command_policy = unknown_command_policy
         self.running = True
         async with sessionmaker() as session, session.begin():
             await recover_after_restart(session)
@@ -129,6 +137,7 @@ class Fleet:
             sessionmaker=self._sessionmaker,
             upload_dir=self._upload_dir,
             on_status=self.publish_status,
+            unknown_command_policy=self._unknown_command_policy,
         )
         self.supervisors[machine.id] = sup
         sup.start()

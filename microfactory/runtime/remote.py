@@ -413,7 +413,13 @@ class RemoteFleet(Fleet):
         """Return whether the machine host was heard from recently."""
         return time.monotonic() - self._last_heard < 3 * HEARTBEAT_S
 
-    async def start(self, sessionmaker: Any = None, upload_dir: Any = None) -> None:
+    async def start(
+        self,
+        sessionmaker: Any = None,
+        upload_dir: Any = None,
+        *,
+        unknown_command_policy: str = "fail",
+    ) -> None:
         """Listen for status and replies, and ask the host for a first snapshot."""
         self.running = True
         await self.bus.start()

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from drivers import (
@@ -45,6 +47,28 @@ CONNECT_TIMEOUT_S = 60.0
 PROGRESS_WRITE_INTERVAL_S = 2.0  # at most one progress write per machine per interval
 # Commands an operator may send while a job runs: they report or stop, never move.
 SAFE_WHILE_RUNNING = frozenset({"M105", "M114", "M115", "M112", "M108", "?", "!", "~"})
+# Drivers whose firmware takes M104/M140: heaters are switched off when they reconnect with
+# no job to resume (a crashed server left them at print temperature).
+HEATED_SERIAL_DRIVERS = frozenset({"marlin", "sim-marlin"})
+GRBL_DRIVERS = frozenset({"grbl", "sim-grbl"})
+# Marlin echoes `Unknown command: "<cmd>"`; a quoted text that is no G/M/T word is the cut
+# tail of a line (the driver's resend logic accounts for it), not a command it refused.
+_UNKNOWN_COMMAND_RE = re.compile(r'^echo:\s*Unknown command:\s*"\s*([GMTgmt]\d[^"]*)"')
+MAX_FLAGGED_LINES = 50  # "flag" keeps at most this many refused lines on a job
+# A job's state must reach the database even across a database restart: its transitions are
+# retried at these intervals (the last repeats) for up to DB_RETRY_FOR_S, then given up with
+# an error logged (the job is then failed by the next start's recovery, never dropped).
+DB_RETRY_S = (0.5, 1.0, 2.0, 5.0)
+DB_RETRY_FOR_S = 600.0
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    """Whether an error means the database cannot be reached now (a restart, a network cut)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    return isinstance(exc, ConnectionError)
 
 
 class Supervisor:
@@ -60,11 +84,18 @@ class Supervisor:
         sessionmaker: async_sessionmaker[AsyncSession],
         upload_dir: Path,
         on_status: Callable[[int, dict[str, Any]], None],
+        unknown_command_policy: str = "fail",
     ) -> None:
         self.machine_id = machine_id
         self.name = name
         self.driver_name = driver_name
         self.connection = dict(connection)
+        self.unknown_command_policy = unknown_command_policy
+        if driver_name in GRBL_DRIVERS and "stop_on_error" not in self.connection:
+            # GRBL's driver stops a job at its first `error:N` itself, naming the line; the
+            # shop-wide policy decides unless the machine's connection says otherwise.
+            self.connection["stop_on_error"] = unknown_command_policy == "fail"
+        self._background: set[asyncio.Task[Any]] = set()
         self.sessionmaker = sessionmaker
         self.upload_dir = upload_dir
         self._on_status = on_status
@@ -186,7 +217,8 @@ class Supervisor:
         log.info("machine %s: motion limits read (%s)", self.name, limits.get("source"))
 
     async def _after_connect(self, driver: Driver) -> None:
-        """Re-attach to a job the machine kept running while we were away (OctoPrint)."""
+        """Re-attach to a job the machine kept running while we were away (OctoPrint); a
+        serial printer with no job to resume gets its heaters switched off."""
         attach = getattr(driver, "attach", None)
         async with self.sessionmaker() as session:
             job = (
@@ -196,10 +228,11 @@ class Supervisor:
                     )
                 )
             ).scalar_one_or_none()
-        if job is None:
+        if job is None or attach is None:
+            # Serial jobs were failed at startup (or when the link was lost): nothing can
+            # resume, so a crash must not leave a hot nozzle and bed behind.
+            await self._heaters_off(driver)
             return
-        if attach is None:
-            return  # serial jobs were failed at startup; nothing to re-attach
         remote_file = (job.flags or {}).get("remote_file")
         progress = await attach(remote_file, lines_total=job.lines_total)
         if progress is None:
@@ -212,6 +245,17 @@ class Supervisor:
             return
         self.job_id = job.id
         log.info("machine %s: re-attached to job %s", self.name, job.id)
+
+    async def _heaters_off(self, driver: Driver) -> None:
+        if self.driver_name not in HEATED_SERIAL_DRIVERS:
+            return
+        for command in ("M104 S0", "M140 S0"):
+            try:
+                await asyncio.wait_for(driver.send(command), 30)
+            except (DriverError, TimeoutError) as exc:
+                log.warning("machine %s: could not send %s at connect: %s", self.name, command, exc)
+                return
+        log.info("machine %s: heaters switched off at connect (no job to resume)", self.name)
 
     # -- events ---------------------------------------------------------------------
 
@@ -237,8 +281,63 @@ class Supervisor:
             await self._end_job(JobState.FAILED, reason=f"machine disconnected: {reason}")
         elif kind is EventKind.LOG:
             log.info("machine %s: %s", self.name, event.data.get("line", ""))
+            await self._check_refused_line(event.data)
         elif kind is EventKind.ACTION:
             log.info("machine %s: firmware action %s", self.name, event.data.get("action"))
+
+    async def _check_refused_line(self, data: Mapping[str, Any]) -> None:
+        """Apply the unknown-command policy to a line the firmware refused mid-job.
+
+        Marlin answers a command it does not know with `echo:Unknown command:` and an ok, and
+        runs on: the policy "fail" stops the job (heaters off, as a cancel does) and fails it
+        naming the line; "flag" records the line on the job. GRBL's `error:N` reaches here only
+        under "flag" (under "fail" its driver has already failed the job).
+        """
+        job_id = self.job_id
+        if job_id is None:
+            return
+        text = str(data.get("line") or "")
+        number = data.get("line_number")
+        program_line = str(data.get("program_line") or "")
+        match = _UNKNOWN_COMMAND_RE.match(text)
+        if match is not None:
+            reply = f'Unknown command: "{match.group(1)}"'
+            program_line = program_line or match.group(1)
+        elif text.startswith("error:") and number is not None:
+            meaning = data.get("meaning")
+            reply = f"{text} ({meaning})" if meaning else text
+        else:
+            return
+        where = f"line {number}" if number is not None else "a line"
+        summary = f"{where} `{program_line}`: the firmware answered {reply}"
+        if self.unknown_command_policy == "fail":
+            driver = self.driver
+            await self._end_job(
+                JobState.FAILED,
+                reason=f"{summary}; the job was stopped (unknown_command_policy is fail)",
+                job_id=job_id,
+            )
+            if driver is not None:
+                task = asyncio.create_task(self._stop_after_refusal(driver))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+            return
+        log.warning("machine %s: job %s: %s", self.name, job_id, summary)
+        entry = {"line_number": number, "line": program_line, "reply": reply}
+        async with self.sessionmaker() as session, session.begin():
+            job = await session.get(Job, job_id)
+            if job is None:
+                return
+            flags = dict(job.flags or {})
+            refused = list(flags.get("firmware_rejected") or [])
+            if len(refused) < MAX_FLAGGED_LINES:
+                refused.append(entry)
+            flags["firmware_rejected"] = refused
+            job.flags = flags
+
+    async def _stop_after_refusal(self, driver: Driver) -> None:
+        with contextlib.suppress(DriverError, TimeoutError):
+            await asyncio.wait_for(driver.cancel(), 60)
 
     async def _maybe_write_progress(self, status: Status) -> None:
         if self.job_id is None or status.progress is None:
@@ -247,7 +346,19 @@ class Supervisor:
         if now - self._last_progress_write < PROGRESS_WRITE_INTERVAL_S:
             return
         self._last_progress_write = now
+        try:
+            await self._write_progress(status)
+        except Exception as exc:
+            if not _database_unavailable(exc):
+                raise
+            # Progress is superseded by the next write: skip this one, the job streams on.
+            log.warning(
+                "machine %s: progress not written (database unavailable): %s", self.name, exc
+            )
+
+    async def _write_progress(self, status: Status) -> None:
         progress = status.progress
+        assert progress is not None
         # Progress is not state: a conditional write that only touches a job still on the
         # machine, so it can never resurrect a job that ended meanwhile.
         values = progress.as_dict()
@@ -274,14 +385,43 @@ class Supervisor:
                 .execution_options(synchronize_session=False)
             )
 
+    async def _retrying(self, what: str, write: Callable[[], Awaitable[None]]) -> None:
+        """Run a database write, retrying while the database is unreachable (a restart)."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                await write()
+                if attempt:
+                    log.info("machine %s: %s written after %s retries", self.name, what, attempt)
+                return
+            except Exception as exc:
+                if not _database_unavailable(exc):
+                    raise
+                if time.monotonic() - started > DB_RETRY_FOR_S:
+                    log.error("machine %s: gave up writing %s: %s", self.name, what, exc)
+                    raise
+                delay = DB_RETRY_S[min(attempt, len(DB_RETRY_S) - 1)]
+                attempt += 1
+                log.warning(
+                    "machine %s: database unavailable while writing %s (retry in %ss): %s",
+                    self.name, what, delay, exc,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+
     async def _set_job_state(self, state: JobState, actor: lifecycle.Actor | None = None) -> None:
         """Record a pause or resume the machine reported (idempotent: a repeat is ignored)."""
         if self.job_id is None:
             return
         move = lifecycle.pause if state is JobState.PAUSED else lifecycle.resume
-        async with self.sessionmaker() as session, session.begin():
-            with contextlib.suppress(lifecycle.TransitionRefused):
-                await move(session=session, job=self.job_id, actor=actor or lifecycle.MACHINE)
+        job_id = self.job_id
+
+        async def write() -> None:
+            async with self.sessionmaker() as session, session.begin():
+                with contextlib.suppress(lifecycle.TransitionRefused):
+                    await move(session=session, job=job_id, actor=actor or lifecycle.MACHINE)
+
+        await self._retrying(f"job {job_id} {state.value}", write)
 
     async def _end_job(
         self,
@@ -300,11 +440,13 @@ class Supervisor:
                 return
             progress = self._status.progress
             details = {"lines_sent": progress.lines_sent} if progress is not None else {}
-            try:
+            ended = job_id
+
+            async def write() -> None:
                 async with self.sessionmaker() as session, session.begin():
                     await lifecycle.end(
                         session=session,
-                        job=job_id,
+                        job=ended,
                         state=state,
                         actor=actor or lifecycle.MACHINE,
                         reason=reason,
@@ -312,6 +454,9 @@ class Supervisor:
                         details=details,
                         only_from=ACTIVE_STATES,
                     )
+
+            try:
+                await self._retrying(f"job {job_id} {state.value}", write)
             except lifecycle.TransitionRefused as exc:
                 log.info("machine %s: job %s already ended: %s", self.name, job_id, exc.detail)
             else:

@@ -1,7 +1,7 @@
 """designs carry a visibility, and imported designs their provenance chain
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-02 01:00:00
 
 Existing designs become `shop`: they stay visible to every member, as before, and none is
@@ -16,7 +16,7 @@ from alembic import op
 import microfactory.db
 
 revision: str = "0012"
-down_revision: str | None = "0009"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
