@@ -216,9 +216,52 @@ async def create_from_upload(
 
 
 REPRINTABLE = ENDED_STATES | {JobState.CLEARED}
-# What a re-print does not inherit from its original: its file's deletion, where the queue
-# sliced it for, and what the shop charged.
-_NOT_INHERITED_FLAGS = ("file_deleted_at",)
+# Flags a new run of a job does not inherit: where its file was fetched from for a remote
+# machine, and the deletion of its file.
+_NOT_INHERITED_FLAGS = ("remote_file", "file_deleted_at")
+
+
+def _copy_of(
+    job: Job,
+    *,
+    owner_id: int,
+    allow_firmware_commands: bool,
+    notes: str,
+    flags: dict[str, Any] | None = None,
+    priority: int | None = None,
+) -> Job:
+    """A new, unstarted job that runs the same file with the same settings and attribution
+    (a re-print, or a bad part requeued). The file is shared: retention keeps a file that any
+    live job uses."""
+    inherited = {k: v for k, v in (job.flags or {}).items() if k not in _NOT_INHERITED_FLAGS}
+    extra: dict[str, Any] = {} if priority is None else {"priority": priority}
+    return Job(
+        owner_id=owner_id,
+        title=job.title,
+        preparation="ready",
+        machine_kind=job.machine_kind,
+        requested_machine_id=job.requested_machine_id,
+        file_name=job.file_name,
+        stored_name=job.stored_name,
+        file_sha256=job.file_sha256,
+        file_size=job.file_size,
+        lines_total=job.lines_total,
+        progress=fresh_progress(job.lines_total),
+        analysis=dict(job.analysis or {}),
+        material=job.material,
+        required_tags=list(job.required_tags or []),
+        allow_firmware_commands=allow_firmware_commands,
+        design_id=job.design_id,
+        design_file_id=job.design_file_id,
+        parameters=dict(job.parameters or {}),
+        copies=job.copies,
+        nozzle_diameter_mm=job.nozzle_diameter_mm,
+        attribution=dict(job.attribution or {}),
+        flags={**inherited, **(flags or {})},
+        notes=notes,
+        created_at=utcnow(),
+        **extra,
+    )
 
 
 async def reprint(*, session: AsyncSession, job: Job, by: User, upload_dir: Path) -> Job:
@@ -243,34 +286,12 @@ async def reprint(*, session: AsyncSession, job: Job, by: User, upload_dir: Path
     if owner is None:
         raise NotFoundError(f"the owner of job {job.id} no longer exists")
     allow_firmware = job.allow_firmware_commands and by.is_staff
-    new = Job(
+    new = _copy_of(
+        job,
         owner_id=owner.id,
-        title=job.title,
-        preparation="ready",
-        machine_kind=job.machine_kind,
-        requested_machine_id=job.requested_machine_id,
-        file_name=job.file_name,
-        stored_name=job.stored_name,  # shared: retention keeps a file any live job uses
-        file_sha256=job.file_sha256,
-        file_size=job.file_size,
-        lines_total=job.lines_total,
-        progress=fresh_progress(job.lines_total),
-        analysis=dict(job.analysis or {}),
-        material=job.material,
-        required_tags=list(job.required_tags or []),
         allow_firmware_commands=allow_firmware,
-        design_id=job.design_id,
-        design_file_id=job.design_file_id,
-        parameters=dict(job.parameters or {}),
-        copies=job.copies,
-        nozzle_diameter_mm=job.nozzle_diameter_mm,
-        attribution=dict(job.attribution or {}),
-        flags={
-            **{k: v for k, v in (job.flags or {}).items() if k not in _NOT_INHERITED_FLAGS},
-            "reprint_of": job.id,
-        },
+        flags={"reprint_of": job.id},
         notes=f"re-print of job {job.id}",
-        created_at=utcnow(),
     )
     requested = (
         await session.get(Machine, job.requested_machine_id) if job.requested_machine_id else None
@@ -459,32 +480,12 @@ async def clear(
     job = await lifecycle.clear(session=session, job=job, by=by, outcome=outcome, notes=notes)
     again = None
     if requeue:
-        again = Job(
+        again = _copy_of(
+            job,
             owner_id=job.owner_id,
-            title=job.title,
-            preparation="ready",
-            material=job.material,
-            required_tags=job.required_tags,
-            nozzle_diameter_mm=job.nozzle_diameter_mm,
-            attribution=job.attribution,
-            flags={k: v for k, v in (job.flags or {}).items() if k != "remote_file"},
-            design_id=job.design_id,
-            design_file_id=job.design_file_id,
-            parameters=job.parameters,
-            copies=job.copies,
             allow_firmware_commands=job.allow_firmware_commands,
-            machine_kind=job.machine_kind,
-            requested_machine_id=job.requested_machine_id,
-            file_name=job.file_name,
-            stored_name=job.stored_name,
-            file_sha256=job.file_sha256,
-            file_size=job.file_size,
-            lines_total=job.lines_total,
-            progress=fresh_progress(job.lines_total),
-            analysis=job.analysis,
             priority=job.priority,
             notes=f"requeued after job {job.id} came out bad",
-            created_at=utcnow(),
         )
         await lifecycle.create(session=session, job=again, actor=lifecycle.by_user(by))
         again = await lifecycle.approve(session=session, job=again, by=by)
