@@ -35,6 +35,24 @@ print(json.dumps({"peak_mb": peak, "lines": a.line_count, "commands": commands})
 """
 
 
+# What the server does: the analysis runs in its worker pool; then how much the worker keeps.
+CHILD_POOL = """
+import asyncio, json, sys
+from pathlib import Path
+from microfactory.analysis import gcode
+async def main():
+    a = await gcode.analyse_gcode_async(sys.argv[1])
+    kept = []
+    for pid in list(gcode._pool._processes):  # the pool's live workers
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        rss = next(l for l in status if l.startswith("VmRSS"))
+        kept.append(int(rss.split()[1]) / 1024)  # kB -> MB
+    gcode.shutdown_analysis_pool()
+    print(json.dumps({"lines": a.line_count, "worker_rss_mb": kept}))
+asyncio.run(main())
+"""
+
+
 def peak_of(path: Path) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(path)],
@@ -59,6 +77,16 @@ def test_peak_memory_stays_bounded_whatever_the_file_size(tmp_path: Path) -> Non
     assert b["peak_mb"] < LIMIT_MB, b
     # Twelve times the file, about the same memory: only a chunk is held at a time.
     assert b["peak_mb"] < a["peak_mb"] + 100, (a, b)
+    # The server's analysis worker does not keep the file's worth of memory afterwards (it
+    # once kept 1.2 GB after a 200 MiB upload).
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD_POOL, str(large)],
+        cwd=REPO, capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    pool = json.loads(out.stdout)
+    assert pool["lines"] == b["lines"]
+    assert pool["worker_rss_mb"], "the analysis ran in no worker"
+    assert max(pool["worker_rss_mb"]) < LIMIT_MB / 2, pool
 
 
 def test_the_streamed_text_check_counts_as_the_whole_file_check(tmp_path: Path) -> None:
