@@ -52,13 +52,20 @@ def require_or_skip(available: bool, reason: str) -> None:
 LONGEST_FILES = (
     "tests/fuzz/test_schemathesis.py",
     "tests/runtime/test_multiprocess.py",
+    "tests/network/test_network_loopback.py",
     "tests/browser/test_design_flow.py",
     "tests/test_packaging.py",
     "tests/integration/test_octoprint_jobs.py",
+    "tests/designs/test_import_remote.py",
+    "tests/integration/test_fault_octoprint_restart.py",
     "tests/drivers/marlin/test_marlin_virtual_printer.py",
+    "tests/integration/test_fault_postgres_restart.py",
     "tests/drivers/marlin/test_marlin_sim.py",
     "tests/unit/analysis/test_analysis_memory.py",
     "tests/security/test_security_orphans.py",
+    "tests/security/test_fault_crash_heaters.py",
+    "tests/network/hub/test_mirror.py",
+    "tests/browser/test_dashboard.py",
     "tests/browser/test_bookings.py",
 )
 
