@@ -8,11 +8,6 @@ shop is the in-process app on SQLite and PostgreSQL, whose import fetches over r
 from __future__ import annotations
 
 import hashlib
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +19,7 @@ from microfactory.config import Settings
 from tests.conftest import UserFactory
 from tests.designs.conftest import CUBE_STL, stored_files
 from tests.designs.test_design_pages import browser_login
+from tests.peers.microfactory_server import MicrofactoryServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -31,66 +27,24 @@ SCAD = b"width = 20; // [10:1:60]\ncube([width, 10, 5]);\n"
 TAMPERED_SCAD = b"size = 7;\ncube(size);\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class SourceShop:
+class SourceShop(MicrofactoryServer):
     """A second shop: `microfactory serve` with its own data folder and SQLite database."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.data_dir = root / "data"
-        self.base = f"http://127.0.0.1:{_free_port()}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFACTORY_")}
-        self.env |= {
-            "MICROFACTORY_DATA_DIR": str(self.data_dir),
-            "MICROFACTORY_RUN_SUPERVISORS": "false",
-            "MICROFACTORY_LOG_JSON": "false",
-            "MICROFACTORY_NETWORK_PUBLISH": "true",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = root / "source.log"
+        super().__init__(
+            root, "source shop",
+            MICROFACTORY_RUN_SUPERVISORS="false", MICROFACTORY_NETWORK_PUBLISH="true",
+        )  # fmt: skip
+        self.base = self.url
+        self.data_dir = self.dir / "data"
         self.designs: dict[str, dict[str, Any]] = {}
 
     def cli(self, *args: str, stdin: str = "") -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "microfactory.cli", *args], input=stdin, env=self.env,
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
+        return super().cli(*args, stdin=stdin).strip()
 
     def start(self) -> None:
-        port = self.base.rsplit(":", 1)[1]
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "microfactory.cli", "serve", "--host", "127.0.0.1",
-             "--port", port],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60  # a safety net for a loaded machine, not a measure
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log_path.read_text(errors="replace")
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"the source shop did not start:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        super().start()  # migrates its database first
+        self.wait_up()
 
     def add(self, token: str, key: str, files: list[tuple[str, bytes]], **form: Any) -> None:
         data: dict[str, Any] = {
@@ -111,7 +65,7 @@ class SourceShop:
         assert resp.status_code == 201, resp.text
         self.designs[key] = resp.json()
 
-    def url(self, key: str) -> str:
+    def design_url(self, key: str) -> str:
         return f"{self.base}/api/v1/designs/by-hash/{self.designs[key]['content_hash']}"
 
 
@@ -159,7 +113,7 @@ async def test_import_verifies_and_keeps_attribution_and_provenance_once(
     client: httpx.AsyncClient, operator: dict[str, str], source: SourceShop, make_user: UserFactory
 ) -> None:
     original = source.designs["bracket"]
-    resp = await _import(client, operator, url=source.url("bracket"))
+    resp = await _import(client, operator, url=source.design_url("bracket"))
     assert resp.status_code == 201, resp.text
     design = resp.json()
     assert design["content_hash"] == original["content_hash"]
@@ -174,7 +128,7 @@ async def test_import_verifies_and_keeps_attribution_and_provenance_once(
     }
     [hop] = design["provenance"]
     assert hop["shop_url"] == source.base
-    assert hop["source_url"] == source.url("bracket")
+    assert hop["source_url"] == source.design_url("bracket")
     assert hop["content_hash"] == original["content_hash"]
     assert hop["fetched_at"]
     # The bytes arrived: the receiving shop serves the same file.
@@ -205,7 +159,7 @@ async def test_import_verifies_and_keeps_attribution_and_provenance_once(
 async def test_a_tampered_file_is_refused_with_the_mismatch_named_and_nothing_stored(
     client: httpx.AsyncClient, operator: dict[str, str], source: SourceShop, settings: Settings
 ) -> None:
-    resp = await _import(client, operator, url=source.url("tampered"))
+    resp = await _import(client, operator, url=source.design_url("tampered"))
     assert resp.status_code == 422, resp.text
     detail = resp.json()["detail"]
     assert "hash mismatch in tampered.scad" in detail
@@ -218,7 +172,7 @@ async def test_a_tampered_file_is_refused_with_the_mismatch_named_and_nothing_st
 async def test_a_design_without_redistribution_rights_cannot_be_imported(
     client: httpx.AsyncClient, operator: dict[str, str], source: SourceShop, settings: Settings
 ) -> None:
-    resp = await _import(client, operator, url=source.url("closed"))
+    resp = await _import(client, operator, url=source.design_url("closed"))
     assert resp.status_code == 422, resp.text
     detail = resp.json()["detail"]
     assert "LicenseRef-All-Rights-Reserved" in detail
@@ -230,7 +184,7 @@ async def test_a_design_without_redistribution_rights_cannot_be_imported(
 async def test_an_imported_nd_design_is_read_only(
     client: httpx.AsyncClient, operator: dict[str, str], member: dict[str, str], source: SourceShop
 ) -> None:
-    resp = await _import(client, operator, url=source.url("nd"))
+    resp = await _import(client, operator, url=source.design_url("nd"))
     assert resp.status_code == 201, resp.text
     design = resp.json()
     assert design["licence"] == "CC-BY-ND-4.0"
@@ -271,7 +225,7 @@ async def test_bad_sources_are_refused_clearly(
     member: dict[str, str],
     source: SourceShop,
 ) -> None:
-    hidden = await _import(client, operator, url=source.url("shop-only"))
+    hidden = await _import(client, operator, url=source.design_url("shop-only"))
     assert hidden.status_code == 422
     assert "answered 404" in hidden.json()["detail"]
     cases = [
@@ -289,6 +243,6 @@ async def test_bad_sources_are_refused_clearly(
         resp = await _import(client, operator, **body)
         assert resp.status_code == 422, (body, resp.text)
         assert needle in str(resp.json()["detail"]), (body, resp.json())
-    refused = await _import(client, member, url=source.url("bracket"))
+    refused = await _import(client, member, url=source.design_url("bracket"))
     assert refused.status_code == 403
     assert await _count(client, operator) == 0

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+
+from tests.peers.microfactory_server import MicrofactoryServer, poll
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -31,86 +28,18 @@ BRUSSELS = (50.847, 4.357)
 ANTWERP = (51.219, 4.402)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def poll(check: Callable[[], Any], within: float, what: str) -> Any:
-    """Poll until check() is truthy (the bound is a safety net, not a measurement)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Instance:
-    """One `microfactory serve` process in its own folder, with its own SQLite database."""
+class Instance(MicrofactoryServer):
+    """One shop or hub: migrated, with an admin and their token, then serving."""
 
     def __init__(self, root: Path, name: str, **env: str) -> None:
-        self.name = name
-        self.dir = root / name
-        self.dir.mkdir(parents=True)
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFACTORY_")}
-        self.env |= {
-            "MICROFACTORY_DATA_DIR": str(self.dir / "data"),
-            "MICROFACTORY_LOG_JSON": "false",
-            "MICROFACTORY_AUTO_DISPATCH": "false",
-            "MICROFACTORY_NETWORK_PUBLISH": "true",
-            **env,
-        }
+        env = {"MICROFACTORY_AUTO_DISPATCH": "false", "MICROFACTORY_NETWORK_PUBLISH": "true", **env}
+        super().__init__(root / name, name, **env)
         self.cli("db", "upgrade")
-        self.cli(
-            "user", "create", "--username", "admin", "--role", "admin", "--password-stdin",
-            stdin="admin-password-1\n",
-        )  # fmt: skip
-        self.token = self.cli("token", "create", "--username", "admin").strip().splitlines()[-1]
-        self.headers = {"Authorization": f"Bearer {self.token}"}
-        self.log_path = self.dir / "server.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "microfactory.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            cwd=self.dir, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def cli(self, *args: str, stdin: str = "") -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "microfactory.cli", *args], input=stdin, env=self.env,
-            cwd=self.dir, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    def wait_up(self) -> None:
-        def up() -> bool:
-            assert self.proc.poll() is None, self.log()
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        poll(up, 60, f"{self.name} to serve")
+        self.headers = {"Authorization": f"Bearer {self.admin_token()}"}
+        self.start()
 
     def api(self, method: str, path: str, **kw: Any) -> httpx.Response:
         return httpx.request(method, f"{self.url}{path}", headers=self.headers, timeout=15, **kw)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
 
 
 def _machine(shop: Instance, **body: Any) -> dict[str, Any]:

@@ -8,11 +8,7 @@ refuses the changed one, counting the refusal.
 
 from __future__ import annotations
 
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,63 +18,24 @@ import httpx
 import pytest
 
 from tests.network.hub.conftest import JOSE, Shop, tamper
+from tests.peers.microfactory_server import MicrofactoryServer
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Hub:
+class Hub(MicrofactoryServer):
     """A `microfactory serve` hub on a free loopback port, in its own folder."""
 
     def __init__(self, workdir: Path, **env_extra: str) -> None:
-        workdir.mkdir(parents=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.db = workdir / "data" / "microfactory.sqlite3"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFACTORY_")}
-        env.update(
-            MICROFACTORY_DATA_DIR=str(workdir / "data"),
-            MICROFACTORY_LOG_JSON="false",
-            MICROFACTORY_HUB="true",
-            MICROFACTORY_HUB_OPEN="true",
-            MICROFACTORY_NETWORK_PUBLISH="true",
-            **env_extra,
-        )
-        self.log_path = workdir / "server.log"
-        self.log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "microfactory.cli", "serve", "--port", str(self.port)],
-            cwd=workdir,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"hub exited with {self.proc.returncode}: {self.log_text()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("hub did not start within 60 s")
+        super().__init__(
+            workdir, workdir.name, MICROFACTORY_HUB="true", MICROFACTORY_HUB_OPEN="true",
+            MICROFACTORY_NETWORK_PUBLISH="true", **env_extra,
+        )  # fmt: skip
+        self.start()
+        self.wait_up()
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+        return self.log()
 
 
 @pytest.fixture
