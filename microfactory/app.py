@@ -51,6 +51,8 @@ from microfactory.network import identity as network_identity
 from microfactory.network.hub.pages import router as hub_pages_router
 from microfactory.network.hub.routes import router as hub_router
 from microfactory.network.pages import router as network_pages_router
+from microfactory.network.requests.pages import router as network_request_pages_router
+from microfactory.network.requests.routes import router as network_requests_router
 from microfactory.network.routes import router as network_router
 from microfactory.notifications import subscribers as notification_subscribers
 from microfactory.runtime.fleet import Fleet
@@ -247,6 +249,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(materials_pages_router)
     app.include_router(hub_router)  # the network: hub side
     app.include_router(hub_pages_router)
+    app.include_router(network_requests_router)  # fabrication requests between shops
+    app.include_router(network_request_pages_router)
     app.mount("/static", StaticFiles(directory=resources.web_dir() / "static"), name="static")
     document_errors(app)
 

@@ -1,0 +1,7 @@
+"""Dashboard pages of fabrication requests between shops."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(include_in_schema=False)
