@@ -53,7 +53,7 @@ async def _jose_body(request: Request) -> bytes:
     return await request.body()
 
 
-async def _deliver_and_note(
+async def deliver_and_note(
     request: Request, req: FabricationRequest, msg: RequestMessage, url: str
 ) -> tuple[int | None, str]:
     """Deliver a signed message after the commit, and note how it went on the message."""
@@ -120,7 +120,7 @@ async def send_request(
         now=now,
     )
     await session.commit()
-    code, note = await _deliver_and_note(request, req, msg, url + service.REQUESTS_PATH)
+    code, note = await deliver_and_note(request, req, msg, url + service.REQUESTS_PATH)
     if code != 201:
         async with request.app.state.sessionmaker() as s2, s2.begin():
             again = await service.get_visible(session=s2, request_id=req.id, user=user)
@@ -167,7 +167,7 @@ async def _answer(
     msg: RequestMessage,
 ) -> RequestRead:
     await session.commit()
-    await _deliver_and_note(
+    await deliver_and_note(
         request, req, msg, f"{req.peer_url}{service.REQUESTS_PATH}/{req.id}/updates"
     )
     return await _read(request, req.id, user)
