@@ -28,6 +28,7 @@ from microfactory.network.requests.schemas import (
     Received,
     RequestRead,
     SendRequest,
+    UpdateTaken,
 )
 from microfactory.network.routes import ShopKeyDep
 
@@ -142,10 +143,10 @@ async def get_request(request_id: str, session: SessionDep, user: AnyUser) -> Re
     return service.to_read(req)
 
 
-@router.post("/{request_id}/updates", response_model=RequestRead, openapi_extra=_JOSE_BODY)
+@router.post("/{request_id}/updates", response_model=UpdateTaken, openapi_extra=_JOSE_BODY)
 async def receive_update(
     request_id: str, request: Request, session: SessionDep, shop: ShopKeyDep, now: Now
-) -> RequestRead:
+) -> UpdateTaken:
     """Take a signed status update from the shop a request was sent to (public: signed).
 
     Refused: not signed by that shop 401, a replayed sequence 409, an expired update 422.
@@ -154,9 +155,8 @@ async def receive_update(
     req = await service.receive_update(
         session=session, shop=shop, request_id=request_id, token=body, now=now
     )
-    read = service.to_read(req)
-    read.contact = None  # the answer goes to the other shop: nothing personal in it
-    return read
+    # The answer goes to the other shop: nothing of the member's in it.
+    return UpdateTaken(id=req.id, state=req.state, sequence=req.last_peer_sequence)
 
 
 async def _answer(

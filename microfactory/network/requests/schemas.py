@@ -115,3 +115,11 @@ class Received(BaseModel):
     id: str
     state: str
     shop_id: str
+
+
+class UpdateTaken(BaseModel):
+    """What A answers to an update it took: nothing of the member's."""
+
+    id: str
+    state: str
+    sequence: int

@@ -284,3 +284,61 @@ async def test_a_member_needs_a_public_design_to_send_one(
     )
     assert resp.status_code == 422, resp.text
     assert "http" in resp.json()["detail"]
+
+
+GCODE = b"G21\nG90\nM82\nG92 E0\nG1 X10 Y10 E1 F1200\nG1 X20 Y10 E2\n"
+
+
+async def test_b_accepts_a_held_nc_design_only_without_a_price_and_makes_it_a_job(
+    client: httpx.AsyncClient, settings: Settings, make_user: UserFactory
+) -> None:
+    b = _ours(settings)
+    a = _other_shop()
+    _, operator = await make_user(Role.OPERATOR)
+    design = await client.post(
+        "/api/v1/designs",
+        headers=operator,
+        data={"title": "Clip", "licence": "CC-BY-NC-4.0", "authors": ["Ann"]},
+        files={"files": ("clip.gcode", GCODE, "text/x-gcode")},
+    )
+    assert design.status_code == 201, design.text
+    content_hash = design.json()["content_hash"]
+    rate = await client.put(
+        "/api/v1/rates/machine-kinds/fdm_printer", json={"cents_per_hour": 400}, headers=operator
+    )
+    assert rate.status_code == 200, rate.text
+    token, payload = _request(
+        a, b.shop_id, design={"hash": content_hash, "title": "Clip"}, parameters={}, quantity=1
+    )
+    assert (await client.post("/api/v1/network/requests", content=token, headers=JOSE)).is_success
+    url = f"/api/v1/network/requests/{payload['id']}"
+
+    priced = await client.post(
+        f"{url}/accept", json={"hours": 1, "material_g": 10}, headers=operator
+    )
+    assert priced.status_code == 422, priced.text
+    assert "non-commercial" in priced.json()["detail"]
+    still = await client.get(url, headers=operator)
+    assert still.json()["state"] == "received"
+    assert still.json()["job_id"] is None
+
+    free = await client.post(f"{url}/accept", json={}, headers=operator)
+    assert free.status_code == 200, free.text
+    body = free.json()
+    assert body["state"] == "accepted"
+    assert body["quote"]["totalCents"] == 0
+    assert body["design_id"] == design.json()["id"]  # held already: not fetched again
+    job = await client.get(f"/api/v1/jobs/{body['job_id']}", headers=operator)
+    assert job.status_code == 200, job.text
+    assert job.json()["design_id"] == design.json()["id"]
+    assert "Ann" in str(job.json()["attribution"])
+    accepted = signing.verify(body["messages"][-1]["jws"], kind=signing.UPDATE_TYPE, to=a.shop_id)
+    assert accepted.payload["quote"] == body["quote"]
+    # Progress follows the order: not finished before started.
+    early = await client.post(
+        f"{url}/progress", json={"status": "finished", "outcome": "good"}, headers=operator
+    )
+    assert early.status_code == 409, early.text
+    started = await client.post(f"{url}/progress", json={"status": "started"}, headers=operator)
+    assert started.status_code == 200, started.text
+    assert started.json()["state"] == "started"

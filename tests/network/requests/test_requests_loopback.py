@@ -53,7 +53,8 @@ def shops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         resp = b.api(
             "POST", "/api/v1/machines",
             json={"name": "MK4", "kind": "fdm_printer", "driver": "manual",
-                  "build_volume_mm": {"x": 250, "y": 210, "z": 220}},
+                  "build_volume_mm": {"x": 250, "y": 210, "z": 220},
+                  "capabilities": {"materials": ["PLA"], "loaded_material": "PLA"}},
         )  # fmt: skip
         assert resp.status_code == 201, resp.text
         for path, body in (
@@ -128,7 +129,9 @@ def test_a_members_request_is_quoted_made_and_reported_back(shops: dict[str, Any
     # The design's G-code is made ready for B's queue after the commit.
     job = poll(
         lambda: (
-            (j := b.api("GET", f"/api/v1/jobs/{job_id}").json())["preparation"] != "pending" and j
+            (j := b.api("GET", f"/api/v1/jobs/{job_id}").json())["preparation"]
+            in ("ready", "failed")
+            and j
         ),
         60,
         "the job's preparation at B",
