@@ -51,6 +51,7 @@ from microfactory.network import identity as network_identity
 from microfactory.network.hub.pages import router as hub_pages_router
 from microfactory.network.hub.routes import router as hub_router
 from microfactory.network.pages import router as network_pages_router
+from microfactory.network.requests import subscribers as network_request_subscribers
 from microfactory.network.requests.pages import router as network_request_pages_router
 from microfactory.network.requests.routes import router as network_requests_router
 from microfactory.network.routes import router as network_router
@@ -219,6 +220,8 @@ def create_app(settings: Settings) -> FastAPI:
         else None
     )
     app.state.events = _wire_events(app.state.sessionmaker, app.state.fleet, app.state.job_relay)
+    # Jobs made from other shops' requests report their progress back (signed updates).
+    network_request_subscribers.subscribe(app.state.events, app.state.sessionmaker, settings)
     app.state.login_throttle = LoginThrottle.from_settings(settings)
     app.state.preparer = Preparer(app.state.sessionmaker, settings)
     metrics = Metrics()

@@ -106,6 +106,7 @@ async def send_request(
     against the key it publishes). 422 if it refuses the request or cannot be reached.
     """
     url = remote.check_url(body.shop_url)
+    await service.sendable(session=session, settings=settings, user=user, body=body)
     await session.commit()  # no transaction stays open while the other shop answers
     peer_id = await service.fetch_shop_id(url)
     if body.shop_id is not None and body.shop_id != peer_id:

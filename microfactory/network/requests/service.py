@@ -53,7 +53,7 @@ TTL_S = 3600  # a message is valid for an hour after it is signed
 TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 # Which update may follow which state, at both shops.
-_AFTER: dict[str, set[str]] = {
+AFTER: dict[str, set[str]] = {
     "accepted": {"sent", "received", "countered"},
     "countered": {"sent", "received", "countered"},
     "declined": {"sent", "received", "countered"},
@@ -218,18 +218,10 @@ async def note_delivery(
 # -- at A: sending -------------------------------------------------------------------------
 
 
-async def send(
-    *,
-    session: AsyncSession,
-    settings: Settings,
-    shop: ShopKey,
-    user: User,
-    body: SendRequest,
-    to_shop_id: str,
-    peer_url: str,
-    now: dt.datetime,
-) -> tuple[FabricationRequest, RequestMessage]:
-    """Record and sign a request for another shop (delivered after the commit)."""
+async def sendable(
+    *, session: AsyncSession, settings: Settings, user: User, body: SendRequest
+) -> tuple[Design, int]:
+    """Return the design to send and the member it is sent for, or refuse (404, 422)."""
     member_id = user.id
     if body.member_id is not None and body.member_id != user.id:
         if not user.is_staff:
@@ -246,6 +238,22 @@ async def send(
             "the other shop fetches the design by its hash: make it public, with network "
             "publishing on (MICROFACTORY_NETWORK_PUBLISH)"
         )
+    return design, member_id
+
+
+async def send(
+    *,
+    session: AsyncSession,
+    settings: Settings,
+    shop: ShopKey,
+    user: User,
+    body: SendRequest,
+    to_shop_id: str,
+    peer_url: str,
+    now: dt.datetime,
+) -> tuple[FabricationRequest, RequestMessage]:
+    """Record and sign a request for another shop (delivered after the commit)."""
+    design, member_id = await sendable(session=session, settings=settings, user=user, body=body)
     if to_shop_id == shop.shop_id:
         raise InvalidInputError("that is this shop; choose another one")
     request_id = str(uuid.uuid4())
@@ -372,7 +380,7 @@ async def receive(
 
 
 def _check_transition(req: FabricationRequest, status: str) -> None:
-    if req.state not in _AFTER[status]:
+    if req.state not in AFTER[status]:
         raise ConflictError(f"request {req.id} is {req.state}: it cannot be {status} now")
 
 

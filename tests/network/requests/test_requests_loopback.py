@@ -1,10 +1,11 @@
 """Fabrication requests on the loopback: shops A and B as two `microfactory serve` processes.
 
 A's member sends a public design to B; B's operator accepts it with a quote from B's rates,
-which imports the design from A by content hash and makes it a job at B; B reports started
-and finished (good) through its API (the operator's, not a simulated printer's); A's member
-sees every step, each a message signed by B that A checked. A replayed or forged update,
-sent to A by hand, is refused.
+which imports the design from A by content hash and makes it a job at B; B's queue runs
+it on a simulated printer (sim-marlin), whose start and cleared bed (good) are reported to A
+by themselves; B's operator reports it collected. A's member sees every step, each a
+message signed by B that A checked. A replayed or forged update, sent to A by hand, is
+refused.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def shops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     try:
         a = Instance(root, "a")
         started.append(a)
-        b = Instance(root, "b")
+        b = Instance(root, "b", MICROFACTORY_AUTO_DISPATCH="true")
         started.append(b)
         a.cli(
             "user", "create", "--username", "maria", "--role", "member", "--password-stdin",
@@ -52,9 +53,12 @@ def shops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         ids = {"a": _profile(a, "Fablab Gent"), "b": _profile(b, "Brussels Makers")}
         resp = b.api(
             "POST", "/api/v1/machines",
-            json={"name": "MK4", "kind": "fdm_printer", "driver": "manual",
+            json={"name": "MK4", "kind": "fdm_printer", "driver": "sim-marlin",
+                  "connection": {"speed_factor": 0, "baud": 0},
                   "build_volume_mm": {"x": 250, "y": 210, "z": 220},
-                  "capabilities": {"materials": ["PLA"], "loaded_material": "PLA"}},
+                  "capabilities": {"nozzle_diameter_mm": 0.4, "materials": ["PLA"],
+                                   "loaded_material": "PLA", "max_hotend_c": 280,
+                                   "max_bed_c": 110}},
         )  # fmt: skip
         assert resp.status_code == 201, resp.text
         for path, body in (
@@ -145,10 +149,20 @@ def test_a_members_request_is_quoted_made_and_reported_back(shops: dict[str, Any
     assert held["authors"] == ["Maria Peeters"]
     assert held["provenance"][-1]["shop_url"] == a.url
 
-    for body in ({"status": "started"}, {"status": "finished", "outcome": "good"}):
-        step = b.api("POST", f"/api/v1/network/requests/{request_id}/progress", json=body)
-        assert step.status_code == 200, step.text
-        assert step.json()["messages"][-1]["delivery"].startswith("HTTP 200")
+    # B's queue runs the job on its (simulated) printer by itself: A hears it started.
+    def a_sees(state: str) -> dict[str, Any] | None:
+        body = httpx.get(f"{a.url}/api/v1/network/requests/{request_id}", headers=member).json()
+        return body if body["state"] == state else None
+
+    poll(lambda: a_sees("started"), 60, "A to hear the job started")
+    poll(
+        lambda: b.api("GET", f"/api/v1/jobs/{job_id}").json()["state"] == "finished",
+        120,
+        "the job to finish on B's printer",
+    )
+    cleared = b.api("POST", f"/api/v1/jobs/{job_id}/clear", json={"outcome": "good"})
+    assert cleared.status_code == 200, cleared.text
+    poll(lambda: a_sees("finished"), 60, "A to hear the job finished")
 
     seen = httpx.get(f"{a.url}/api/v1/network/requests/{request_id}", headers=member).json()
     assert seen["state"] == "finished"
@@ -158,6 +172,13 @@ def test_a_members_request_is_quoted_made_and_reported_back(shops: dict[str, Any
         ("sent", "request"), ("received", "accepted"), ("received", "started"),
         ("received", "finished"),
     ]  # fmt: skip
+    sent_by_b = b.api("GET", f"/api/v1/network/requests/{request_id}").json()["messages"]
+    assert all(m["delivery"].startswith("HTTP 200") for m in sent_by_b[1:]), sent_by_b
+    collected = b.api(
+        "POST", f"/api/v1/network/requests/{request_id}/progress", json={"status": "collected"}
+    )
+    assert collected.status_code == 200, collected.text
+    assert a_sees("collected")
     page = httpx.get(f"{a.url}/network/requests/{request_id}", cookies=shops["cookie"])
     assert page.status_code == 200, page.text
     assert "finished" in page.text
