@@ -17,11 +17,13 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
 from microfactory.deps import SessionDep
+from microfactory.designs import service as design_service
+from microfactory.designs.models import Visibility
 from microfactory.errors import DomainError
 from microfactory.network import identity
 from microfactory.network.requests import routes as request_routes
 from microfactory.network.requests import service
-from microfactory.network.requests.schemas import Accept, Counter, Decline, Progress
+from microfactory.network.requests.schemas import Accept, Counter, Decline, Progress, SendRequest
 from microfactory.web import CsrfChecked, WebMember, WebStaff, redirect, render
 
 router = APIRouter(include_in_schema=False)
@@ -34,10 +36,67 @@ def _now(request: Request) -> dt.datetime:
 
 
 @router.get(PAGE, response_class=HTMLResponse)
-async def requests_page(request: Request, session: SessionDep, user: WebMember) -> HTMLResponse:
-    """List the requests the user may see: incoming and outgoing for staff, a member's own."""
+async def requests_page(
+    request: Request,
+    session: SessionDep,
+    user: WebMember,
+    msg: str | None = None,
+    error: str | None = None,
+) -> HTMLResponse:
+    """List the requests the user may see, and the form to send a design elsewhere."""
+    return await _list(request, session, user, msg=msg, error=error)
+
+
+async def _list(
+    request: Request,
+    session: Any,
+    user: Any,
+    *,
+    msg: str | None = None,
+    error: str | None = None,
+    typed: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
     rows = await service.list_visible(session=session, user=user)
-    return render(request, "network_requests.html", {"rows": rows})
+    designs = [
+        d
+        for d in await design_service.list_designs(session=session, user=user)
+        if d.visibility == Visibility.PUBLIC
+    ]
+    return render(
+        request,
+        "network_requests.html",
+        {
+            "rows": rows,
+            "designs": designs,
+            "publish": request.app.state.settings.network_publish,
+            "msg": msg,
+            "error": error,
+            "typed": typed or {},
+        },
+        status_code=status_code,
+    )
+
+
+@router.post(PAGE + "/send", response_class=HTMLResponse)
+async def send_from_page(
+    request: Request, session: SessionDep, user: WebMember, _csrf: CsrfChecked
+) -> Response:
+    """Send a public design to another shop from the form ("make this elsewhere")."""
+    form = {k: str(v) for k, v in (await request.form()).items() if k != "csrf_token" and v != ""}
+    settings = request.app.state.settings
+    shop = await asyncio.to_thread(identity.shop_key, settings.data_dir)
+    try:
+        body = SendRequest.model_validate(form)
+        request_id = await request_routes.send_and_deliver(
+            request, session, settings, shop, user, body, _now(request)
+        )
+    except (ValidationError, DomainError) as exc:
+        await session.rollback()
+        text = _errors(exc) if isinstance(exc, ValidationError) else exc.detail
+        code = 422 if isinstance(exc, ValidationError) else exc.status_code
+        return await _list(request, session, user, error=text, typed=form, status_code=code)
+    return redirect(f"{PAGE}/{quote(request_id)}?msg=" + quote("Sent; the other shop took it."))
 
 
 @router.get(PAGE + "/{request_id}", response_class=HTMLResponse)

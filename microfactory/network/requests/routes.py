@@ -9,11 +9,14 @@ counter, decline and report progress.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 from fastapi import APIRouter, Request, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.accounts.models import User
+from microfactory.config import Settings
 from microfactory.deps import AnyUser, Now, SessionDep, SettingsDep, StaffUser
 from microfactory.designs import remote
 from microfactory.errors import BadRequestError, InvalidInputError
@@ -90,21 +93,16 @@ async def receive_request(
     return Received(id=req.id, state=req.state, shop_id=shop.shop_id)
 
 
-@router.post("/send", response_model=RequestRead, status_code=status.HTTP_201_CREATED)
-async def send_request(
-    body: SendRequest,
+async def send_and_deliver(
     request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    shop: ShopKeyDep,
-    user: AnyUser,
-    now: Now,
-) -> RequestRead:
-    """Send a design to another shop to be made, signed by this shop (members, operators).
-
-    The other shop is named by its base URL (and, from routing, its id, which is checked
-    against the key it publishes). 422 if it refuses the request or cannot be reached.
-    """
+    session: AsyncSession,
+    settings: Settings,
+    shop: ShopKey,
+    user: User,
+    body: SendRequest,
+    now: dt.datetime,
+) -> str:
+    """Check, sign, record and deliver a request; return its id (422 if not taken)."""
     url = remote.check_url(body.shop_url)
     await service.sendable(session=session, settings=settings, user=user, body=body)
     await session.commit()  # no transaction stays open while the other shop answers
@@ -128,7 +126,26 @@ async def send_request(
             again = await service.get_visible(session=s2, request_id=req.id, user=user)
             again.state = "undelivered"
         raise remote.RemoteError(f"the other shop did not take the request: {note}")
-    return await _read(request, req.id, user)
+    return req.id
+
+
+@router.post("/send", response_model=RequestRead, status_code=status.HTTP_201_CREATED)
+async def send_request(
+    body: SendRequest,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    shop: ShopKeyDep,
+    user: AnyUser,
+    now: Now,
+) -> RequestRead:
+    """Send a design to another shop to be made, signed by this shop (members, operators).
+
+    The other shop is named by its base URL (and, from routing, its id, which is checked
+    against the key it publishes). 422 if it refuses the request or cannot be reached.
+    """
+    request_id = await send_and_deliver(request, session, settings, shop, user, body, now)
+    return await _read(request, request_id, user)
 
 
 @router.get("", response_model=list[RequestRead])

@@ -171,6 +171,7 @@ async def _client() -> httpx.AsyncClient:
 
 async def fetch_shop_id(url: str) -> str:
     """Return another shop's id, read from its JWKS (422 if it cannot be read)."""
+    await remote._check_host(url)  # no link-local (cloud metadata) or reserved addresses
     try:
         async with await _client() as client:
             resp = await client.get(url + KEYS_PATH, headers={"Accept": "application/json"})
@@ -187,6 +188,10 @@ async def fetch_shop_id(url: str) -> str:
 
 async def deliver(url: str, token: str) -> tuple[int | None, str]:
     """POST a signed message; return the HTTP status (None if unreachable) and a note."""
+    try:
+        await remote._check_host(url)
+    except remote.RemoteError as exc:
+        return None, exc.detail[:300]
     try:
         async with await _client() as client:
             resp = await client.post(

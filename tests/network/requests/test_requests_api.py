@@ -18,7 +18,9 @@ from joserfc.jwk import OKPKey
 from jwcrypto import jwk as jc_jwk
 from jwcrypto import jws as jc_jws
 
-from microfactory.accounts.models import Role
+from microfactory.accounts import service as account_service
+from microfactory.accounts.models import Role, TokenKind
+from microfactory.accounts.schemas import UserCreate
 from microfactory.config import Settings
 from microfactory.network import identity
 from microfactory.network.requests import signing
@@ -342,3 +344,55 @@ async def test_b_accepts_a_held_nc_design_only_without_a_price_and_makes_it_a_jo
     started = await client.post(f"{url}/progress", json={"status": "started"}, headers=operator)
     assert started.status_code == 200, started.text
     assert started.json()["state"] == "started"
+
+
+CSRF = "test-csrf-token-value"
+
+
+async def _browser(app: Any, client: httpx.AsyncClient, role: Role) -> httpx.AsyncClient:
+    async with app.state.sessionmaker() as session:
+        user = await account_service.create(
+            session=session,
+            user_in=UserCreate(username=f"web-{role.value}", password="pass-word-1", role=role),
+        )
+        token, _ = await account_service.issue_token(session=session, user=user, kind=TokenKind.WEB)
+        await session.commit()
+    c = httpx.AsyncClient(transport=client._transport, base_url="http://testserver")
+    c.cookies.set("mf_session", token)
+    c.cookies.set("mf_csrf", CSRF)
+    return c
+
+
+async def test_operators_answer_from_the_page_and_members_find_the_send_form(
+    app: Any, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    b = _ours(settings)
+    token, payload = _request(_other_shop(), b.shop_id)
+    assert (await client.post("/api/v1/network/requests", content=token, headers=JOSE)).is_success
+    async with await _browser(app, client, Role.OPERATOR) as web:
+        listed = await web.get("/network/requests")
+        assert listed.status_code == 200
+        assert payload["id"][:8] in listed.text
+        page = await web.get(f"/network/requests/{payload['id']}")
+        assert page.status_code == 200
+        assert "Accept with a quote" in page.text
+        bad = await web.post(
+            f"/network/requests/{payload['id']}/counter",
+            data={"csrf_token": CSRF, "date": "not a date", "reason": "busy"},
+        )
+        assert bad.status_code == 303
+        assert "error=" in bad.headers["location"]
+        done = await web.post(
+            f"/network/requests/{payload['id']}/decline",
+            data={"csrf_token": CSRF, "reason": "no PLA left"},
+        )
+        assert done.status_code == 303, done.text
+        after = await web.get(done.headers["location"])
+        assert "declined" in after.text
+        assert "no PLA left" in after.text
+        assert "Accept with a quote" not in after.text
+    async with await _browser(app, client, Role.MEMBER) as web:
+        mine = await web.get("/network/requests")
+        assert mine.status_code == 200
+        assert "Make a design elsewhere" in mine.text
+        assert payload["id"][:8] not in mine.text  # another shop's request is for staff
