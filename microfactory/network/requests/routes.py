@@ -103,9 +103,19 @@ async def send_and_deliver(
     now: dt.datetime,
 ) -> str:
     """Check, sign, record and deliver a request; return its id (422 if not taken)."""
-    url = remote.check_url(body.shop_url)
-    await service.sendable(session=session, settings=settings, user=user, body=body)
+    url = remote.check_url(body.shop_url) if body.shop_url else None
+    design, _member = await service.sendable(
+        session=session, settings=settings, user=user, body=body
+    )
+    content_hash = design.content_hash
     await session.commit()  # no transaction stays open while the other shop answers
+    if url is None:
+        assert body.shop_id is not None  # checked by SendRequest
+        # Chosen with routing: the hubs' shop list gives the shop's URL.
+        found = await remote.source_from_hub(
+            settings=settings, shop_id=body.shop_id, content_hash=content_hash
+        )
+        url = found.base_url
     peer_id = await service.fetch_shop_id(url)
     if body.shop_id is not None and body.shop_id != peer_id:
         raise InvalidInputError(f"{url} publishes the key of shop {peer_id}, not of {body.shop_id}")

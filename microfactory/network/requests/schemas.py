@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from microfactory.machines.models import MachineKind
 
@@ -15,7 +15,9 @@ class SendRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    shop_url: str = Field(max_length=500, description="the other shop's base URL")
+    shop_url: str | None = Field(
+        None, max_length=500, description="the other shop's base URL (else found on the hubs)"
+    )
     shop_id: str | None = Field(
         None, max_length=64, description="its id (from routing); checked against its key"
     )
@@ -28,6 +30,12 @@ class SendRequest(BaseModel):
         None, max_length=200, description="shared with the other shop only if given"
     )
     member_id: int | None = Field(None, description="operators: the member it is sent for")
+
+    @model_validator(mode="after")
+    def _names_a_shop(self) -> SendRequest:
+        if not self.shop_url and not self.shop_id:
+            raise ValueError("name the other shop: its shop_url, or its shop_id from routing")
+        return self
 
 
 class Accept(BaseModel):

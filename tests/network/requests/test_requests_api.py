@@ -396,3 +396,39 @@ async def test_operators_answer_from_the_page_and_members_find_the_send_form(
         assert mine.status_code == 200
         assert "Make a design elsewhere" in mine.text
         assert payload["id"][:8] not in mine.text  # another shop's request is for staff
+
+
+async def test_a_shop_named_only_by_its_id_is_looked_up_on_the_hubs(
+    app: Any, client: httpx.AsyncClient, make_user: UserFactory
+) -> None:
+    _, member = await make_user(Role.MEMBER)
+    nameless = await client.post(
+        "/api/v1/network/requests/send",
+        json={"design_id": 1, "due_date": "2026-12-10"},
+        headers=member,
+    )
+    assert nameless.status_code == 422, nameless.text
+    assert "shop_url" in nameless.text
+    design = await client.post(
+        "/api/v1/designs",
+        headers=member,
+        data={"title": "Clip", "licence": "CC-BY-4.0", "visibility": "public"},
+        files={"files": ("clip.gcode", GCODE, "text/x-gcode")},
+    )
+    assert design.status_code == 201, design.text
+    resp = await client.post(
+        "/api/v1/network/requests/send",
+        json={"shop_id": "x" * 43, "design_id": design.json()["id"], "due_date": "2026-12-10"},
+        headers=member,
+    )
+    assert resp.status_code == 422, resp.text
+    # Publishing is off in the test settings: the design could not travel anyway.
+    assert "public" in resp.json()["detail"]
+    app.state.settings = app.state.settings.model_copy(update={"network_publish": True})
+    resp = await client.post(
+        "/api/v1/network/requests/send",
+        json={"shop_id": "x" * 43, "design_id": design.json()["id"], "due_date": "2026-12-10"},
+        headers=member,
+    )
+    assert resp.status_code == 422, resp.text
+    assert "no hub is configured" in resp.json()["detail"]
