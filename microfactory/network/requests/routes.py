@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 
 from fastapi import APIRouter, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -69,7 +70,7 @@ async def deliver_and_note(
     return code, note
 
 
-async def _read(request: Request, request_id: str, user: User) -> RequestRead:
+async def _read(request: Request, request_id: str | uuid.UUID, user: User) -> RequestRead:
     async with request.app.state.sessionmaker() as session:
         req = await service.get_visible(session=session, request_id=request_id, user=user)
         return service.to_read(req)
@@ -164,16 +165,16 @@ async def list_requests(session: SessionDep, user: AnyUser) -> list[RequestRead]
     return [service.to_read(r) for r in await service.list_visible(session=session, user=user)]
 
 
-@router.get("/{request_id}", response_model=RequestRead)
-async def get_request(request_id: str, session: SessionDep, user: AnyUser) -> RequestRead:
+@router.get("/{request_id:uuid}", response_model=RequestRead)
+async def get_request(request_id: uuid.UUID, session: SessionDep, user: AnyUser) -> RequestRead:
     """Show a request and its append-only message log (the member it is for, and staff)."""
     req = await service.get_visible(session=session, request_id=request_id, user=user)
     return service.to_read(req)
 
 
-@router.post("/{request_id}/updates", response_model=UpdateTaken, openapi_extra=_JOSE_BODY)
+@router.post("/{request_id:uuid}/updates", response_model=UpdateTaken, openapi_extra=_JOSE_BODY)
 async def receive_update(
-    request_id: str, request: Request, session: SessionDep, shop: ShopKeyDep, now: Now
+    request_id: uuid.UUID, request: Request, session: SessionDep, shop: ShopKeyDep, now: Now
 ) -> UpdateTaken:
     """Take a signed status update from the shop a request was sent to (public: signed).
 
@@ -201,9 +202,9 @@ async def _answer(
     return await _read(request, req.id, user)
 
 
-@router.post("/{request_id}/accept", response_model=RequestRead)
+@router.post("/{request_id:uuid}/accept", response_model=RequestRead)
 async def accept_request(
-    request_id: str,
+    request_id: uuid.UUID,
     body: Accept,
     request: Request,
     session: SessionDep,
@@ -238,7 +239,7 @@ async def _respond(
     settings: SettingsDep,
     shop: ShopKey,
     user: User,
-    request_id: str,
+    request_id: uuid.UUID,
     status_name: str,
     now: Now,
     **fields: str | None,
@@ -256,9 +257,9 @@ async def _respond(
     return await _answer(request, session, user, req, msg)
 
 
-@router.post("/{request_id}/counter", response_model=RequestRead)
+@router.post("/{request_id:uuid}/counter", response_model=RequestRead)
 async def counter_request(
-    request_id: str,
+    request_id: uuid.UUID,
     body: Counter,
     request: Request,
     session: SessionDep,
@@ -274,9 +275,9 @@ async def counter_request(
     )  # fmt: skip
 
 
-@router.post("/{request_id}/decline", response_model=RequestRead)
+@router.post("/{request_id:uuid}/decline", response_model=RequestRead)
 async def decline_request(
-    request_id: str,
+    request_id: uuid.UUID,
     body: Decline,
     request: Request,
     session: SessionDep,
@@ -291,9 +292,9 @@ async def decline_request(
     )
 
 
-@router.post("/{request_id}/progress", response_model=RequestRead)
+@router.post("/{request_id:uuid}/progress", response_model=RequestRead)
 async def report_progress(
-    request_id: str,
+    request_id: uuid.UUID,
     body: Progress,
     request: Request,
     session: SessionDep,

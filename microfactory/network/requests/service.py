@@ -53,10 +53,11 @@ TTL_S = 3600  # a message is valid for an hour after it is signed
 TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 # Which update may follow which state, at both shops.
+# "undelivered": A noted a failed delivery, yet B may have taken the request (a timeout).
 AFTER: dict[str, set[str]] = {
-    "accepted": {"sent", "received", "countered"},
-    "countered": {"sent", "received", "countered"},
-    "declined": {"sent", "received", "countered"},
+    "accepted": {"sent", "undelivered", "received", "countered"},
+    "countered": {"sent", "undelivered", "received", "countered"},
+    "declined": {"sent", "undelivered", "received", "countered"},
     "started": {"accepted"},
     "finished": {"started"},
     "collected": {"finished"},
@@ -106,9 +107,10 @@ def to_read(req: FabricationRequest) -> RequestRead:
 
 
 async def get_visible(
-    *, session: AsyncSession, request_id: str, user: User, lock: bool = False
+    *, session: AsyncSession, request_id: str | uuid.UUID, user: User, lock: bool = False
 ) -> FabricationRequest:
     """Return a request the user may see: staff see all, a member the ones sent for them."""
+    request_id = str(request_id)
     req = await _get(session, request_id, lock=lock)
     if req is None or not (user.is_staff or req.member_id == user.id):
         raise NotFoundError(f"request {request_id} not found")
@@ -507,7 +509,7 @@ async def accept(
     settings: Settings,
     shop: ShopKey,
     user: User,
-    request_id: str,
+    request_id: str | uuid.UUID,
     body: Accept,
     now: dt.datetime,
 ) -> tuple[FabricationRequest, Job, RequestMessage]:
@@ -570,9 +572,15 @@ async def accept(
 
 
 async def receive_update(
-    *, session: AsyncSession, shop: ShopKey, request_id: str, token: bytes, now: dt.datetime
+    *,
+    session: AsyncSession,
+    shop: ShopKey,
+    request_id: str | uuid.UUID,
+    token: bytes,
+    now: dt.datetime,
 ) -> FabricationRequest:
     """Check a signed status update from the shop a request was sent to, and apply it."""
+    request_id = str(request_id)
     got = signing.verify(token, kind=signing.UPDATE_TYPE, to=shop.shop_id)
     signing.check_times(got, now=now)
     p = got.payload
