@@ -35,7 +35,6 @@ async def on_job_changed(
         status = "finished"
     else:
         return
-    shop = await asyncio.to_thread(identity.shop_key, settings.data_dir)
     async with sessionmaker() as session, session.begin():
         req = (
             await session.execute(
@@ -49,6 +48,8 @@ async def on_job_changed(
         ).scalar_one_or_none()
         if req is None or req.state not in service.AFTER[status]:
             return  # not from a request, or reported already (by hand, or a reprint)
+        # Only now: a shop with no requests never makes its key for a job event.
+        shop = await asyncio.to_thread(identity.shop_key, settings.data_dir)
         outcome = None
         if status == "finished":
             job = await session.get(Job, event.job_id)
