@@ -51,6 +51,9 @@ from microfactory.network import identity as network_identity
 from microfactory.network.hub.pages import router as hub_pages_router
 from microfactory.network.hub.routes import router as hub_router
 from microfactory.network.pages import router as network_pages_router
+from microfactory.network.requests import subscribers as network_request_subscribers
+from microfactory.network.requests.pages import router as network_request_pages_router
+from microfactory.network.requests.routes import router as network_requests_router
 from microfactory.network.routes import router as network_router
 from microfactory.notifications import subscribers as notification_subscribers
 from microfactory.notifications.pages import router as notification_pages_router
@@ -222,6 +225,8 @@ def create_app(settings: Settings) -> FastAPI:
         else None
     )
     app.state.events = _wire_events(app.state.sessionmaker, app.state.fleet, app.state.job_relay)
+    # Jobs made from other shops' requests report their progress back (signed updates).
+    network_request_subscribers.subscribe(app.state.events, app.state.sessionmaker, settings)
     app.state.login_throttle = LoginThrottle.from_settings(settings, app.state.engine)
     app.state.preparer = Preparer(app.state.sessionmaker, settings)
     metrics = Metrics()
@@ -253,6 +258,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(materials_pages_router)
     app.include_router(hub_router)  # the network: hub side
     app.include_router(hub_pages_router)
+    app.include_router(network_requests_router)  # fabrication requests between shops
+    app.include_router(network_request_pages_router)
     app.mount("/static", StaticFiles(directory=resources.web_dir() / "static"), name="static")
     document_errors(app)
 

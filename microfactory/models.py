@@ -24,6 +24,7 @@ from microfactory.machines.models import Machine
 from microfactory.materials.models import MaterialStock
 from microfactory.network.hub.models import HubOffer, HubReport, HubShop, HubShopIndex, HubUpstream
 from microfactory.network.models import PushStatus, ReportSequence, ShopProfile
+from microfactory.network.requests.models import FabricationRequest, PeerKey, RequestMessage
 from microfactory.notifications.models import Notification
 from microfactory.usage.models import UsageRecord
 
@@ -38,6 +39,7 @@ __all__ = [
     "Closure",
     "Design",
     "DesignFile",
+    "FabricationRequest",
     "HubOffer",
     "HubReport",
     "HubShop",
@@ -55,10 +57,12 @@ __all__ = [
     "MembershipPlan",
     "Notification",
     "OpeningHours",
+    "PeerKey",
     "PlanMembership",
     "PushStatus",
     "Quota",
     "ReportSequence",
+    "RequestMessage",
     "SchedulerLease",
     "ShopProfile",
     "SlicerProfile",

@@ -22,6 +22,9 @@ PUBLIC_ROUTES = {
     ("GET", "/api/v1/network/reports"),
     ("GET", "/api/v1/network/shops"),
     ("POST", "/api/v1/network/route"),
+    # Fabrication requests between shops: authenticated by the other shop's signature.
+    ("POST", "/api/v1/network/requests"),
+    ("POST", "/api/v1/network/requests/{request_id}/updates"),
 }
 
 

@@ -1,0 +1,1 @@
+"""Fabrication requests between shops: signed requests, signed status updates, their log."""

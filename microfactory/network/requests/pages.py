@@ -1,0 +1,185 @@
+"""Dashboard pages of fabrication requests between shops.
+
+`/network/requests` lists them: B's operators see incoming requests to answer, a member
+the requests sent for them. `/network/requests/{id}` shows one with its signed log; at B the
+operators accept (with a quote), counter with a date, decline, or report progress there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+from pydantic import ValidationError
+
+from microfactory.deps import SessionDep
+from microfactory.designs import service as design_service
+from microfactory.designs.models import Visibility
+from microfactory.errors import DomainError
+from microfactory.network import identity
+from microfactory.network.requests import routes as request_routes
+from microfactory.network.requests import service
+from microfactory.network.requests.schemas import Accept, Counter, Decline, Progress, SendRequest
+from microfactory.web import CsrfChecked, WebMember, WebStaff, redirect, render
+
+router = APIRouter(include_in_schema=False)
+PAGE = "/network/requests"
+
+
+def _now(request: Request) -> dt.datetime:
+    clock = getattr(request.app.state, "clock", None)
+    return clock() if clock is not None else dt.datetime.now(dt.UTC)
+
+
+@router.get(PAGE, response_class=HTMLResponse)
+async def requests_page(
+    request: Request,
+    session: SessionDep,
+    user: WebMember,
+    msg: str | None = None,
+    error: str | None = None,
+) -> HTMLResponse:
+    """List the requests the user may see, and the form to send a design elsewhere."""
+    return await _list(request, session, user, msg=msg, error=error)
+
+
+async def _list(
+    request: Request,
+    session: Any,
+    user: Any,
+    *,
+    msg: str | None = None,
+    error: str | None = None,
+    typed: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    rows = await service.list_visible(session=session, user=user)
+    designs = [
+        d
+        for d in await design_service.list_designs(session=session, user=user)
+        if d.visibility == Visibility.PUBLIC
+    ]
+    return render(
+        request,
+        "network_requests.html",
+        {
+            "rows": rows,
+            "designs": designs,
+            "publish": request.app.state.settings.network_publish,
+            "msg": msg,
+            "error": error,
+            "typed": typed or {},
+        },
+        status_code=status_code,
+    )
+
+
+@router.post(PAGE + "/send", response_class=HTMLResponse)
+async def send_from_page(
+    request: Request, session: SessionDep, user: WebMember, _csrf: CsrfChecked
+) -> Response:
+    """Send a public design to another shop from the form ("make this elsewhere")."""
+    form = {k: str(v) for k, v in (await request.form()).items() if k != "csrf_token" and v != ""}
+    settings = request.app.state.settings
+    shop = await asyncio.to_thread(identity.shop_key, settings.data_dir)
+    try:
+        body = SendRequest.model_validate(form)
+        request_id = await request_routes.send_and_deliver(
+            request, session, settings, shop, user, body, _now(request)
+        )
+    except (ValidationError, DomainError) as exc:
+        await session.rollback()
+        text = _errors(exc) if isinstance(exc, ValidationError) else exc.detail
+        code = 422 if isinstance(exc, ValidationError) else exc.status_code
+        return await _list(request, session, user, error=text, typed=form, status_code=code)
+    return redirect(f"{PAGE}/{quote(request_id)}?msg=" + quote("Sent; the other shop took it."))
+
+
+@router.get(PAGE + "/{request_id}", response_class=HTMLResponse)
+async def request_page(
+    request_id: str,
+    request: Request,
+    session: SessionDep,
+    user: WebMember,
+    msg: str | None = None,
+    error: str | None = None,
+) -> HTMLResponse:
+    """Show a request and every message of its log; the answer forms at the making shop."""
+    req = await service.get_visible(session=session, request_id=request_id, user=user)
+    return render(
+        request,
+        "network_request.html",
+        {"req": service.to_read(req), "msg": msg, "error": error, "staff": user.is_staff},
+    )
+
+
+def _errors(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+@router.post(PAGE + "/{request_id}/{action}", response_class=HTMLResponse)
+async def answer_request(
+    request_id: str,
+    action: str,
+    request: Request,
+    session: SessionDep,
+    user: WebStaff,
+    _csrf: CsrfChecked,
+) -> Response:
+    """Accept, counter, decline or report progress from the page's forms (operators)."""
+    form = {k: str(v) for k, v in (await request.form()).items() if k != "csrf_token" and v != ""}
+    settings = request.app.state.settings
+    shop = await asyncio.to_thread(identity.shop_key, settings.data_dir)
+    now = _now(request)
+    back = f"{PAGE}/{quote(request_id)}"
+    try:
+        if action == "accept":
+            body = Accept.model_validate(form)
+            req, job, message = await service.accept(
+                session=session, settings=settings, shop=shop, user=user,
+                request_id=request_id, body=body, now=now,
+            )  # fmt: skip
+            job_id = job.id
+            await session.commit()
+            request.app.state.preparer.submit(job_id)
+        else:
+            fields: dict[str, Any]
+            if action == "counter":
+                c = Counter.model_validate(form)
+                status, fields = "countered", {"reason": c.reason, "proposed_date": str(c.date)}
+            elif action == "decline":
+                status, fields = "declined", {"reason": Decline.model_validate(form).reason}
+            elif action == "progress":
+                p = Progress.model_validate(form)
+                if (p.status == "finished") != (p.outcome is not None):
+                    raise ValueError("a finished request needs an outcome, and only it")
+                status, fields = p.status, {"reason": p.reason, "outcome": p.outcome}
+            else:
+                return redirect(back + "?error=" + quote(f"unknown action {action!r}"))
+            req = await service.get_visible(
+                session=session, request_id=request_id, user=user, lock=True
+            )
+            message = await service.respond(
+                session=session, settings=settings, shop=shop, req=req, status=status,
+                now=now, **fields,
+            )  # fmt: skip
+            await session.commit()
+    except (ValidationError, ValueError, DomainError) as exc:
+        await session.rollback()
+        if isinstance(exc, ValidationError):
+            text = _errors(exc)
+        elif isinstance(exc, DomainError):
+            text = exc.detail
+        else:
+            text = str(exc)
+        return redirect(back + "?error=" + quote(text[:300]))
+    url = f"{req.peer_url}{service.REQUESTS_PATH}/{req.id}/updates"
+    _code, note = await request_routes.deliver_and_note(request, req, message, url)
+    done = f"{message.kind.capitalize()}; sent to the requesting shop: {note}"
+    return redirect(back + "?msg=" + quote(done[:300]))

@@ -1,0 +1,314 @@
+"""Fabrication requests between shops: the contract endpoints and the operators' answers.
+
+Contract (other shops call these, authenticated by the JWS signature):
+- `POST /api/v1/network/requests` (at the maker, B): a signed request;
+- `POST /api/v1/network/requests/{id}/updates` (at the requester, A): a signed update.
+Local (a login): send a request, list and read requests with their log, and at B accept,
+counter, decline and report progress.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+
+from fastapi import APIRouter, Request, status
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from microfactory.accounts.models import User
+from microfactory.config import Settings
+from microfactory.deps import AnyUser, Now, SessionDep, SettingsDep, StaffUser
+from microfactory.designs import remote
+from microfactory.errors import BadRequestError, InvalidInputError
+from microfactory.network.identity import ShopKey
+from microfactory.network.requests import service
+from microfactory.network.requests.models import FabricationRequest, RequestMessage
+from microfactory.network.requests.schemas import (
+    Accept,
+    Counter,
+    Decline,
+    Progress,
+    Received,
+    RequestRead,
+    SendRequest,
+    UpdateTaken,
+)
+from microfactory.network.routes import ShopKeyDep
+
+log = logging.getLogger("microfactory.network.requests")
+
+router = APIRouter(prefix="/api/v1/network/requests", tags=["network"])
+JOSE_TYPES = ("application/jose", "text/plain")
+_JOSE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "the compact JWS; send it with Content-Type: application/jose",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
+
+
+async def _jose_body(request: Request) -> bytes:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in JOSE_TYPES:
+        raise BadRequestError(
+            "send the compact JWS as the body, with Content-Type: application/jose"
+        )
+    return await request.body()
+
+
+async def deliver_and_note(
+    request: Request, req: FabricationRequest, msg: RequestMessage, url: str
+) -> tuple[int | None, str]:
+    """Deliver a signed message after the commit, and note how it went on the message."""
+    code, note = await service.deliver(url, msg.jws)
+    async with request.app.state.sessionmaker() as session, session.begin():
+        await service.note_delivery(session=session, message_id=msg.id, status=code, note=note)
+    if code is None or code >= 300:
+        log.warning("request %s: delivering %s failed: %s", req.id, msg.kind, note)
+    return code, note
+
+
+async def _read(request: Request, request_id: str | uuid.UUID, user: User) -> RequestRead:
+    async with request.app.state.sessionmaker() as session:
+        req = await service.get_visible(session=session, request_id=request_id, user=user)
+        return service.to_read(req)
+
+
+@router.post(
+    "",
+    response_model=Received,
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=_JOSE_BODY,
+)
+async def receive_request(
+    request: Request, session: SessionDep, shop: ShopKeyDep, now: Now
+) -> Received:
+    """Take another shop's signed fabrication request (public: the signature is the key).
+
+    Refused: a bad signature 401, a replayed request 409, an expired one 422.
+    """
+    body = await _jose_body(request)
+    req = await service.receive(session=session, shop=shop, token=body, now=now)
+    return Received(id=req.id, state=req.state, shop_id=shop.shop_id)
+
+
+async def send_and_deliver(
+    request: Request,
+    session: AsyncSession,
+    settings: Settings,
+    shop: ShopKey,
+    user: User,
+    body: SendRequest,
+    now: dt.datetime,
+) -> str:
+    """Check, sign, record and deliver a request; return its id (422 if not taken)."""
+    url = remote.check_url(body.shop_url) if body.shop_url else None
+    design, _member = await service.sendable(
+        session=session, settings=settings, user=user, body=body
+    )
+    content_hash = design.content_hash
+    await session.commit()  # no transaction stays open while the other shop answers
+    if url is None:
+        assert body.shop_id is not None  # checked by SendRequest
+        # Chosen with routing: the hubs' shop list gives the shop's URL.
+        found = await remote.source_from_hub(
+            settings=settings, shop_id=body.shop_id, content_hash=content_hash
+        )
+        url = found.base_url
+    peer_id = await service.fetch_shop_id(url)
+    if body.shop_id is not None and body.shop_id != peer_id:
+        raise InvalidInputError(f"{url} publishes the key of shop {peer_id}, not of {body.shop_id}")
+    req, msg = await service.send(
+        session=session,
+        settings=settings,
+        shop=shop,
+        user=user,
+        body=body,
+        to_shop_id=peer_id,
+        peer_url=url,
+        now=now,
+    )
+    await session.commit()
+    code, note = await deliver_and_note(request, req, msg, url + service.REQUESTS_PATH)
+    if code != 201:
+        async with request.app.state.sessionmaker() as s2, s2.begin():
+            again = await service.get_visible(session=s2, request_id=req.id, user=user)
+            again.state = "undelivered"
+        raise remote.RemoteError(f"the other shop did not take the request: {note}")
+    return req.id
+
+
+@router.post("/send", response_model=RequestRead, status_code=status.HTTP_201_CREATED)
+async def send_request(
+    body: SendRequest,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    shop: ShopKeyDep,
+    user: AnyUser,
+    now: Now,
+) -> RequestRead:
+    """Send a design to another shop to be made, signed by this shop (members, operators).
+
+    The other shop is named by its base URL (and, from routing, its id, which is checked
+    against the key it publishes). 422 if it refuses the request or cannot be reached.
+    """
+    request_id = await send_and_deliver(request, session, settings, shop, user, body, now)
+    return await _read(request, request_id, user)
+
+
+@router.get("", response_model=list[RequestRead])
+async def list_requests(session: SessionDep, user: AnyUser) -> list[RequestRead]:
+    """List requests: staff see every one, a member the ones sent for them."""
+    return [service.to_read(r) for r in await service.list_visible(session=session, user=user)]
+
+
+@router.get("/{request_id:uuid}", response_model=RequestRead)
+async def get_request(request_id: uuid.UUID, session: SessionDep, user: AnyUser) -> RequestRead:
+    """Show a request and its append-only message log (the member it is for, and staff)."""
+    req = await service.get_visible(session=session, request_id=request_id, user=user)
+    return service.to_read(req)
+
+
+@router.post("/{request_id:uuid}/updates", response_model=UpdateTaken, openapi_extra=_JOSE_BODY)
+async def receive_update(
+    request_id: uuid.UUID, request: Request, session: SessionDep, shop: ShopKeyDep, now: Now
+) -> UpdateTaken:
+    """Take a signed status update from the shop a request was sent to (public: signed).
+
+    Refused: not signed by that shop 401, a replayed sequence 409, an expired update 422.
+    """
+    body = await _jose_body(request)
+    req = await service.receive_update(
+        session=session, shop=shop, request_id=request_id, token=body, now=now
+    )
+    # The answer goes to the other shop: nothing of the member's in it.
+    return UpdateTaken(id=req.id, state=req.state, sequence=req.last_peer_sequence)
+
+
+async def _answer(
+    request: Request,
+    session: SessionDep,
+    user: User,
+    req: FabricationRequest,
+    msg: RequestMessage,
+) -> RequestRead:
+    await session.commit()
+    await deliver_and_note(
+        request, req, msg, f"{req.peer_url}{service.REQUESTS_PATH}/{req.id}/updates"
+    )
+    return await _read(request, req.id, user)
+
+
+@router.post("/{request_id:uuid}/accept", response_model=RequestRead)
+async def accept_request(
+    request_id: uuid.UUID,
+    body: Accept,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    shop: ShopKeyDep,
+    user: StaffUser,
+    now: Now,
+) -> RequestRead:
+    """Accept a request (operators): import the design by hash, make a job, send the quote.
+
+    The quote is made from this shop's rates (hours and grams per piece as estimated by the
+    operator) and is part of the signed acceptance.
+    """
+    req, job, msg = await service.accept(
+        session=session,
+        settings=settings,
+        shop=shop,
+        user=user,
+        request_id=request_id,
+        body=body,
+        now=now,
+    )
+    job_id = job.id
+    read = await _answer(request, session, user, req, msg)
+    request.app.state.preparer.submit(job_id)
+    return read
+
+
+async def _respond(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    shop: ShopKey,
+    user: User,
+    request_id: uuid.UUID,
+    status_name: str,
+    now: Now,
+    **fields: str | None,
+) -> RequestRead:
+    req = await service.get_visible(session=session, request_id=request_id, user=user, lock=True)
+    msg = await service.respond(
+        session=session,
+        settings=settings,
+        shop=shop,
+        req=req,
+        status=status_name,
+        now=now,
+        **fields,  # type: ignore[arg-type]
+    )
+    return await _answer(request, session, user, req, msg)
+
+
+@router.post("/{request_id:uuid}/counter", response_model=RequestRead)
+async def counter_request(
+    request_id: uuid.UUID,
+    body: Counter,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    shop: ShopKeyDep,
+    user: StaffUser,
+    now: Now,
+) -> RequestRead:
+    """Propose another date, with a reason (operators)."""
+    return await _respond(
+        request, session, settings, shop, user, request_id, "countered", now,
+        reason=body.reason, proposed_date=body.date.isoformat(),
+    )  # fmt: skip
+
+
+@router.post("/{request_id:uuid}/decline", response_model=RequestRead)
+async def decline_request(
+    request_id: uuid.UUID,
+    body: Decline,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    shop: ShopKeyDep,
+    user: StaffUser,
+    now: Now,
+) -> RequestRead:
+    """Decline a request, with a reason (operators)."""
+    return await _respond(
+        request, session, settings, shop, user, request_id, "declined", now, reason=body.reason
+    )
+
+
+@router.post("/{request_id:uuid}/progress", response_model=RequestRead)
+async def report_progress(
+    request_id: uuid.UUID,
+    body: Progress,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    shop: ShopKeyDep,
+    user: StaffUser,
+    now: Now,
+) -> RequestRead:
+    """Tell the requesting shop the job started, finished (good or bad) or was collected."""
+    if body.status == "finished" and body.outcome is None:
+        raise InvalidInputError('a finished request needs an "outcome": good or bad')
+    if body.status != "finished" and body.outcome is not None:
+        raise InvalidInputError('only a finished request has an "outcome"')
+    return await _respond(
+        request, session, settings, shop, user, request_id, body.status, now,
+        reason=body.reason, outcome=body.outcome,
+    )  # fmt: skip
