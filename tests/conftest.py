@@ -53,6 +53,7 @@ LONGEST_FILES = (
     "tests/fuzz/test_schemathesis.py",
     "tests/runtime/test_multiprocess.py",
     "tests/network/test_network_loopback.py",
+    "tests/network/requests/test_requests_loopback.py",
     "tests/browser/test_design_flow.py",
     "tests/test_packaging.py",
     "tests/integration/test_octoprint_jobs.py",
