@@ -26,7 +26,6 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import rfc8785
@@ -46,17 +45,9 @@ MAX_JWS_BYTES = 64 * 1024
 _REGISTRY = JWSRegistry(algorithms=list(hub_verify.ALGORITHMS))
 
 
-@dataclass(frozen=True)
-class Verified:
-    """A message whose form, key and signature check out."""
-
-    jws: str
-    shop_id: str
-    public_jwk: dict[str, Any]
-    sequence: int
-    issued_at: dt.datetime
-    expires_at: dt.datetime
-    payload: dict[str, Any]
+# A request or update whose form, key and signature check out: the same shape as a verified
+# capacity report (the JWS as received, the signer, its key, sequence, times and payload).
+Verified = hub_verify.VerifiedReport
 
 
 def times(now: dt.datetime, ttl_s: int) -> tuple[str, str]:
