@@ -269,6 +269,11 @@ class MarlinDriver(Driver):
                 await asyncio.wait_for(self.read_settings(), self.connect_timeout_s)
             except (DriverError, TimeoutError) as exc:
                 log.warning("marlin %s: could not read the motion limits: %s", port, exc)
+        if self._status.state is MachineState.OFFLINE:
+            # The link was lost during the handshake (a firmware still answering a previous
+            # session): fail the connect, so that the caller tries again, rather than report
+            # a closed link as connected.
+            raise MachineOffline(f"the link was lost while connecting: {self._status.message}")
         self._set_status(state=MachineState.IDLE, message="connected")
         log.info(
             "marlin %s connected: %s, capabilities %s",
