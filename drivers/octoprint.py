@@ -823,6 +823,11 @@ class OctoPrintDriver(Driver):
                 f"OctoPrint lost the print (state: {snap.text}); "
                 "it restarted or the printer was disconnected"
             )
+            if state is MachineState.OFFLINE:
+                # A restart quicker than one poll looks just like this: the print is gone and
+                # the printer is not connected. Connect it again as after an outage; the
+                # failed job holds the machine until an operator has cleared the bed.
+                self._reconnect_after_outage = self._want_printer
             self._finish_job(EventKind.FAILED, reason=reason, progress=progress)
 
     def _finish_job(self, kind: EventKind, *, reason: str, progress: Progress | None) -> None:

@@ -247,6 +247,30 @@ async def test_server_killed_and_restarted(
         await log.wait_for(EventKind.FINISHED)
 
 
+async def test_printer_lost_mid_print_between_two_polls_is_reconnected(
+    make_driver: MakeDriver, octoprint: OctoPrintServer
+) -> None:
+    """A restart faster than one poll shows only this: the print gone, the printer offline.
+
+    The driver never saw OctoPrint unreachable, yet the printer must come back: the job
+    fails with its reason and the printer is connected again, as after an outage.
+    """
+    driver = make_driver()
+    async with EventLog(driver) as log:
+        await driver.connect()
+        await driver.start(program(400))
+        await wait_status(driver, lambda s: bool(s.progress and s.progress.percent > 0))
+        octoprint.api("POST", "/api/connection", json={"command": "disconnect"})
+
+        failed = await log.wait_for(EventKind.FAILED)
+        assert "OctoPrint lost the print (state: Offline" in failed.data["reason"]
+        status = await wait_status(driver, in_state(MachineState.IDLE))
+        assert status.extra["reachable"] is True
+        assert EventKind.DISCONNECTED not in log.kinds()
+        await driver.start(program(2))
+        await log.wait_for(EventKind.FINISHED)
+
+
 async def test_print_survives_a_network_outage(
     make_driver: MakeDriver, octoprint: OctoPrintServer
 ) -> None:
