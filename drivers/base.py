@@ -415,3 +415,14 @@ class Driver(ABC):
     @abstractmethod
     async def send(self, command: str) -> list[str]:
         """Send one command outside a program and return the machine's reply lines."""
+
+    async def reset(self) -> str:
+        """Recover after an emergency stop or a firmware halt; return a note for the operator.
+
+        By default the link is closed and opened again: opening a serial port raises DTR,
+        which resets the boards most printers use (an Arduino-style auto-reset), so a halted
+        firmware boots afresh. Drivers whose firmware resets another way override this.
+        """
+        await self.close()
+        await self.connect()
+        return "reconnected: the controller was reset"

@@ -1064,6 +1064,34 @@ class GrblDriver(Driver):
             raise ProtocolError(f"GRBL did not restart within {within:.0f} s of a soft reset")
         await self._fresh_report(within=2.0)
 
+    async def reset(self) -> str:
+        """Recover after an alarm or an emergency stop: soft reset (Ctrl-X), then unlock ($X).
+
+        The unlock clears the alarm lock without homing, so the controller's idea of where the
+        tool is may be wrong (a reset while moving loses steps): home before the next job.
+        A link that is gone is opened again instead.
+        """
+        if self._job_running():
+            raise MachineBusy("a program is running: cancel it (or stop the machine) first")
+        link = self._link
+        if link is None or not link.is_open or self._phase != "online":
+            await self.close()
+            await self.connect()
+        else:
+            await self.soft_reset()
+        async with self._cmd_lock:
+            lines = await self._command("$X", within=self.reply_timeout_s)
+        if lines and lines[-1].startswith("error:"):
+            code = int(lines[-1][6:])
+            raise FirmwareError(f"GRBL refused to unlock ($X): {describe_error(code)}")
+        await self._fresh_report(within=2.0)
+        self._message = "reset and unlocked: the position is lost, home the machine ($H)"
+        self._publish_state()
+        return (
+            "GRBL was reset (Ctrl-X) and unlocked ($X). The position is lost: home the "
+            "machine ($H) before the next job"
+        )
+
     def override_feed(self, delta: int) -> None:
         """Change the feed override by `delta` percent (steps of 10 and 1); 0 resets it."""
         self._write_rt(_override_bytes(

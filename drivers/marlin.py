@@ -495,6 +495,19 @@ class MarlinDriver(Driver):
         reason = "emergency stop (M112): the printer is halted; reset it and reconnect"
         self._halt(reason)
 
+    async def reset(self) -> str:
+        """Recover after M112 or a firmware fault: close the port and connect again.
+
+        Marlin leaves kill() (M112, thermal runaway) only through a board reset; M999 clears
+        the milder "stopped" state only. Opening the port raises DTR, which resets the boards
+        printers use, and the handshake starts a fresh session (M110 N0, M115).
+        """
+        if self._job is not None and self._halted is None:
+            raise MachineBusy(f"program {self._job.program.name!r} is running: cancel it first")
+        await self.close()
+        await self.connect()
+        return "the printer was reset and reconnected; it is not homed and its heaters are off"
+
     async def send(self, command: str) -> list[str]:
         """Send one command and return its reply lines up to and including the `ok`.
 

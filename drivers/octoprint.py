@@ -665,6 +665,20 @@ class OctoPrintDriver(Driver):
                 "use the printer's own stop"
             )
 
+    async def reset(self) -> str:
+        """Reconnect the printer through OctoPrint after an emergency stop or a printer error.
+
+        OctoPrint closes and opens the printer's serial port, which resets its board (DTR).
+        """
+        client = self._client = self._client or self._new_client()
+        status = await self._refresh()
+        if status.state in (MachineState.RUNNING, MachineState.PAUSED):
+            raise MachineBusy(f"the printer is busy: {status.message}; cancel the print first")
+        with contextlib.suppress(DriverError):  # already disconnected after an emergency stop
+            await self._call("disconnecting the printer", client.disconnect)
+        await self.connect()
+        return "the printer was reconnected through OctoPrint; it is not homed"
+
     async def send(self, command: str) -> list[str]:
         """Send one command through OctoPrint; it does not relay replies, so return []."""
         command = command.strip()

@@ -32,6 +32,9 @@ class MachineHandle(Protocol):
     async def emergency_stop(self, actor: Actor | None = None) -> None:
         """Stop the machine now."""
 
+    async def reset(self, actor: Actor | None = None) -> dict[str, Any]:
+        """Reset and reconnect the machine after an emergency stop or a firmware halt."""
+
 
 class StatusReader(Protocol):
     """Live machine status, as the queue and the pages read it."""
@@ -54,6 +57,12 @@ class CommandChannel(StatusReader, Protocol):
 
     async def send_commands(self, machine: Machine, lines: list[str]) -> list[dict[str, Any]]:
         """Send raw lines to a machine."""
+
+    async def reset(self, machine: Machine, actor: Actor | None = None) -> dict[str, Any]:
+        """Reset and reconnect a machine; returns {"message", "status"}."""
+
+    def temperature_history(self, machine_id: int) -> list[dict[str, Any]]:
+        """Return the last few minutes of a machine's temperatures, oldest first."""
 
     async def sync(self, machine: Machine | None, machine_id: int) -> None:
         """Pick up a machine created, changed or removed (after the commit)."""

@@ -19,9 +19,14 @@ from microfactory.machines.channel import CommandChannel
 from microfactory.machines.schemas import (
     CommandRequest,
     CommandResult,
+    HomeRequest,
+    JogRequest,
     MachineCreate,
     MachineRead,
     MachineUpdate,
+    PreheatRequest,
+    ResetResult,
+    TemperatureSample,
 )
 from microfactory.types import Id
 
@@ -195,3 +200,78 @@ async def emergency_stop(
     await session.commit()
     await fleet.get(machine).emergency_stop(actor=Actor.person(user.id, user.username))
     return service.to_read(machine, fleet.status(machine))
+
+
+@router.post("/{machine_id:int}/reset", response_model=ResetResult)
+async def reset_machine(
+    machine_id: Id, request: Request, session: SessionDep, user: StaffUser
+) -> ResetResult:
+    """Reset and reconnect a machine after an emergency stop or a firmware halt (operators).
+
+    Marlin: the port is opened again, which resets the board. GRBL: soft reset (Ctrl-X) and
+    unlock (`$X`): the position is lost, home the machine. OctoPrint: the printer is
+    reconnected. Refused while a job runs.
+    """
+    machine = await service.get_or_raise(session=session, machine_id=machine_id)
+    fleet = _fleet(request)
+    service.refuse_while_running(machine, fleet.running_job(machine_id), "a reset")
+    await session.commit()  # the reset may take seconds: hold no transaction meanwhile
+    result = await fleet.reset(machine, actor=Actor.person(user.id, user.username))
+    return ResetResult(message=str(result.get("message") or "reset"), status=fleet.status(machine))
+
+
+@router.get("/{machine_id:int}/temperatures", response_model=list[TemperatureSample])
+async def temperature_history(
+    machine_id: Id, request: Request, session: SessionDep, _user: AnyUser
+) -> list[TemperatureSample]:
+    """Return the last few minutes of a machine's temperatures, oldest first."""
+    await service.get_or_raise(session=session, machine_id=machine_id)
+    samples = _fleet(request).temperature_history(machine_id)
+    return [TemperatureSample.model_validate(s) for s in samples]
+
+
+async def _control(
+    request: Request, session: SessionDep, machine_id: int, action: str, lines_of: Any
+) -> CommandResult:
+    machine = await service.get_or_raise(session=session, machine_id=machine_id)
+    fleet = _fleet(request)
+    lines = lines_of(machine)  # first: a mill has no heaters, running or not
+    service.refuse_while_running(machine, fleet.running_job(machine_id), action)
+    await session.commit()
+    results = await fleet.send_commands(machine, lines)
+    service.raise_if_refused(machine, results)
+    return CommandResult(results=results)
+
+
+@router.post("/{machine_id:int}/jog", response_model=CommandResult)
+async def jog(
+    machine_id: Id, body: JogRequest, request: Request, session: SessionDep, _user: StaffUser
+) -> CommandResult:
+    """Move the tool by a distance (GRBL `$J=`, Marlin G91/G0); refused while a job runs."""
+    moves = {"x": body.x, "y": body.y, "z": body.z}
+    return await _control(
+        request, session, machine_id, "jogging",
+        lambda m: service.jog_lines(m, moves, body.feed_mm_min),
+    )  # fmt: skip
+
+
+@router.post("/{machine_id:int}/home", response_model=CommandResult)
+async def home(
+    machine_id: Id, body: HomeRequest, request: Request, session: SessionDep, _user: StaffUser
+) -> CommandResult:
+    """Home the machine (G28, GRBL `$H`); refused while a job runs."""
+    axes = [a.lower() for a in body.axes]
+    return await _control(
+        request, session, machine_id, "homing", lambda m: service.home_lines(m, axes)
+    )
+
+
+@router.post("/{machine_id:int}/preheat", response_model=CommandResult)
+async def preheat(
+    machine_id: Id, body: PreheatRequest, request: Request, session: SessionDep, _user: StaffUser
+) -> CommandResult:
+    """Set a printer's heaters to a preset (pla, petg, abs, off); refused while a job runs."""
+    return await _control(
+        request, session, machine_id, "preheating",
+        lambda m: service.preheat_lines(m, body.preset),
+    )  # fmt: skip

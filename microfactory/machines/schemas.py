@@ -313,3 +313,52 @@ class CommandResult(BaseModel):
     """What the machine answered to each line."""
 
     results: list[dict[str, Any]]
+
+
+class JogRequest(_Strict):
+    """Move the tool by a distance on some axes, relative to where it is (operators)."""
+
+    x: Number = Field(0.0, ge=-100, le=100)
+    y: Number = Field(0.0, ge=-100, le=100)
+    z: Number = Field(0.0, ge=-100, le=100)
+    feed_mm_min: Number = Field(3000.0, gt=0, le=20000)
+
+
+class HomeRequest(_Strict):
+    """Home some axes (all when empty; GRBL always homes all of them)."""
+
+    axes: list[Annotated[str, Field(pattern="^[xyzXYZ]$")]] = Field(default_factory=list)
+
+
+class PreheatRequest(_Strict):
+    """Set a printer's heaters to a preset: pla, petg, abs or off."""
+
+    preset: str = Field(min_length=1, max_length=20)
+
+
+class ResetResult(BaseModel):
+    """What a reset did, and the machine's status after it."""
+
+    message: str
+    status: dict[str, Any]
+
+
+class TemperatureSample(BaseModel):
+    """One sample of a machine's temperatures: {heater: [actual, target]} at unix time t."""
+
+    t: float
+    temps: dict[str, list[float | None]]
+
+
+class WebcamSettings(_Strict):
+    """Where a machine's webcam is: an MJPEG stream and/or a snapshot URL (may hold a password)."""
+
+    stream_url: AnyHttpUrl | None = None
+    snapshot_url: AnyHttpUrl | None = None
+
+
+class WebcamRead(BaseModel):
+    """A machine's webcam as the API shows it: URLs with their credentials masked."""
+
+    stream_url: str | None = None
+    snapshot_url: str | None = None

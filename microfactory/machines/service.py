@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.db import Base
 from microfactory.errors import ConflictError, InvalidInputError, NotFoundError
-from microfactory.machines.models import Machine
+from microfactory.machines.models import Machine, MachineKind
 from microfactory.machines.schemas import (
     Capabilities,
     MachineCreate,
@@ -181,3 +181,95 @@ def to_read(machine: Machine, status: dict[str, Any]) -> MachineRead:
             "updated_at": machine.updated_at,
         }
     )
+
+
+# -- operator controls: jog, home, preheat -----------------------------------------------
+
+GRBL_DRIVERS = frozenset({"grbl", "sim-grbl"})
+#: preheat presets for printers: (hotend °C, bed °C); "off" switches both heaters off
+PREHEAT_PRESETS: dict[str, tuple[int, int]] = {
+    "pla": (200, 60),
+    "petg": (235, 80),
+    "abs": (245, 100),
+    "off": (0, 0),
+}
+JOG_AXES = ("x", "y", "z")
+MAX_JOG_MM = 100.0
+
+
+def jog_lines(machine: Machine, moves: dict[str, float], feed_mm_min: float) -> list[str]:
+    """Return the lines that move the tool by `moves` (mm, relative) at `feed_mm_min`.
+
+    GRBL jogs with `$J=` (a jog is cancellable and never changes the parser's modes); Marlin
+    moves relatively (G91), then goes back to absolute (G90) and reports the position (M114).
+    """
+    axes = {a: float(moves[a]) for a in JOG_AXES if moves.get(a)}
+    if not axes:
+        raise InvalidInputError("a jog needs a distance on x, y or z")
+    for axis, mm in axes.items():
+        if abs(mm) > MAX_JOG_MM:
+            raise InvalidInputError(f"{axis}: a jog moves at most {MAX_JOG_MM:g} mm at a time")
+    words = " ".join(f"{a.upper()}{mm:g}" for a, mm in axes.items())
+    feed = f"F{feed_mm_min:g}"
+    if machine.driver in GRBL_DRIVERS:
+        return [f"$J=G91 G21 {words} {feed}"]
+    if machine.driver == "manual":
+        raise ConflictError(f"machine {machine.name!r} is manual: it takes no commands")
+    lines = ["G91", f"G0 {words} {feed}", "G90"]
+    if machine.driver != "octoprint":
+        lines.append("M114")  # OctoPrint relays no replies
+    return lines
+
+
+def home_lines(machine: Machine, axes: list[str] | None = None) -> list[str]:
+    """Return the lines that home the machine (G28, or GRBL's homing cycle `$H`)."""
+    if machine.driver == "manual":
+        raise ConflictError(f"machine {machine.name!r} is manual: it takes no commands")
+    if machine.driver in GRBL_DRIVERS:
+        if axes:
+            raise InvalidInputError("GRBL homes all axes together ($H)")
+        return ["$H"]
+    words = " ".join(a.upper() for a in axes or [] if a in JOG_AXES)
+    lines = [f"G28 {words}".strip()]
+    if machine.driver != "octoprint":
+        lines.append("M114")
+    return lines
+
+
+def preheat_lines(machine: Machine, preset: str) -> list[str]:
+    """Return the lines that set a printer's heaters to a preset (M104 and M140, no wait)."""
+    if machine.kind is not MachineKind.FDM_PRINTER or machine.driver in GRBL_DRIVERS:
+        raise ConflictError(f"machine {machine.name!r} is not a 3D printer: it has no heaters")
+    if machine.driver == "manual":
+        raise ConflictError(f"machine {machine.name!r} is manual: it takes no commands")
+    temps = PREHEAT_PRESETS.get(preset.lower())
+    if temps is None:
+        raise InvalidInputError(
+            f"unknown preset {preset!r}; choose one of {', '.join(PREHEAT_PRESETS)}"
+        )
+    hotend, bed = temps
+    return [f"M104 S{hotend}", f"M140 S{bed}"]
+
+
+def refuse_while_running(machine: Machine, running_job: int | None, action: str) -> None:
+    """Refuse a control that moves or heats while a job runs on the machine."""
+    if running_job is not None:
+        raise ConflictError(
+            f"machine {machine.name!r} is running job {running_job}: {action} is refused "
+            "while a job runs (pause is not enough: cancel the job first)"
+        )
+
+
+def raise_if_refused(machine: Machine, results: list[dict[str, Any]]) -> None:
+    """Turn a line the machine refused into a 409 that names it and why."""
+    for result in results:
+        if not result.get("ok", True):
+            raise ConflictError(
+                f"machine {machine.name!r} refused `{result.get('line')}`: "
+                f"{result.get('error') or 'no reason given'}"
+            )
+        reply = result.get("reply") or []
+        if reply and str(reply[-1]).startswith("error:"):
+            raise ConflictError(
+                f"machine {machine.name!r} refused `{result.get('line')}`: {reply[-1]}"
+            )

@@ -24,6 +24,7 @@ from microfactory.jobs import lifecycle
 from microfactory.jobs.models import ACTIVE_STATES, Job, JobState
 from microfactory.machines.models import Machine
 from microfactory.machines.service import offline_status
+from microfactory.runtime.history import TemperatureHistory
 from microfactory.runtime.supervisor import Supervisor
 
 log = logging.getLogger("microfactory.fleet")
@@ -47,6 +48,7 @@ class Fleet:
         self.supervisors: dict[int, Supervisor] = {}
         # Slow dashboard streams lose their oldest update rather than block a supervisor.
         self.hub: EventHub[Update] = EventHub(maxsize=500)
+        self.history = TemperatureHistory()
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._upload_dir: Path | None = None
         self._unknown_command_policy = "fail"
@@ -85,8 +87,13 @@ class Fleet:
         """Yield live updates until the caller stops."""
         return self.hub.subscribe()
 
+    def temperature_history(self, machine_id: int) -> list[dict[str, Any]]:
+        """Return the last few minutes of a machine's temperatures, oldest first."""
+        return self.history.samples(machine_id)
+
     def publish_status(self, machine_id: int, status: dict[str, Any]) -> None:
-        """Deliver a machine's status to the streams."""
+        """Deliver a machine's status to the streams (and keep its temperatures)."""
+        self.history.record(machine_id, status)
         self.hub.publish(("machine", machine_id, status))
 
     def publish_job(self, job_id: int, event: dict[str, Any]) -> None:
@@ -96,6 +103,10 @@ class Fleet:
     async def send_commands(self, machine: Machine, lines: list[str]) -> list[dict[str, Any]]:
         """Send raw lines through the machine's supervisor."""
         return await self.get(machine).send_commands(lines)
+
+    async def reset(self, machine: Machine, actor: lifecycle.Actor | None = None) -> dict[str, Any]:
+        """Reset and reconnect a machine after an emergency stop or a firmware halt."""
+        return await self.get(machine).reset(actor=actor)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -163,6 +174,8 @@ class Fleet:
                 )
             self.supervisors.pop(machine_id, None)
             await old.stop()
+        if machine is None:
+            self.history.forget(machine_id)
         if machine is not None:
             self._start_supervisor(machine)
 

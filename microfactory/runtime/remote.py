@@ -51,6 +51,7 @@ STATUS_INTERVAL_S = 0.1  # coalesce status changes; a dashboard needs no more th
 HEARTBEAT_S = 3.0  # full snapshot; a worker that hears none for 3 beats shows machines offline
 RECONCILE_S = 5.0  # the host re-reads the machine table this often, in case a NOTIFY was lost
 COMMAND_TIMEOUT_S = 15.0  # G28 or a heater wait answers at once: commands are not long-running
+RESET_TIMEOUT_S = 75.0  # a reset reconnects the machine (the host gives it 60 s)
 
 # Domain errors travel as their HTTP status; the worker raises the same kind.
 _ERRORS: dict[int, type[errors.DomainError]] = {
@@ -349,6 +350,8 @@ class MachineHost:
             await handle.start_job(int(args["job_id"]), actor=actor)
         elif op in ("pause", "resume", "cancel", "emergency_stop"):
             await getattr(handle, op)(actor=actor)
+        elif op == "reset":
+            return await handle.reset(actor=actor)
         else:
             raise errors.BadRequestError(f"unknown machine command {op!r}")
         return None
@@ -386,6 +389,13 @@ class RemoteMachine:
     async def emergency_stop(self, actor: Actor | None = None) -> None:
         """Stop the machine now."""
         await self._fleet.request("emergency_stop", self.machine_id, _with_actor({}, actor))
+
+    async def reset(self, actor: Actor | None = None) -> dict[str, Any]:
+        """Reset and reconnect the machine (the host waits for it to answer again)."""
+        result = await self._fleet.request(
+            "reset", self.machine_id, _with_actor({}, actor), timeout_s=RESET_TIMEOUT_S
+        )
+        return dict(result or {})
 
     async def send_commands(self, lines: list[str]) -> list[dict[str, Any]]:
         """Send raw lines and return the replies."""
@@ -464,9 +474,15 @@ class RemoteFleet(Fleet):
             fut.set_exception(kind(str(message.get("detail") or "the machine host refused")))
 
     async def request(
-        self, op: str, machine_id: int | None, args: dict[str, Any] | None = None
+        self,
+        op: str,
+        machine_id: int | None,
+        args: dict[str, Any] | None = None,
+        *,
+        timeout_s: float | None = None,
     ) -> Any:
         """Send a command to the machine host and wait for its answer."""
+        wait_s = timeout_s if timeout_s is not None else self.timeout_s
         rid = uuid.uuid4().hex
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
@@ -480,10 +496,10 @@ class RemoteFleet(Fleet):
                     f"cannot reach the machine host through the database: {exc}"
                 ) from None
             try:
-                return await asyncio.wait_for(fut, self.timeout_s)
+                return await asyncio.wait_for(fut, wait_s)
             except TimeoutError:
                 raise errors.ConflictError(
-                    f"the machine host did not answer within {self.timeout_s:g} s; is "
+                    f"the machine host did not answer within {wait_s:g} s; is "
                     "`microfactory machines` (or `microfactory serve`) running?"
                 ) from None
         finally:

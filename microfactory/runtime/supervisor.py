@@ -44,6 +44,7 @@ log = logging.getLogger("microfactory.supervisor")
 
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 CONNECT_TIMEOUT_S = 60.0
+RESET_TIMEOUT_S = 60.0  # a reset reconnects: the connect timeout bounds it
 PROGRESS_WRITE_INTERVAL_S = 2.0  # at most one progress write per machine per interval
 # Commands an operator may send while a job runs: they report or stop, never move.
 SAFE_WHILE_RUNNING = frozenset({"M105", "M114", "M115", "M112", "M108", "?", "!", "~"})
@@ -595,6 +596,59 @@ class Supervisor:
             await self._end_job(
                 JobState.FAILED, reason="emergency stop by an operator", actor=actor
             )
+
+    async def reset(self, actor: lifecycle.Actor | None = None) -> dict[str, Any]:
+        """Recover the machine after an emergency stop or a firmware halt, and reconnect it.
+
+        The driver resets its firmware its own way (Marlin: a reconnect, which resets the
+        board; GRBL: Ctrl-X and `$X`; OctoPrint: it reconnects the printer). A machine that is
+        offline is connected now rather than after its backoff. Refused while a job runs.
+        """
+        if self.job_id is not None:
+            raise ConflictError(
+                f"machine {self.name!r} is running job {self.job_id}: cancel the job (or use "
+                "the emergency stop) before a reset"
+            )
+        who = actor.name if actor is not None and actor.name else "an operator"
+        log.warning("machine %s: reset and reconnect asked by %s", self.name, who)
+        driver = self.driver
+        if driver is None:
+            await self._relink()
+            return {"message": "reconnected", "status": self.status_dict()}
+        async with self._command_lock:
+            try:
+                note = await asyncio.wait_for(driver.reset(), RESET_TIMEOUT_S)
+            except MachineBusy as exc:
+                raise ConflictError(f"machine {self.name!r} is busy: {exc}") from exc
+            except (DriverError, TimeoutError, OSError) as exc:
+                reason = str(exc) or "it did not answer in time"
+                log.warning("machine %s: reset failed: %s; reconnecting", self.name, reason)
+                # The driver may be half closed: start the link over, as after a lost link.
+                await self._relink(wait=False)
+                raise ConflictError(
+                    f"machine {self.name!r} could not be reset: {reason}; it is reconnecting, "
+                    "check its cable and power"
+                ) from exc
+        self._publish(await driver.status())
+        log.info("machine %s: reset: %s", self.name, note)
+        return {"message": note, "status": self.status_dict()}
+
+    async def _relink(self, *, wait: bool = True) -> None:
+        """Drop the link and connect again at once (the loop's `finally` closes the driver)."""
+        old = self._task
+        if old is not None:
+            old.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await old
+        self.start()
+        if not wait:
+            return
+        try:
+            await asyncio.wait_for(self.connected.wait(), RESET_TIMEOUT_S)
+        except TimeoutError:
+            raise ConflictError(
+                f"machine {self.name!r} did not reconnect: {self._status.message}"
+            ) from None
 
     async def send_commands(self, lines: list[str]) -> list[dict[str, Any]]:
         """Send raw lines; while a job runs only safe real-time commands pass."""
