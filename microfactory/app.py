@@ -37,6 +37,7 @@ from microfactory.jobs import lifecycle as job_lifecycle
 from microfactory.jobs.pages import router as job_pages_router
 from microfactory.jobs.preparation import Preparer
 from microfactory.jobs.routes import router as jobs_router
+from microfactory.machines.pages import router as machine_pages_router
 from microfactory.machines.routes import router as machines_router
 from microfactory.materials.pages import router as materials_pages_router
 from microfactory.materials.routes import router as materials_router
@@ -59,6 +60,7 @@ from microfactory.notifications import subscribers as notification_subscribers
 from microfactory.notifications.pages import router as notification_pages_router
 from microfactory.runtime.fleet import Fleet
 from microfactory.runtime.queue_runner import QueueRunner
+from microfactory.runtime.records import MachineRecords
 from microfactory.runtime.remote import (
     JobEventRelay,
     MachineHost,
@@ -219,6 +221,7 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.is_postgresql and not settings.run_supervisors
         else Fleet()
     )
+    app.state.machine_records = MachineRecords()  # the machine page's job and maintenance
     app.state.job_relay = (
         JobEventRelay(libpq_dsn(settings.sync_database_url), app.state.fleet)
         if settings.is_postgresql
@@ -243,6 +246,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(slicer_profiles_router)
     app.include_router(design_pages_router)
     app.include_router(job_pages_router)
+    app.include_router(machine_pages_router)
     app.include_router(dashboard_router)
     for router in booking_routers():
         app.include_router(router)

@@ -1,0 +1,74 @@
+"""The machine page: live temperatures, position, controls, terminal, job and maintenance."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Protocol
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from microfactory.deps import SessionDep, ShopTz
+from microfactory.machines import service, visibility
+from microfactory.machines.channel import CommandChannel
+from microfactory.machines.models import MachineKind
+from microfactory.types import Id
+from microfactory.web import WebMember, render
+
+router = APIRouter(include_in_schema=False)
+
+
+class MachineRecords(Protocol):
+    """The job and maintenance records the page shows (the runtime provides them: the jobs
+    and the bookings import this package, so it cannot import them)."""
+
+    async def job(self, *, session: AsyncSession, job_id: int) -> dict[str, Any] | None:
+        """Return the job's title, state and owner id."""
+
+    async def maintenance(
+        self, *, session: AsyncSession, machine_id: int, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """Return the machine's maintenance blocks, latest first."""
+
+
+MAINTENANCE_SHOWN = 20  # the latest blocks, past and planned
+JOG_STEPS_MM = (0.1, 1.0, 10.0, 50.0)
+
+
+@router.get("/machines/{machine_id:int}", response_class=HTMLResponse)
+async def machine_page(
+    request: Request, machine_id: Id, session: SessionDep, user: WebMember, tz: ShopTz
+) -> HTMLResponse:
+    """Show one machine: graph, status and job for members; controls for operators."""
+    fleet: CommandChannel = request.app.state.fleet
+    machine = await service.get_or_raise(session=session, machine_id=machine_id)
+    statuses = await visibility.visible_statuses(
+        session=session, user=user, statuses={machine.id: fleet.status(machine)}
+    )
+    view = service.to_read(machine, statuses[machine.id])
+    records: MachineRecords = request.app.state.machine_records
+    job = None
+    job_id = view.status.get("job_id")
+    if job_id is not None:
+        job = await records.job(session=session, job_id=job_id)
+    maintenance = await records.maintenance(
+        session=session, machine_id=machine.id, limit=MAINTENANCE_SHOWN
+    )
+    driven = machine.driver != "manual"
+    context: dict[str, Any] = {
+        "m": view,
+        "job": job,
+        "maintenance": maintenance,
+        "staff": user.is_staff,
+        "driven": driven,
+        "printer": machine.kind is MachineKind.FDM_PRINTER and driven,
+        "grbl": machine.driver in service.GRBL_DRIVERS,
+        "presets": service.PREHEAT_PRESETS,
+        "jog_steps": JOG_STEPS_MM,
+        "history": fleet.temperature_history(machine.id) if driven else [],
+        "tz": tz,
+        "now": dt.datetime.now(dt.UTC),
+        "webcam": None,
+    }
+    return render(request, "machine.html", context)
