@@ -190,7 +190,7 @@
       if (describe) print(describe, "sent");
       printResults(data);
       if (data && data.message) { flash(data.message, false); print(data.message, "note"); }
-      if (data && data.status) update(data.status);
+      // No status from the answer: the stream has it, and the answer may be older.
       return data;
     } catch (err) {
       flash(err.message, true);

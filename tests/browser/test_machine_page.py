@@ -1,0 +1,93 @@
+"""The machine page in Chromium: the graph draws, an operator uses the terminal, stops the
+machine and recovers it with "reset and reconnect"; a member sees no controls."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import DemoServer, login
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(180)]
+SCREENSHOTS = Path(os.environ.get("MICROFACTORY_TEST_SCREENSHOTS", "/tmp/microfactory-screens"))
+PRINTER = "Prusa MK3S #1"
+
+
+def open_machine_page(page: Any, demo_server: DemoServer, user: str, password: str) -> None:
+    login(page, demo_server.url, user, password)
+    page.wait_for_url("**/machines")
+    page.locator("article.machine h2").get_by_role("link", name=PRINTER).click()
+    page.wait_for_url(re.compile(r".*/machines/\d+$"))
+    expect(page.get_by_role("heading", name=PRINTER, level=1)).to_be_visible()
+
+
+def test_operator_uses_the_terminal_then_recovers_after_an_emergency_stop(
+    page: Any, demo_server: DemoServer
+) -> None:
+    open_machine_page(page, demo_server, "operator", "operator-demo-pass")
+    state = page.locator("[data-field=state]")
+    expect(state).to_have_text("idle", timeout=30_000)
+
+    # The graph draws the server's recent history at once, then follows the stream.
+    graph = page.locator("#temp-graph")
+    expect(graph.locator("canvas")).to_be_visible()
+    expect(graph).to_have_attribute("data-drawn", re.compile(r"^([2-9]|\d\d+)"))
+    page.get_by_role("button", name="PLA 200/60").click()
+    expect(page.locator("[data-field=temps-now]")).to_contain_text("/ 200 °C")
+
+    terminal = page.get_by_label("G-code command")
+    terminal.fill("M115")
+    terminal.press("Enter")
+    log = page.locator("[data-terminal-log]")
+    expect(log).to_contain_text("> M115")
+    expect(log).to_contain_text("FIRMWARE_NAME:Marlin")
+    terminal.press("ArrowUp")
+    expect(terminal).to_have_value("M115")
+    terminal.fill("")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Emergency stop").click()
+    expect(state).to_have_text("error")
+    recover = page.locator("[data-recover]")
+    expect(recover).to_be_visible()
+    expect(recover).to_contain_text("halted")
+    terminal.fill("M105")
+    terminal.press("Enter")
+    expect(log).to_contain_text("halted")  # the firmware takes nothing until it is reset
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "machine-page-halted.png"), full_page=True)
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    recover.get_by_role("button", name="Reset and reconnect").click()
+    expect(state).to_have_text("idle", timeout=30_000)
+    expect(recover).to_be_hidden()
+    expect(page.locator("#flash")).to_contain_text("reset and reconnected")
+    terminal.fill("M115")
+    terminal.press("Enter")
+    expect(log.locator("div", has_text="FIRMWARE_NAME")).to_have_count(2)
+    page.get_by_role("button", name="Off").click()  # leave the demo printer cold
+    page.screenshot(path=str(SCREENSHOTS / "machine-page-operator.png"), full_page=True)
+
+
+def test_member_sees_the_graph_and_status_but_no_controls(
+    browser: Any, demo_server: DemoServer
+) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        open_machine_page(page, demo_server, "member", "member-demo-pass")
+        expect(page.locator("#temp-graph canvas")).to_be_visible()
+        expect(page.get_by_role("heading", name="Current job")).to_be_visible()
+        expect(page.get_by_role("heading", name="Maintenance log")).to_be_visible()
+        assert page.get_by_label("G-code command").count() == 0
+        assert page.get_by_role("button", name="Reset and reconnect").count() == 0
+        assert page.get_by_role("button", name="Jog X plus").count() == 0
+        page.screenshot(path=str(SCREENSHOTS / "machine-page-member.png"), full_page=True)
+    finally:
+        context.close()
