@@ -45,3 +45,6 @@ class Machine(TimestampMixin, Base):
     maintenance: Mapped[bool] = mapped_column(default=False)
     notes: Mapped[str] = mapped_column(Text, default="")
     power_w: Mapped[float | None]  # rated power draw, for the usage log's energy estimate
+    # {"stream_url": MJPEG, "snapshot_url": JPEG}: may hold credentials, so it never leaves
+    # the server; logged-in users see the camera through its proxy (machines/webcam.py).
+    webcam: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)

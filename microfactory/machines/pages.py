@@ -6,11 +6,11 @@ import datetime as dt
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.deps import SessionDep, ShopTz
-from microfactory.machines import service, visibility
+from microfactory.machines import service, visibility, webcam
 from microfactory.machines.channel import CommandChannel
 from microfactory.machines.models import MachineKind
 from microfactory.types import Id
@@ -56,6 +56,7 @@ async def machine_page(
         session=session, machine_id=machine.id, limit=MAINTENANCE_SHOWN
     )
     driven = machine.driver != "manual"
+    cams = webcam.settings_of(machine.webcam)
     context: dict[str, Any] = {
         "m": view,
         "job": job,
@@ -69,6 +70,34 @@ async def machine_page(
         "history": fleet.temperature_history(machine.id) if driven else [],
         "tz": tz,
         "now": dt.datetime.now(dt.UTC),
-        "webcam": None,
+        "webcam": {"stream": "stream_url" in cams, "snapshot": "snapshot_url" in cams}
+        if cams
+        else None,
     }
     return render(request, "machine.html", context)
+
+
+@router.get("/machines/{machine_id:int}/webcam/stream")
+async def webcam_stream(
+    request: Request, machine_id: Id, session: SessionDep, _user: WebMember
+) -> Response:
+    """Relay the machine's MJPEG stream for a few minutes (any logged-in user)."""
+    machine = await service.get_or_raise(session=session, machine_id=machine_id)
+    url = service.webcam_url(machine, "stream")
+    await session.commit()  # the relay lasts minutes: hold no transaction
+    kind, body = await webcam.open_stream(url)
+    return StreamingResponse(
+        body, media_type=kind, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
+
+
+@router.get("/machines/{machine_id:int}/webcam/snapshot")
+async def webcam_snapshot(
+    request: Request, machine_id: Id, session: SessionDep, _user: WebMember
+) -> Response:
+    """Fetch one picture from the machine's webcam (any logged-in user)."""
+    machine = await service.get_or_raise(session=session, machine_id=machine_id)
+    url = service.webcam_url(machine, "snapshot")
+    await session.commit()
+    body, kind = await webcam.snapshot(url)
+    return Response(body, media_type=kind, headers={"Cache-Control": "no-store"})

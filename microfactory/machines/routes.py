@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from microfactory.deps import AnyUser, SessionDep, StaffUser
 from microfactory.errors import ConflictError
 from microfactory.events import Actor
-from microfactory.machines import service, visibility
+from microfactory.machines import service, visibility, webcam
 from microfactory.machines.channel import CommandChannel
 from microfactory.machines.schemas import (
     CommandRequest,
@@ -27,6 +27,8 @@ from microfactory.machines.schemas import (
     PreheatRequest,
     ResetResult,
     TemperatureSample,
+    WebcamRead,
+    WebcamSettings,
 )
 from microfactory.types import Id
 
@@ -275,3 +277,37 @@ async def preheat(
         request, session, machine_id, "preheating",
         lambda m: service.preheat_lines(m, body.preset),
     )  # fmt: skip
+
+
+@router.get("/{machine_id:int}/webcam", response_model=WebcamRead)
+async def get_webcam(machine_id: Id, session: SessionDep, _user: StaffUser) -> WebcamRead:
+    """Show where a machine's webcam is, credentials masked (operators, admins)."""
+    machine = await service.get_or_raise(session=session, machine_id=machine_id)
+    return WebcamRead.model_validate(webcam.masked(machine.webcam))
+
+
+@router.put("/{machine_id:int}/webcam", response_model=WebcamRead)
+async def put_webcam(
+    machine_id: Id, body: WebcamSettings, session: SessionDep, _user: StaffUser
+) -> WebcamRead:
+    """Set a machine's webcam: an MJPEG `stream_url` and/or a `snapshot_url` (operators).
+
+    The URLs may carry credentials (http://user:pass@cam/...): they stay on the server, and
+    logged-in users see the camera through `/machines/{id}/webcam/stream` or `/snapshot`.
+    """
+    machine = await service.get_or_raise(session=session, machine_id=machine_id)
+    await service.set_webcam(
+        session=session,
+        machine=machine,
+        stream_url=str(body.stream_url) if body.stream_url else None,
+        snapshot_url=str(body.snapshot_url) if body.snapshot_url else None,
+    )
+    return WebcamRead.model_validate(webcam.masked(machine.webcam))
+
+
+@router.delete("/{machine_id:int}/webcam", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_webcam(machine_id: Id, session: SessionDep, _user: StaffUser) -> Response:
+    """Remove a machine's webcam (operators, admins)."""
+    machine = await service.get_or_raise(session=session, machine_id=machine_id)
+    await service.set_webcam(session=session, machine=machine, stream_url=None, snapshot_url=None)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -273,3 +273,28 @@ def raise_if_refused(machine: Machine, results: list[dict[str, Any]]) -> None:
             raise ConflictError(
                 f"machine {machine.name!r} refused `{result.get('line')}`: {reply[-1]}"
             )
+
+
+# -- webcam -------------------------------------------------------------------------------
+
+
+async def set_webcam(
+    *, session: AsyncSession, machine: Machine, stream_url: str | None, snapshot_url: str | None
+) -> Machine:
+    """Store where a machine's webcam is (both empty: no webcam)."""
+    urls = {"stream_url": stream_url, "snapshot_url": snapshot_url}
+    machine.webcam = {k: v for k, v in urls.items() if v} or None
+    await session.flush()
+    return machine
+
+
+def webcam_url(machine: Machine, kind: str) -> str:
+    """Return the camera URL to proxy ("stream" or "snapshot"), or raise NotFoundError."""
+    urls = machine.webcam or {}
+    url = urls.get(f"{kind}_url")
+    if not url:
+        if urls:
+            other = "snapshot" if kind == "stream" else "stream"
+            raise NotFoundError(f"machine {machine.name!r} has a webcam {other} URL, no {kind}")
+        raise NotFoundError(f"machine {machine.name!r} has no webcam")
+    return str(url)

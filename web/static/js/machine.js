@@ -161,6 +161,31 @@
     if (String(data.id) === machineId && data.status) update(data.status);
   });
 
+  // -- the webcam, through our server's proxy ---------------------------------------------
+  const cam = root.querySelector("[data-webcam]");
+  if (cam) {
+    const placeholder = root.querySelector("[data-webcam-placeholder]");
+    const base = cam.getAttribute("src").split("?")[0];
+    const snapshotOnly = cam.dataset.snapshot === "1";
+    let timer = null;
+    const reload = (after) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => { cam.src = `${base}?t=${Date.now()}`; }, after);
+    };
+    cam.addEventListener("error", () => {
+      cam.hidden = true;
+      if (placeholder) placeholder.hidden = false;
+      reload(10000);  // try again in a while
+    });
+    cam.addEventListener("load", () => {
+      cam.hidden = false;
+      if (placeholder) placeholder.hidden = true;
+      // A snapshot is refreshed; a stream ends on the server after five minutes: reopen it.
+      reload(snapshotOnly ? 2000 : 240000);
+    });
+    if (!snapshotOnly) reload(240000);  // in case the browser never reports a stream's load
+  }
+
   // -- controls (operators) ---------------------------------------------------------------
   if (!staff) return;
   const log = root.querySelector("[data-terminal-log]");
