@@ -305,8 +305,11 @@ async def test_emergency_stop(make_driver: MakeDriver, octoprint: OctoPrintServe
         await asyncio.sleep(0.6)  # a few polls: the stop stays visible, nothing reconnects
         assert (await driver.status()).state is MachineState.ERROR
 
-        await driver.connect()  # the operator's recovery
+        note = await driver.reset()  # the operator's "reset and reconnect"
+        assert "reconnected through OctoPrint" in note
         assert (await driver.status()).state is MachineState.IDLE
+        state = octoprint.api("GET", "/api/connection").json()["current"]["state"]
+        assert state == "Operational"
 
 
 # -- octorest 0.4's defects, each shown against the real server -----------------------
