@@ -45,7 +45,17 @@ async def add_machine(
     return machine
 
 
-async def test_marlin_reset_after_emergency_stop_preheat_and_history(
+async def test_reset_after_an_emergency_stop_on_marlin_and_grbl(
+    live_client: httpx.AsyncClient, operator: dict[str, str], member: dict[str, str]
+) -> None:
+    """One app and one pair of users for both simulators (their setup is most of the cost)."""
+    await marlin_reset_after_emergency_stop_preheat_and_history(live_client, operator, member)
+    await grbl_jog_refused_during_a_job_then_reset_after_emergency_stop(
+        live_client, operator, member
+    )
+
+
+async def marlin_reset_after_emergency_stop_preheat_and_history(
     live_client: httpx.AsyncClient, operator: dict[str, str], member: dict[str, str]
 ) -> None:
     printer = await add_machine(
@@ -75,6 +85,15 @@ async def test_marlin_reset_after_emergency_stop_preheat_and_history(
     assert samples
     assert set(samples[-1]["temps"]) >= {"T", "B"}
     assert all(a["t"] < b["t"] for a, b in itertools.pairwise(samples))
+
+    # The machine page: members get the graph with that history, and no controls.
+    cookie = {"Cookie": f"mf_session={member['Authorization'].removeprefix('Bearer ')}"}
+    page = await live_client.get(f"/machines/{mid}", headers=cookie)
+    assert page.status_code == 200
+    assert 'id="temp-graph"' in page.text
+    assert '"temps": {"B": [' in page.text or '"temps": {"T": [' in page.text
+    assert "data-terminal" not in page.text
+    assert "Reset and reconnect" not in page.text
 
     stop = await live_client.post(f"{api}/emergency-stop", headers=operator)
     assert stop.status_code == 200, stop.text
@@ -114,7 +133,7 @@ LONG_CNC = b"G21\nG90\nG1 F600\n" + b"".join(
 )
 
 
-async def test_grbl_jog_refused_during_a_job_then_reset_after_emergency_stop(
+async def grbl_jog_refused_during_a_job_then_reset_after_emergency_stop(
     live_client: httpx.AsyncClient, operator: dict[str, str], member: dict[str, str]
 ) -> None:
     mill = await add_machine(

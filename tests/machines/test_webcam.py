@@ -89,10 +89,12 @@ async def camera() -> AsyncIterator[Camera]:
         yield cam
 
 
-async def _printer(client: httpx.AsyncClient, operator: dict[str, str]) -> int:
+async def _printer(
+    client: httpx.AsyncClient, operator: dict[str, str], name: str = "Printer"
+) -> int:
     resp = await client.post(
         "/api/v1/machines",
-        json={"name": "Printer", "kind": "fdm_printer", "driver": "manual"},
+        json={"name": name, "kind": "fdm_printer", "driver": "manual"},
         headers=operator,
     )
     assert resp.status_code == 201, resp.text
@@ -104,14 +106,26 @@ def _cookie(headers: dict[str, str]) -> dict[str, str]:
     return {"Cookie": f"mf_session={headers['Authorization'].removeprefix('Bearer ')}"}
 
 
-async def test_the_camera_is_proxied_with_its_credentials_kept_on_the_server(
+async def test_webcam_proxy(
     client: httpx.AsyncClient,
     make_user: UserFactory,
     camera: Camera,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """One app and two users for both cases (hashing their passwords is most of the cost)."""
     operator = (await make_user(Role.OPERATOR))[1]
     member = (await make_user(Role.MEMBER))[1]
+    await credentials_stay_on_the_server(client, operator, member, camera, monkeypatch)
+    await an_unreachable_or_refusing_camera_is_a_clear_502(client, operator, camera)
+
+
+async def credentials_stay_on_the_server(
+    client: httpx.AsyncClient,
+    operator: dict[str, str],
+    member: dict[str, str],
+    camera: Camera,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     mid = await _printer(client, operator)
     base = f"http://cam:s3cret@127.0.0.1:{camera.port}"
     body = {"stream_url": f"{base}/stream", "snapshot_url": f"{base}/snap?token=abc"}
@@ -132,6 +146,11 @@ async def test_the_camera_is_proxied_with_its_credentials_kept_on_the_server(
     assert f"/machines/{mid}/webcam/stream" in page.text
     assert "s3cret" not in page.text
     assert str(camera.port) not in page.text  # not even where the camera is
+    # A member sees the graph, the status and the job, but no controls and no terminal.
+    assert 'id="temp-graph"' not in page.text  # a manual printer has no heaters to graph
+    assert "Maintenance log" in page.text
+    assert "data-terminal" not in page.text
+    assert "data-reset" not in page.text
 
     snap = await client.get(f"/machines/{mid}/webcam/snapshot", headers=_cookie(member))
     assert snap.status_code == 200
@@ -150,11 +169,10 @@ async def test_the_camera_is_proxied_with_its_credentials_kept_on_the_server(
     assert anonymous.status_code in (302, 303)  # to the login page: no picture for strangers
 
 
-async def test_an_unreachable_or_refusing_camera_is_a_clear_502(
-    client: httpx.AsyncClient, make_user: UserFactory, camera: Camera
+async def an_unreachable_or_refusing_camera_is_a_clear_502(
+    client: httpx.AsyncClient, operator: dict[str, str], camera: Camera
 ) -> None:
-    operator = (await make_user(Role.OPERATOR))[1]
-    mid = await _printer(client, operator)
+    mid = await _printer(client, operator, "Printer 2")
     cookie = _cookie(operator)
     none = await client.get(f"/machines/{mid}/webcam/stream", headers=cookie)
     assert none.status_code == 404

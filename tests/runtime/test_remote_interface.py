@@ -12,7 +12,7 @@ from microfactory.runtime.supervisor import Supervisor
 
 
 @pytest.mark.parametrize(
-    "name", ["start_job", "pause", "resume", "cancel", "emergency_stop", "send_commands"]
+    "name", ["start_job", "pause", "resume", "cancel", "emergency_stop", "send_commands", "reset"]
 )
 def test_remote_machine_matches_the_supervisor(name: str) -> None:
     ours = inspect.signature(getattr(RemoteMachine, name))
