@@ -53,10 +53,22 @@ class Camera:
         auth = None
         if parts.username is not None:
             auth = (parts.username, parts.password or "")
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
+        netloc = _netloc(url)
         bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
         return cls(url=bare, auth=auth, shown=f"{parts.scheme}://{netloc}")
+
+
+def _netloc(url: str) -> str:
+    """Return a URL's host and port, without credentials (IPv6 hosts in brackets)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # not a number: the URL was stored unchecked
+        port = None
+    return f"{host}:{port}" if port else host
 
 
 def settings_of(webcam: dict[str, Any] | None) -> dict[str, str]:
@@ -69,8 +81,7 @@ def masked(webcam: dict[str, Any] | None) -> dict[str, str | None]:
     out: dict[str, str | None] = {"stream_url": None, "snapshot_url": None}
     for key, url in settings_of(webcam).items():
         parts = urlsplit(url)
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
+        netloc = _netloc(url)
         if parts.username is not None:
             netloc = "****@" + netloc
         out[key] = urlunsplit((parts.scheme, netloc, parts.path, "****" if parts.query else "", ""))

@@ -146,6 +146,9 @@
       if (link && st.job_id != null && link.getAttribute("href") !== `/jobs/${st.job_id}`) {
         link.href = `/jobs/${st.job_id}`; link.textContent = `Job ${st.job_id}`; link.hidden = false;
       }
+      const other = hasJob.querySelector("[data-other-job]");
+      if (other) other.hidden = st.job_id != null;
+      if (link && st.job_id == null) link.hidden = true;
       const prog = st.progress;
       const bar = hasJob.querySelector("progress");
       if (bar && prog) bar.value = prog.percent;
