@@ -46,10 +46,14 @@ async def add_machine(
 
 
 async def test_reset_after_an_emergency_stop_on_marlin_and_grbl(
-    live_client: httpx.AsyncClient, operator: dict[str, str], member: dict[str, str]
+    live_client: httpx.AsyncClient,
+    live_app: Any,
+    operator: dict[str, str],
+    member: dict[str, str],
 ) -> None:
     """One app and one pair of users for both simulators (their setup is most of the cost)."""
-    await marlin_reset_after_emergency_stop_preheat_and_history(live_client, operator, member)
+    mid = await marlin_reset_after_emergency_stop_preheat_and_history(live_client, operator, member)
+    await marlin_reset_after_a_firmware_halt(live_client, live_app, operator, mid)
     await grbl_jog_refused_during_a_job_then_reset_after_emergency_stop(
         live_client, operator, member
     )
@@ -57,7 +61,7 @@ async def test_reset_after_an_emergency_stop_on_marlin_and_grbl(
 
 async def marlin_reset_after_emergency_stop_preheat_and_history(
     live_client: httpx.AsyncClient, operator: dict[str, str], member: dict[str, str]
-) -> None:
+) -> int:
     printer = await add_machine(
         live_client, operator, name="Printer", kind="fdm_printer", driver="sim-marlin",
         connection={"speed_factor": 50},
@@ -126,6 +130,25 @@ async def marlin_reset_after_emergency_stop_preheat_and_history(
     assert nothing.status_code == 422
     far = await live_client.post(f"{api}/jog", json={"x": 500}, headers=operator)
     assert far.status_code == 422
+    return int(mid)
+
+
+async def marlin_reset_after_a_firmware_halt(
+    live_client: httpx.AsyncClient, live_app: Any, operator: dict[str, str], mid: int
+) -> None:
+    """A thermal runaway kills the firmware as M112 does; the same reset recovers it."""
+    driver = live_app.state.fleet.supervisors[mid].driver
+    driver.simulator.fault("thermal_runaway")
+
+    async def halted() -> str | None:
+        st = await status_of(live_client, operator, mid)
+        return str(st["message"]) if st["state"] == "error" else None
+
+    message = await wait_for(halted, what="the thermal runaway halts the printer")
+    assert "Thermal Runaway" in message
+    reset = await live_client.post(f"/api/v1/machines/{mid}/reset", headers=operator)
+    assert reset.status_code == 200, reset.text
+    assert reset.json()["status"]["state"] == "idle"
 
 
 LONG_CNC = b"G21\nG90\nG1 F600\n" + b"".join(
