@@ -1,4 +1,4 @@
-"""Users admin page: role and trust, password resets, and an admin kept from locking themselves out."""
+"""Users admin page: role and trust, password resets, admins kept from locking themselves out."""
 
 from __future__ import annotations
 
