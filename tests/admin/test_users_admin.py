@@ -102,3 +102,20 @@ async def test_lockouts_are_listed_and_lifted(
     page = await web.get(resp.headers["location"])
     assert "Lockout lifted." in page.text
     assert "Lift lockout of guesser" not in page.text
+
+
+async def test_refused_opening_hours_say_why_next_to_the_day(web_client: WebClient) -> None:
+    web, _ = await web_client(Role.OPERATOR, "opener")
+    resp = await web.post(
+        "/bookings/admin/hours",
+        data={"csrf_token": CSRF, "day0": "nine to five", "day1": "09:00-18:00"},
+    )
+    assert resp.status_code == 422
+    assert "Monday: write intervals like 09:00-18:00" in resp.text
+    assert 'value="nine to five" aria-invalid="true" aria-describedby="err-day0"' in resp.text
+    assert 'id="err-day0">write intervals like 09:00-18:00</small>' in resp.text
+    resp = await web.post("/bookings/admin/hours", data={"csrf_token": CSRF, "day2": "18:00-09:00"})
+    assert 'id="err-day2">18:00-09:00: the closing time must be after the opening time' in resp.text
+    resp = await web.post("/bookings/admin/hours", data={"csrf_token": CSRF, "day3": "9-17"})
+    assert 'id="err-day3">9-17: write times as HH:MM, from 00:00 to 24:00' in resp.text
+    assert "^(" not in resp.text  # no regular expression on the page
