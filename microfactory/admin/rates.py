@@ -40,6 +40,9 @@ def _money(value: str, field: str, state: FormState, *, scale: int = 100) -> int
     if not amount.is_finite() or amount < 0:
         state.errors[field] = "write an amount of money of 0 or more, such as 4.50"
         return None
+    if amount > 10**9:  # past every limit below; Decimal cannot round 40-digit numbers
+        state.errors[field] = "this is far more than any price: check the amount"
+        return None
     return int((amount * scale).quantize(Decimal(1)))
 
 

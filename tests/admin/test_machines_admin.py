@@ -108,8 +108,8 @@ async def test_pages_are_for_admins_and_forms_need_the_csrf_token(
 
 async def test_delete_disable_notes_and_limits(app: Any, web_client: WebClient) -> None:
     web, _ = await web_client()
-    manual = {"csrf_token": CSRF, "name": "Bench drill", "kind": "other", "driver": "manual"}
-    resp = await web.post("/admin/machines/new", data=manual)
+    mill = {"csrf_token": CSRF, "name": "Mill", "kind": "cnc_mill", "driver": "sim-grbl"}
+    resp = await web.post("/admin/machines/new", data=mill)
     assert resp.status_code == 303, resp.text
     machine_id = int(resp.headers["location"].split("/")[3].split("?")[0])
     base = f"/admin/machines/{machine_id}"
@@ -152,7 +152,7 @@ async def test_delete_disable_notes_and_limits(app: Any, web_client: WebClient) 
 
 
 async def test_a_machine_with_usage_is_not_deleted_and_says_why(
-    app: Any, web_client: WebClient, client: httpx.AsyncClient, make_user: Any
+    app: Any, web_client: WebClient
 ) -> None:
     web, admin = await web_client()
     resp = await web.post(
@@ -266,3 +266,34 @@ async def test_a_running_machine_is_not_tested() -> None:
     result = await probe.probe(_BusyFleet(), machine)  # type: ignore[arg-type]
     assert not result.ok
     assert "running job 7" in result.message
+
+
+async def test_bad_input_to_the_admin_pages_is_a_4xx_page_never_a_500(
+    web_client: WebClient,
+) -> None:
+    web, _ = await web_client()
+    posts = [
+        ("/admin/machines/new", {"name": "x" * 400}),
+        ("/admin/machines/new", {"driver": "teleporter", "kind": "fdm_printer", "name": "T"}),
+        ("/admin/machines/new", {"driver": "manual", "kind": "spaceship", "name": "T"}),
+        ("/admin/machines/new", {"driver": "manual", "kind": "other", "name": "", "power_w": "-5"}),
+        ("/admin/machines/99999999999999999999/notes", {"notes": "x"}),
+        ("/admin/machines/1/motion-limits", {"max_feedrate_x": "1e999"}),
+        ("/admin/rates/machine-kinds", {"kind": "other", "per_hour": "NaN"}),
+        ("/admin/rates/machine-kinds", {"kind": "other", "per_hour": "9" * 40}),
+        ("/admin/rates/materials", {"material": "", "per_gram": "1"}),
+        ("/admin/rates/plans", {"name": "", "included_hours": "nan"}),
+        ("/admin/rates/memberships", {"user_id": "9" * 30, "plan_id": "x"}),
+        ("/admin/users/999999/password", {"action": "generate"}),
+    ]
+    for url, data in posts:
+        resp = await web.post(url, data={"csrf_token": CSRF, **data})
+        assert 400 <= resp.status_code < 500, (url, data, resp.status_code, resp.text[:300])
+        assert resp.headers["content-type"].startswith("text/html"), (url, data)
+    for url in (
+        "/usage?month=2026-99",
+        "/statement?member=abc&month=x",
+        "/usage?member=" + "9" * 12,
+    ):
+        resp = await web.get(url)
+        assert resp.status_code < 500, (url, resp.status_code)

@@ -5,20 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import pytest
-
 from microfactory.accounts.models import Role
 from microfactory.usage import service as usage_service
 from tests.admin.conftest import CSRF, WebClient
-
-
-@pytest.fixture
-def db_url(sqlite_database: str) -> str:
-    """SQLite only: the cost and usage rules run on both databases in tests/bookings."""
-    from tests.conftest import _truncate
-
-    _truncate(sqlite_database)
-    return sqlite_database
 
 
 async def _usage(app: Any, user_id: int, machine_id: int, hours: float, grams: float) -> None:
@@ -40,7 +29,7 @@ async def _usage(app: Any, user_id: int, machine_id: int, hours: float, grams: f
 
 
 async def test_rates_plans_and_membership_show_on_statements_shop_wide(
-    app: Any, web_client: WebClient, make_user: Any
+    app: Any, web_client: WebClient
 ) -> None:
     web, _ = await web_client()
     resp = await web.post(
@@ -48,8 +37,8 @@ async def test_rates_plans_and_membership_show_on_statements_shop_wide(
         data={"csrf_token": CSRF, "name": "Printer", "kind": "fdm_printer", "driver": "manual"},
     )
     machine_id = int(resp.headers["location"].split("/")[3].split("?")[0])
-    ann, _ = await make_user(Role.MEMBER, username="ann")
-    bob, _ = await make_user(Role.MEMBER, username="bob")
+    _, ann = await web_client(Role.MEMBER, "ann")
+    _, bob = await web_client(Role.MEMBER, "bob")
     await _usage(app, ann.id, machine_id, 3, 100)
     await _usage(app, bob.id, machine_id, 1, 0)
     # Refused in plain words, what was typed kept.

@@ -5,27 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import pytest
 
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role
 from tests.admin.conftest import CSRF, WebClient
 
 
-@pytest.fixture
-def db_url(sqlite_database: str) -> str:
-    """SQLite only: the account rules run on both databases in tests/api."""
-    from tests.conftest import _truncate
-
-    _truncate(sqlite_database)
-    return sqlite_database
-
-
 async def test_admin_changes_role_and_trust_but_not_their_own_role_or_access(
-    app: Any, web_client: WebClient, make_user: Any
+    app: Any, web_client: WebClient
 ) -> None:
     web, admin = await web_client()
-    target, _ = await make_user(Role.MEMBER, username="maker")
+    _, target = await web_client(Role.MEMBER, "maker")
     resp = await web.post(
         f"/admin/users/{target.id}", data={"csrf_token": CSRF, "role": "operator", "trusted": "on"}
     )
@@ -63,17 +53,17 @@ async def test_admin_changes_role_and_trust_but_not_their_own_role_or_access(
 
 
 async def test_password_reset_typed_or_generated_once_ends_sessions(
-    app: Any, web_client: WebClient, client: httpx.AsyncClient, make_user: Any
+    app: Any, web_client: WebClient, client: httpx.AsyncClient
 ) -> None:
     web, _ = await web_client()
-    target, headers = await make_user(Role.MEMBER, username="forgetful")
+    theirs, target = await web_client(Role.MEMBER, "forgetful")
     url = f"/admin/users/{target.id}/password"
     resp = await web.post(url, data={"csrf_token": CSRF, "new_password": "short"})
     assert resp.status_code == 422
     assert "New password: write at least 8 characters" in resp.text
     resp = await web.post(url, data={"csrf_token": CSRF, "new_password": "brand-new-pass"})
     assert resp.status_code == 303
-    assert (await client.get("/api/v1/users/me", headers=headers)).status_code == 401
+    assert (await theirs.get("/machines")).headers["location"].startswith("/login")
     resp = await web.post(url, data={"csrf_token": CSRF, "action": "generate"})
     assert resp.status_code == 200
     assert resp.headers["cache-control"] == "no-store"
@@ -86,9 +76,7 @@ async def test_password_reset_typed_or_generated_once_ends_sessions(
     assert one_time not in (await web.get("/admin/users")).text  # shown once
 
 
-async def test_lockouts_are_listed_and_lifted(
-    app: Any, web_client: WebClient, client: httpx.AsyncClient, make_user: Any
-) -> None:
+async def test_lockouts_are_listed_and_lifted(app: Any, web_client: WebClient) -> None:
     # The failed logins as the login records them (each real one costs an argon2 hash).
     for _ in range(app.state.settings.login_max_failures_per_username):
         await app.state.login_throttle.failed(username="guesser", address="192.0.2.7")
