@@ -7,6 +7,7 @@ the change up (`sync`), and the live grid hears of a new machine from the event 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import uuid
 from pathlib import Path
@@ -129,10 +130,13 @@ def _number(state: FormState, field: str) -> float | None:
     if not raw:
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
         state.errors[field] = "write a number, such as 2.5"
         return None
+    return value
 
 
 def _connection(state: FormState, driver: str, stored: Machine | None) -> dict[str, Any] | None:
@@ -169,6 +173,8 @@ def _connection(state: FormState, driver: str, stored: Machine | None) -> dict[s
         return model.model_validate(conn).model_dump(mode="json", exclude_none=True)
     except ValidationError as exc:
         state.refuse(exc)
+        if "url" in state.errors:  # Pydantic's words are about URL parsing
+            state.errors["url"] = "write OctoPrint's address, such as http://octopi.local"
         return None
 
 

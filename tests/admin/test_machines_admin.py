@@ -83,6 +83,8 @@ async def test_refused_machine_form_says_why_next_to_the_field_and_keeps_the_inp
     assert 'id="err-baudrate">' in resp.text
     assert "Pydantic" not in resp.text
     assert "Value error" not in resp.text
+    resp = await web.post("/admin/machines/new", data={**MACHINE, "url": "octopi"})
+    assert 'id="err-url">write OctoPrint&#39;s address, such as http://octopi.local' in resp.text
     # OctoPrint without a key: asked for it.
     resp = await web.post("/admin/machines/new", data={**MACHINE, "api_key": ""})
     assert resp.status_code == 422
@@ -142,6 +144,8 @@ async def test_delete_disable_notes_and_limits(app: Any, web_client: WebClient) 
     assert 'value="fast"' in resp.text
     assert "write a number, such as 2.5" in resp.text
     assert "give all four axes" in resp.text
+    resp = await web.post(base + "/motion-limits", data={**limits, "max_jerk_e": "1e999"})
+    assert resp.status_code == 422
     resp = await web.post(base + "/motion-limits", data={"csrf_token": CSRF, "action": "clear"})
     assert resp.status_code == 303
     assert (await _machine(app, machine_id)).capabilities.get("motion_limits") is None

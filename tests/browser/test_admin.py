@@ -59,6 +59,14 @@ def test_admin_adds_a_machine_and_it_appears_live_on_the_grid(
     expect(admin.get_by_role("status")).to_contain_text("Connection test:")
     expect(admin.locator("#limits-source")).to_be_visible()
     admin.screenshot(path=str(SCREENSHOTS / "admin-machine-edit.png"), full_page=True)
+    # The machine with nothing on record is deleted again (after a confirmation), so the
+    # demo shop is as other tests expect it.
+    admin.goto(demo_server.url + "/admin/machines")
+    admin.get_by_role("link", name="Edit Bandsaw").click()
+    admin.once("dialog", lambda dialog: dialog.accept())
+    admin.get_by_role("button", name="Delete Bandsaw").click()
+    expect(admin.get_by_role("status")).to_have_text("The machine was deleted.")
+    expect(admin.get_by_role("cell", name="Bandsaw")).to_have_count(0)
     context.close()
 
 
