@@ -525,6 +525,9 @@ async def machine_delete(
         return await _machine_page(request, session, machine, state=state, status_code=409)
     await session.commit()
     await fleet.sync(None, machine_id)
+    publish = getattr(fleet, "publish_status", None)
+    if publish is not None:  # open machine grids drop the card
+        publish(machine_id, {"state": "offline", "message": "removed", "removed": True})
     for photo in _photos(request, machine_id):
         (_photo_dir(request) / photo).unlink(missing_ok=True)
     return redirect("/admin/machines?deleted=" + str(machine_id))

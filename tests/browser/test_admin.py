@@ -67,6 +67,8 @@ def test_admin_adds_a_machine_and_it_appears_live_on_the_grid(
     admin.get_by_role("button", name="Delete Bandsaw").click()
     expect(admin.get_by_role("status")).to_have_text("The machine was deleted.")
     expect(admin.get_by_role("cell", name="Bandsaw")).to_have_count(0)
+    expect(card).to_have_count(0)  # and the grid drops its card, still without a reload
+    assert grid.evaluate("window.__notReloaded") is True
     context.close()
 
 

@@ -158,6 +158,10 @@
     source.addEventListener("machine", (ev) => {
       const data = JSON.parse(ev.data);
       // A machine the grid has no card for was just added: fetch the grid with its card.
+      if (data.status && data.status.removed) {  // deleted by an admin
+        document.querySelectorAll(`[data-machine-id="${data.id}"]`).forEach((card) => card.remove());
+        return;
+      }
       // Looked up again each time: a refresh replaces the grid element.
       const liveGrid = document.querySelector("[data-live-machines]");
       if (liveGrid && !liveGrid.querySelector(`[data-machine-id="${data.id}"]`)) scheduleRefresh();
