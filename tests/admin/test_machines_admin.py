@@ -57,6 +57,24 @@ async def test_admin_adds_and_edits_a_machine_and_the_key_is_never_shown(
     assert f'data-machine-id="{machine_id}"' in grid.text
     listing = await web.get("/admin/machines")
     assert "Octo 2" in listing.text
+    # Its slicer profile: generated, edited (checked as PrusaSlicer reads it), then reset.
+    url = f"/admin/machines/{machine_id}/slicer-profile"
+    page = await web.get(f"/admin/machines/{machine_id}")
+    assert "Generated from this machine" in page.text
+    bad = "printer_technology = SLA\nlayer_height = 0.2\n"
+    resp = await web.post(url, data={"csrf_token": CSRF, "profile": bad, "action": "save"})
+    assert resp.status_code == 422
+    assert "only FFF is supported" in resp.text
+    assert "printer_technology = SLA" in resp.text  # what was typed stays in the box
+    good = "printer_technology = FFF\nlayer_height = 0.15\n"
+    resp = await web.post(url, data={"csrf_token": CSRF, "profile": good, "action": "save"})
+    assert resp.status_code == 303
+    page = await web.get(f"/admin/machines/{machine_id}")
+    assert "layer_height = 0.15" in page.text
+    assert "Use the generated profile" in page.text
+    resp = await web.post(url, data={"csrf_token": CSRF, "action": "reset"})
+    assert resp.status_code == 303
+    assert "Generated from this machine" in (await web.get(resp.headers["location"])).text
 
 
 async def test_refused_machine_form_says_why_next_to_the_field_and_keeps_the_input(
