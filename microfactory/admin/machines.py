@@ -355,6 +355,7 @@ async def machine_create(
         except ValidationError as exc:
             _refuse_model(state_in, exc)
         except DomainError as exc:
+            await session.rollback()  # a refused flush leaves the transaction unusable
             state_in.refuse(exc)
             if "already exists" in exc.detail:
                 state_in.errors["name"] = "another machine has this name"
@@ -520,6 +521,8 @@ async def machine_delete(
                 exc.detail.replace(" (PATCH enabled=false)", "")
                 + ": its records stay, so it cannot be deleted"
             )
+            await session.rollback()  # a refused flush leaves the transaction unusable
+            machine = await _get(session, machine_id)
     if reason is not None:
         state = FormState("delete", general=[reason])
         return await _machine_page(request, session, machine, state=state, status_code=409)
