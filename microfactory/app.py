@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from microfactory import __version__, resources
 from microfactory.accounts.routes import router as accounts_router
 from microfactory.accounts.throttle import LoginThrottle
+from microfactory.admin import routers as admin_routers
 from microfactory.analysis import shutdown_analysis_pool
 from microfactory.bookings import wiring as booking_wiring
 from microfactory.bookings.wiring import routers as booking_routers
@@ -58,6 +59,7 @@ from microfactory.network.requests.routes import router as network_requests_rout
 from microfactory.network.routes import router as network_router
 from microfactory.notifications import subscribers as notification_subscribers
 from microfactory.notifications.pages import router as notification_pages_router
+from microfactory.runtime import probe as connection_probe
 from microfactory.runtime.fleet import Fleet
 from microfactory.runtime.queue_runner import QueueRunner
 from microfactory.runtime.records import MachineRecords
@@ -222,6 +224,7 @@ def create_app(settings: Settings) -> FastAPI:
         else Fleet()
     )
     app.state.machine_records = MachineRecords()  # the machine page's job and maintenance
+    app.state.probe = connection_probe.probe  # the admin's "Test connection" (runtime/)
     app.state.job_relay = (
         JobEventRelay(libpq_dsn(settings.sync_database_url), app.state.fleet)
         if settings.is_postgresql
@@ -248,6 +251,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(job_pages_router)
     app.include_router(machine_pages_router)
     app.include_router(dashboard_router)
+    for router in admin_routers:  # machines, rates and plans (admins)
+        app.include_router(router)
     for router in booking_routers():
         app.include_router(router)
     app.include_router(usage_router)

@@ -30,6 +30,13 @@ LABELS = {
     "reason": "Reason",
     "note": "Note",
     "minutes": "Length",
+    # The opening hours form: one field per weekday, 0 = Monday.
+    **{
+        f"day{i}": day
+        for i, day in enumerate(
+            ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+        )
+    },
 }
 
 

@@ -472,10 +472,21 @@ async def admin_hours(
         for d in range(7):
             text = str(form.get(f"day{d}", "")).strip()
             for part in filter(None, (p.strip() for p in text.split(","))):
+                # Refused next to the day's field, in words (not the schema's time pattern).
                 if "-" not in part:
-                    raise InvalidInputError(f"{DAY_NAMES[d]}: write intervals like 09:00-18:00")
+                    raise forms.FieldError(f"day{d}", "write intervals like 09:00-18:00")
                 opens, closes = (x.strip() for x in part.split("-", 1))
-                intervals.append(OpeningInterval(weekday=d, opens=opens, closes=closes))
+                try:
+                    interval = OpeningInterval(weekday=d, opens=opens, closes=closes)
+                except ValidationError as exc:
+                    order = [e for e in exc.errors() if e["type"] == "value_error"]
+                    raise forms.FieldError(
+                        f"day{d}",
+                        f"{part}: the closing time must be after the opening time"
+                        if order
+                        else f"{part}: write times as HH:MM, from 00:00 to 24:00",
+                    ) from None
+                intervals.append(interval)
         await service.set_weekly_schedule(
             session=session, hours_in=OpeningHoursUpdate(intervals=intervals)
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import secrets
 from typing import Annotated, Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
@@ -11,7 +13,7 @@ from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from microfactory import retention
+from microfactory import forms, retention
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, TokenKind, User
 from microfactory.accounts.schemas import ApiTokenCreate, UserCreate, UserUpdate
@@ -42,6 +44,7 @@ from microfactory.web import (
 )
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger("microfactory.dashboard")
 
 
 def _safe_next(target: str | None) -> str:
@@ -329,20 +332,49 @@ async def job_page(
     )
 
 
-@router.get("/admin/users", response_class=HTMLResponse)
-async def users_page(request: Request, session: SessionDep, user: WebAdmin) -> HTMLResponse:
-    """Show and manage users (admins)."""
+async def _users_page(
+    request: Request,
+    session: SessionDep,
+    *,
+    error: str | None = None,
+    notice: str | None = None,
+    row_error: tuple[int, str] | None = None,
+    generated: tuple[str, str] | None = None,
+    typed: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
     users = await account_service.list_users(session=session)
-    return render(
+    page = render(
         request,
         "admin_users.html",
         {
             "users": users,
             "roles": list(Role),
-            "error": None,
+            "error": error,
+            "notice": notice,
+            "row_error": row_error,
+            "generated": generated,
+            "typed": typed or {},
             "lockouts": await get_throttle(request).lockouts(),
         },
+        status_code=status_code,
     )
+    if generated is not None:
+        page.headers["Cache-Control"] = "no-store"  # a one-time password is on this page
+    return page
+
+
+@router.get("/admin/users", response_class=HTMLResponse)
+async def users_page(
+    request: Request, session: SessionDep, user: WebAdmin, done: str | None = None
+) -> HTMLResponse:
+    """Show and manage users (admins)."""
+    notice = {
+        "saved": "Saved.",
+        "password": "The new password is set; the user's sessions and tokens were ended.",
+        "lifted": "Lockout lifted.",
+    }.get(done or "")
+    return await _users_page(request, session, notice=notice)
 
 
 @router.post("/admin/users", response_class=HTMLResponse)
@@ -351,10 +383,10 @@ async def users_create(
     session: SessionDep,
     user: WebAdmin,
     _csrf: CsrfChecked,
-    username: Annotated[str, Form()],
-    password: Annotated[str, Form()],
-    role: Annotated[str, Form()] = "member",
-    full_name: Annotated[str, Form()] = "",
+    username: Annotated[str, Form(max_length=200)],
+    password: Annotated[str, Form(max_length=300)],
+    role: Annotated[str, Form(max_length=20)] = "member",
+    full_name: Annotated[str, Form(max_length=300)] = "",
 ) -> Response:
     """Create a user from the admin page (admins)."""
     error = None
@@ -362,26 +394,19 @@ async def users_create(
         user_in = UserCreate(username=username, password=password, role=role, full_name=full_name)
         await account_service.create(session=session, user_in=user_in)
     except ValidationError as exc:
-        error = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        fields, general = forms.plain_errors(exc.errors())
+        if "username" in fields:
+            fields["username"] = "use 2 to 64 letters, digits, dots, dashes or underscores"
+        error = forms.summary(fields, general)
     except DomainError as exc:
         error = exc.detail
     if error:
-        users = await account_service.list_users(session=session)
-        return render(
-            request,
-            "admin_users.html",
-            {
-                "users": users,
-                "roles": list(Role),
-                "error": error,
-                "lockouts": await get_throttle(request).lockouts(),
-            },
-            status_code=422,
-        )
-    return redirect("/admin/users")
+        typed = {"username": username, "full_name": full_name, "role": role}
+        return await _users_page(request, session, error=error, typed=typed, status_code=422)
+    return redirect("/admin/users?done=saved")
 
 
-@router.post("/admin/users/{user_id}/active")
+@router.post("/admin/users/{user_id}/active", response_class=HTMLResponse)
 async def users_toggle(
     request: Request,
     user_id: Id,
@@ -390,12 +415,104 @@ async def users_toggle(
     _csrf: CsrfChecked,
     active: Annotated[bool, Form()],
 ) -> Response:
-    """Enable or disable a user (admins)."""
+    """Enable or disable a user (admins); an admin cannot disable themselves."""
     target = await account_service.get_or_raise(session=session, user_id=user_id)
     if target.id == admin.id and not active:
-        return redirect("/admin/users")  # an admin cannot lock themselves out
+        return await _users_page(
+            request,
+            session,
+            row_error=(
+                target.id,
+                "You cannot disable your own account: you would be logged out with no "
+                "admin left to let you back in. Ask another admin to do it.",
+            ),
+            status_code=409,
+        )
     await account_service.update(session=session, user=target, user_in=UserUpdate(is_active=active))
-    return redirect("/admin/users")
+    return redirect("/admin/users?done=saved")
+
+
+@router.post("/admin/users/{user_id}", response_class=HTMLResponse)
+async def users_change(
+    request: Request,
+    user_id: Id,
+    session: SessionDep,
+    admin: WebAdmin,
+    _csrf: CsrfChecked,
+    role: Annotated[str, Form(max_length=20)] = "",
+    trusted: Annotated[str, Form(max_length=10)] = "",
+) -> Response:
+    """Change a user's role and trusted flag (admins); an admin cannot demote themselves."""
+    target = await account_service.get_or_raise(session=session, user_id=user_id)
+    if role not in {r.value for r in Role}:
+        return await _users_page(
+            request,
+            session,
+            row_error=(target.id, "Role: choose member, operator or admin"),
+            status_code=422,
+        )
+    if target.id == admin.id and role != Role.ADMIN.value:
+        return await _users_page(
+            request,
+            session,
+            row_error=(
+                target.id,
+                "You cannot take away your own admin role: no one might be left to manage "
+                "the shop. Ask another admin to do it.",
+            ),
+            status_code=409,
+        )
+    await account_service.update(
+        session=session,
+        user=target,
+        user_in=UserUpdate(role=Role(role), trusted=trusted in ("on", "true")),
+    )
+    return redirect("/admin/users?done=saved")
+
+
+@router.post("/admin/users/{user_id}/password", response_class=HTMLResponse)
+async def users_password(
+    request: Request,
+    user_id: Id,
+    session: SessionDep,
+    admin: WebAdmin,
+    _csrf: CsrfChecked,
+    new_password: Annotated[str, Form(max_length=300)] = "",
+    action: Annotated[str, Form(max_length=10)] = "set",
+) -> Response:
+    """Set a user's password, or generate a one-time one shown once (admins).
+
+    Either way the user's sessions and tokens end, so the old password's holder is out.
+    """
+    target = await account_service.get_or_raise(session=session, user_id=user_id)
+    generated = None
+    if action == "generate":
+        new_password = secrets.token_urlsafe(12)
+        generated = (target.username, new_password)
+    elif len(new_password) < 8:
+        return await _users_page(
+            request,
+            session,
+            row_error=(target.id, "New password: write at least 8 characters"),
+            status_code=422,
+        )
+    try:
+        password_in = UserUpdate(password=new_password)
+    except ValidationError as exc:
+        message = forms.summary(*forms.plain_errors(exc.errors()))
+        return await _users_page(request, session, row_error=(target.id, message), status_code=422)
+    await account_service.update(session=session, user=target, user_in=password_in)
+    # Who reset whose password is logged; the password never is.
+    log.warning(
+        "admin %s reset the password of %s (%s)",
+        admin.username,
+        target.username,
+        "generated" if generated else "typed",
+        extra={"event": "password_reset"},
+    )
+    if generated is None:
+        return redirect("/admin/users?done=password")
+    return await _users_page(request, session, generated=generated)
 
 
 async def _tokens_page(
@@ -488,7 +605,7 @@ async def lockout_lift(
     """Lift a login lockout (admins)."""
     was = await get_throttle(request).lift(kind=kind, key=key)
     account_service.log_lockout_lifted(admin=admin, kind=kind, key=key, was_locked_out=was)
-    return redirect("/admin/users#lockouts")
+    return redirect("/admin/users?done=lifted#lockouts")
 
 
 def install_dashboard_handlers(app: FastAPI) -> None:

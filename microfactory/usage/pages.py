@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
+from microfactory.accounts import service as account_service
+from microfactory.accounts.models import Role
 from microfactory.deps import Now, SessionDep, ShopTz
 from microfactory.machines import service as machine_service
 from microfactory.usage import reports
 from microfactory.web import WebMember, render
 
 router = APIRouter(include_in_schema=False)
+
+
+def _id(value: str) -> int | None:
+    """Read an id from a filter; anything else (empty, "all", a typo) means no filter."""
+    return int(value) if value.isdigit() and len(value) <= 9 else None
 
 
 @router.get("/usage", response_class=HTMLResponse)
@@ -23,17 +31,36 @@ async def usage_page(
     user: WebMember,
     tz: ShopTz,
     now: Now,
-    month: str | None = None,
+    month: Annotated[str | None, Query(max_length=7)] = None,
+    member: Annotated[str, Query(max_length=12)] = "",
+    machine: Annotated[str, Query(max_length=12)] = "",
 ) -> HTMLResponse:
-    """Show the member's usage this month and every machine's utilisation over 14 days."""
+    """Show the member's usage this month and every machine's utilisation over 14 days.
+
+    Admins see the whole shop's: every member and machine, filtered by member and machine.
+    """
 
     month = month or now.astimezone(tz).strftime("%Y-%m")
     start, end = reports.month_bounds(month, tz)
+    shop_wide = user.role is Role.ADMIN
+    member_id = _id(member) if shop_wide else user.id
+    machine_id = _id(machine) if shop_wide else None
     records = await reports.entries(
-        session=session, user=user, start=start, end=end, user_id=user.id
+        session=session,
+        user=user,
+        start=start,
+        end=end,
+        user_id=member_id,
+        machine_id=machine_id,
     )
     by_machine = await reports.summary(
-        session=session, user=user, start=start, end=end, group_by="machine", user_id=user.id
+        session=session,
+        user=user,
+        start=start,
+        end=end,
+        group_by="member_machine" if shop_wide else "machine",
+        user_id=member_id,
+        machine_id=machine_id,
     )
     days = 14
     first = now.astimezone(tz).date() - dt.timedelta(days=days - 1)
@@ -56,6 +83,26 @@ async def usage_page(
             "by_machine": by_machine,
             "charts": list(charts.values()),
             "machines": machines,
+            "shop_wide": shop_wide,
+            "members": (
+                {u.id: u.username for u in await account_service.list_users(session=session)}
+                if shop_wide
+                else {}
+            ),
+            "member_id": member_id,
+            "machine_id": machine_id,
+            "csv_query": urlencode(
+                {
+                    k: v
+                    for k, v in {
+                        "month": month,
+                        "user_id": member_id if shop_wide else None,
+                        "machine_id": machine_id,
+                        "format": "csv",
+                    }.items()
+                    if v is not None
+                }
+            ),
             "tz": tz,
             "first": first,
             "days": days,

@@ -157,6 +157,14 @@
     const source = new EventSource("/api/v1/machines/stream");
     source.addEventListener("machine", (ev) => {
       const data = JSON.parse(ev.data);
+      // A machine the grid has no card for was just added: fetch the grid with its card.
+      if (data.status && data.status.removed) {  // deleted by an admin
+        document.querySelectorAll(`[data-machine-id="${data.id}"]`).forEach((card) => card.remove());
+        return;
+      }
+      // Looked up again each time: a refresh replaces the grid element.
+      const liveGrid = document.querySelector("[data-live-machines]");
+      if (liveGrid && !liveGrid.querySelector(`[data-machine-id="${data.id}"]`)) scheduleRefresh();
       document.querySelectorAll(`[data-machine-id="${data.id}"]`).forEach((card) => update(card, data.status));
       const jobEl = document.querySelector("[data-live-job]");  // looked up again: refreshes replace it
       if (jobEl && data.status && String(data.status.job_id) === jobEl.dataset.liveJob) updateJobProgress(jobEl, data.status);
