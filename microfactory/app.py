@@ -106,7 +106,7 @@ def _wire_events(
     bus = EventBus()
     sessionmaker.configure(info={BUS_KEY: bus})
     usage_subscribers.subscribe(bus, sessionmaker)
-    booking_wiring.subscribe(bus, sessionmaker)
+    booking_wiring.subscribe(bus, sessionmaker, fleet.publish_booking)
     notification_subscribers.subscribe(bus, sessionmaker)
 
     async def to_stream(event: JobChanged) -> None:
