@@ -106,7 +106,9 @@
         const q = new URLSearchParams({ start: info.startStr, end: info.endStr });
         const resp = await fetch(`${el.dataset.eventsUrl}?${q}`, { credentials: "same-origin", headers: { Accept: "application/json" } });
         if (!resp.ok) throw new Error(`events: ${resp.status}`);
-        return resp.json();
+        const events = await resp.json();
+        el.dataset.eventsLoaded = String(events.length);  // what the page's tests wait for
+        return events;
       },
     }],
     select: async (info) => {
