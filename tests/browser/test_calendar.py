@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.browser.conftest import DemoServer, login
+from tests.browser.test_job_preview import UNNAMED_CONTROLS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -78,6 +79,7 @@ def test_member_drag_books_sees_refusals_live_changes_and_cancels(
     page.goto(f"{base}/bookings/machines/{printer['id']}?start={day.isoformat()}")
     page.locator(".ec-time-grid").wait_for()
     assert "UTC" in page.locator("#zones").inner_text()
+    assert page.evaluate(UNNAMED_CONTROLS) == []
     others = page.locator('.ec-event.ev-booking:has-text("Booked")')
     others.first.wait_for()
     assert "calendar2" not in page.locator("#calendar").inner_text()  # others stay anonymous

@@ -16,6 +16,16 @@ CUBE = Path(__file__).parents[1] / "data" / "gcode" / "fdm" / "cube.gcode"
 PHONE = {"width": 390, "height": 844}
 
 
+# Every visible control has a name a screen reader can say: a label, aria-label(ledby), title,
+# or a button's text.
+UNNAMED_CONTROLS = """() => [...document.querySelectorAll('input, select, textarea, button')]
+  .filter((el) => el.type !== 'hidden'
+    && !el.getAttribute('aria-label') && !el.getAttribute('aria-labelledby') && !el.title
+    && !(el.labels && [...el.labels].some((l) => l.textContent.trim()))
+    && !(el.tagName === 'BUTTON' && el.textContent.trim()))
+  .map((el) => el.outerHTML.slice(0, 120))"""
+
+
 def _token(base: str, username: str, password: str) -> dict[str, str]:
     resp = httpx.post(
         base + "/api/v1/auth/token", data={"username": username, "password": password}, timeout=10
@@ -66,6 +76,17 @@ def test_job_page_shows_the_thumbnail_and_a_layer_preview(
     slider.fill("5")
     assert page.locator("#layer-value").inner_text() == f"5 of {layers}"
     page.screenshot(path="/tmp/calendar-preview-job-page.png", full_page=True)
+    assert page.evaluate(UNNAMED_CONTROLS) == []
+    # The page follows the event stream and swaps its main part when the job changes: the
+    # preview stays, drawn once.
+    page.evaluate("window.__marker = 1")
+    slider.blur()  # the page never swaps a control from under someone using it
+    cancelled = httpx.post(f"{base}/api/v1/jobs/{job['id']}/cancel", headers=member, timeout=10)
+    assert cancelled.status_code == 200, cancelled.text
+    page.locator("#job-state", has_text="cancelled").wait_for()
+    assert page.evaluate("window.__marker") == 1  # no reload
+    assert page.locator("#gcode-preview-slot #gcode-canvas").count() == 1
+    assert page.locator("#layer-value").inner_text() == f"5 of {layers}"
     assert errors == []
 
 
@@ -111,6 +132,7 @@ def test_phone_width_design_page_fits_and_queue_actions_are_on_screen(
         assert b["x"] >= 0
         assert b["x"] + b["width"] <= PHONE["width"], buttons.nth(i).inner_text()
     page.screenshot(path="/tmp/calendar-preview-queue-phone.png", full_page=True)
+    assert page.evaluate(UNNAMED_CONTROLS) == []
     approve.click()
     page.get_by_role("button", name=f"Approve {job['id']}").wait_for(state="detached")
     context.close()
