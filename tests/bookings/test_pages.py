@@ -7,6 +7,7 @@ import datetime as dt
 from typing import Any
 
 import httpx
+import pytest
 
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, TokenKind
@@ -222,3 +223,36 @@ async def test_changes_of_machine_time_are_announced_on_the_live_stream(
     assert closure["title"] == "Holiday"
     assert closure["display"] == "background"
     await web.aclose()
+
+
+async def test_a_booking_reaches_the_streams_of_the_other_web_workers(
+    app: Any,
+    client: httpx.AsyncClient,
+    clock: Clock,
+    machine: dict[str, Any],
+    member: dict[str, str],
+) -> None:
+    from microfactory.app import create_app
+    from tests.bookings.conftest import book, paris
+
+    settings = app.state.settings
+    if not settings.is_postgresql:
+        pytest.skip("several processes share PostgreSQL only (SQLite is one process)")
+    other = create_app(settings)  # another web worker on the same database
+    async with other.router.lifespan_context(other):
+        updates = other.state.fleet.subscribe()
+
+        async def next_booking_event() -> tuple[str, int, dict[str, Any]]:
+            while True:
+                item = await anext(updates)
+                if item[0] == "booking":
+                    return item  # type: ignore[no-any-return]
+
+        pending = asyncio.ensure_future(asyncio.wait_for(next_booking_event(), 10))
+        await asyncio.sleep(0)
+        resp = await book(
+            client, member, machine["id"], paris(2026, 12, 2, 10), paris(2026, 12, 2, 11)
+        )
+        assert resp.status_code == 201, resp.text
+        assert await pending == ("booking", machine["id"], {})
+        await updates.aclose()
