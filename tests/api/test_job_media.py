@@ -13,6 +13,7 @@ from sqlalchemy import update
 from microfactory.jobs.models import Job
 from tests.api.test_jobs import GCODE, make_machine, upload
 from tests.conftest import UserFactory
+from tests.designs.test_design_pages import browser_login
 
 
 def png(width: int, height: int) -> bytes:
@@ -82,6 +83,12 @@ async def test_thumbnail_and_gcode_for_the_owner_and_operators_only(
 
     # A file without a thumbnail, and a file gone after the retention period: plain 404s.
     plain = (await upload(client, owner)).json()
+    # The job list shows the picture of the job that has one, and no broken image otherwise.
+    await browser_login(client, "thumb-owner")
+    listing = (await client.get("/jobs")).text
+    assert f'src="/api/v1/jobs/{job["id"]}/thumbnail"' in listing
+    assert f'src="/api/v1/jobs/{plain["id"]}/thumbnail"' not in listing
+    client.cookies.clear()
     none = await client.get(f"/api/v1/jobs/{plain['id']}/thumbnail", headers=owner)
     assert none.status_code == 404
     assert "no thumbnail" in none.json()["detail"]
