@@ -110,7 +110,13 @@ def _wire_events(
     bus = EventBus()
     sessionmaker.configure(info={BUS_KEY: bus})
     usage_subscribers.subscribe(bus, sessionmaker)
-    booking_wiring.subscribe(bus, sessionmaker)
+
+    def publish_booking(machine_id: int) -> None:
+        fleet.publish_booking(machine_id)
+        if relay is not None:
+            relay.forward_booking(machine_id)  # to the other processes' streams
+
+    booking_wiring.subscribe(bus, sessionmaker, publish_booking)
     notification_subscribers.subscribe(bus, sessionmaker)
 
     async def to_stream(event: JobChanged) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 from sqlalchemy import inspect
@@ -192,7 +192,14 @@ async def feed_submit(
     return page
 
 
-# -- week calendar ---------------------------------------------------------------------------
+# -- calendar --------------------------------------------------------------------------------
+# The page is a calendar (vendored EventCalendar, web/static/js/calendar.js) fed by the JSON
+# below. Times go to it as the shop's wall-clock time without an offset ("floating"): the
+# calendar shows the shop's day, as opening hours and closures are set in it. A selection goes
+# to POST /api/v1/bookings, whose rules decide; the form on the page does the same without a
+# pointer (keyboard, no script).
+
+MAX_EVENT_RANGE = dt.timedelta(days=62)
 
 
 async def _calendar_context(
@@ -202,72 +209,155 @@ async def _calendar_context(
     now = clock_now(request)
     machine = await machine_service.get_or_raise(session=session, machine_id=machine_id)
     profile = await service.get_profile(session=session, machine_id=machine_id)
+    policy = await service.get_policy(session=session)
     today = now.astimezone(tz).date()
     try:
-        first = dt.date.fromisoformat(start) if start else today
+        first = dt.date.fromisoformat(start[:10]) if start else today
     except ValueError:
         first = today
-    if not MIN_YEAR <= first.year <= MAX_YEAR:
-        first = today  # the week after 9999-12-31 cannot be reckoned (OverflowError)
-    days = [first + dt.timedelta(days=i) for i in range(7)]
+    if not MIN_YEAR < first.year < MAX_YEAR:
+        first = today  # the calendar cannot show the weeks around year 1 or 9999
     weekly = await service.weekly_schedule(session=session)
-    closures = await service.closure_days(session=session)
     if weekly:
         lo = min(o for _, o, _ in weekly)
         hi = max(c for _, _, c in weekly)
     else:
-        lo, hi = 8 * 60, 20 * 60  # open around the clock: show the usual working day
+        lo, hi = 8 * 60, 20 * 60  # open around the clock: show the usual working day first
     step = profile.slot_minutes
     lo -= lo % step
-    range_start = hours.local_datetime(days[0], 0, tz)
-    range_end = hours.local_datetime(days[-1] + dt.timedelta(days=1), 0, tz)
-    busy = await service.busy_intervals(
-        session=session, machine_id=machine_id, start=range_start, end=range_end, user=user
-    )
-    open_spans = hours.open_intervals(
-        weekly=weekly, closures=closures, tz=tz, start=range_start, end=range_end
-    )
-    rows = []
-    for minute in range(lo, hi, step):
-        cells = []
-        for day in days:
-            s = hours.local_datetime(day, minute, tz)
-            e = s + dt.timedelta(minutes=step)
-            state, booking_id = "free", None
-            if not any(a <= s and e <= b for a, b in open_spans):
-                state = "closed"
-            for item in busy:
-                if item["start_at"] < e and item["end_at"] > s:
-                    state = "mine" if item["mine"] else item["kind"]
-                    booking_id = item["booking_id"]
-                    if item["kind"] == "booking":
-                        break
-            if state == "free" and s < now:
-                state = "past"
-            local = s.astimezone(tz)
-            cells.append(
-                {
-                    "state": state,
-                    "value": local.strftime("%Y-%m-%dT%H:%M"),
-                    "label": f"{DAY_NAMES[day.weekday()]} {day.day} {local.strftime('%H:%M')}",
-                    "booking_id": booking_id,
-                }
-            )
-        rows.append({"time": hours.format_minute(minute), "cells": cells})
     durations = [d for d in DURATIONS if d % step == 0] or [step]
     return {
         "machine": machine,
         "profile": profile,
-        "days": [
-            {"date": d, "label": f"{DAY_NAMES[d.weekday()]} {d.strftime('%d %b')}"} for d in days
-        ],
-        "rows": rows,
-        "prev": (first - dt.timedelta(days=7)).isoformat(),
-        "next": (first + dt.timedelta(days=7)).isoformat(),
+        "policy": policy,
         "first": first.isoformat(),
+        "start_value": hours.local_datetime(first, lo, tz).strftime("%Y-%m-%dT%H:%M"),
+        "slot_min": hours.format_minute(lo),
+        "slot_max": hours.format_minute(hi) if hi < 24 * 60 else "24:00",
         "durations": durations,
         "tzname": str(tz),
         "ics_url": f"/api/v1/calendars/machines/{machine_id}.ics",
+    }
+
+
+def _floating(moment: dt.datetime, tz: ZoneInfo) -> str:
+    """Return a moment as the shop's wall-clock time, without an offset (the calendar's)."""
+    return moment.astimezone(tz).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _event_range(start: str, end: str, tz: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
+    """Parse the calendar's range (shop-local dates or date-times) and bound it."""
+    lo = _parse_local(start, tz, "start")
+    hi = _parse_local(end, tz, "end")
+    if not (MIN_YEAR < lo.year < MAX_YEAR and MIN_YEAR < hi.year < MAX_YEAR):
+        raise InvalidInputError(f"ask for dates between the years {MIN_YEAR} and {MAX_YEAR}")
+    if hi <= lo or hi - lo > MAX_EVENT_RANGE:
+        raise InvalidInputError("give start before end, at most 62 days apart")
+    return lo, hi
+
+
+@router.get("/bookings/machines/{machine_id}/events")
+async def calendar_events(
+    request: Request,
+    machine_id: Id,
+    session: SessionDep,
+    user: WebMember,
+    start: Annotated[str, Query(max_length=40)],
+    end: Annotated[str, Query(max_length=40)],
+) -> list[dict[str, Any]]:
+    """Return a machine's calendar: bookings (others' anonymous), maintenance, closed time."""
+    tz = _tz(request)
+    now = clock_now(request)
+    lo, hi = _event_range(start, end, tz)
+    await machine_service.get_or_raise(session=session, machine_id=machine_id)
+    policy = await service.get_policy(session=session)
+    cutoff = dt.timedelta(minutes=policy.cancel_cutoff_minutes)
+    mine_status = {
+        b.id: b.status
+        for b in await service.list_bookings(
+            session=session, user=user, machine_id=machine_id, start=lo, end=hi, mine=True
+        )
+    }
+    events: list[dict[str, Any]] = []
+    busy = await service.busy_intervals(
+        session=session, machine_id=machine_id, start=lo, end=hi, user=user
+    )
+    for item in busy:
+        kind, booking_id = item["kind"], item["booking_id"]
+        if kind == "booking" and item["mine"]:
+            kind, title = "mine", "Your booking"
+        else:
+            title = {"booking": "Booked", "buffer": "Cleaning", "maintenance": "Maintenance"}[kind]
+        can_cancel = booking_id is not None and (
+            user.is_staff
+            or (
+                mine_status.get(booking_id) is BookingStatus.BOOKED
+                and now <= item["start_at"] - cutoff
+            )
+        )
+        events.append(
+            {
+                "id": f"b{booking_id}" if booking_id is not None else None,
+                "start": _floating(item["start_at"], tz),
+                "end": _floating(item["end_at"], tz),
+                "title": title + (f" #{booking_id}" if booking_id is not None else ""),
+                "classNames": [f"ev-{kind}"],
+                "editable": False,
+                "extendedProps": {
+                    "kind": kind,
+                    "booking_id": booking_id,
+                    "can_cancel": can_cancel,
+                    "start_utc": item["start_at"].astimezone(dt.UTC).isoformat(),
+                    "end_utc": item["end_at"].astimezone(dt.UTC).isoformat(),
+                },
+            }
+        )
+    events.extend(await _closed_events(session, tz, lo, hi))
+    return events
+
+
+async def _closed_events(
+    session: Any, tz: ZoneInfo, lo: dt.datetime, hi: dt.datetime
+) -> list[dict[str, Any]]:
+    """Return the shop's closed time as background events: closure days and out-of-hours."""
+    weekly = await service.weekly_schedule(session=session)
+    closures = await service.list_closures(session=session)
+    open_spans = hours.open_intervals(
+        weekly=weekly, closures=[(c.first_day, c.last_day) for c in closures], tz=tz,
+        start=lo, end=hi,
+    )  # fmt: skip
+    out: list[dict[str, Any]] = []
+    day = lo.astimezone(tz).date()
+    while hours.local_datetime(day, 0, tz) < hi:
+        day_start = hours.local_datetime(day, 0, tz)
+        day_end = hours.local_datetime(day + dt.timedelta(days=1), 0, tz)
+        closure = next((c for c in closures if c.first_day <= day <= c.last_day), None)
+        if closure is not None:
+            out.append(_background(day_start, day_end, tz, "closure", closure.reason or "Closed"))
+        else:
+            cursor = day_start
+            for a, b in sorted(open_spans):
+                if b <= day_start or a >= day_end:
+                    continue
+                if a > cursor:
+                    out.append(_background(cursor, a, tz, "closed", "Closed"))
+                cursor = max(cursor, b)
+            if cursor < day_end:
+                out.append(_background(cursor, day_end, tz, "closed", "Closed"))
+        day += dt.timedelta(days=1)
+    return out
+
+
+def _background(
+    a: dt.datetime, b: dt.datetime, tz: ZoneInfo, kind: str, title: str
+) -> dict[str, Any]:
+    return {
+        "start": _floating(a, tz),
+        "end": _floating(b, tz),
+        "title": title,
+        "display": "background",
+        "classNames": [f"ev-{kind}"],
+        "extendedProps": {"kind": kind},
     }
 
 
@@ -281,7 +371,7 @@ async def calendar_page(
     msg: str | None = None,
     error: str | None = None,
 ) -> HTMLResponse:
-    """Show a machine's week: free time to book, your bookings, others' taken time."""
+    """Show a machine's calendar: free time to book, your bookings, others' taken time."""
     ctx = await _calendar_context(request, session, user, machine_id, start)
     return render(request, "booking_calendar.html", {**ctx, "msg": msg, "error": error})
 
@@ -326,7 +416,7 @@ async def calendar_book(
         return render(
             request,
             "booking_calendar.html",
-            {**ctx, "msg": None, "error": exc.detail},
+            {**ctx, "msg": None, "error": exc.detail, "start_value": start[:16]},
             status_code=exc.status_code,
         )
     local = begin.astimezone(tz).strftime("%a %d %b %H:%M")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
@@ -13,9 +15,9 @@ from microfactory import retention
 from microfactory.accounts.models import User
 from microfactory.deps import AnyUser, SessionDep, SettingsDep, StaffUser
 from microfactory.designs import service as design_service
-from microfactory.errors import ConflictError, InvalidInputError
+from microfactory.errors import ConflictError, InvalidInputError, NotFoundError
 from microfactory.files import store_upload
-from microfactory.jobs import lifecycle, preparation, service
+from microfactory.jobs import lifecycle, media, preparation, service
 from microfactory.jobs.models import Job, JobState
 from microfactory.jobs.schemas import (
     ClearRequest,
@@ -212,6 +214,53 @@ async def get_job(job_id: Id, session: SessionDep, user: AnyUser) -> JobRead:
     """Return one job with its state, machine, progress and failure reason."""
     return JobRead.model_validate(
         await service.get_visible(session=session, job_id=job_id, user=user)
+    )
+
+
+_IMMUTABLE = "private, max-age=86400"  # a job's file never changes (its SHA-256 is the ETag)
+
+
+@router.get(
+    "/{job_id:int}/thumbnail",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 404: {"description": "no thumbnail"}},
+)
+async def job_thumbnail(
+    job_id: Id, request: Request, session: SessionDep, user: AnyUser, settings: SettingsDep
+) -> Response:
+    """Return the preview image the slicer embedded in the job's G-code (its owner, operators)."""
+    job = await service.get_visible(session=session, job_id=job_id, user=user)
+    etag = f'"{job.file_sha256}-thumbnail"'
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": _IMMUTABLE})
+    path = media.file_of(job, settings.upload_dir)
+    png = await asyncio.to_thread(media.read_png, path)
+    if png is None:
+        raise NotFoundError(f"job {job_id} has no thumbnail (the slicer embedded none)")
+    return Response(
+        png,
+        media_type="image/png",
+        headers={"ETag": etag, "Cache-Control": _IMMUTABLE, "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.get(
+    "/{job_id:int}/gcode",
+    response_class=FileResponse,
+    responses={200: {"content": {"text/x-gcode": {}}}},
+)
+async def job_gcode(
+    job_id: Id, session: SessionDep, user: AnyUser, settings: SettingsDep
+) -> FileResponse:
+    """Return the job's G-code, for its preview or a download (its owner, operators)."""
+    job = await service.get_visible(session=session, job_id=job_id, user=user)
+    path = media.file_of(job, settings.upload_dir)
+    return FileResponse(
+        path,
+        media_type="text/x-gcode",
+        filename=job.file_name or f"job-{job.id}.gcode",
+        content_disposition_type="inline",
+        headers={"Cache-Control": _IMMUTABLE, "X-Content-Type-Options": "nosniff"},
     )
 
 

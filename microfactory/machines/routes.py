@@ -54,7 +54,8 @@ async def list_machines(request: Request, session: SessionDep, user: AnyUser) ->
 
 @router.get("/stream", response_class=StreamingResponse)
 async def stream_status(request: Request, user: AnyUser) -> StreamingResponse:
-    """Push live updates as Server-Sent Events: `machine` (a status) and `job` (a transition).
+    """Push live updates as Server-Sent Events: `machine` (a status), `job` (a transition) and
+    `booking` (a machine's booked time changed).
 
     Members see job ids and G-code lines of their own jobs only.
     """
@@ -98,6 +99,8 @@ async def stream_status(request: Request, user: AnyUser) -> StreamingResponse:
                 pending = asyncio.ensure_future(anext(updates))
                 if kind == "machine":
                     payload = json.dumps({"id": item_id, "status": await shown(data)}, default=str)
+                elif kind == "booking":  # machine time changed (0: every machine); no names
+                    payload = json.dumps({"machine_id": item_id})
                 else:
                     if not await own_job(item_id):
                         continue  # another member's job: members see only their own

@@ -100,6 +100,10 @@ class Fleet:
         """Deliver a job's transition to the streams (after its commit)."""
         self.hub.publish(("job", job_id, event))
 
+    def publish_booking(self, machine_id: int) -> None:
+        """Tell the streams a machine's booked time changed (0: every machine's)."""
+        self.hub.publish(("booking", machine_id, {}))
+
     async def send_commands(self, machine: Machine, lines: list[str]) -> list[dict[str, Any]]:
         """Send raw lines through the machine's supervisor."""
         return await self.get(machine).send_commands(lines)

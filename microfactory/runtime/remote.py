@@ -580,7 +580,8 @@ class QueueWaker:
 
 
 class JobEventRelay:
-    """Job transitions on every process's live stream, whichever process committed them.
+    """Job transitions (and changes of booked time) on every process's live stream, whichever
+    process committed them.
 
     The lifecycle publishes a transition after its commit in the process that made it (a web
     worker approving, the machine host finishing a print). Each process forwards its own on
@@ -603,14 +604,23 @@ class JobEventRelay:
 
     def forward(self, job_id: int, event: dict[str, Any]) -> None:
         """Send a local transition to the other processes (fire and forget)."""
+        self._send({"origin": self.origin, "job_id": job_id, "event": event})
 
+    def forward_booking(self, machine_id: int) -> None:
+        """Send a local change of a machine's booked time to the other processes."""
+        self._send({"origin": self.origin, "booking": machine_id})
+
+    def _send(self, message: dict[str, Any]) -> None:
         async def send() -> None:
             with contextlib.suppress(Exception):  # the local stream has it; others may miss it
-                await self.bus.send(JOB_EVENTS, {"origin": self.origin, "job_id": job_id,
-                                                 "event": event})  # fmt: skip
+                await self.bus.send(JOB_EVENTS, message)
 
         self.bus._spawn(send())
 
     async def _on_message(self, _channel: str, message: Any) -> None:
-        if isinstance(message, dict) and message.get("origin") != self.origin:
+        if not isinstance(message, dict) or message.get("origin") == self.origin:
+            return
+        if "booking" in message:
+            self.fleet.publish_booking(int(message["booking"]))
+        else:
             self.fleet.publish_job(int(message["job_id"]), dict(message.get("event") or {}))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
 import httpx
+import pytest
 
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, TokenKind
@@ -34,7 +36,18 @@ async def test_member_books_from_the_week_calendar_and_cancels(
     web = await _browser(app, client, Role.MEMBER, "webber")
     page = await web.get(f"/bookings/machines/{machine['id']}", params={"start": "2026-12-02"})
     assert page.status_code == 200
-    assert 'data-start="2026-12-02T10:00"' in page.text
+    assert 'data-date="2026-12-02"' in page.text  # the calendar opens on the asked week
+    events_url = f"/bookings/machines/{machine['id']}/events"
+    week = {"start": "2026-11-30T00:00:00", "end": "2026-12-07T00:00:00"}
+
+    async def mine_at(start: str) -> list[dict[str, Any]]:
+        resp = await web.get(events_url, params=week)
+        assert resp.status_code == 200, resp.text
+        return [
+            e for e in resp.json() if e["start"] == start and e["extendedProps"]["kind"] == "mine"
+        ]
+
+    assert await mine_at("2026-12-02T10:00:00") == []
     resp = await web.post(
         f"/bookings/machines/{machine['id']}",
         data={
@@ -46,9 +59,21 @@ async def test_member_books_from_the_week_calendar_and_cancels(
     )
     assert resp.status_code == 303, resp.text
     page = await web.get(resp.headers["location"])
-    assert 'data-mine="2026-12-02T10:00"' in page.text
-    assert 'data-start="2026-12-02T10:00"' not in page.text
     assert "Booked from Wed 02 Dec 10:00" in page.text
+    (event,) = await mine_at("2026-12-02T10:00:00")
+    assert event["end"] == "2026-12-02T11:00:00"
+    assert event["extendedProps"]["can_cancel"] is True
+    # Another member sees the time taken, without whose it is.
+    other = await _browser(app, client, Role.MEMBER, "webber-two")
+    seen = (await other.get(events_url, params=week)).json()
+    (taken,) = [e for e in seen if e["start"] == "2026-12-02T10:00:00"]
+    assert taken["title"] == "Booked"
+    assert taken["extendedProps"]["booking_id"] is None
+    assert "webber" not in str(taken)
+    bad = await other.get(events_url, params={"start": "2026-11-30", "end": "2027-06-01"})
+    assert bad.status_code == 422
+    assert "62 days" in bad.text
+    await other.aclose()
     # Booking the same time again shows the rule on the page.
     again = await web.post(
         f"/bookings/machines/{machine['id']}",
@@ -145,3 +170,89 @@ async def test_machine_cards_say_booked_now_and_when_the_machine_is_free(
     clock.now = paris(2026, 12, 1, 10, 30).astimezone(dt.UTC)
     during = card((await web.get("/machines")).text)
     assert "Booked now, free at Tue 01 Dec 12:00" in during  # both bookings, one stretch
+
+
+async def test_changes_of_machine_time_are_announced_on_the_live_stream(
+    app: Any,
+    client: httpx.AsyncClient,
+    clock: Clock,
+    machine: dict[str, Any],
+    member: dict[str, str],
+    operator: dict[str, str],
+) -> None:
+    from tests.bookings.conftest import book, paris
+
+    updates = app.state.fleet.subscribe()
+
+    async def next_booking_event() -> tuple[str, int, dict[str, Any]]:
+        while True:
+            item = await anext(updates)
+            if item[0] == "booking":
+                return item  # type: ignore[no-any-return]
+
+    pending = asyncio.ensure_future(asyncio.wait_for(next_booking_event(), 10))
+    await asyncio.sleep(0)  # the subscription starts with its first read
+    resp = await book(client, member, machine["id"], paris(2026, 12, 2, 10), paris(2026, 12, 2, 11))
+    assert resp.status_code == 201, resp.text
+    assert await pending == ("booking", machine["id"], {})
+    # A refused booking changes nothing and says nothing; a closure concerns every machine.
+    refused = await book(
+        client, member, machine["id"], paris(2026, 12, 2, 10), paris(2026, 12, 2, 11)
+    )
+    assert refused.status_code == 409
+    pending = asyncio.ensure_future(asyncio.wait_for(next_booking_event(), 10))
+    closed = await client.post(
+        "/api/v1/closures",
+        json={"first_day": "2026-12-03", "last_day": "2026-12-03", "reason": "Holiday"},
+        headers=operator,
+    )
+    assert closed.status_code == 201, closed.text
+    assert await pending == ("booking", 0, {})
+    await updates.aclose()
+    # The calendar shows the closure as its own kind of time, apart from out-of-hours time.
+    web = await _browser(app, client, Role.MEMBER, "closure-viewer")
+    events = (
+        await web.get(
+            f"/bookings/machines/{machine['id']}/events",
+            params={"start": "2026-12-03", "end": "2026-12-04"},
+        )
+    ).json()
+    kinds = {e["extendedProps"]["kind"] for e in events}
+    assert "closure" in kinds
+    (closure,) = [e for e in events if e["extendedProps"]["kind"] == "closure"]
+    assert closure["title"] == "Holiday"
+    assert closure["display"] == "background"
+    await web.aclose()
+
+
+async def test_a_booking_reaches_the_streams_of_the_other_web_workers(
+    app: Any,
+    client: httpx.AsyncClient,
+    clock: Clock,
+    machine: dict[str, Any],
+    member: dict[str, str],
+) -> None:
+    from microfactory.app import create_app
+    from tests.bookings.conftest import book, paris
+
+    settings = app.state.settings
+    if not settings.is_postgresql:
+        pytest.skip("several processes share PostgreSQL only (SQLite is one process)")
+    other = create_app(settings)  # another web worker on the same database
+    async with other.router.lifespan_context(other):
+        updates = other.state.fleet.subscribe()
+
+        async def next_booking_event() -> tuple[str, int, dict[str, Any]]:
+            while True:
+                item = await anext(updates)
+                if item[0] == "booking":
+                    return item  # type: ignore[no-any-return]
+
+        pending = asyncio.ensure_future(asyncio.wait_for(next_booking_event(), 10))
+        await asyncio.sleep(0)
+        resp = await book(
+            client, member, machine["id"], paris(2026, 12, 2, 10), paris(2026, 12, 2, 11)
+        )
+        assert resp.status_code == 201, resp.text
+        assert await pending == ("booking", machine["id"], {})
+        await updates.aclose()
