@@ -55,8 +55,10 @@ from microfactory.network.requests import subscribers as network_request_subscri
 from microfactory.network.requests.pages import router as network_request_pages_router
 from microfactory.network.requests.routes import router as network_requests_router
 from microfactory.network.routes import router as network_router
+from microfactory.notifications import service as notification_service
 from microfactory.notifications import subscribers as notification_subscribers
 from microfactory.notifications.pages import router as notification_pages_router
+from microfactory.notifications.routes import router as notification_router
 from microfactory.runtime.fleet import Fleet
 from microfactory.runtime.queue_runner import QueueRunner
 from microfactory.runtime.remote import (
@@ -98,6 +100,7 @@ def _wire_events(
     sessionmaker: async_sessionmaker[AsyncSession],
     fleet: Fleet,
     relay: JobEventRelay | None = None,
+    outbox: notification_service.Outbox | None = None,
 ) -> EventBus:
     """Create the event bus and subscribe the reactions to the job lifecycle.
 
@@ -107,7 +110,7 @@ def _wire_events(
     sessionmaker.configure(info={BUS_KEY: bus})
     usage_subscribers.subscribe(bus, sessionmaker)
     booking_wiring.subscribe(bus, sessionmaker)
-    notification_subscribers.subscribe(bus, sessionmaker)
+    notification_subscribers.subscribe(bus, sessionmaker, outbox)
 
     async def to_stream(event: JobChanged) -> None:
         # Only what any member may see: no title, owner or reason on the shared stream.
@@ -198,6 +201,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await runner.stop()
             await app.state.fleet.stop()
             await bus.stop()  # what the last transitions published is delivered first
+            await app.state.outbox.stop()  # unsent messages stay due for the next start
             await asyncio.to_thread(shutdown_analysis_pool)
             await app.state.engine.dispose()
 
@@ -224,7 +228,10 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.is_postgresql
         else None
     )
-    app.state.events = _wire_events(app.state.sessionmaker, app.state.fleet, app.state.job_relay)
+    app.state.outbox = notification_service.Outbox(app.state.sessionmaker, settings)
+    app.state.events = _wire_events(
+        app.state.sessionmaker, app.state.fleet, app.state.job_relay, app.state.outbox
+    )
     # Jobs made from other shops' requests report their progress back (signed updates).
     network_request_subscribers.subscribe(app.state.events, app.state.sessionmaker, settings)
     app.state.login_throttle = LoginThrottle.from_settings(settings, app.state.engine)
@@ -249,6 +256,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(usage_router)
     app.include_router(usage_pages_router)
     app.include_router(notification_pages_router)
+    app.include_router(notification_router)
     app.include_router(costs_router)
     app.include_router(costs_pages_router)
     # The network, shop side (issue 12): keys, profile, capacity report; materials on hand.
