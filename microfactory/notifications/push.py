@@ -16,8 +16,14 @@ from urllib.parse import unquote, urlsplit
 
 import apprise
 
-# Nothing apprise logs reaches the app's handlers; what a send captures is redacted first.
-logging.getLogger("apprise").propagate = False
+
+def _quiet() -> None:
+    """Keep apprise's log lines (they print URLs) out of the app's handlers.
+
+    Set on every call, not once at import: logging.config (alembic's, a host's) resets
+    existing loggers to propagate again.
+    """
+    logging.getLogger("apprise").propagate = False
 
 
 class PushError(Exception):
@@ -26,6 +32,7 @@ class PushError(Exception):
 
 def check(url: str) -> str:
     """Return the URL's masked form if apprise can send to it, else raise PushError."""
+    _quiet()
     plugin = apprise.Apprise.instantiate(url.strip())
     if plugin is None:
         raise PushError(
@@ -71,6 +78,7 @@ def redact(text: str, url: str) -> str:
 
 def send(url: str, title: str, body: str) -> None:
     """Send one message to an apprise URL; raise PushError (redacted) when it fails."""
+    _quiet()
     client = apprise.Apprise()
     if not client.add(url.strip()):
         raise PushError("not an apprise URL this server can send to")

@@ -62,7 +62,7 @@ async def test_approved_and_started_jobs_are_messages_with_an_unread_badge(
     assert inbox.count('<span class="badge">new</span>') == 2
     assert "Your job &#39;Clip&#39; started" in inbox
     after = (await client.get("/machines")).text
-    assert "unread message" not in after  # opening Messages read them
+    assert 'aria-label="0 unread messages" hidden>0</span>' in after  # opening Messages read them
     assert all(m["read_at"] for m in await _messages(client, member))
 
 
