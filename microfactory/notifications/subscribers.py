@@ -31,8 +31,11 @@ from microfactory.notifications import service
 
 log = logging.getLogger(__name__)
 
-#: waits that are the ordinary queue (every queued job has one): no message for them
-ORDINARY_WAITS = ("staggered start", "waiting for a compatible machine to be free")
+#: waits worth a message, by words of the matcher's reasons (jobs/matcher.py): the member
+#: must act (no machine can run it), an operator must load a material, or a member's booking
+#: holds the free machine. Every other wait is the ordinary queue (a free machine that does
+#: not fit while the one that does is busy, the staggered start): no message for those.
+NOTABLE_WAITS = ("no machine in the shop can run", "loaded", "booked")
 RETRY_DELAYS_S = (0.2, 1.0)  # a busy database (SQLite locked, a PostgreSQL failover)
 
 
@@ -160,7 +163,7 @@ def subscribe(
 
     async def on_waiting(event: JobChanged) -> None:
         reason = event.reason or ""
-        if not reason or any(reason.startswith(w) for w in ORDINARY_WAITS):
+        if event.topic == "job.waiting" and not any(w in reason for w in NOTABLE_WAITS):
             return
         if event.topic == "job.unassigned":
             subject = f"Your job {event.title!r} went back to the queue"

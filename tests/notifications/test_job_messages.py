@@ -178,6 +178,8 @@ async def test_a_job_waiting_for_something_unusual_is_told_once_per_reason(
         await app.state.events.drain()
 
     await waits("waiting for a compatible machine to be free")  # the ordinary queue
+    await waits("waiting: pinned to another machine")  # its own machine is busy
+    await waits("staggered start: 3 machines are heating up (limit 3)")
     await waits("no machine in the shop can run this job")
     await waits("no machine in the shop can run this job")  # the matcher's next tick
     await waits("waiting: the machine is booked by a member during the run")
