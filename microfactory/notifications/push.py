@@ -33,7 +33,10 @@ class PushError(Exception):
 def check(url: str) -> str:
     """Return the URL's masked form if apprise can send to it, else raise PushError."""
     _quiet()
-    plugin = apprise.Apprise.instantiate(url.strip())
+    try:
+        plugin = apprise.Apprise.instantiate(url.strip())
+    except Exception:  # a URL apprise's parsers trip over is no URL it can send to
+        plugin = None
     if plugin is None:
         raise PushError(
             "not an apprise URL this server can send to (e.g. ntfy://topic, "
@@ -83,7 +86,10 @@ def send(url: str, title: str, body: str) -> None:
     if not client.add(url.strip()):
         raise PushError("not an apprise URL this server can send to")
     with apprise.LogCapture(level=logging.WARNING) as captured:
-        ok = client.notify(title=title, body=body or title)
+        try:
+            ok = client.notify(title=title, body=body or title)
+        except Exception as exc:  # a service plugin's bug: a failed attempt, retried later
+            raise PushError(redact(f"{type(exc).__name__}: {exc}", url)[:400]) from None
         lines = captured.getvalue()
     if not ok:
         # LogCapture lines read "<time> - WARNING - <message>": keep the messages.

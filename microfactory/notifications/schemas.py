@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from microfactory.types import Id
+
 EventName = Literal["approved", "started", "finished", "failed", "waiting", "bed_clear"]
 
 
@@ -69,7 +71,7 @@ class PreferencesUpdate(BaseModel):
 
     events: list[EventName]
     email: bool = True
-    channel_ids: list[int] = Field(default_factory=list, max_length=50)
+    channel_ids: list[Id] = Field(default_factory=list, max_length=50)
     own_url: str | None = Field(
         None, max_length=2000, description="the member's own apprise URL, if the shop allows it"
     )

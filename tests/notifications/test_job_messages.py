@@ -160,6 +160,7 @@ async def test_every_job_event_is_one_message_even_when_it_is_delivered_twice(
     assert {uid: await _kinds(app, uid) for uid in before} == before
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # rules, not SQL
 async def test_a_job_waiting_for_something_unusual_is_told_once_per_reason(
     app: Any, client: httpx.AsyncClient, make_user: UserFactory
 ) -> None:
@@ -199,6 +200,7 @@ async def test_a_job_waiting_for_something_unusual_is_told_once_per_reason(
         ]
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # rules, not SQL
 async def test_a_member_chooses_the_events_they_hear_about(
     app: Any, client: httpx.AsyncClient, make_user: UserFactory
 ) -> None:
