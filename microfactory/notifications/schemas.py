@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from microfactory.types import Id
 
@@ -70,12 +70,12 @@ class PreferencesUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     events: list[EventName]
-    email: bool = True
+    email: StrictBool = True
     channel_ids: list[Id] = Field(default_factory=list, max_length=50)
     own_url: str | None = Field(
         None, max_length=2000, description="the member's own apprise URL, if the shop allows it"
     )
-    keep_own_url: bool = Field(
+    keep_own_url: StrictBool = Field(
         False, description="keep the stored own URL when own_url is empty (it is never shown)"
     )
 
