@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -57,8 +57,10 @@ from microfactory.network.requests import subscribers as network_request_subscri
 from microfactory.network.requests.pages import router as network_request_pages_router
 from microfactory.network.requests.routes import router as network_requests_router
 from microfactory.network.routes import router as network_router
+from microfactory.notifications import service as notification_service
 from microfactory.notifications import subscribers as notification_subscribers
 from microfactory.notifications.pages import router as notification_pages_router
+from microfactory.notifications.routes import router as notification_router
 from microfactory.runtime import probe as connection_probe
 from microfactory.runtime.fleet import Fleet
 from microfactory.runtime.queue_runner import QueueRunner
@@ -102,6 +104,7 @@ def _wire_events(
     sessionmaker: async_sessionmaker[AsyncSession],
     fleet: Fleet,
     relay: JobEventRelay | None = None,
+    outbox: notification_service.Outbox | None = None,
 ) -> EventBus:
     """Create the event bus and subscribe the reactions to the job lifecycle.
 
@@ -117,7 +120,7 @@ def _wire_events(
             relay.forward_booking(machine_id)  # to the other processes' streams
 
     booking_wiring.subscribe(bus, sessionmaker, publish_booking)
-    notification_subscribers.subscribe(bus, sessionmaker)
+    notification_subscribers.subscribe(bus, sessionmaker, outbox)
 
     async def to_stream(event: JobChanged) -> None:
         # Only what any member may see: no title, owner or reason on the shared stream.
@@ -208,6 +211,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await runner.stop()
             await app.state.fleet.stop()
             await bus.stop()  # what the last transitions published is delivered first
+            await app.state.outbox.stop()  # unsent messages stay due for the next start
             await asyncio.to_thread(shutdown_analysis_pool)
             await app.state.engine.dispose()
 
@@ -236,7 +240,10 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.is_postgresql
         else None
     )
-    app.state.events = _wire_events(app.state.sessionmaker, app.state.fleet, app.state.job_relay)
+    app.state.outbox = notification_service.Outbox(app.state.sessionmaker, settings)
+    app.state.events = _wire_events(
+        app.state.sessionmaker, app.state.fleet, app.state.job_relay, app.state.outbox
+    )
     # Jobs made from other shops' requests report their progress back (signed updates).
     network_request_subscribers.subscribe(app.state.events, app.state.sessionmaker, settings)
     app.state.login_throttle = LoginThrottle.from_settings(settings, app.state.engine)
@@ -264,6 +271,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(usage_router)
     app.include_router(usage_pages_router)
     app.include_router(notification_pages_router)
+    app.include_router(notification_router)
     app.include_router(costs_router)
     app.include_router(costs_pages_router)
     # The network, shop side (issue 12): keys, profile, capacity report; materials on hand.
@@ -277,6 +285,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(network_request_pages_router)
     app.mount("/static", StaticFiles(directory=resources.web_dir() / "static"), name="static")
     document_errors(app)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        # Browsers ask for it on documents that name no icon (JSON, text): the page's icon.
+        return RedirectResponse("/static/favicon.svg", status_code=301)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(request: Request) -> JSONResponse:

@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     # (smtp://, smtp+starttls:// or smtps://user:password@host:port).
     smtp_url: str | None = None
     mail_from: str = "microfactory@localhost"
+    # Members may add their own apprise URL (ntfy, Matrix, ...) as a channel. Off by default:
+    # the server posts to whatever such a URL names, so a member could make it reach hosts
+    # of the shop's own network (json://10.0.0.5/...). The admin's shop channels are always on.
+    notify_member_urls: bool = False
+    # A delivery (email or push) that fails is retried this many times in all, with backoff
+    # (30 s, then 4x longer each time, at most 6 h between attempts), then given up and logged.
+    notify_max_attempts: int = Field(5, ge=1, le=20)
 
     # The shop-wide queue
     auto_dispatch: bool = True  # the matcher starts queued jobs on free machines by itself

@@ -25,7 +25,12 @@ from microfactory.materials.models import MaterialStock
 from microfactory.network.hub.models import HubOffer, HubReport, HubShop, HubShopIndex, HubUpstream
 from microfactory.network.models import PushStatus, ReportSequence, ShopProfile
 from microfactory.network.requests.models import FabricationRequest, PeerKey, RequestMessage
-from microfactory.notifications.models import Notification
+from microfactory.notifications.models import (
+    Notification,
+    NotificationChannel,
+    NotificationDelivery,
+    NotificationPreference,
+)
 from microfactory.usage.models import UsageRecord
 
 __all__ = [
@@ -56,6 +61,9 @@ __all__ = [
     "MaterialStock",
     "MembershipPlan",
     "Notification",
+    "NotificationChannel",
+    "NotificationDelivery",
+    "NotificationPreference",
     "OpeningHours",
     "PeerKey",
     "PlanMembership",

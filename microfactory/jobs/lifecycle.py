@@ -249,6 +249,30 @@ def announce_preparation(*, session: AsyncSession, job: Job) -> None:
     )
 
 
+def announce_waiting(*, session: AsyncSession, job: Job) -> None:
+    """Tell subscribers, after the commit, that a queued job waits for a new reason.
+
+    Not a transition: a `job.waiting` with the reason, so the member can be told when their
+    job waits for something beyond the ordinary queue (notifications) and live pages refresh.
+    """
+    publish_after_commit(
+        session,
+        JobChanged(
+            topic="job.waiting",
+            job_id=job.id,
+            owner_id=job.owner_id,
+            machine_id=job.machine_id,
+            from_state=job.state.value,
+            to_state=job.state.value,
+            at=utcnow(),
+            actor=SYSTEM.kind,
+            reason=job.waiting_reason,
+            title=job.title,
+            lines_total=job.lines_total,
+        ),
+    )
+
+
 async def events_of(*, session: AsyncSession, job_id: int) -> list[JobEvent]:
     """Return a job's transitions, oldest first."""
     result = await session.execute(

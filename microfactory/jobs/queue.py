@@ -280,7 +280,10 @@ async def plan(
     )
     by_id = {j.id: j for j in jobs}
     for job_id, reason in decision.waiting.items():
-        by_id[job_id].waiting_reason = reason[:300]
+        waiting = by_id[job_id]
+        if waiting.waiting_reason != reason[:300]:
+            waiting.waiting_reason = reason[:300]
+            lifecycle.announce_waiting(session=session, job=waiting)  # after the commit
     await session.flush()
     pairs = []
     for a in decision.assignments:

@@ -10,6 +10,7 @@ from fastapi.routing import APIRoute
 PUBLIC_ROUTES = {
     ("POST", "/api/v1/auth/token"),
     ("GET", "/healthz"),
+    ("GET", "/favicon.ico"),  # a redirect to the static icon
     ("GET", "/metrics"),
     ("GET", "/"),
     ("GET", "/login"),

@@ -155,6 +155,7 @@
   const jobsList = document.querySelector("[data-live-jobs]");
   if (grid || jobsList || document.querySelector("[data-live-job]")) {
     const source = new EventSource("/api/v1/machines/stream");
+    window.microfactoryStream = source;  // shared: notifications.js keeps the badge live on it
     source.addEventListener("machine", (ev) => {
       const data = JSON.parse(ev.data);
       // A machine the grid has no card for was just added: fetch the grid with its card.
