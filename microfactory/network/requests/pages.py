@@ -21,9 +21,16 @@ from microfactory.designs import service as design_service
 from microfactory.designs.models import Visibility
 from microfactory.errors import DomainError
 from microfactory.network import identity
+from microfactory.network.requests import flows, service
 from microfactory.network.requests import routes as request_routes
-from microfactory.network.requests import service
-from microfactory.network.requests.schemas import Accept, Counter, Decline, Progress, SendRequest
+from microfactory.network.requests.schemas import (
+    Accept,
+    Counter,
+    CounterReply,
+    Decline,
+    Progress,
+    SendRequest,
+)
 from microfactory.web import CsrfChecked, WebMember, WebStaff, redirect, render
 
 router = APIRouter(include_in_schema=False)
@@ -123,55 +130,101 @@ def _errors(exc: ValidationError) -> str:
     )
 
 
+@router.post(PAGE + "/{request_id}/reply", response_class=HTMLResponse)
+async def reply_from_page(
+    request_id: str, request: Request, user: WebMember, _csrf: CsrfChecked
+) -> Response:
+    """Take or turn down the other shop's counter-offer (the member it is for, or staff)."""
+    form = {k: str(v) for k, v in (await request.form()).items() if k != "csrf_token" and v != ""}
+    settings = request.app.state.settings
+    now = _now(request)
+    back = f"{PAGE}/{quote(request_id)}"
+    try:
+        body = CounterReply.model_validate(form)
+
+        async def sign(session: Any, shop: identity.ShopKey, req: Any) -> None:
+            await service.reply_to_counter(
+                session=session, settings=settings, shop=shop, req=req, agree=body.agree,
+                now=now, reason=body.reason,
+            )  # fmt: skip
+
+        await flows.answer(request.app, user=user, request_id=request_id, now=now, sign=sign)
+    except (ValidationError, DomainError) as exc:
+        text = _errors(exc) if isinstance(exc, ValidationError) else exc.detail
+        return redirect(back + "?error=" + quote(text[:300]))
+    done = "You agreed to the new date." if body.agree else "You turned the counter-offer down."
+    return redirect(back + "?msg=" + quote(done + " " + await _delivery(request, request_id)))
+
+
+async def _delivery(request: Request, request_id: str) -> str:
+    """Say how delivering the last message sent went."""
+    async with request.app.state.sessionmaker() as session:
+        req = await service._get(session, request_id)
+        sent = [m for m in (req.messages if req else []) if m.direction == "sent"]
+    if not sent or sent[-1].outbox is None:
+        return ""
+    item = sent[-1].outbox
+    if item.state == "pending":
+        return "Not delivered yet (the other shop is away); retrying."
+    return f"Sent to the other shop: {item.note or item.state}."
+
+
 @router.post(PAGE + "/{request_id}/{action}", response_class=HTMLResponse)
 async def answer_request(
     request_id: str,
     action: str,
     request: Request,
-    session: SessionDep,
     user: WebStaff,
     _csrf: CsrfChecked,
 ) -> Response:
     """Accept, counter, decline or report progress from the page's forms (operators)."""
     form = {k: str(v) for k, v in (await request.form()).items() if k != "csrf_token" and v != ""}
     settings = request.app.state.settings
-    shop = await asyncio.to_thread(identity.shop_key, settings.data_dir)
     now = _now(request)
     back = f"{PAGE}/{quote(request_id)}"
     try:
         if action == "accept":
             body = Accept.model_validate(form)
-            req, job, message = await service.accept(
-                session=session, settings=settings, shop=shop, user=user,
-                request_id=request_id, body=body, now=now,
-            )  # fmt: skip
-            job_id = job.id
-            await session.commit()
-            request.app.state.preparer.submit(job_id)
+            await flows.accept(request.app, user=user, request_id=request_id, body=body, now=now)
+            kind = "accepted"
         else:
             fields: dict[str, Any]
             if action == "counter":
                 c = Counter.model_validate(form)
-                status, fields = "countered", {"reason": c.reason, "proposed_date": str(c.date)}
-            elif action == "decline":
-                status, fields = "declined", {"reason": Decline.model_validate(form).reason}
-            elif action == "progress":
-                p = Progress.model_validate(form)
-                if (p.status == "finished") != (p.outcome is not None):
-                    raise ValueError("a finished request needs an outcome, and only it")
-                status, fields = p.status, {"reason": p.reason, "outcome": p.outcome}
+
+                async def sign(session: Any, shop: identity.ShopKey, req: Any) -> None:
+                    await service.counter(
+                        session=session, settings=settings, shop=shop, user=user, req=req,
+                        proposed_date=c.date.isoformat(), reason=c.reason, terms=c.terms(),
+                        now=now,
+                    )  # fmt: skip
+
+                await flows.answer(
+                    request.app, user=user, request_id=request_id, now=now, sign=sign
+                )
+                kind = "countered"
             else:
-                return redirect(back + "?error=" + quote(f"unknown action {action!r}"))
-            req = await service.get_visible(
-                session=session, request_id=request_id, user=user, lock=True
-            )
-            message = await service.respond(
-                session=session, settings=settings, shop=shop, req=req, status=status,
-                now=now, **fields,
-            )  # fmt: skip
-            await session.commit()
+                if action == "decline":
+                    status, fields = "declined", {"reason": Decline.model_validate(form).reason}
+                elif action == "progress":
+                    p = Progress.model_validate(form)
+                    if (p.status == "finished") != (p.outcome is not None):
+                        raise ValueError("a finished request needs an outcome, and only it")
+                    status, fields = p.status, {"reason": p.reason, "outcome": p.outcome}
+                else:
+                    return redirect(back + "?error=" + quote(f"unknown action {action!r}"))
+
+                async def sign_update(session: Any, shop: identity.ShopKey, req: Any) -> None:
+                    await service.respond(
+                        session=session, settings=settings, shop=shop, req=req,
+                        status=status, now=now, **fields,
+                    )  # fmt: skip
+
+                await flows.answer(
+                    request.app, user=user, request_id=request_id, now=now, sign=sign_update
+                )
+                kind = status
     except (ValidationError, ValueError, DomainError) as exc:
-        await session.rollback()
         if isinstance(exc, ValidationError):
             text = _errors(exc)
         elif isinstance(exc, DomainError):
@@ -179,7 +232,5 @@ async def answer_request(
         else:
             text = str(exc)
         return redirect(back + "?error=" + quote(text[:300]))
-    url = f"{req.peer_url}{service.REQUESTS_PATH}/{req.id}/updates"
-    _code, note = await request_routes.deliver_and_note(request, req, message, url)
-    done = f"{message.kind.capitalize()}; sent to the requesting shop: {note}"
+    done = f"{kind.capitalize()}. {await _delivery(request, request_id)}"
     return redirect(back + "?msg=" + quote(done[:300]))

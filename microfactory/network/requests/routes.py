@@ -22,11 +22,12 @@ from microfactory.deps import AnyUser, Now, SessionDep, SettingsDep, StaffUser
 from microfactory.designs import remote
 from microfactory.errors import BadRequestError, InvalidInputError
 from microfactory.network.identity import ShopKey
-from microfactory.network.requests import service
+from microfactory.network.requests import flows, service
 from microfactory.network.requests.models import FabricationRequest, RequestMessage
 from microfactory.network.requests.schemas import (
     Accept,
     Counter,
+    CounterReply,
     Decline,
     Progress,
     Received,
@@ -176,132 +177,110 @@ async def get_request(request_id: uuid.UUID, session: SessionDep, user: AnyUser)
 async def receive_update(
     request_id: uuid.UUID, request: Request, session: SessionDep, shop: ShopKeyDep, now: Now
 ) -> UpdateTaken:
-    """Take a signed status update from the shop a request was sent to (public: signed).
+    """Take a signed status update from the other shop of a request (public: signed).
 
-    Refused: not signed by that shop 401, a replayed sequence 409, an expired update 422.
+    At the requesting shop, the maker's updates; at the making shop, the requester's answer
+    to a counter-offer (agreed, withdrawn). Refused: not signed by that shop 401, a
+    replayed sequence 409, an expired update 422.
     """
     body = await _jose_body(request)
     req = await service.receive_update(
         session=session, shop=shop, request_id=request_id, token=body, now=now
     )
+    taken = UpdateTaken(id=req.id, state=req.state, sequence=req.last_peer_sequence)
+    if req.direction == "incoming" and req.state == "agreed":
+        # At B: the requester agreed to our counter-offer. Accepted after this commit, in
+        # the background: the other shop gets its answer without waiting for the import.
+        await session.commit()
+        flows.accept_agreed_soon(request.app, req.id)
     # The answer goes to the other shop: nothing of the member's in it.
-    return UpdateTaken(id=req.id, state=req.state, sequence=req.last_peer_sequence)
-
-
-async def _answer(
-    request: Request,
-    session: SessionDep,
-    user: User,
-    req: FabricationRequest,
-    msg: RequestMessage,
-) -> RequestRead:
-    await session.commit()
-    await deliver_and_note(
-        request, req, msg, f"{req.peer_url}{service.REQUESTS_PATH}/{req.id}/updates"
-    )
-    return await _read(request, req.id, user)
+    return taken
 
 
 @router.post("/{request_id:uuid}/accept", response_model=RequestRead)
 async def accept_request(
-    request_id: uuid.UUID,
-    body: Accept,
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    shop: ShopKeyDep,
-    user: StaffUser,
-    now: Now,
+    request_id: uuid.UUID, body: Accept, request: Request, user: StaffUser, now: Now
 ) -> RequestRead:
     """Accept a request (operators): import the design by hash, make a job, send the quote.
 
     The quote is made from this shop's rates (hours and grams per piece as estimated by the
-    operator) and is part of the signed acceptance.
+    operator) and is part of the signed acceptance. All of it is one transaction: a failure
+    leaves the request unaccepted, to accept again.
     """
-    req, job, msg = await service.accept(
-        session=session,
-        settings=settings,
-        shop=shop,
-        user=user,
-        request_id=request_id,
-        body=body,
-        now=now,
+    req_id, _job = await flows.accept(
+        request.app, user=user, request_id=request_id, body=body, now=now
     )
-    job_id = job.id
-    read = await _answer(request, session, user, req, msg)
-    request.app.state.preparer.submit(job_id)
-    return read
+    return await _read(request, req_id, user)
 
 
 async def _respond(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    shop: ShopKey,
-    user: User,
-    request_id: uuid.UUID,
-    status_name: str,
-    now: Now,
+    request: Request, user: User, request_id: uuid.UUID, status_name: str, now: dt.datetime,
     **fields: str | None,
-) -> RequestRead:
-    req = await service.get_visible(session=session, request_id=request_id, user=user, lock=True)
-    msg = await service.respond(
-        session=session,
-        settings=settings,
-        shop=shop,
-        req=req,
-        status=status_name,
-        now=now,
-        **fields,  # type: ignore[arg-type]
-    )
-    return await _answer(request, session, user, req, msg)
+) -> RequestRead:  # fmt: skip
+    settings = request.app.state.settings
+
+    async def sign(session: AsyncSession, shop: ShopKey, req: FabricationRequest) -> None:
+        await service.respond(
+            session=session, settings=settings, shop=shop, req=req, status=status_name,
+            now=now, **fields,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    req_id = await flows.answer(request.app, user=user, request_id=request_id, now=now, sign=sign)
+    return await _read(request, req_id, user)
 
 
 @router.post("/{request_id:uuid}/counter", response_model=RequestRead)
 async def counter_request(
-    request_id: uuid.UUID,
-    body: Counter,
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    shop: ShopKeyDep,
-    user: StaffUser,
-    now: Now,
+    request_id: uuid.UUID, body: Counter, request: Request, user: StaffUser, now: Now
 ) -> RequestRead:
-    """Propose another date, with a reason (operators)."""
-    return await _respond(
-        request, session, settings, shop, user, request_id, "countered", now,
-        reason=body.reason, proposed_date=body.date.isoformat(),
-    )  # fmt: skip
+    """Propose another date with a reason, and a quote with hours and grams (operators).
+
+    If the requesting shop agrees, the request is accepted with these terms by itself.
+    """
+    settings = request.app.state.settings
+
+    async def sign(session: AsyncSession, shop: ShopKey, req: FabricationRequest) -> None:
+        await service.counter(
+            session=session, settings=settings, shop=shop, user=user, req=req,
+            proposed_date=body.date.isoformat(), reason=body.reason, terms=body.terms(),
+            now=now,
+        )  # fmt: skip
+
+    req_id = await flows.answer(request.app, user=user, request_id=request_id, now=now, sign=sign)
+    return await _read(request, req_id, user)
+
+
+@router.post("/{request_id:uuid}/reply", response_model=RequestRead)
+async def reply_to_counter(
+    request_id: uuid.UUID, body: CounterReply, request: Request, user: AnyUser, now: Now
+) -> RequestRead:
+    """Take or turn down the other shop's counter-offer (the member it is for, or staff).
+
+    Signed by this shop and sent to the making shop; agreeing there makes the job.
+    """
+    settings = request.app.state.settings
+
+    async def sign(session: AsyncSession, shop: ShopKey, req: FabricationRequest) -> None:
+        await service.reply_to_counter(
+            session=session, settings=settings, shop=shop, req=req, agree=body.agree,
+            now=now, reason=body.reason,
+        )  # fmt: skip
+
+    req_id = await flows.answer(request.app, user=user, request_id=request_id, now=now, sign=sign)
+    return await _read(request, req_id, user)
 
 
 @router.post("/{request_id:uuid}/decline", response_model=RequestRead)
 async def decline_request(
-    request_id: uuid.UUID,
-    body: Decline,
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    shop: ShopKeyDep,
-    user: StaffUser,
-    now: Now,
+    request_id: uuid.UUID, body: Decline, request: Request, user: StaffUser, now: Now
 ) -> RequestRead:
     """Decline a request, with a reason (operators)."""
-    return await _respond(
-        request, session, settings, shop, user, request_id, "declined", now, reason=body.reason
-    )
+    return await _respond(request, user, request_id, "declined", now, reason=body.reason)
 
 
 @router.post("/{request_id:uuid}/progress", response_model=RequestRead)
 async def report_progress(
-    request_id: uuid.UUID,
-    body: Progress,
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    shop: ShopKeyDep,
-    user: StaffUser,
-    now: Now,
+    request_id: uuid.UUID, body: Progress, request: Request, user: StaffUser, now: Now
 ) -> RequestRead:
     """Tell the requesting shop the job started, finished (good or bad) or was collected."""
     if body.status == "finished" and body.outcome is None:
@@ -309,6 +288,5 @@ async def report_progress(
     if body.status != "finished" and body.outcome is not None:
         raise InvalidInputError('only a finished request has an "outcome"')
     return await _respond(
-        request, session, settings, shop, user, request_id, body.status, now,
-        reason=body.reason, outcome=body.outcome,
-    )  # fmt: skip
+        request, user, request_id, body.status, now, reason=body.reason, outcome=body.outcome
+    )

@@ -19,6 +19,8 @@ An update (B → A):
      "expiresAt": .., "status": accepted|countered|declined|started|finished|collected,
      "reason": .. | null, "quote": {..} | null, "proposedDate": .. | null,
      "outcome": good|bad|null}
+A reply to a counter-offer (A → B, to B's `/requests/{id}/updates`): the same type, signed
+by A, with "status": agreed|withdrawn and the "proposedDate" agreed to.
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ from microfactory.network.identity import ShopKey
 
 REQUEST_TYPE = "microfactory.fabrication-request/1"
 UPDATE_TYPE = "microfactory.fabrication-update/1"
-STATUSES = ("accepted", "countered", "declined", "started", "finished", "collected")
+STATUSES = (
+    "accepted", "countered", "declined", "started", "finished", "collected",
+    # from the requesting shop: its answer to a counter-offer
+    "agreed", "withdrawn",
+)  # fmt: skip
 MAX_JWS_BYTES = 64 * 1024
 _REGISTRY = JWSRegistry(algorithms=list(hub_verify.ALGORITHMS))
 

@@ -7,6 +7,7 @@ expired, addressed elsewhere, signed by the wrong shop, a key other than the pin
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import uuid
@@ -22,6 +23,7 @@ from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, TokenKind
 from microfactory.accounts.schemas import UserCreate
 from microfactory.config import Settings
+from microfactory.errors import InsufficientStorageError
 from microfactory.network import identity
 from microfactory.network.requests import signing
 from microfactory.network.requests.models import FabricationRequest
@@ -432,3 +434,84 @@ async def test_a_shop_named_only_by_its_id_is_looked_up_on_the_hubs(
     )
     assert resp.status_code == 422, resp.text
     assert "no hub is configured" in resp.json()["detail"]
+
+
+async def test_the_same_request_arriving_several_times_at_once_is_taken_once(
+    client: httpx.AsyncClient, settings: Settings, make_user: UserFactory
+) -> None:
+    b = _ours(settings)
+    _, operator = await make_user(Role.OPERATOR)
+    # A shop's first requests, sent twice each at once (a retry racing the first attempt):
+    # the key is pinned once, each request taken once, every other copy a clean 409.
+    a = _other_shop()
+    tokens = [_request(a, b.shop_id, sequence=n) for n in (1, 2)]
+    answers = await asyncio.gather(
+        *(
+            client.post("/api/v1/network/requests", content=token, headers=JOSE)
+            for token, _ in tokens
+            for _copy in range(3)
+        )
+    )
+    codes = [r.status_code for r in answers]
+    assert sorted(codes) == [201, 201, 409, 409, 409, 409], [r.text for r in answers]
+    assert all("replay" in r.json()["detail"] for r in answers if r.status_code == 409)
+    for _, payload in tokens:
+        shown = await client.get(f"/api/v1/network/requests/{payload['id']}", headers=operator)
+        assert shown.status_code == 200, shown.text
+        assert [m["kind"] for m in shown.json()["messages"]] == ["request"]
+
+
+async def test_an_acceptance_failing_midway_leaves_the_request_to_accept_again(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    make_user: UserFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    b = _ours(settings)
+    a = _other_shop()
+    _, operator = await make_user(Role.OPERATOR)
+    design = await client.post(
+        "/api/v1/designs",
+        headers=operator,
+        data={"title": "Hook", "licence": "CC-BY-4.0"},
+        files={"files": ("hook.gcode", GCODE, "text/x-gcode")},
+    )
+    assert design.status_code == 201, design.text
+    token, payload = _request(
+        a, b.shop_id, design={"hash": design.json()["content_hash"], "title": "Hook"},
+        parameters={}, quantity=1,
+    )  # fmt: skip
+    assert (await client.post("/api/v1/network/requests", content=token, headers=JOSE)).is_success
+    url = f"/api/v1/network/requests/{payload['id']}"
+    jobs_before = (await client.get("/api/v1/jobs", headers=operator)).json()
+
+    # The job is made, then signing the acceptance fails (the key's disk went away, say).
+    real_sign = signing.sign
+
+    def broken(*args: Any, **kw: Any) -> str:
+        raise InsufficientStorageError("cannot read the shop key")
+
+    monkeypatch.setattr(signing, "sign", broken)
+    failed = await client.post(
+        f"{url}/accept", json={"machine_kind": "fdm_printer"}, headers=operator
+    )
+    assert failed.status_code == 507, failed.text
+    still = (await client.get(url, headers=operator)).json()
+    assert (still["state"], still["job_id"], still["quote"]) == ("received", None, None)
+    assert [m["kind"] for m in still["messages"]] == ["request"]
+    assert (await client.get("/api/v1/jobs", headers=operator)).json() == jobs_before
+
+    monkeypatch.setattr(signing, "sign", real_sign)
+    done = await client.post(
+        f"{url}/accept", json={"machine_kind": "fdm_printer"}, headers=operator
+    )
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert body["state"] == "accepted"
+    assert body["job_id"] is not None
+    # One job, and the signed acceptance queued for A (who is away: retried later).
+    jobs_after = (await client.get("/api/v1/jobs", headers=operator)).json()
+    assert len(jobs_after) == len(jobs_before) + 1
+    sent = body["messages"][-1]
+    assert (sent["kind"], sent["delivery_state"]) == ("accepted", "pending")
+    assert sent["next_attempt_at"] is not None
