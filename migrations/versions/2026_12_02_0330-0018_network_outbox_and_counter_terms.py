@@ -28,9 +28,7 @@ def upgrade() -> None:
         sa.Column("url", sa.String(length=600), nullable=False),
         sa.Column("state", sa.String(length=12), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column(
-            "next_attempt_at", microfactory.db.UTCDateTime(timezone=True), nullable=False
-        ),
+        sa.Column("next_attempt_at", microfactory.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("expires_at", microfactory.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("note", sa.String(length=300), nullable=True),
         sa.Column("created_at", microfactory.db.UTCDateTime(timezone=True), nullable=False),

@@ -24,7 +24,7 @@ from microfactory.errors import DomainError
 from microfactory.network import identity
 from microfactory.network.requests import outbox, service
 from microfactory.network.requests.models import FabricationRequest
-from microfactory.network.requests.schemas import Accept
+from microfactory.network.requests.schemas import Accept, Counter
 
 log = logging.getLogger("microfactory.network.requests")
 
@@ -61,6 +61,42 @@ async def accept(
     app.state.preparer.submit(job_id)
     await outbox.deliver_request(sessionmaker=sessionmaker, request_id=req_id, now=now)
     return req_id, job_id
+
+
+async def counter(
+    app: FastAPI,
+    *,
+    user: User,
+    request_id: str | uuid.UUID,
+    body: Counter,
+    now: dt.datetime,
+) -> str:
+    """Counter with a date and a quote: the design is fetched first, priced, then signed."""
+    sessionmaker = app.state.sessionmaker
+    settings = app.state.settings
+    shop = await asyncio.to_thread(identity.shop_key, settings.data_dir)
+    async with sessionmaker() as session:
+        source = await service.accept_source(
+            session=session, user=user, request_id=request_id, status="countered"
+        )
+    fetched = await remote.fetch_design(settings=settings, source=source) if source else None
+    try:
+        async with sessionmaker() as session, session.begin():
+            req = await service.get_visible(
+                session=session, request_id=request_id, user=user, lock=True
+            )
+            await service.counter(
+                session=session, settings=settings, shop=shop, user=user, req=req,
+                proposed_date=body.date.isoformat(), reason=body.reason, terms=body.terms(),
+                now=now, fetched=fetched,
+            )  # fmt: skip
+            req_id = req.id
+    except BaseException:
+        if fetched is not None:
+            await asyncio.to_thread(discard, fetched.files)
+        raise
+    await outbox.deliver_request(sessionmaker=sessionmaker, request_id=req_id, now=now)
+    return req_id
 
 
 async def answer(

@@ -128,7 +128,9 @@ async def _record(
         await service.note_delivery(
             session=session, message_id=item.message_id, status=code, note=note
         )
-        if code is not None and 200 <= code < 300:
+        # A 409 replay: the other shop holds this message (or a later one) already, e.g. an
+        # attempt whose answer was lost on the way back. It was taken.
+        if code is not None and (200 <= code < 300 or (code == 409 and "(a replay)" in note)):
             item.state = "delivered"
             item.delivered_at = at
             return True
@@ -160,14 +162,34 @@ async def deliver_due(*, sessionmaker: async_sessionmaker[AsyncSession]) -> int:
     return len(due)
 
 
-async def outbox_tick(sessionmaker: async_sessionmaker[AsyncSession], holder: str) -> None:
+async def retry_now(*, session: AsyncSession, now: dt.datetime) -> int:
+    """Make every pending item due now (after a restart: the other shop may be back)."""
+    result = await session.execute(
+        update(OutboxItem)
+        .where(OutboxItem.state == "pending", OutboxItem.next_attempt_at > now)
+        .values(next_attempt_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def outbox_tick(
+    sessionmaker: async_sessionmaker[AsyncSession], holder: str, started: dict[str, bool]
+) -> None:
     """Deliver due items if this process holds the outbox lease."""
     try:
         async with sessionmaker() as session, session.begin():
+            now = utcnow()
             if not await take_lease(
-                session=session, holder=holder, now=utcnow(), ttl=LEASE_TTL, name=LEASE_NAME
+                session=session, holder=holder, now=now, ttl=LEASE_TTL, name=LEASE_NAME
             ):
                 return
+            if not started.get("once"):
+                # A fresh start tries pending messages at once rather than after the backoff
+                # the last process had reached. Should another process be delivering one
+                # right now, the second copy is answered 409 replay: taken, as above.
+                started["once"] = True
+                await retry_now(session=session, now=now)
         await deliver_due(sessionmaker=sessionmaker)
     except Exception:  # a failed tick must not stop the scheduler; the next one retries
         log.exception("network outbox tick failed")
@@ -180,7 +202,7 @@ def install(
     scheduler.add_job(
         outbox_tick,
         "interval",
-        args=(sessionmaker, holder),
+        args=(sessionmaker, holder, {}),
         seconds=CHECK_S,
         next_run_time=dt.datetime.now(dt.UTC),
         id="microfactory-network-outbox",

@@ -191,17 +191,7 @@ async def answer_request(
             fields: dict[str, Any]
             if action == "counter":
                 c = Counter.model_validate(form)
-
-                async def sign(session: Any, shop: identity.ShopKey, req: Any) -> None:
-                    await service.counter(
-                        session=session, settings=settings, shop=shop, user=user, req=req,
-                        proposed_date=c.date.isoformat(), reason=c.reason, terms=c.terms(),
-                        now=now,
-                    )  # fmt: skip
-
-                await flows.answer(
-                    request.app, user=user, request_id=request_id, now=now, sign=sign
-                )
+                await flows.counter(request.app, user=user, request_id=request_id, body=c, now=now)
                 kind = "countered"
             else:
                 if action == "decline":

@@ -237,16 +237,7 @@ async def counter_request(
 
     If the requesting shop agrees, the request is accepted with these terms by itself.
     """
-    settings = request.app.state.settings
-
-    async def sign(session: AsyncSession, shop: ShopKey, req: FabricationRequest) -> None:
-        await service.counter(
-            session=session, settings=settings, shop=shop, user=user, req=req,
-            proposed_date=body.date.isoformat(), reason=body.reason, terms=body.terms(),
-            now=now,
-        )  # fmt: skip
-
-    req_id = await flows.answer(request.app, user=user, request_id=request_id, now=now, sign=sign)
+    req_id = await flows.counter(request.app, user=user, request_id=request_id, body=body, now=now)
     return await _read(request, req_id, user)
 
 

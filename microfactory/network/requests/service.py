@@ -635,9 +635,11 @@ def _source(req: FabricationRequest) -> remote.Source:
 
 
 async def accept_source(
-    *, session: AsyncSession, user: User, request_id: str | uuid.UUID
+    *, session: AsyncSession, user: User, request_id: str | uuid.UUID, status: str = "accepted"
 ) -> remote.Source | None:
-    """Check a request may be accepted; return where to fetch its design (None: held here).
+    """Check a request may be accepted (or countered); return where to fetch its design.
+
+    None: the design is held here already.
 
     Only reads: the caller ends the transaction before fetching, so a fetch that takes a
     while holds no lock and no connection.
@@ -645,7 +647,7 @@ async def accept_source(
     req = await get_visible(session=session, request_id=request_id, user=user)
     if req.direction != "incoming":
         raise ConflictError("this shop sent that request; the other shop answers it")
-    _check_transition(req, "accepted")
+    _check_transition(req, status)
     source = _source(req)
     held = await remote.held_design(session=session, user=user, source=source)
     return None if held is not None else source
@@ -740,24 +742,33 @@ async def counter(
     reason: str,
     terms: Accept | None,
     now: dt.datetime,
+    fetched: remote.Fetched | None = None,
 ) -> RequestMessage:
     """Propose another date (and a quote from the terms); A's agreement makes the job.
 
-    The terms (hours, grams, file, machine) are kept with the request, so A agreeing
-    accepts it with them, the countering operator owning the job, without anyone at B.
+    The design is kept (fetched by hash) to price it, as accepting would: its licence
+    decides whether it may carry a price. The terms (hours, grams, file, machine) are kept
+    with the request, so A agreeing accepts it with them, the countering operator owning
+    the job, without anyone at B.
     """
+    design: Design | None
+    if fetched is not None:
+        design, _created = await remote.keep_design(
+            session=session, settings=settings, user=user, fetched=fetched
+        )
+    else:
+        design = await remote.held_design(session=session, user=user, source=_source(req))
     quoted = None
-    if terms is not None:
-        design = await design_service.get_by_hash(session=session, content_hash=req.design_hash)
-        if design is not None:
-            quoted = await quote(
-                session=session,
-                design=design,
-                kind=terms.machine_kind or MachineKind.FDM_PRINTER,
-                material=req.material,
-                body=terms,
-                quantity=req.quantity,
-            )
+    if terms is not None and design is not None:
+        quoted = await quote(
+            session=session,
+            design=design,
+            kind=terms.machine_kind or MachineKind.FDM_PRINTER,
+            material=req.material,
+            body=terms,
+            quantity=req.quantity,
+        )
+        req.design_id = design.id
     req.terms = {
         "accept": (terms or Accept()).model_dump(mode="json"),
         "operator_id": user.id,

@@ -25,7 +25,7 @@ from microfactory.accounts.schemas import UserCreate
 from microfactory.config import Settings
 from microfactory.errors import InsufficientStorageError
 from microfactory.network import identity
-from microfactory.network.requests import signing
+from microfactory.network.requests import outbox, signing
 from microfactory.network.requests.models import FabricationRequest
 from tests.conftest import UserFactory
 
@@ -515,3 +515,38 @@ async def test_an_acceptance_failing_midway_leaves_the_request_to_accept_again(
     sent = body["messages"][-1]
     assert (sent["kind"], sent["delivery_state"]) == ("accepted", "pending")
     assert sent["next_attempt_at"] is not None
+
+
+async def test_an_answer_the_other_shop_did_not_take_waits_in_the_outbox_across_restarts(
+    app: Any, client: httpx.AsyncClient, settings: Settings, make_user: UserFactory
+) -> None:
+    b = _ours(settings)
+    _, operator = await make_user(Role.OPERATOR)
+    now = dt.datetime.now(dt.UTC)  # the scheduler's tick reads the real clock
+    app.state.clock = lambda: now
+    token, payload = _request(_other_shop(), b.shop_id, issued=now)
+    assert (await client.post("/api/v1/network/requests", content=token, headers=JOSE)).is_success
+    url = f"/api/v1/network/requests/{payload['id']}"
+    resp = await client.post(f"{url}/decline", json={"reason": "closed"}, headers=operator)
+    assert resp.status_code == 200, resp.text
+    sent = resp.json()["messages"][-1]
+    assert (sent["delivery_state"], sent["delivery_attempts"]) == ("pending", 1)
+    assert "cannot reach" in sent["delivery"]
+
+    # Another process (a restart) finds it in the database and tries at once, whatever
+    # backoff the last one had reached; A is still away, so it stays pending, backing off.
+    await outbox.outbox_tick(app.state.sessionmaker, "after-a-restart", {})
+    again = (await client.get(url, headers=operator)).json()["messages"][-1]
+    assert (again["delivery_state"], again["delivery_attempts"]) == ("pending", 2)
+    assert again["next_attempt_at"] is not None
+    assert [outbox.backoff_s(n) for n in (1, 2, 3, 10)] == [2.0, 4.0, 8.0, 120.0]
+
+    # Past the message's own expiry it is given up, and shown so (A would refuse it).
+    await outbox.deliver_request(
+        sessionmaker=app.state.sessionmaker,
+        request_id=payload["id"],
+        now=now + dt.timedelta(days=2),
+    )
+    gone = (await client.get(url, headers=operator)).json()["messages"][-1]
+    assert gone["delivery_state"] == "expired"
+    assert gone["next_attempt_at"] is None
