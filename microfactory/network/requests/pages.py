@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
@@ -21,7 +21,7 @@ from microfactory.designs import service as design_service
 from microfactory.designs.models import Visibility
 from microfactory.errors import DomainError
 from microfactory.network import identity
-from microfactory.network.requests import flows, service
+from microfactory.network.requests import flows, routing, service
 from microfactory.network.requests import routes as request_routes
 from microfactory.network.requests.schemas import (
     Accept,
@@ -91,6 +91,7 @@ async def send_from_page(
 ) -> Response:
     """Send a public design to another shop from the form ("make this elsewhere")."""
     form = {k: str(v) for k, v in (await request.form()).items() if k != "csrf_token" and v != ""}
+    back_to_new = form.pop("back", "") == "new"
     settings = request.app.state.settings
     shop = await asyncio.to_thread(identity.shop_key, settings.data_dir)
     try:
@@ -102,8 +103,58 @@ async def send_from_page(
         await session.rollback()
         text = _errors(exc) if isinstance(exc, ValidationError) else exc.detail
         code = 422 if isinstance(exc, ValidationError) else exc.status_code
+        if back_to_new and form.get("design_id", "").isdigit():
+            query = urlencode({"design_id": form["design_id"], "error": text[:300],
+                               "material": form.get("material", ""),
+                               "quantity": form.get("quantity", "1")})  # fmt: skip
+            return redirect(f"{PAGE}/new?{query}")
         return await _list(request, session, user, error=text, typed=form, status_code=code)
     return redirect(f"{PAGE}/{quote(request_id)}?msg=" + quote("Sent; the other shop took it."))
+
+
+@router.get(PAGE + "/new", response_class=HTMLResponse)
+async def new_request_page(
+    request: Request,
+    session: SessionDep,
+    user: WebMember,
+    design_id: int,
+    material: str = "",
+    quantity: int = 1,
+    radius_km: float = routing.DEFAULT_RADIUS_KM,
+    error: str | None = None,
+) -> HTMLResponse:
+    """Make this elsewhere: the send form for a design, with the hubs' ranked shops."""
+    settings = request.app.state.settings
+    design = await design_service.get_visible_or_raise(
+        session=session, design_id=design_id, user=user
+    )
+    material = material.strip()[:64]
+    quantity = max(1, min(50, quantity))
+    radius_km = max(1.0, min(20000.0, radius_km))
+    travels = settings.network_publish and design.visibility == Visibility.PUBLIC
+    routed = routing.Routed()
+    if travels:
+        shop = await asyncio.to_thread(identity.shop_key, settings.data_dir)
+        routed = await routing.route(
+            session=session, settings=settings, design=design, material=material or None,
+            quantity=quantity, radius_km=radius_km, own_shop_id=shop.shop_id,
+        )  # fmt: skip
+    return render(
+        request,
+        "network_request_new.html",
+        {
+            "design": design,
+            "travels": travels,
+            "publish": settings.network_publish,
+            "routed": routed,
+            "finish_text": routing.finish_text,
+            "material": material,
+            "quantity": quantity,
+            "radius_km": radius_km,
+            "due": (_now(request).date() + dt.timedelta(days=14)).isoformat(),
+            "error": error,
+        },
+    )
 
 
 @router.get(PAGE + "/{request_id}", response_class=HTMLResponse)

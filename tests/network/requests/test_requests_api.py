@@ -550,3 +550,39 @@ async def test_an_answer_the_other_shop_did_not_take_waits_in_the_outbox_across_
     gone = (await client.get(url, headers=operator)).json()["messages"][-1]
     assert gone["delivery_state"] == "expired"
     assert gone["next_attempt_at"] is None
+
+
+async def test_a_public_designs_page_offers_to_make_it_elsewhere_with_the_send_form(
+    app: Any, client: httpx.AsyncClient
+) -> None:
+    app.state.settings = app.state.settings.model_copy(update={"network_publish": True})
+    async with await _browser(app, client, Role.MEMBER) as web:
+        added = await web.post(
+            "/designs/new",
+            data={"csrf_token": CSRF, "title": "Knob", "licence": "CC-BY-4.0",
+                  "visibility": "public"},
+            files={"files": ("knob.gcode", GCODE, "text/x-gcode")},
+        )  # fmt: skip
+        assert added.status_code == 303, added.text
+        design_url = added.headers["location"]
+        page = await web.get(design_url)
+        assert 'id="make-elsewhere"' in page.text
+        design_id = design_url.rstrip("/").split("/")[-1]
+        form = await web.get(f"/network/requests/new?design_id={design_id}&material=PETG")
+        assert form.status_code == 200, form.text
+        assert "Make “Knob” elsewhere" in form.text
+        assert 'name="design_id" value="' + design_id in form.text
+        assert 'value="PETG"' in form.text
+        # No hub here: the form says why it cannot route, and takes a shop's URL instead.
+        assert "no hub is configured" in form.text
+        assert 'name="shop_url"' in form.text
+        refused = await web.post(
+            "/network/requests/send",
+            data={"csrf_token": CSRF, "back": "new", "design_id": design_id,
+                  "shop_url": "ftp://example.org", "due_date": "2026-12-10"},
+        )  # fmt: skip
+        assert refused.status_code == 303
+        assert refused.headers["location"].startswith("/network/requests/new?design_id=")
+        again = await web.get(refused.headers["location"])
+        assert 'role="alert"' in again.text
+        assert "http" in again.text
