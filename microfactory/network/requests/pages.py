@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
-from microfactory.deps import SessionDep
+from microfactory.deps import SessionDep, shop_tz
 from microfactory.designs import service as design_service
 from microfactory.designs.models import Visibility
 from microfactory.errors import DomainError
@@ -31,6 +31,7 @@ from microfactory.network.requests.schemas import (
     Progress,
     SendRequest,
 )
+from microfactory.usage import reports
 from microfactory.web import CsrfChecked, WebMember, WebStaff, redirect, render
 
 router = APIRouter(include_in_schema=False)
@@ -65,6 +66,13 @@ async def _list(
     status_code: int = 200,
 ) -> HTMLResponse:
     rows = await service.list_visible(session=session, user=user)
+    statement: list[dict[str, Any]] = []
+    month = ""
+    if user.is_staff:
+        tz = shop_tz(request)
+        month = _now(request).astimezone(tz).strftime("%Y-%m")
+        start, end = reports.month_bounds(month, tz)
+        statement = await service.network_statement(session=session, start=start, end=end)
     designs = [
         d
         for d in await design_service.list_designs(session=session, user=user)
@@ -75,6 +83,8 @@ async def _list(
         "network_requests.html",
         {
             "rows": rows,
+            "statement": statement,
+            "month": month,
             "designs": designs,
             "publish": request.app.state.settings.network_publish,
             "msg": msg,

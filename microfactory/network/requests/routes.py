@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.accounts.models import User
 from microfactory.config import Settings
-from microfactory.deps import AnyUser, Now, SessionDep, SettingsDep, StaffUser
+from microfactory.deps import AnyUser, Now, SessionDep, SettingsDep, ShopTz, StaffUser
 from microfactory.designs import remote
 from microfactory.errors import BadRequestError, InvalidInputError
 from microfactory.network.identity import ShopKey
@@ -29,6 +29,8 @@ from microfactory.network.requests.schemas import (
     Counter,
     CounterReply,
     Decline,
+    NetworkStatement,
+    NetworkStatementLine,
     Progress,
     Received,
     RequestRead,
@@ -36,6 +38,7 @@ from microfactory.network.requests.schemas import (
     UpdateTaken,
 )
 from microfactory.network.routes import ShopKeyDep
+from microfactory.usage import reports
 
 log = logging.getLogger("microfactory.network.requests")
 
@@ -158,6 +161,21 @@ async def send_request(
     """
     request_id = await send_and_deliver(request, session, settings, shop, user, body, now)
     return await _read(request, request_id, user)
+
+
+@router.get("/statement", response_model=NetworkStatement)
+async def network_statement(
+    session: SessionDep, _staff: StaffUser, tz: ShopTz, now: Now, month: str | None = None
+) -> NetworkStatement:
+    """Work accepted for other shops in a month ("YYYY-MM"), at the quotes' prices (staff)."""
+    month = month or now.astimezone(tz).strftime("%Y-%m")
+    start, end = reports.month_bounds(month, tz)
+    lines = await service.network_statement(session=session, start=start, end=end)
+    return NetworkStatement(
+        month=month,
+        lines=[NetworkStatementLine.model_validate(line) for line in lines],
+        total_cents=sum(int(line["total_cents"]) for line in lines),
+    )
 
 
 @router.get("", response_model=list[RequestRead])

@@ -165,3 +165,29 @@ class UpdateTaken(BaseModel):
     id: str
     state: str
     sequence: int
+
+
+class NetworkStatementLine(BaseModel):
+    """Work accepted for another shop, priced with the signed quote."""
+
+    request_id: str
+    accepted_at: dt.datetime
+    customer: str  # the network customer's username here
+    shop_id: str
+    shop_url: str
+    design_title: str
+    quantity: int
+    job_id: int
+    job_state: str
+    state: str
+    machine_minutes: int
+    material_grams: int
+    total_cents: int
+
+
+class NetworkStatement(BaseModel):
+    """A month of work for other shops."""
+
+    month: str
+    lines: list[NetworkStatementLine]
+    total_cents: int

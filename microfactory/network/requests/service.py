@@ -16,6 +16,7 @@ import re
 import uuid
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select, update
@@ -24,7 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from microfactory.accounts.models import User
+from microfactory.accounts.models import Role, User
 from microfactory.config import Settings
 from microfactory.costs import service as costs_service
 from microfactory.designs import remote
@@ -190,10 +191,17 @@ def pseudonym(shop: ShopKey, user_id: int) -> str:
 
 
 def _message(
-    req: FabricationRequest, *, direction: str, kind: str, signed: str, payload: dict[str, Any]
+    req: FabricationRequest,
+    *,
+    direction: str,
+    kind: str,
+    signed: str,
+    payload: dict[str, Any],
+    at: dt.datetime,
 ) -> RequestMessage:
     msg = RequestMessage(
         request_id=req.id,
+        at=at,
         direction=direction,
         kind=kind,
         sequence=int(payload["sequence"]),
@@ -348,7 +356,7 @@ async def send(
         messages=[],
     )
     session.add(req)
-    msg = _message(req, direction="sent", kind="request", signed=signed, payload=payload)
+    msg = _message(req, direction="sent", kind="request", signed=signed, payload=payload, at=now)
     await session.flush()
     return req, msg
 
@@ -418,7 +426,7 @@ async def receive(
         messages=[],
     )
     session.add(req)
-    _message(req, direction="received", kind="request", signed=got.jws, payload=p)
+    _message(req, direction="received", kind="request", signed=got.jws, payload=p, at=now)
     try:
         await session.flush()
     except IntegrityError:
@@ -509,7 +517,7 @@ async def _sign_update(
     signed = signing.sign(payload, shop)
     await _move(session, req, status)
     _apply(req, payload, now)
-    msg = _message(req, direction="sent", kind=status, signed=signed, payload=payload)
+    msg = _message(req, direction="sent", kind=status, signed=signed, payload=payload, at=now)
     # Delivered after the commit, and again with backoff while the other shop is away.
     from microfactory.network.requests import outbox  # outbox.py imports this module
 
@@ -701,9 +709,10 @@ async def accept(
         body=body,
         quantity=req.quantity,
     )
+    customer = await network_customer(session=session, req=req)
     job = await preparation.create_from_design(
         session=session,
-        owner=user,
+        owner=customer,
         design=design,
         design_file=design_file,
         parameters=req.parameters or None,
@@ -729,6 +738,82 @@ async def accept(
         quote=priced,
     )
     return req, job, msg
+
+
+NETWORK_CUSTOMER_PREFIX = "network-"
+# Not an argon2 hash: no password ever matches it (verify_password answers False).
+_NO_PASSWORD_HASH = "!network-customer"  # noqa: S105 - a marker, not a secret
+
+
+async def network_customer(*, session: AsyncSession, req: FabricationRequest) -> User:
+    """Return the account that stands for the requesting shop here, made on first use.
+
+    Jobs made from its requests are its own, so the usage log, the queue's fair share and
+    statements show the work as that shop's (a "network" customer), not the operator's
+    who accepted it. It cannot log in; it is trusted (an operator accepted the request).
+    """
+    username = f"{NETWORK_CUSTOMER_PREFIX}{req.peer_shop_id[:24]}"
+    found = (
+        await session.execute(select(User).where(User.username == username))
+    ).scalar_one_or_none()
+    if found is not None:
+        return found
+    host = urlsplit(req.peer_url).netloc or req.peer_url
+    user = User(
+        username=username,
+        full_name=f"Network shop {host}"[:200],
+        role=Role.MEMBER,
+        trusted=True,
+        password_hash=_NO_PASSWORD_HASH,
+    )
+    session.add(user)
+    await session.flush()
+    return user
+
+
+async def network_statement(
+    *, session: AsyncSession, start: dt.datetime, end: dt.datetime
+) -> list[dict[str, Any]]:
+    """Return the work accepted for other shops in [start, end): one line per request.
+
+    Priced with the quote signed in the acceptance (this shop's rates at the time), which
+    is what the other shop agreed to; measured usage is in the network customer's usage.
+    """
+    rows = (
+        await session.execute(
+            select(FabricationRequest, Job)
+            .join(Job, Job.id == FabricationRequest.job_id)
+            .where(
+                FabricationRequest.direction == "incoming",
+                FabricationRequest.job_id.is_not(None),
+            )
+            .order_by(FabricationRequest.created_at)
+        )
+    ).all()
+    lines = []
+    for req, job in rows:
+        accepted = next((m for m in req.messages if m.kind == "accepted"), None)
+        if accepted is None or not start <= accepted.at < end:
+            continue
+        quote = dict(req.quote or {})
+        lines.append(
+            {
+                "request_id": req.id,
+                "accepted_at": accepted.at,
+                "customer": f"{NETWORK_CUSTOMER_PREFIX}{req.peer_shop_id[:24]}",
+                "shop_id": req.peer_shop_id,
+                "shop_url": req.peer_url,
+                "design_title": req.design_title,
+                "quantity": req.quantity,
+                "job_id": job.id,
+                "job_state": str(job.state),
+                "state": req.state,
+                "machine_minutes": int(quote.get("machineMinutes") or 0),
+                "material_grams": int(quote.get("materialGrams") or 0),
+                "total_cents": int(quote.get("totalCents") or 0),
+            }
+        )
+    return lines
 
 
 async def counter(
@@ -828,7 +913,7 @@ async def receive_update(
         raise InvalidInputError('"quote" must be an object or null')
     _apply(req, p, now)
     req.last_peer_sequence = got.sequence
-    _message(req, direction="received", kind=str(status), signed=got.jws, payload=p)
+    _message(req, direction="received", kind=str(status), signed=got.jws, payload=p, at=now)
     await session.flush()
     log.info("request %s: %s from shop %s", request_id, status, got.shop_id)
     return req

@@ -470,6 +470,7 @@ async def test_an_acceptance_failing_midway_leaves_the_request_to_accept_again(
     b = _ours(settings)
     a = _other_shop()
     _, operator = await make_user(Role.OPERATOR)
+    _, admin = await make_user(Role.ADMIN)
     design = await client.post(
         "/api/v1/designs",
         headers=operator,
@@ -502,8 +503,12 @@ async def test_an_acceptance_failing_midway_leaves_the_request_to_accept_again(
     assert (await client.get("/api/v1/jobs", headers=operator)).json() == jobs_before
 
     monkeypatch.setattr(signing, "sign", real_sign)
+    rate = await client.put(
+        "/api/v1/rates/machine-kinds/fdm_printer", json={"cents_per_hour": 400}, headers=operator
+    )
+    assert rate.status_code == 200, rate.text
     done = await client.post(
-        f"{url}/accept", json={"machine_kind": "fdm_printer"}, headers=operator
+        f"{url}/accept", json={"machine_kind": "fdm_printer", "hours": 1.5}, headers=operator
     )
     assert done.status_code == 200, done.text
     body = done.json()
@@ -515,6 +520,24 @@ async def test_an_acceptance_failing_midway_leaves_the_request_to_accept_again(
     sent = body["messages"][-1]
     assert (sent["kind"], sent["delivery_state"]) == ("accepted", "pending")
     assert sent["next_attempt_at"] is not None
+
+    # The work is the other shop's, a network customer here, at the signed quote's price.
+    statement = await client.get(
+        "/api/v1/network/requests/statement?month=2026-11", headers=operator
+    )
+    assert statement.status_code == 200, statement.text
+    lines = statement.json()["lines"]
+    assert [(x["request_id"], x["shop_id"], x["total_cents"]) for x in lines] == [
+        (payload["id"], a.shop_id, 600)
+    ]
+    assert statement.json()["total_cents"] == 600
+    job = (await client.get(f"/api/v1/jobs/{body['job_id']}", headers=operator)).json()
+    users = (await client.get("/api/v1/users", headers=admin)).json()
+    owner = next(u for u in users if u["id"] == job["owner_id"])
+    assert owner["username"] == lines[0]["customer"]
+    assert owner["username"].startswith("network-")
+    empty = await client.get("/api/v1/network/requests/statement?month=2026-10", headers=operator)
+    assert empty.json()["lines"] == []
 
 
 async def test_an_answer_the_other_shop_did_not_take_waits_in_the_outbox_across_restarts(
