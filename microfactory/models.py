@@ -22,9 +22,15 @@ from microfactory.jobs.models import Job, JobEvent
 from microfactory.leases import SchedulerLease
 from microfactory.machines.models import Machine
 from microfactory.materials.models import MaterialStock
+from microfactory.network.hub.designs import HubDesign, HubDesignList
 from microfactory.network.hub.models import HubOffer, HubReport, HubShop, HubShopIndex, HubUpstream
 from microfactory.network.models import PushStatus, ReportSequence, ShopProfile
-from microfactory.network.requests.models import FabricationRequest, PeerKey, RequestMessage
+from microfactory.network.requests.models import (
+    FabricationRequest,
+    OutboxItem,
+    PeerKey,
+    RequestMessage,
+)
 from microfactory.notifications.models import Notification
 from microfactory.usage.models import UsageRecord
 
@@ -40,6 +46,8 @@ __all__ = [
     "Design",
     "DesignFile",
     "FabricationRequest",
+    "HubDesign",
+    "HubDesignList",
     "HubOffer",
     "HubReport",
     "HubShop",
@@ -57,6 +65,7 @@ __all__ = [
     "MembershipPlan",
     "Notification",
     "OpeningHours",
+    "OutboxItem",
     "PeerKey",
     "PlanMembership",
     "PushStatus",

@@ -23,8 +23,9 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from microfactory.config import Settings
 from microfactory.db import utcnow
-from microfactory.network.requests import service
+from microfactory.network.requests import holdings, service
 from microfactory.network.requests.models import OutboxItem, RequestMessage
 from microfactory.scheduler import take_lease
 
@@ -174,9 +175,12 @@ async def retry_now(*, session: AsyncSession, now: dt.datetime) -> int:
 
 
 async def outbox_tick(
-    sessionmaker: async_sessionmaker[AsyncSession], holder: str, started: dict[str, bool]
+    sessionmaker: async_sessionmaker[AsyncSession],
+    holder: str,
+    started: dict[str, bool],
+    settings: Settings | None = None,
 ) -> None:
-    """Deliver due items if this process holds the outbox lease."""
+    """Deliver due items if this process holds the outbox lease (and tell hubs our designs)."""
     try:
         async with sessionmaker() as session, session.begin():
             now = utcnow()
@@ -191,18 +195,23 @@ async def outbox_tick(
                 started["once"] = True
                 await retry_now(session=session, now=now)
         await deliver_due(sessionmaker=sessionmaker)
+        if settings is not None:
+            await holdings.push_if_due(sessionmaker=sessionmaker, settings=settings)
     except Exception:  # a failed tick must not stop the scheduler; the next one retries
         log.exception("network outbox tick failed")
 
 
 def install(
-    scheduler: AsyncIOScheduler, sessionmaker: async_sessionmaker[AsyncSession], holder: str
+    scheduler: AsyncIOScheduler,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    holder: str,
+    settings: Settings | None = None,
 ) -> None:
     """Add the outbox job to the scheduler: now (after a restart), then every CHECK_S."""
     scheduler.add_job(
         outbox_tick,
         "interval",
-        args=(sessionmaker, holder, {}),
+        args=(sessionmaker, holder, {}, settings),
         seconds=CHECK_S,
         next_run_time=dt.datetime.now(dt.UTC),
         id="microfactory-network-outbox",

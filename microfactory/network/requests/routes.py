@@ -12,8 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Path, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.accounts.models import User
@@ -22,7 +23,7 @@ from microfactory.deps import AnyUser, Now, SessionDep, SettingsDep, ShopTz, Sta
 from microfactory.designs import remote
 from microfactory.errors import BadRequestError, InvalidInputError
 from microfactory.network.identity import ShopKey
-from microfactory.network.requests import flows, service
+from microfactory.network.requests import flows, holdings, service
 from microfactory.network.requests.models import FabricationRequest, RequestMessage
 from microfactory.network.requests.schemas import (
     Accept,
@@ -176,6 +177,19 @@ async def network_statement(
         lines=[NetworkStatementLine.model_validate(line) for line in lines],
         total_cents=sum(int(line["total_cents"]) for line in lines),
     )
+
+
+@router.get("/holders/{content_hash}")
+async def design_holders(
+    content_hash: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],
+    settings: SettingsDep,
+    _user: AnyUser,
+) -> dict[str, Any]:
+    """Which shops of the network hold a design, as this shop's hubs know (a login).
+
+    Answers {"content_hash", "shops": [{"shop_id", "name", "url", "title"}], "problems"}.
+    """
+    return await holdings.holders(settings=settings, content_hash=content_hash)
 
 
 @router.get("", response_model=list[RequestRead])
