@@ -17,7 +17,8 @@
     fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (body) {
-        if (body && key(body) !== seen) window.location.reload();
+        // Reloaded without the last action's flash message, which would be stale.
+        if (body && key(body) !== seen) window.location.replace(window.location.pathname);
       })
       .catch(function () {});
   }
