@@ -4,6 +4,10 @@ Shop A (Gent) is also the network's hub; shop B (Brussels) has a printer. A memb
 opens a public design, clicks "Make this elsewhere", picks B among the shops the hub ranks,
 and sends; B's operator accepts it from B's page; the member's page at A follows the
 request live: accepted, then started and finished as B's operator reports them.
+
+The same two processes (they are expensive) then serve the requests' robustness over
+HTTP: an acceptance refused after the import keeps nothing, a counter-offer agreed at A
+is accepted at B by itself, and B's answer to A while A is down is delivered once A is back.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from tests.peers.microfactory_server import poll
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
+JOSE = {"Content-Type": "application/jose"}
 GCODE = b"G21\nG90\nM82\nG92 E0\nG1 X10 Y10 E1 F1200\nG1 X20 Y10 E2\n"
 SHOTS = Path("/tmp")
 
@@ -67,7 +72,15 @@ def shops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                   "capabilities": {"materials": ["PLA"], "nozzle_diameter_mm": 0.4}},
         )  # fmt: skip
         assert printer.status_code == 201, printer.text
-        yield {"a": a, "b": b, "ids": ids, "member": {"Authorization": f"Bearer {member}"}}
+        for path, body in (
+            ("/api/v1/rates/machine-kinds/fdm_printer", {"cents_per_hour": 400}),
+            ("/api/v1/rates/materials/PLA", {"cents_per_kg": 2500}),
+        ):
+            assert b.api("PUT", path, json=body).status_code == 200
+        yield {
+            "a": a, "b": b, "ids": ids, "member": {"Authorization": f"Bearer {member}"},
+            "cookie": {"mf_session": member},  # the dashboard takes the token as its session
+        }  # fmt: skip
     finally:
         for inst in started:
             inst.stop()
@@ -177,3 +190,164 @@ def test_a_member_makes_a_design_elsewhere_and_follows_it_live(
     assert (seen.json()["state"], seen.json()["outcome"], seen.json()["due_date"]) == (
         "finished", "good", due,
     )  # fmt: skip
+
+
+def _design(shop: Instance, member: dict[str, str], title: str, licence: str) -> dict[str, Any]:
+    resp = httpx.post(
+        f"{shop.url}/api/v1/designs",
+        headers=member,
+        data={"title": title, "licence": licence, "authors": ["Maria Peeters"],
+              "visibility": "public"},
+        files={"files": (f"{title.lower().replace(' ', '-')}.gcode", GCODE, "text/x-gcode")},
+        timeout=30,
+    )  # fmt: skip
+    assert resp.status_code == 201, resp.text
+    return dict(resp.json())
+
+
+def _send(shops: dict[str, Any], design: dict[str, Any]) -> str:
+    a, b, ids = shops["a"], shops["b"], shops["ids"]
+    due = (dt.date.today() + dt.timedelta(days=10)).isoformat()
+    sent = httpx.post(
+        f"{a.url}/api/v1/network/requests/send",
+        headers=shops["member"],
+        json={"shop_url": b.url, "shop_id": ids["b"], "design_id": design["id"],
+              "material": "PLA", "quantity": 1, "due_date": due},
+        timeout=30,
+    )  # fmt: skip
+    assert sent.status_code == 201, sent.text
+    return str(sent.json()["id"])
+
+
+def _at_a(shops: dict[str, Any], request_id: str) -> dict[str, Any]:
+    resp = httpx.get(
+        f"{shops['a'].url}/api/v1/network/requests/{request_id}", headers=shops["member"]
+    )
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
+
+
+def test_an_acceptance_refused_after_the_import_keeps_nothing_and_can_be_made_again(
+    shops: dict[str, Any],
+) -> None:
+    b = shops["b"]
+    design = _design(shops["a"], shops["member"], "Desk hook", "CC-BY-NC-4.0")
+    request_id = _send(shops, design)
+    files = b.dir / "data" / "files"
+    before = sorted(p.name for p in files.iterdir()) if files.exists() else []
+    # The design is fetched from A by hash, then pricing refuses (an NC licence): nothing
+    # of the attempt is kept at B, and the request waits to be accepted again.
+    priced = b.api(
+        "POST", f"/api/v1/network/requests/{request_id}/accept",
+        json={"hours": 1, "material_g": 10},
+    )  # fmt: skip
+    assert priced.status_code == 422, priced.text
+    assert "non-commercial" in priced.json()["detail"]
+    got = b.api("GET", f"/api/v1/network/requests/{request_id}").json()
+    assert (got["state"], got["job_id"], got["design_id"]) == ("received", None, None)
+    assert b.api("GET", f"/api/v1/designs/by-hash/{design['content_hash']}").status_code == 404
+    assert sorted(p.name for p in files.iterdir()) == before  # no fetched copy left over
+    free = b.api("POST", f"/api/v1/network/requests/{request_id}/accept", json={})
+    assert free.status_code == 200, free.text
+    assert free.json()["state"] == "accepted"
+    held = b.api("GET", f"/api/v1/designs/by-hash/{design['content_hash']}")
+    assert held.status_code == 200, held.text
+    poll(lambda: _at_a(shops, request_id)["state"] == "accepted", 30, "A to hear accepted")
+
+
+def test_a_member_agrees_to_a_counter_offer_and_the_other_shop_makes_it(
+    shops: dict[str, Any],
+) -> None:
+    a, b = shops["a"], shops["b"]
+    design = _design(a, shops["member"], "Wall bracket", "CC-BY-4.0")
+    request_id = _send(shops, design)
+    later = (dt.date.today() + dt.timedelta(days=20)).isoformat()
+    countered = b.api(
+        "POST", f"/api/v1/network/requests/{request_id}/counter",
+        json={"date": later, "reason": "our printers are booked until then",
+              "hours": 2, "material_g": 40},
+    )  # fmt: skip
+    assert countered.status_code == 200, countered.text
+    assert countered.json()["state"] == "countered"
+
+    seen = poll(
+        lambda: (r := _at_a(shops, request_id))["state"] == "countered" and r,
+        30,
+        "A to hear the counter-offer",
+    )
+    assert seen["proposed_date"] == later
+    # 2 h × 4.00/h + 40 g × 25.00/kg, at B's rates: the quote comes with the offer.
+    assert seen["quote"]["totalCents"] == 900
+    page = httpx.get(f"{a.url}/network/requests/{request_id}", cookies=shops["cookie"])
+    assert "Accept the new date" in page.text
+
+    agreed = httpx.post(
+        f"{a.url}/api/v1/network/requests/{request_id}/reply",
+        headers=shops["member"], json={"agree": True}, timeout=30,
+    )  # fmt: skip
+    assert agreed.status_code == 200, agreed.text
+    assert agreed.json()["state"] == "agreed"
+    reply = agreed.json()["messages"][-1]
+    assert (reply["direction"], reply["kind"], reply["delivery_state"]) == (
+        "sent", "agreed", "delivered",
+    )  # fmt: skip
+    # At B the agreement accepts the request with the counter's terms: a job is made, and
+    # A hears "accepted" with the quote it agreed to.
+    accepted = poll(
+        lambda: (r := _at_a(shops, request_id))["state"] == "accepted" and r,
+        60,
+        "A to hear its agreement accepted",
+    )
+    assert accepted["quote"]["totalCents"] == 900
+    at_b = b.api("GET", f"/api/v1/network/requests/{request_id}").json()
+    assert at_b["state"] == "accepted"
+    assert at_b["job_id"] is not None
+    assert at_b["due_date"] == later
+    assert [m["kind"] for m in at_b["messages"]] == ["request", "countered", "agreed", "accepted"]
+    # An agreement replayed to B is refused; agreeing twice at A is a 409.
+    replay = httpx.post(
+        f"{b.url}/api/v1/network/requests/{request_id}/updates",
+        content=reply["jws"], headers=JOSE,
+    )  # fmt: skip
+    assert replay.status_code == 409, replay.text
+    again = httpx.post(
+        f"{a.url}/api/v1/network/requests/{request_id}/reply",
+        headers=shops["member"], json={"agree": True}, timeout=30,
+    )  # fmt: skip
+    assert again.status_code == 409, again.text
+
+
+def test_an_answer_to_a_shop_that_is_down_is_retried_until_it_is_back(
+    shops: dict[str, Any],
+) -> None:
+    """Runs last: it stops and restarts shop A (the hub too)."""
+    a, b = shops["a"], shops["b"]
+    design = _design(a, shops["member"], "Shelf pin", "CC-BY-4.0")
+    request_id = _send(shops, design)
+    a.stop()
+    declined = b.api(
+        "POST", f"/api/v1/network/requests/{request_id}/decline",
+        json={"reason": "no PLA left this month"},
+    )  # fmt: skip
+    assert declined.status_code == 200, declined.text
+    sent = declined.json()["messages"][-1]
+    assert (sent["kind"], sent["delivery_state"]) == ("declined", "pending")
+    assert "cannot reach" in sent["delivery"]
+    operator = {"mf_session": b.headers["Authorization"].split()[1]}
+    page = httpx.get(f"{b.url}/network/requests/{request_id}", cookies=operator)
+    assert "Not delivered yet, retrying" in page.text
+    # A comes back; B's scheduler tries again with backoff and A takes the answer. (That
+    # the outbox outlives B's own restart is tested in process: test_requests_api.)
+    a.start()
+    a.wait_up()
+    seen = poll(
+        lambda: (r := _at_a(shops, request_id))["state"] == "declined" and r,
+        90,
+        "A, back, to get B's answer",
+    )
+    assert seen["messages"][-1]["payload"]["reason"] == "no PLA left this month"
+    at_b = b.api("GET", f"/api/v1/network/requests/{request_id}").json()
+    last = at_b["messages"][-1]
+    assert last["delivery_state"] == "delivered", last
+    assert last["delivery_attempts"] >= 2
+    assert last["delivery"].startswith("HTTP 200")
