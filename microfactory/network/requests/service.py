@@ -909,8 +909,13 @@ async def receive_update(
     await _move(session, req, str(status))
     if p.get("outcome") not in (None, "good", "bad"):
         raise InvalidInputError('"outcome" must be good, bad or null')
-    if p.get("quote") is not None and not isinstance(p.get("quote"), dict):
+    quoted = p.get("quote")
+    if quoted is not None and not isinstance(quoted, dict):
         raise InvalidInputError('"quote" must be an object or null')
+    for name in ("totalCents", "machineCents", "materialCents"):
+        cents = (quoted or {}).get(name)
+        if cents is not None and (not isinstance(cents, int) or isinstance(cents, bool)):
+            raise InvalidInputError(f'"quote.{name}" must be an integer number of cents')
     _apply(req, p, now)
     req.last_peer_sequence = got.sequence
     _message(req, direction="received", kind=str(status), signed=got.jws, payload=p, at=now)

@@ -609,3 +609,48 @@ async def test_a_public_designs_page_offers_to_make_it_elsewhere_with_the_send_f
         again = await web.get(refused.headers["location"])
         assert 'role="alert"' in again.text
         assert "http" in again.text
+
+
+async def test_a_member_agrees_to_a_counter_offer_from_the_page_signed_for_the_other_shop(
+    app: Any, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    a = _ours(settings)
+    b = _other_shop()
+    async with await _browser(app, client, Role.MEMBER) as web:
+        me = (await web.get("/api/v1/users/me")).json()
+        request_id = str(uuid.uuid4())
+        async with app.state.sessionmaker() as session, session.begin():
+            session.add(
+                FabricationRequest(
+                    id=request_id, direction="outgoing", state="sent", peer_shop_id=b.shop_id,
+                    peer_url=PEER_URL, design_hash=HASH, design_title="Bracket", parameters={},
+                    material="PLA", quantity=1, due_date="2026-12-10", requester="x",
+                    member_id=me["id"], last_peer_sequence=0, created_at=NOW, updated_at=NOW,
+                    messages=[],
+                )
+            )  # fmt: skip
+        offer = _update(
+            b, a.shop_id, request_id, "countered", sequence=3, proposedDate="2026-12-20",
+            reason="booked until then", quote={"totalCents": 900},
+        )  # fmt: skip
+        taken = await client.post(
+            f"/api/v1/network/requests/{request_id}/updates", content=offer, headers=JOSE
+        )
+        assert taken.status_code == 200, taken.text
+        page = await web.get(f"/network/requests/{request_id}")
+        assert "Accept the new date" in page.text
+        assert "2026-12-20" in page.text
+        done = await web.post(
+            f"/network/requests/{request_id}/reply", data={"csrf_token": CSRF, "agree": "true"}
+        )
+        assert done.status_code == 303, done.text
+        assert "retrying" in done.headers["location"]  # B (PEER_URL) is not listening
+        body = (await web.get(f"/api/v1/network/requests/{request_id}")).json()
+        assert body["state"] == "agreed"
+        reply = signing.verify(body["messages"][-1]["jws"], kind=signing.UPDATE_TYPE, to=b.shop_id)
+        assert (reply.shop_id, reply.payload["status"]) == (a.shop_id, "agreed")
+        assert reply.payload["proposedDate"] == "2026-12-20"
+        twice = await web.post(
+            f"/network/requests/{request_id}/reply", data={"csrf_token": CSRF, "agree": "false"}
+        )
+        assert "error=" in twice.headers["location"]
