@@ -50,6 +50,7 @@ from microfactory.middleware import (
     RequestMetrics,
 )
 from microfactory.network import identity as network_identity
+from microfactory.network.hub.designs import router as hub_designs_router
 from microfactory.network.hub.pages import router as hub_pages_router
 from microfactory.network.hub.routes import router as hub_router
 from microfactory.network.pages import router as network_pages_router
@@ -281,6 +282,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(materials_pages_router)
     app.include_router(hub_router)  # the network: hub side
     app.include_router(hub_pages_router)
+    app.include_router(hub_designs_router)  # hubs index public designs by hash (issue 13)
     app.include_router(network_requests_router)  # fabrication requests between shops
     app.include_router(network_request_pages_router)
     app.mount("/static", StaticFiles(directory=resources.web_dir() / "static"), name="static")

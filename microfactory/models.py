@@ -22,9 +22,15 @@ from microfactory.jobs.models import Job, JobEvent
 from microfactory.leases import SchedulerLease
 from microfactory.machines.models import Machine
 from microfactory.materials.models import MaterialStock
+from microfactory.network.hub.designs import HubDesign, HubDesignList
 from microfactory.network.hub.models import HubOffer, HubReport, HubShop, HubShopIndex, HubUpstream
 from microfactory.network.models import PushStatus, ReportSequence, ShopProfile
-from microfactory.network.requests.models import FabricationRequest, PeerKey, RequestMessage
+from microfactory.network.requests.models import (
+    FabricationRequest,
+    OutboxItem,
+    PeerKey,
+    RequestMessage,
+)
 from microfactory.notifications.models import (
     Notification,
     NotificationChannel,
@@ -45,6 +51,8 @@ __all__ = [
     "Design",
     "DesignFile",
     "FabricationRequest",
+    "HubDesign",
+    "HubDesignList",
     "HubOffer",
     "HubReport",
     "HubShop",
@@ -65,6 +73,7 @@ __all__ = [
     "NotificationDelivery",
     "NotificationPreference",
     "OpeningHours",
+    "OutboxItem",
     "PeerKey",
     "PlanMembership",
     "PushStatus",

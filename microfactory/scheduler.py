@@ -214,6 +214,11 @@ class Scheduler:
             from microfactory.network import scheduled as network_tasks
 
             network_tasks.install(self._scheduler, self.sessionmaker, self.settings, self.holder)
+        # Signed messages to other shops (fabrication requests) still to deliver, with backoff;
+        # the public designs' list for the hubs.
+        from microfactory.network.requests import outbox as request_outbox
+
+        request_outbox.install(self._scheduler, self.sessionmaker, self.holder, self.settings)
         self._scheduler.start()
         log.info("scheduler started as %s", self.holder)
 

@@ -38,6 +38,9 @@ class FabricationRequest(Base):
     design_id: Mapped[int | None] = mapped_column(ForeignKey("designs.id", ondelete="SET NULL"))
     quote: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     outcome: Mapped[str | None] = mapped_column(String(8))  # good, bad
+    # At B, for a counter-offer: what accepting it will do (the Accept form's fields and the
+    # operator who countered), so A's agreement makes the job without anyone at B.
+    terms: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     last_peer_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -63,6 +66,33 @@ class RequestMessage(Base):
     jws: Mapped[str] = mapped_column(Text)
     # For a sent message: how delivering it went (HTTP status, or the error).
     delivery: Mapped[str | None] = mapped_column(String(300))
+    outbox: Mapped[OutboxItem | None] = relationship(lazy="selectin", uselist=False)
+
+
+class OutboxItem(Base):
+    """A sent message still to deliver to the other shop, retried with backoff until taken.
+
+    Written in the same transaction as the message, so a message is never signed without
+    being delivered eventually (across restarts); delivered in order per request.
+    """
+
+    __tablename__ = "network_outbox"
+    __table_args__ = (Index("ix_network_outbox_state_next_attempt_at", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("network_request_messages.id", ondelete="CASCADE"), unique=True
+    )
+    request_id: Mapped[str] = mapped_column(String(36), index=True)
+    url: Mapped[str] = mapped_column(String(600))
+    # pending (to deliver), delivered, refused (a 4xx: final), expired (never taken in time)
+    state: Mapped[str] = mapped_column(String(12), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())  # the message's expiresAt
+    note: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
 
 
 class PeerKey(Base):

@@ -12,22 +12,26 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Path, Request, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.accounts.models import User
 from microfactory.config import Settings
-from microfactory.deps import AnyUser, Now, SessionDep, SettingsDep, StaffUser
+from microfactory.deps import AnyUser, Now, SessionDep, SettingsDep, ShopTz, StaffUser
 from microfactory.designs import remote
 from microfactory.errors import BadRequestError, InvalidInputError
 from microfactory.network.identity import ShopKey
-from microfactory.network.requests import service
+from microfactory.network.requests import flows, holdings, service
 from microfactory.network.requests.models import FabricationRequest, RequestMessage
 from microfactory.network.requests.schemas import (
     Accept,
     Counter,
+    CounterReply,
     Decline,
+    NetworkStatement,
+    NetworkStatementLine,
     Progress,
     Received,
     RequestRead,
@@ -35,6 +39,7 @@ from microfactory.network.requests.schemas import (
     UpdateTaken,
 )
 from microfactory.network.routes import ShopKeyDep
+from microfactory.usage import reports
 
 log = logging.getLogger("microfactory.network.requests")
 
@@ -159,6 +164,34 @@ async def send_request(
     return await _read(request, request_id, user)
 
 
+@router.get("/statement", response_model=NetworkStatement)
+async def network_statement(
+    session: SessionDep, _staff: StaffUser, tz: ShopTz, now: Now, month: str | None = None
+) -> NetworkStatement:
+    """Work accepted for other shops in a month ("YYYY-MM"), at the quotes' prices (staff)."""
+    month = month or now.astimezone(tz).strftime("%Y-%m")
+    start, end = reports.month_bounds(month, tz)
+    lines = await service.network_statement(session=session, start=start, end=end)
+    return NetworkStatement(
+        month=month,
+        lines=[NetworkStatementLine.model_validate(line) for line in lines],
+        total_cents=sum(int(line["total_cents"]) for line in lines),
+    )
+
+
+@router.get("/holders/{content_hash}")
+async def design_holders(
+    content_hash: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],
+    settings: SettingsDep,
+    _user: AnyUser,
+) -> dict[str, Any]:
+    """Which shops of the network hold a design, as this shop's hubs know (a login).
+
+    Answers {"content_hash", "shops": [{"shop_id", "name", "url", "title"}], "problems"}.
+    """
+    return await holdings.holders(settings=settings, content_hash=content_hash)
+
+
 @router.get("", response_model=list[RequestRead])
 async def list_requests(session: SessionDep, user: AnyUser) -> list[RequestRead]:
     """List requests: staff see every one, a member the ones sent for them."""
@@ -176,132 +209,101 @@ async def get_request(request_id: uuid.UUID, session: SessionDep, user: AnyUser)
 async def receive_update(
     request_id: uuid.UUID, request: Request, session: SessionDep, shop: ShopKeyDep, now: Now
 ) -> UpdateTaken:
-    """Take a signed status update from the shop a request was sent to (public: signed).
+    """Take a signed status update from the other shop of a request (public: signed).
 
-    Refused: not signed by that shop 401, a replayed sequence 409, an expired update 422.
+    At the requesting shop, the maker's updates; at the making shop, the requester's answer
+    to a counter-offer (agreed, withdrawn). Refused: not signed by that shop 401, a
+    replayed sequence 409, an expired update 422.
     """
     body = await _jose_body(request)
     req = await service.receive_update(
         session=session, shop=shop, request_id=request_id, token=body, now=now
     )
+    taken = UpdateTaken(id=req.id, state=req.state, sequence=req.last_peer_sequence)
+    if req.direction == "incoming" and req.state == "agreed":
+        # At B: the requester agreed to our counter-offer. Accepted after this commit, in
+        # the background: the other shop gets its answer without waiting for the import.
+        await session.commit()
+        flows.accept_agreed_soon(request.app, req.id)
     # The answer goes to the other shop: nothing of the member's in it.
-    return UpdateTaken(id=req.id, state=req.state, sequence=req.last_peer_sequence)
-
-
-async def _answer(
-    request: Request,
-    session: SessionDep,
-    user: User,
-    req: FabricationRequest,
-    msg: RequestMessage,
-) -> RequestRead:
-    await session.commit()
-    await deliver_and_note(
-        request, req, msg, f"{req.peer_url}{service.REQUESTS_PATH}/{req.id}/updates"
-    )
-    return await _read(request, req.id, user)
+    return taken
 
 
 @router.post("/{request_id:uuid}/accept", response_model=RequestRead)
 async def accept_request(
-    request_id: uuid.UUID,
-    body: Accept,
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    shop: ShopKeyDep,
-    user: StaffUser,
-    now: Now,
+    request_id: uuid.UUID, body: Accept, request: Request, user: StaffUser, now: Now
 ) -> RequestRead:
     """Accept a request (operators): import the design by hash, make a job, send the quote.
 
     The quote is made from this shop's rates (hours and grams per piece as estimated by the
-    operator) and is part of the signed acceptance.
+    operator) and is part of the signed acceptance. All of it is one transaction: a failure
+    leaves the request unaccepted, to accept again.
     """
-    req, job, msg = await service.accept(
-        session=session,
-        settings=settings,
-        shop=shop,
-        user=user,
-        request_id=request_id,
-        body=body,
-        now=now,
+    req_id, _job = await flows.accept(
+        request.app, user=user, request_id=request_id, body=body, now=now
     )
-    job_id = job.id
-    read = await _answer(request, session, user, req, msg)
-    request.app.state.preparer.submit(job_id)
-    return read
+    return await _read(request, req_id, user)
 
 
 async def _respond(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    shop: ShopKey,
-    user: User,
-    request_id: uuid.UUID,
-    status_name: str,
-    now: Now,
+    request: Request, user: User, request_id: uuid.UUID, status_name: str, now: dt.datetime,
     **fields: str | None,
-) -> RequestRead:
-    req = await service.get_visible(session=session, request_id=request_id, user=user, lock=True)
-    msg = await service.respond(
-        session=session,
-        settings=settings,
-        shop=shop,
-        req=req,
-        status=status_name,
-        now=now,
-        **fields,  # type: ignore[arg-type]
-    )
-    return await _answer(request, session, user, req, msg)
+) -> RequestRead:  # fmt: skip
+    settings = request.app.state.settings
+
+    async def sign(session: AsyncSession, shop: ShopKey, req: FabricationRequest) -> None:
+        await service.respond(
+            session=session, settings=settings, shop=shop, req=req, status=status_name,
+            now=now, **fields,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    req_id = await flows.answer(request.app, user=user, request_id=request_id, now=now, sign=sign)
+    return await _read(request, req_id, user)
 
 
 @router.post("/{request_id:uuid}/counter", response_model=RequestRead)
 async def counter_request(
-    request_id: uuid.UUID,
-    body: Counter,
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    shop: ShopKeyDep,
-    user: StaffUser,
-    now: Now,
+    request_id: uuid.UUID, body: Counter, request: Request, user: StaffUser, now: Now
 ) -> RequestRead:
-    """Propose another date, with a reason (operators)."""
-    return await _respond(
-        request, session, settings, shop, user, request_id, "countered", now,
-        reason=body.reason, proposed_date=body.date.isoformat(),
-    )  # fmt: skip
+    """Propose another date with a reason, and a quote with hours and grams (operators).
+
+    If the requesting shop agrees, the request is accepted with these terms by itself.
+    """
+    req_id = await flows.counter(request.app, user=user, request_id=request_id, body=body, now=now)
+    return await _read(request, req_id, user)
+
+
+@router.post("/{request_id:uuid}/reply", response_model=RequestRead)
+async def reply_to_counter(
+    request_id: uuid.UUID, body: CounterReply, request: Request, user: AnyUser, now: Now
+) -> RequestRead:
+    """Take or turn down the other shop's counter-offer (the member it is for, or staff).
+
+    Signed by this shop and sent to the making shop; agreeing there makes the job.
+    """
+    settings = request.app.state.settings
+
+    async def sign(session: AsyncSession, shop: ShopKey, req: FabricationRequest) -> None:
+        await service.reply_to_counter(
+            session=session, settings=settings, shop=shop, req=req, agree=body.agree,
+            now=now, reason=body.reason,
+        )  # fmt: skip
+
+    req_id = await flows.answer(request.app, user=user, request_id=request_id, now=now, sign=sign)
+    return await _read(request, req_id, user)
 
 
 @router.post("/{request_id:uuid}/decline", response_model=RequestRead)
 async def decline_request(
-    request_id: uuid.UUID,
-    body: Decline,
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    shop: ShopKeyDep,
-    user: StaffUser,
-    now: Now,
+    request_id: uuid.UUID, body: Decline, request: Request, user: StaffUser, now: Now
 ) -> RequestRead:
     """Decline a request, with a reason (operators)."""
-    return await _respond(
-        request, session, settings, shop, user, request_id, "declined", now, reason=body.reason
-    )
+    return await _respond(request, user, request_id, "declined", now, reason=body.reason)
 
 
 @router.post("/{request_id:uuid}/progress", response_model=RequestRead)
 async def report_progress(
-    request_id: uuid.UUID,
-    body: Progress,
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    shop: ShopKeyDep,
-    user: StaffUser,
-    now: Now,
+    request_id: uuid.UUID, body: Progress, request: Request, user: StaffUser, now: Now
 ) -> RequestRead:
     """Tell the requesting shop the job started, finished (good or bad) or was collected."""
     if body.status == "finished" and body.outcome is None:
@@ -309,6 +311,5 @@ async def report_progress(
     if body.status != "finished" and body.outcome is not None:
         raise InvalidInputError('only a finished request has an "outcome"')
     return await _respond(
-        request, session, settings, shop, user, request_id, body.status, now,
-        reason=body.reason, outcome=body.outcome,
-    )  # fmt: skip
+        request, user, request_id, body.status, now, reason=body.reason, outcome=body.outcome
+    )

@@ -52,12 +52,40 @@ class Accept(BaseModel):
 
 
 class Counter(BaseModel):
-    """B proposes another date."""
+    """B proposes another date, and (with hours and grams) a quote for it.
+
+    If the requesting shop agrees, the request is accepted with these terms by itself.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     date: dt.date
     reason: str = Field(min_length=1, max_length=500)
+    machine_kind: MachineKind | None = None
+    machine_id: int | None = None
+    file_id: int | None = None
+    hours: float = Field(0, ge=0, le=10000, description="estimated machine hours per piece")
+    material_g: float = Field(0, ge=0, le=1_000_000, description="estimated grams per piece")
+
+    def terms(self) -> Accept:
+        """Return what accepting on the requester's agreement will do."""
+        return Accept(
+            machine_kind=self.machine_kind,
+            machine_id=self.machine_id,
+            file_id=self.file_id,
+            hours=self.hours,
+            material_g=self.material_g,
+            note=f"agreed to the date {self.date.isoformat()}",
+        )
+
+
+class CounterReply(BaseModel):
+    """A (the member, or an operator) takes or turns down B's counter-offer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agree: bool
+    reason: str | None = Field(None, max_length=500)
 
 
 class Decline(BaseModel):
@@ -89,6 +117,11 @@ class MessageRead(BaseModel):
     payload: dict[str, Any]
     jws: str
     delivery: str | None
+    # A sent message's delivery: pending (not delivered yet, retrying), delivered, refused,
+    # expired; None for a received message (or one delivered before the outbox).
+    delivery_state: str | None = None
+    delivery_attempts: int = 0
+    next_attempt_at: dt.datetime | None = None
 
 
 class RequestRead(BaseModel):
@@ -112,6 +145,7 @@ class RequestRead(BaseModel):
     design_id: int | None
     quote: dict[str, Any] | None
     outcome: str | None
+    proposed_date: str | None = None  # the counter-offer's date, if B made one
     created_at: dt.datetime
     updated_at: dt.datetime
     messages: list[MessageRead]
@@ -131,3 +165,29 @@ class UpdateTaken(BaseModel):
     id: str
     state: str
     sequence: int
+
+
+class NetworkStatementLine(BaseModel):
+    """Work accepted for another shop, priced with the signed quote."""
+
+    request_id: str
+    accepted_at: dt.datetime
+    customer: str  # the network customer's username here
+    shop_id: str
+    shop_url: str
+    design_title: str
+    quantity: int
+    job_id: int
+    job_state: str
+    state: str
+    machine_minutes: int
+    material_grams: int
+    total_cents: int
+
+
+class NetworkStatement(BaseModel):
+    """A month of work for other shops."""
+
+    month: str
+    lines: list[NetworkStatementLine]
+    total_cents: int

@@ -16,12 +16,16 @@ import re
 import uuid
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from microfactory.accounts.models import User
+from microfactory.accounts.models import Role, User
 from microfactory.config import Settings
 from microfactory.costs import service as costs_service
 from microfactory.designs import remote
@@ -42,26 +46,49 @@ from microfactory.network import report
 from microfactory.network import service as network_service
 from microfactory.network.identity import ShopKey
 from microfactory.network.requests import signing
-from microfactory.network.requests.models import FabricationRequest, PeerKey, RequestMessage
-from microfactory.network.requests.schemas import Accept, MessageRead, RequestRead, SendRequest
+from microfactory.network.requests.models import (
+    FabricationRequest,
+    PeerKey,
+    RequestMessage,
+)
+from microfactory.network.requests.schemas import (
+    Accept,
+    MessageRead,
+    RequestRead,
+    SendRequest,
+)
 
 log = logging.getLogger("microfactory.network.requests")
 
 REQUESTS_PATH = "/api/v1/network/requests"
 KEYS_PATH = "/api/v1/network/keys"
-TTL_S = 3600  # a message is valid for an hour after it is signed
+TTL_S = 3600  # a request is valid for an hour after it is signed
+# An update or reply is retried while the other shop is away (outbox.py) until it expires:
+# a day covers a shop down overnight; replays are refused by sequence, not by expiry.
+UPDATE_TTL_S = 86400
 TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 # Which update may follow which state, at both shops.
 # "undelivered": A noted a failed delivery, yet B may have taken the request (a timeout).
+# "agreed"/"withdrawn": A's member took or turned down B's counter-offer.
 AFTER: dict[str, set[str]] = {
-    "accepted": {"sent", "undelivered", "received", "countered"},
+    "accepted": {"sent", "undelivered", "received", "countered", "agreed"},
     "countered": {"sent", "undelivered", "received", "countered"},
-    "declined": {"sent", "undelivered", "received", "countered"},
+    "declined": {"sent", "undelivered", "received", "countered", "agreed"},
+    "agreed": {"countered"},
+    "withdrawn": {"countered"},
     "started": {"accepted"},
     "finished": {"started"},
     "collected": {"finished"},
 }
+# Who signs which status: the making shop (B), or the requesting shop (A).
+FROM_MAKER = ("accepted", "countered", "declined", "started", "finished", "collected")
+FROM_REQUESTER = ("agreed", "withdrawn")
+
+
+def updates_url(req: FabricationRequest) -> str:
+    """Return where the other shop takes this request's signed updates."""
+    return f"{req.peer_url}{REQUESTS_PATH}/{req.id}/updates"
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -88,6 +115,7 @@ def to_read(req: FabricationRequest) -> RequestRead:
         design_id=req.design_id,
         quote=req.quote,
         outcome=req.outcome,
+        proposed_date=_proposed_date(req),
         created_at=req.created_at,
         updated_at=req.updated_at,
         messages=[
@@ -100,10 +128,25 @@ def to_read(req: FabricationRequest) -> RequestRead:
                 payload=dict(m.payload),
                 jws=m.jws,
                 delivery=m.delivery,
+                delivery_state=m.outbox.state if m.outbox is not None else None,
+                delivery_attempts=m.outbox.attempts if m.outbox is not None else 0,
+                next_attempt_at=(
+                    m.outbox.next_attempt_at
+                    if m.outbox is not None and m.outbox.state == "pending"
+                    else None
+                ),
             )
             for m in req.messages
         ],
     )
+
+
+def _proposed_date(req: FabricationRequest) -> str | None:
+    """Return the date of the counter-offer standing or agreed, if any."""
+    for m in reversed(req.messages):
+        if m.kind == "countered":
+            return str(m.payload.get("proposedDate") or "") or None
+    return None
 
 
 async def get_visible(
@@ -148,10 +191,17 @@ def pseudonym(shop: ShopKey, user_id: int) -> str:
 
 
 def _message(
-    req: FabricationRequest, *, direction: str, kind: str, signed: str, payload: dict[str, Any]
+    req: FabricationRequest,
+    *,
+    direction: str,
+    kind: str,
+    signed: str,
+    payload: dict[str, Any],
+    at: dt.datetime,
 ) -> RequestMessage:
     msg = RequestMessage(
         request_id=req.id,
+        at=at,
         direction=direction,
         kind=kind,
         sequence=int(payload["sequence"]),
@@ -306,7 +356,7 @@ async def send(
         messages=[],
     )
     session.add(req)
-    msg = _message(req, direction="sent", kind="request", signed=signed, payload=payload)
+    msg = _message(req, direction="sent", kind="request", signed=signed, payload=payload, at=now)
     await session.flush()
     return req, msg
 
@@ -348,15 +398,14 @@ async def receive(
     parameters = p.get("parameters")
     if not isinstance(parameters, dict):
         raise InvalidInputError('"parameters" must be an object')
-    pinned = await session.get(PeerKey, url)
-    if pinned is not None and pinned.shop_id != got.shop_id:
+    pinned = await _pin(session, url=url, got=got, now=now)
+    if pinned.shop_id != got.shop_id:
         raise NotAuthenticatedError(
             f"another key is pinned for {mask_url(url)}; this request's key is not it"
         )
+    replay = ConflictError(f"request {request_id} was received already (a replay)")
     if await session.get(FabricationRequest, request_id) is not None:
-        raise ConflictError(f"request {request_id} was received already (a replay)")
-    if pinned is None:
-        session.add(PeerKey(url=url, shop_id=got.shop_id, public_jwk=got.public_jwk, pinned_at=now))
+        raise replay
     req = FabricationRequest(
         id=request_id,
         direction="incoming",
@@ -377,10 +426,37 @@ async def receive(
         messages=[],
     )
     session.add(req)
-    _message(req, direction="received", kind="request", signed=got.jws, payload=p)
-    await session.flush()
+    _message(req, direction="received", kind="request", signed=got.jws, payload=p, at=now)
+    try:
+        await session.flush()
+    except IntegrityError:
+        # The same request arrived twice at once (a retry racing the first attempt): the
+        # other copy's row won. The caller's transaction is rolled back; a 409, never a 500.
+        raise replay from None
     log.info("request %s received from shop %s (%s)", request_id, got.shop_id, mask_url(url))
     return req
+
+
+async def _pin(
+    session: AsyncSession, *, url: str, got: signing.Verified, now: dt.datetime
+) -> PeerKey:
+    """Pin a shop's key for its URL on first use; return the key pinned (ours or earlier).
+
+    One INSERT ... ON CONFLICT DO NOTHING: two first requests from a shop at once both
+    read the one pin, and neither fails on the unique URL.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(PeerKey)
+    await session.execute(
+        insert.values(
+            url=url, shop_id=got.shop_id, public_jwk=got.public_jwk, pinned_at=now
+        ).on_conflict_do_nothing(index_elements=[PeerKey.url])
+    )
+    return (
+        await session.execute(
+            select(PeerKey).where(PeerKey.url == url).execution_options(populate_existing=True)
+        )
+    ).scalar_one()
 
 
 # -- at B: answering -----------------------------------------------------------------------
@@ -389,6 +465,65 @@ async def receive(
 def _check_transition(req: FabricationRequest, status: str) -> None:
     if req.state not in AFTER[status]:
         raise ConflictError(f"request {req.id} is {req.state}: it cannot be {status} now")
+
+
+async def _move(session: AsyncSession, req: FabricationRequest, status: str) -> None:
+    """Move a request to `status` only if it is still in the state this transaction read.
+
+    One conditional UPDATE: of two operators answering at once, or an operator and the
+    requesting shop's reply, one wins and the other gets a 409, on SQLite (no row locks)
+    as on PostgreSQL.
+    """
+    result = await session.execute(
+        update(FabricationRequest)
+        .where(FabricationRequest.id == req.id, FabricationRequest.state == req.state)
+        .values(state=status)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise ConflictError(f"request {req.id} was answered meanwhile; reload it")
+
+
+async def _sign_update(
+    *,
+    session: AsyncSession,
+    settings: Settings,
+    shop: ShopKey,
+    req: FabricationRequest,
+    status: str,
+    now: dt.datetime,
+    fields: dict[str, Any],
+) -> RequestMessage:
+    """Sign a status update for the other shop, append it and queue its delivery."""
+    _check_transition(req, status)
+    issued, expires = signing.times(now, UPDATE_TTL_S)
+    payload: dict[str, Any] = {
+        "type": signing.UPDATE_TYPE,
+        "request": req.id,
+        "shop_id": shop.shop_id,
+        "key": shop.public_jwk(),
+        "url": await _own_url(session, settings),
+        "to": req.peer_shop_id,
+        "sequence": await report.next_sequence(session=session, now=now),
+        "issuedAt": issued,
+        "expiresAt": expires,
+        "status": status,
+        "reason": None,
+        "quote": None,
+        "proposedDate": None,
+        "outcome": None,
+        **fields,
+    }
+    signed = signing.sign(payload, shop)
+    await _move(session, req, status)
+    _apply(req, payload, now)
+    msg = _message(req, direction="sent", kind=status, signed=signed, payload=payload, at=now)
+    # Delivered after the commit, and again with backoff while the other shop is away.
+    from microfactory.network.requests import outbox  # outbox.py imports this module
+
+    outbox.enqueue(session=session, msg=msg, url=updates_url(req), now=now)
+    await session.flush()
+    return msg
 
 
 async def respond(
@@ -405,31 +540,48 @@ async def respond(
     outcome: str | None = None,
 ) -> RequestMessage:
     """Sign a status update for the requesting shop and append it (delivered after commit)."""
-    if req.direction != "incoming":
+    if req.direction != "incoming" or status not in FROM_MAKER:
         raise ConflictError("only the shop that makes a request sends its status updates")
-    _check_transition(req, status)
-    issued, expires = signing.times(now, TTL_S)
-    payload: dict[str, Any] = {
-        "type": signing.UPDATE_TYPE,
-        "request": req.id,
-        "shop_id": shop.shop_id,
-        "key": shop.public_jwk(),
-        "url": await _own_url(session, settings),
-        "to": req.peer_shop_id,
-        "sequence": await report.next_sequence(session=session, now=now),
-        "issuedAt": issued,
-        "expiresAt": expires,
-        "status": status,
-        "reason": reason,
-        "quote": quote,
-        "proposedDate": proposed_date,
-        "outcome": outcome,
-    }
-    signed = signing.sign(payload, shop)
-    _apply(req, payload, now)
-    msg = _message(req, direction="sent", kind=status, signed=signed, payload=payload)
-    await session.flush()
-    return msg
+    return await _sign_update(
+        session=session,
+        settings=settings,
+        shop=shop,
+        req=req,
+        status=status,
+        now=now,
+        fields={
+            "reason": reason,
+            "quote": quote,
+            "proposedDate": proposed_date,
+            "outcome": outcome,
+        },
+    )
+
+
+async def reply_to_counter(
+    *,
+    session: AsyncSession,
+    settings: Settings,
+    shop: ShopKey,
+    req: FabricationRequest,
+    agree: bool,
+    now: dt.datetime,
+    reason: str | None = None,
+) -> RequestMessage:
+    """At A: take (agreed) or turn down (withdrawn) the making shop's counter-offer, signed."""
+    if req.direction != "outgoing":
+        raise ConflictError("the shop that sent a request answers its counter-offer")
+    if req.state != "countered":
+        raise ConflictError(f"request {req.id} is {req.state}: there is no counter-offer to answer")
+    return await _sign_update(
+        session=session,
+        settings=settings,
+        shop=shop,
+        req=req,
+        status="agreed" if agree else "withdrawn",
+        now=now,
+        fields={"reason": reason, "proposedDate": _proposed_date(req)},
+    )
 
 
 def _apply(req: FabricationRequest, payload: dict[str, Any], now: dt.datetime) -> None:
@@ -438,6 +590,8 @@ def _apply(req: FabricationRequest, payload: dict[str, Any], now: dt.datetime) -
         req.quote = payload["quote"]
     if payload.get("outcome") is not None:
         req.outcome = str(payload["outcome"])
+    if payload.get("status") == "countered" and payload.get("proposedDate"):
+        req.due_date = str(payload["proposedDate"])[:10]
     req.updated_at = now
 
 
@@ -482,25 +636,29 @@ async def quote(
     }
 
 
-async def import_design(
-    *, session: AsyncSession, settings: Settings, user: User, req: FabricationRequest
-) -> Design:
-    """Return the request's design, fetched by hash from the requesting shop if not held.
-
-    The caller has ended its transaction: the fetch may take a while.
-    """
-    source = remote.Source(
+def _source(req: FabricationRequest) -> remote.Source:
+    return remote.Source(
         base_url=req.peer_url, content_hash=req.design_hash, shop_id=req.peer_shop_id
     )
+
+
+async def accept_source(
+    *, session: AsyncSession, user: User, request_id: str | uuid.UUID, status: str = "accepted"
+) -> remote.Source | None:
+    """Check a request may be accepted (or countered); return where to fetch its design.
+
+    None: the design is held here already.
+
+    Only reads: the caller ends the transaction before fetching, so a fetch that takes a
+    while holds no lock and no connection.
+    """
+    req = await get_visible(session=session, request_id=request_id, user=user)
+    if req.direction != "incoming":
+        raise ConflictError("this shop sent that request; the other shop answers it")
+    _check_transition(req, status)
+    source = _source(req)
     held = await remote.held_design(session=session, user=user, source=source)
-    if held is not None:
-        return held
-    await session.commit()
-    fetched = await remote.fetch_design(settings=settings, source=source)
-    design, _created = await remote.keep_design(
-        session=session, settings=settings, user=user, fetched=fetched
-    )
-    return design
+    return None if held is not None else source
 
 
 async def accept(
@@ -512,15 +670,28 @@ async def accept(
     request_id: str | uuid.UUID,
     body: Accept,
     now: dt.datetime,
+    fetched: remote.Fetched | None = None,
 ) -> tuple[FabricationRequest, Job, RequestMessage]:
-    """Accept a request: import its design by hash, make it a job, sign the quoted acceptance."""
-    req = await get_visible(session=session, request_id=request_id, user=user)
+    """Accept a request: keep its design (fetched by hash), make a job, sign the quote.
+
+    Everything here is one transaction, the caller's: the design kept, the job, the state
+    and the signed acceptance (queued in the outbox) are committed together or not at all,
+    so a failure anywhere leaves the request as it was, to accept again. The caller
+    discards the fetched files if it does not commit.
+    """
+    req = await get_visible(session=session, request_id=request_id, user=user, lock=True)
     if req.direction != "incoming":
         raise ConflictError("this shop sent that request; the other shop answers it")
-    _check_transition(req, "accepted")
-    design = await import_design(session=session, settings=settings, user=user, req=req)
-    req = await get_visible(session=session, request_id=request_id, user=user, lock=True)
     _check_transition(req, "accepted")  # answered meanwhile by another operator
+    if fetched is not None:
+        design, _created = await remote.keep_design(
+            session=session, settings=settings, user=user, fetched=fetched
+        )
+    else:
+        held = await remote.held_design(session=session, user=user, source=_source(req))
+        if held is None:
+            raise ConflictError("the request's design is no longer held here; accept again")
+        design = held
     if body.file_id is not None:
         design_file = design_service.get_file_or_raise(design, body.file_id)
     else:
@@ -538,9 +709,10 @@ async def accept(
         body=body,
         quantity=req.quantity,
     )
+    customer = await network_customer(session=session, req=req)
     job = await preparation.create_from_design(
         session=session,
-        owner=user,
+        owner=customer,
         design=design,
         design_file=design_file,
         parameters=req.parameters or None,
@@ -568,6 +740,137 @@ async def accept(
     return req, job, msg
 
 
+NETWORK_CUSTOMER_PREFIX = "network-"
+# Not an argon2 hash: no password ever matches it (verify_password answers False).
+_NO_PASSWORD_HASH = "!network-customer"  # noqa: S105 - a marker, not a secret
+
+
+async def network_customer(*, session: AsyncSession, req: FabricationRequest) -> User:
+    """Return the account that stands for the requesting shop here, made on first use.
+
+    Jobs made from its requests are its own, so the usage log, the queue's fair share and
+    statements show the work as that shop's (a "network" customer), not the operator's
+    who accepted it. It cannot log in; it is trusted (an operator accepted the request).
+    """
+    username = f"{NETWORK_CUSTOMER_PREFIX}{req.peer_shop_id[:24]}"
+    found = (
+        await session.execute(select(User).where(User.username == username))
+    ).scalar_one_or_none()
+    if found is not None:
+        return found
+    host = urlsplit(req.peer_url).netloc or req.peer_url
+    user = User(
+        username=username,
+        full_name=f"Network shop {host}"[:200],
+        role=Role.MEMBER,
+        trusted=True,
+        password_hash=_NO_PASSWORD_HASH,
+    )
+    session.add(user)
+    await session.flush()
+    return user
+
+
+async def network_statement(
+    *, session: AsyncSession, start: dt.datetime, end: dt.datetime
+) -> list[dict[str, Any]]:
+    """Return the work accepted for other shops in [start, end): one line per request.
+
+    Priced with the quote signed in the acceptance (this shop's rates at the time), which
+    is what the other shop agreed to; measured usage is in the network customer's usage.
+    """
+    rows = (
+        await session.execute(
+            select(FabricationRequest, Job)
+            .join(Job, Job.id == FabricationRequest.job_id)
+            .where(
+                FabricationRequest.direction == "incoming",
+                FabricationRequest.job_id.is_not(None),
+            )
+            .order_by(FabricationRequest.created_at)
+        )
+    ).all()
+    lines = []
+    for req, job in rows:
+        accepted = next((m for m in req.messages if m.kind == "accepted"), None)
+        if accepted is None or not start <= accepted.at < end:
+            continue
+        quote = dict(req.quote or {})
+        lines.append(
+            {
+                "request_id": req.id,
+                "accepted_at": accepted.at,
+                "customer": f"{NETWORK_CUSTOMER_PREFIX}{req.peer_shop_id[:24]}",
+                "shop_id": req.peer_shop_id,
+                "shop_url": req.peer_url,
+                "design_title": req.design_title,
+                "quantity": req.quantity,
+                "job_id": job.id,
+                "job_state": str(job.state),
+                "state": req.state,
+                "machine_minutes": int(quote.get("machineMinutes") or 0),
+                "material_grams": int(quote.get("materialGrams") or 0),
+                "total_cents": int(quote.get("totalCents") or 0),
+            }
+        )
+    return lines
+
+
+async def counter(
+    *,
+    session: AsyncSession,
+    settings: Settings,
+    shop: ShopKey,
+    user: User,
+    req: FabricationRequest,
+    proposed_date: str,
+    reason: str,
+    terms: Accept | None,
+    now: dt.datetime,
+    fetched: remote.Fetched | None = None,
+) -> RequestMessage:
+    """Propose another date (and a quote from the terms); A's agreement makes the job.
+
+    The design is kept (fetched by hash) to price it, as accepting would: its licence
+    decides whether it may carry a price. The terms (hours, grams, file, machine) are kept
+    with the request, so A agreeing accepts it with them, the countering operator owning
+    the job, without anyone at B.
+    """
+    design: Design | None
+    if fetched is not None:
+        design, _created = await remote.keep_design(
+            session=session, settings=settings, user=user, fetched=fetched
+        )
+    else:
+        design = await remote.held_design(session=session, user=user, source=_source(req))
+    quoted = None
+    if terms is not None and design is not None:
+        quoted = await quote(
+            session=session,
+            design=design,
+            kind=terms.machine_kind or MachineKind.FDM_PRINTER,
+            material=req.material,
+            body=terms,
+            quantity=req.quantity,
+        )
+        req.design_id = design.id
+    req.terms = {
+        "accept": (terms or Accept()).model_dump(mode="json"),
+        "operator_id": user.id,
+    }
+    return await respond(
+        session=session,
+        settings=settings,
+        shop=shop,
+        req=req,
+        status="countered",
+        now=now,
+        reason=reason,
+        quote=quoted,
+        proposed_date=proposed_date,
+    )
+
+
 # -- at A: receiving updates ---------------------------------------------------------------
 
 
@@ -587,10 +890,10 @@ async def receive_update(
     if p.get("request") != request_id:
         raise InvalidInputError("the update names another request than the URL")
     req = await _get(session, request_id, lock=True)
-    if req is None or req.direction != "outgoing":
+    if req is None:
         raise NotFoundError(f"request {request_id} not found")
     if got.shop_id != req.peer_shop_id:
-        raise NotAuthenticatedError("the update is not signed by the shop the request was sent to")
+        raise NotAuthenticatedError("the update is not signed by the other shop of the request")
     if got.sequence <= req.last_peer_sequence:
         raise ConflictError(
             f"update sequence {got.sequence} is not after {req.last_peer_sequence} (a replay)"
@@ -598,14 +901,24 @@ async def receive_update(
     status = p.get("status")
     if status not in signing.STATUSES:
         raise InvalidInputError(f'"status" must be one of {", ".join(signing.STATUSES)}')
+    # The maker (B) reports to the requester (A); A only answers a counter-offer.
+    allowed = FROM_MAKER if req.direction == "outgoing" else FROM_REQUESTER
+    if status not in allowed:
+        raise ConflictError(f"the other shop of this request does not send {status!r}")
     _check_transition(req, str(status))
+    await _move(session, req, str(status))
     if p.get("outcome") not in (None, "good", "bad"):
         raise InvalidInputError('"outcome" must be good, bad or null')
-    if p.get("quote") is not None and not isinstance(p.get("quote"), dict):
+    quoted = p.get("quote")
+    if quoted is not None and not isinstance(quoted, dict):
         raise InvalidInputError('"quote" must be an object or null')
+    for name in ("totalCents", "machineCents", "materialCents"):
+        cents = (quoted or {}).get(name)
+        if cents is not None and (not isinstance(cents, int) or isinstance(cents, bool)):
+            raise InvalidInputError(f'"quote.{name}" must be an integer number of cents')
     _apply(req, p, now)
     req.last_peer_sequence = got.sequence
-    _message(req, direction="received", kind=str(status), signed=got.jws, payload=p)
+    _message(req, direction="received", kind=str(status), signed=got.jws, payload=p, at=now)
     await session.flush()
     log.info("request %s: %s from shop %s", request_id, status, got.shop_id)
     return req

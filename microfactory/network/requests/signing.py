@@ -19,6 +19,8 @@ An update (B → A):
      "expiresAt": .., "status": accepted|countered|declined|started|finished|collected,
      "reason": .. | null, "quote": {..} | null, "proposedDate": .. | null,
      "outcome": good|bad|null}
+A reply to a counter-offer (A → B, to B's `/requests/{id}/updates`): the same type, signed
+by A, with "status": agreed|withdrawn and the "proposedDate" agreed to.
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ from microfactory.network.identity import ShopKey
 
 REQUEST_TYPE = "microfactory.fabrication-request/1"
 UPDATE_TYPE = "microfactory.fabrication-update/1"
-STATUSES = ("accepted", "countered", "declined", "started", "finished", "collected")
+STATUSES = (
+    "accepted", "countered", "declined", "started", "finished", "collected",
+    # from the requesting shop: its answer to a counter-offer
+    "agreed", "withdrawn",
+)  # fmt: skip
 MAX_JWS_BYTES = 64 * 1024
 _REGISTRY = JWSRegistry(algorithms=list(hub_verify.ALGORITHMS))
 
@@ -91,8 +97,11 @@ def _public_key(value: Any) -> tuple[dict[str, Any], OKPKey]:
     return public, key
 
 
-def verify(token: str | bytes, *, kind: str, to: str) -> Verified:
-    """Check a message's form (400), its key and signature (401), and that it is for us (422)."""
+def verify(token: str | bytes, *, kind: str, to: str | None) -> Verified:
+    """Check a message's form (400), its key and signature (401), and that it is for us (422).
+
+    `to` None: a message for anyone (a shop's design list, pushed to hubs).
+    """
     raw = token.encode() if isinstance(token, str) else token
     if len(raw) > MAX_JWS_BYTES:
         raise BadRequestError(f"the message is larger than {MAX_JWS_BYTES} bytes")
@@ -117,7 +126,7 @@ def verify(token: str | bytes, *, kind: str, to: str) -> Verified:
             jws.deserialize_compact(text, key, registry=_REGISTRY)
     except JoseError:
         raise NotAuthenticatedError("the message's signature does not verify") from None
-    if payload.get("to") != to:
+    if to is not None and payload.get("to") != to:
         raise InvalidInputError(
             "the message is addressed to another shop", reason="wrong_recipient"
         )

@@ -3,7 +3,8 @@
 A job made from an incoming request sends the requesting shop a signed update when it
 starts on a machine (`started`) and when its bed is cleared with an outcome (`finished`,
 good or bad). Each runs after the lifecycle's commit, in a transaction of its own, then
-delivers the update; an operator may still report by hand what the machine cannot tell
+delivers the update through the outbox (retried while the requesting shop is away); an
+operator may still report by hand what the machine cannot tell
 (`collected`).
 """
 
@@ -19,7 +20,7 @@ from microfactory.config import Settings
 from microfactory.events import EventBus, JobChanged
 from microfactory.jobs.models import Job
 from microfactory.network import identity
-from microfactory.network.requests import service
+from microfactory.network.requests import outbox, service
 from microfactory.network.requests.models import FabricationRequest
 
 log = logging.getLogger("microfactory.network.requests")
@@ -63,12 +64,10 @@ async def on_job_changed(
             now=event.at,
             outcome=outcome,
         )
-        url = f"{req.peer_url}{service.REQUESTS_PATH}/{req.id}/updates"
-        message_id, token, request_id = msg.id, msg.jws, req.id
-    code, note = await service.deliver(url, token)
-    async with sessionmaker() as session, session.begin():
-        await service.note_delivery(session=session, message_id=message_id, status=code, note=note)
-    log.info("request %s: %s sent to the requesting shop (%s)", request_id, status, note)
+        request_id, kind = req.id, msg.kind
+    # After the commit; retried by the outbox while the requesting shop is away.
+    await outbox.deliver_request(sessionmaker=sessionmaker, request_id=request_id)
+    log.info("request %s: %s signed for the requesting shop", request_id, kind)
 
 
 def subscribe(

@@ -7,6 +7,7 @@ expired, addressed elsewhere, signed by the wrong shop, a key other than the pin
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import uuid
@@ -22,8 +23,9 @@ from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, TokenKind
 from microfactory.accounts.schemas import UserCreate
 from microfactory.config import Settings
+from microfactory.errors import InsufficientStorageError
 from microfactory.network import identity
-from microfactory.network.requests import signing
+from microfactory.network.requests import outbox, signing
 from microfactory.network.requests.models import FabricationRequest
 from tests.conftest import UserFactory
 
@@ -432,3 +434,223 @@ async def test_a_shop_named_only_by_its_id_is_looked_up_on_the_hubs(
     )
     assert resp.status_code == 422, resp.text
     assert "no hub is configured" in resp.json()["detail"]
+
+
+async def test_the_same_request_arriving_several_times_at_once_is_taken_once(
+    client: httpx.AsyncClient, settings: Settings, make_user: UserFactory
+) -> None:
+    b = _ours(settings)
+    _, operator = await make_user(Role.OPERATOR)
+    # A shop's first requests, sent twice each at once (a retry racing the first attempt):
+    # the key is pinned once, each request taken once, every other copy a clean 409.
+    a = _other_shop()
+    tokens = [_request(a, b.shop_id, sequence=n) for n in (1, 2)]
+    answers = await asyncio.gather(
+        *(
+            client.post("/api/v1/network/requests", content=token, headers=JOSE)
+            for token, _ in tokens
+            for _copy in range(3)
+        )
+    )
+    codes = [r.status_code for r in answers]
+    assert sorted(codes) == [201, 201, 409, 409, 409, 409], [r.text for r in answers]
+    assert all("replay" in r.json()["detail"] for r in answers if r.status_code == 409)
+    for _, payload in tokens:
+        shown = await client.get(f"/api/v1/network/requests/{payload['id']}", headers=operator)
+        assert shown.status_code == 200, shown.text
+        assert [m["kind"] for m in shown.json()["messages"]] == ["request"]
+
+
+async def test_an_acceptance_failing_midway_leaves_the_request_to_accept_again(
+    client: httpx.AsyncClient,
+    settings: Settings,
+    make_user: UserFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    b = _ours(settings)
+    a = _other_shop()
+    _, operator = await make_user(Role.OPERATOR)
+    _, admin = await make_user(Role.ADMIN)
+    design = await client.post(
+        "/api/v1/designs",
+        headers=operator,
+        data={"title": "Hook", "licence": "CC-BY-4.0"},
+        files={"files": ("hook.gcode", GCODE, "text/x-gcode")},
+    )
+    assert design.status_code == 201, design.text
+    token, payload = _request(
+        a, b.shop_id, design={"hash": design.json()["content_hash"], "title": "Hook"},
+        parameters={}, quantity=1,
+    )  # fmt: skip
+    assert (await client.post("/api/v1/network/requests", content=token, headers=JOSE)).is_success
+    url = f"/api/v1/network/requests/{payload['id']}"
+    jobs_before = (await client.get("/api/v1/jobs", headers=operator)).json()
+
+    # The job is made, then signing the acceptance fails (the key's disk went away, say).
+    real_sign = signing.sign
+
+    def broken(*args: Any, **kw: Any) -> str:
+        raise InsufficientStorageError("cannot read the shop key")
+
+    monkeypatch.setattr(signing, "sign", broken)
+    failed = await client.post(
+        f"{url}/accept", json={"machine_kind": "fdm_printer"}, headers=operator
+    )
+    assert failed.status_code == 507, failed.text
+    still = (await client.get(url, headers=operator)).json()
+    assert (still["state"], still["job_id"], still["quote"]) == ("received", None, None)
+    assert [m["kind"] for m in still["messages"]] == ["request"]
+    assert (await client.get("/api/v1/jobs", headers=operator)).json() == jobs_before
+
+    monkeypatch.setattr(signing, "sign", real_sign)
+    rate = await client.put(
+        "/api/v1/rates/machine-kinds/fdm_printer", json={"cents_per_hour": 400}, headers=operator
+    )
+    assert rate.status_code == 200, rate.text
+    done = await client.post(
+        f"{url}/accept", json={"machine_kind": "fdm_printer", "hours": 1.5}, headers=operator
+    )
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert body["state"] == "accepted"
+    assert body["job_id"] is not None
+    # One job, and the signed acceptance queued for A (who is away: retried later).
+    jobs_after = (await client.get("/api/v1/jobs", headers=operator)).json()
+    assert len(jobs_after) == len(jobs_before) + 1
+    sent = body["messages"][-1]
+    assert (sent["kind"], sent["delivery_state"]) == ("accepted", "pending")
+    assert sent["next_attempt_at"] is not None
+
+    # The work is the other shop's, a network customer here, at the signed quote's price.
+    statement = await client.get(
+        "/api/v1/network/requests/statement?month=2026-11", headers=operator
+    )
+    assert statement.status_code == 200, statement.text
+    lines = statement.json()["lines"]
+    assert [(x["request_id"], x["shop_id"], x["total_cents"]) for x in lines] == [
+        (payload["id"], a.shop_id, 600)
+    ]
+    assert statement.json()["total_cents"] == 600
+    job = (await client.get(f"/api/v1/jobs/{body['job_id']}", headers=operator)).json()
+    users = (await client.get("/api/v1/users", headers=admin)).json()
+    owner = next(u for u in users if u["id"] == job["owner_id"])
+    assert owner["username"] == lines[0]["customer"]
+    assert owner["username"].startswith("network-")
+    empty = await client.get("/api/v1/network/requests/statement?month=2026-10", headers=operator)
+    assert empty.json()["lines"] == []
+
+
+async def test_an_answer_the_other_shop_did_not_take_waits_in_the_outbox_across_restarts(
+    app: Any, client: httpx.AsyncClient, settings: Settings, make_user: UserFactory
+) -> None:
+    b = _ours(settings)
+    _, operator = await make_user(Role.OPERATOR)
+    now = dt.datetime.now(dt.UTC)  # the scheduler's tick reads the real clock
+    app.state.clock = lambda: now
+    token, payload = _request(_other_shop(), b.shop_id, issued=now)
+    assert (await client.post("/api/v1/network/requests", content=token, headers=JOSE)).is_success
+    url = f"/api/v1/network/requests/{payload['id']}"
+    resp = await client.post(f"{url}/decline", json={"reason": "closed"}, headers=operator)
+    assert resp.status_code == 200, resp.text
+    sent = resp.json()["messages"][-1]
+    assert (sent["delivery_state"], sent["delivery_attempts"]) == ("pending", 1)
+    assert "cannot reach" in sent["delivery"]
+
+    # Another process (a restart) finds it in the database and tries at once, whatever
+    # backoff the last one had reached; A is still away, so it stays pending, backing off.
+    await outbox.outbox_tick(app.state.sessionmaker, "after-a-restart", {})
+    again = (await client.get(url, headers=operator)).json()["messages"][-1]
+    assert (again["delivery_state"], again["delivery_attempts"]) == ("pending", 2)
+    assert again["next_attempt_at"] is not None
+    assert [outbox.backoff_s(n) for n in (1, 2, 3, 10)] == [2.0, 4.0, 8.0, 120.0]
+
+    # Past the message's own expiry it is given up, and shown so (A would refuse it).
+    await outbox.deliver_request(
+        sessionmaker=app.state.sessionmaker,
+        request_id=payload["id"],
+        now=now + dt.timedelta(days=2),
+    )
+    gone = (await client.get(url, headers=operator)).json()["messages"][-1]
+    assert gone["delivery_state"] == "expired"
+    assert gone["next_attempt_at"] is None
+
+
+async def test_a_public_designs_page_offers_to_make_it_elsewhere_with_the_send_form(
+    app: Any, client: httpx.AsyncClient
+) -> None:
+    app.state.settings = app.state.settings.model_copy(update={"network_publish": True})
+    async with await _browser(app, client, Role.MEMBER) as web:
+        added = await web.post(
+            "/designs/new",
+            data={"csrf_token": CSRF, "title": "Knob", "licence": "CC-BY-4.0",
+                  "visibility": "public"},
+            files={"files": ("knob.gcode", GCODE, "text/x-gcode")},
+        )  # fmt: skip
+        assert added.status_code == 303, added.text
+        design_url = added.headers["location"]
+        page = await web.get(design_url)
+        assert 'id="make-elsewhere"' in page.text
+        design_id = design_url.rstrip("/").split("/")[-1]
+        form = await web.get(f"/network/requests/new?design_id={design_id}&material=PETG")
+        assert form.status_code == 200, form.text
+        assert "Make “Knob” elsewhere" in form.text
+        assert 'name="design_id" value="' + design_id in form.text
+        assert 'value="PETG"' in form.text
+        # No hub here: the form says why it cannot route, and takes a shop's URL instead.
+        assert "no hub is configured" in form.text
+        assert 'name="shop_url"' in form.text
+        refused = await web.post(
+            "/network/requests/send",
+            data={"csrf_token": CSRF, "back": "new", "design_id": design_id,
+                  "shop_url": "ftp://example.org", "due_date": "2026-12-10"},
+        )  # fmt: skip
+        assert refused.status_code == 303
+        assert refused.headers["location"].startswith("/network/requests/new?design_id=")
+        again = await web.get(refused.headers["location"])
+        assert 'role="alert"' in again.text
+        assert "http" in again.text
+
+
+async def test_a_member_agrees_to_a_counter_offer_from_the_page_signed_for_the_other_shop(
+    app: Any, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    a = _ours(settings)
+    b = _other_shop()
+    async with await _browser(app, client, Role.MEMBER) as web:
+        me = (await web.get("/api/v1/users/me")).json()
+        request_id = str(uuid.uuid4())
+        async with app.state.sessionmaker() as session, session.begin():
+            session.add(
+                FabricationRequest(
+                    id=request_id, direction="outgoing", state="sent", peer_shop_id=b.shop_id,
+                    peer_url=PEER_URL, design_hash=HASH, design_title="Bracket", parameters={},
+                    material="PLA", quantity=1, due_date="2026-12-10", requester="x",
+                    member_id=me["id"], last_peer_sequence=0, created_at=NOW, updated_at=NOW,
+                    messages=[],
+                )
+            )  # fmt: skip
+        offer = _update(
+            b, a.shop_id, request_id, "countered", sequence=3, proposedDate="2026-12-20",
+            reason="booked until then", quote={"totalCents": 900},
+        )  # fmt: skip
+        taken = await client.post(
+            f"/api/v1/network/requests/{request_id}/updates", content=offer, headers=JOSE
+        )
+        assert taken.status_code == 200, taken.text
+        page = await web.get(f"/network/requests/{request_id}")
+        assert "Accept the new date" in page.text
+        assert "2026-12-20" in page.text
+        done = await web.post(
+            f"/network/requests/{request_id}/reply", data={"csrf_token": CSRF, "agree": "true"}
+        )
+        assert done.status_code == 303, done.text
+        assert "retrying" in done.headers["location"]  # B (PEER_URL) is not listening
+        body = (await web.get(f"/api/v1/network/requests/{request_id}")).json()
+        assert body["state"] == "agreed"
+        reply = signing.verify(body["messages"][-1]["jws"], kind=signing.UPDATE_TYPE, to=b.shop_id)
+        assert (reply.shop_id, reply.payload["status"]) == (a.shop_id, "agreed")
+        assert reply.payload["proposedDate"] == "2026-12-20"
+        twice = await web.post(
+            f"/network/requests/{request_id}/reply", data={"csrf_token": CSRF, "agree": "false"}
+        )
+        assert "error=" in twice.headers["location"]
