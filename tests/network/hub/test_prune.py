@@ -56,7 +56,8 @@ async def test_the_scheduler_prunes_superseded_long_expired_and_revoked_reports(
         holder="test",
         now=NOW + dt.timedelta(minutes=1),
     )
-    assert ran is not None and "prune_hub_reports" in ran
+    assert ran is not None
+    assert "prune_hub_reports" in ran
     assert await _stored(app) == [(busy.shop_id, 3)]  # the newest of the one live shop
 
     # The shop list forgot the shop gone a week; its pin remembers its last sequence.
