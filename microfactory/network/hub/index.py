@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.errors import BadRequestError
-from microfactory.network.hub.models import HubOffer, HubShopIndex
+from microfactory.network.hub.models import HubIndexLog, HubIndexVersion, HubOffer, HubShopIndex
 from microfactory.network.hub.verify import VerifiedReport
 
 PROCESSES = ("fdm_printing", "cnc_milling", "laser_cutting")
@@ -100,9 +101,14 @@ def _equipment(okw: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _free_hours(live: dict[str, Any]) -> dict[tuple[str, str], dict[str, float]]:
-    """Return free hours by (process, lower-case material) and ISO day."""
+    """Return free hours by (process, lower-case material) and ISO day.
+
+    The hot loop of ingest (a week of entries per process and material): checks are kept
+    to one pass, and a field's name is only formatted for an error.
+    """
     free: dict[tuple[str, str], dict[str, float]] = {}
     days_seen: set[str] = set()
+    keys: dict[tuple[str, str], tuple[str, str]] = {}
     for n, raw in enumerate(_list(live.get("freeHours"), "live.freeHours")):
         if not isinstance(raw, dict):
             raise BadRequestError(f"live.freeHours[{n}] must be an object")
@@ -115,9 +121,18 @@ def _free_hours(live: dict[str, Any]) -> dict[tuple[str, str], dict[str, float]]
             except ValueError:
                 raise BadRequestError(f"live.freeHours[{n}].date is not an ISO date") from None
             days_seen.add(day)
-        hours = max(_num(raw.get("hours"), f"live.freeHours[{n}].hours"), 0.0)
-        key = (process, material.strip().lower())
-        free.setdefault(key, {})[day] = free.get(key, {}).get(day, 0.0) + hours
+        value = raw.get("hours")
+        if (type(value) is float and math.isfinite(value)) or type(value) is int:
+            hours = max(float(value), 0.0)
+        else:
+            hours = max(_num(value, f"live.freeHours[{n}].hours"), 0.0)
+        key = keys.get((process, material))
+        if key is None:
+            key = keys[(process, material)] = (process, material.strip().lower())
+        per_day = free.get(key)
+        if per_day is None:
+            per_day = free[key] = {}
+        per_day[day] = per_day.get(day, 0.0) + hours
     return free
 
 
@@ -152,13 +167,27 @@ def _on_hand(live: dict[str, Any]) -> dict[str, float] | None:
     return amounts
 
 
+_WEEKS: dict[str, tuple[str, ...]] = {}  # first day as written -> FREE_DAYS ISO days
+
+
+def _week(first_day: str) -> tuple[str, ...]:
+    week = _WEEKS.get(first_day)
+    if week is None:
+        if len(_WEEKS) > 64:  # reports name this week's days: a few keys at a time
+            _WEEKS.clear()
+        first = dt.date.fromisoformat(first_day)
+        week = _WEEKS[first_day] = tuple(
+            (first + dt.timedelta(days=i)).isoformat() for i in range(FREE_DAYS)
+        )
+    return week
+
+
 def _days(per_day: dict[str, float]) -> tuple[str, str]:
     """Return (first day, comma-separated hours for FREE_DAYS days from it)."""
     if not per_day:
         return "", ""
-    first = dt.date.fromisoformat(min(per_day))
-    hours = [per_day.get((first + dt.timedelta(days=i)).isoformat(), 0.0) for i in range(FREE_DAYS)]
-    return first.isoformat(), ",".join(f"{h:g}" for h in hours)
+    week = _week(min(per_day))
+    return week[0], ",".join(f"{per_day.get(day, 0.0):g}" for day in week)
 
 
 @dataclass(frozen=True)
@@ -267,10 +296,7 @@ async def index_report(
     objects: 0.1 ms instead of 1 ms for a report with 10 offers.
     """
     derived = derived or derive(report, cursor)
-    await drop_shop(session=session, shop_id=report.shop_id)
-    await session.execute(insert(HubShopIndex), [{**derived.shop, "report_cursor": cursor}])
-    if derived.offers:
-        await session.execute(insert(HubOffer), derived.offers)
+    await index_many(session=session, reports=[(report, derived, cursor)])
 
 
 async def index_many(
@@ -280,17 +306,45 @@ async def index_many(
     if not reports:
         return
     shop_ids = [r.shop_id for r, _, _ in reports]
-    await session.execute(delete(HubOffer).where(HubOffer.shop_id.in_(shop_ids)))
-    await session.execute(delete(HubShopIndex).where(HubShopIndex.shop_id.in_(shop_ids)))
+    await _drop(session, shop_ids)
     await session.execute(
         insert(HubShopIndex), [{**d.shop, "report_cursor": c} for _, d, c in reports]
     )
     offers = [o for _, d, _ in reports for o in d.offers]
     if offers:
         await session.execute(insert(HubOffer), offers)
+    await bump(session=session, shop_ids=shop_ids)
+
+
+async def _drop(session: AsyncSession, shop_ids: list[str]) -> None:
+    await session.execute(delete(HubOffer).where(HubOffer.shop_id.in_(shop_ids)))
+    await session.execute(delete(HubShopIndex).where(HubShopIndex.shop_id.in_(shop_ids)))
 
 
 async def drop_shop(*, session: AsyncSession, shop_id: str) -> None:
-    """Remove a shop from the index (revoked, or about to be re-indexed)."""
-    await session.execute(delete(HubOffer).where(HubOffer.shop_id == shop_id))
-    await session.execute(delete(HubShopIndex).where(HubShopIndex.shop_id == shop_id))
+    """Remove a shop from the index (revoked)."""
+    await _drop(session, [shop_id])
+    await bump(session=session, shop_ids=[shop_id])
+
+
+async def bump(*, session: AsyncSession, shop_ids: Iterable[str]) -> int:
+    """Give this transaction's changes to the index a new version; log the shops changed.
+
+    Call it last, after the index rows changed: the UPDATE locks the version row until
+    commit, which serialises the index's writers (see `memindex`), so the lock should be
+    held for as short a time as can be.
+    """
+    result = await session.execute(
+        update(HubIndexVersion)
+        .where(HubIndexVersion.id == 1)
+        .values(version=HubIndexVersion.version + 1)
+        .returning(HubIndexVersion.version)
+    )
+    version = result.scalar_one_or_none()
+    if version is None:  # a database whose tables were emptied (the tests do)
+        version = 1
+        await session.execute(insert(HubIndexVersion), [{"id": 1, "version": 1, "log_floor": 0}])
+    rows = [{"version": version, "shop_id": s} for s in sorted(set(shop_ids))]
+    if rows:
+        await session.execute(insert(HubIndexLog), rows)
+    return int(version)

@@ -10,7 +10,8 @@ microfactory/scheduler.py) deletes, at most every PRUNE_EVERY_S:
 - reports that expired more than EXPIRED_KEEP ago, with their shops' index rows: the shop
   list marks an expired shop for a week, then forgets it (its pin and last sequence stay,
   so a replay of an old report is still refused);
-- the reports of revoked shops (never served, never indexed).
+- the reports of revoked shops (never served, never indexed);
+- the routing index's change log beyond its last LOG_KEEP versions (`memindex`).
 
 The report with the highest cursor is always kept: SQLite hands out max(cursor) + 1 to the
 next report, so deleting the top one could give a new report a cursor that a mirroring hub
@@ -25,16 +26,26 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import CursorResult, delete, func, select
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from microfactory.config import Settings
-from microfactory.network.hub.models import HubOffer, HubReport, HubShop, HubShopIndex, PinStatus
+from microfactory.network.hub import index
+from microfactory.network.hub.models import (
+    HubIndexLog,
+    HubIndexVersion,
+    HubOffer,
+    HubReport,
+    HubShop,
+    HubShopIndex,
+    PinStatus,
+)
 
 log = logging.getLogger(__name__)
 
 EXPIRED_KEEP = dt.timedelta(days=7)
+LOG_KEEP = 50_000  # versions of the index's change log kept: a copy further behind reloads
 PRUNE_EVERY_S = 600.0  # the scheduler ticks every 30 s; pruning more often buys nothing
 
 
@@ -78,18 +89,29 @@ async def prune_reports(*, session: AsyncSession, now: dt.datetime) -> Pruned:
         .where(HubReport.cursor < top, HubReport.shop_id.in_(revoked_ids))
         .execution_options(synchronize_session=False)
     )
-    stale_ids = select(HubShopIndex.shop_id).where(HubShopIndex.expires_at < cutoff)
-    await session.execute(
-        delete(HubOffer)
-        .where(HubOffer.shop_id.in_(stale_ids))
-        .execution_options(synchronize_session=False)
+    stale = list(
+        (
+            await session.execute(
+                select(HubShopIndex.shop_id).where(HubShopIndex.expires_at < cutoff)
+            )
+        ).scalars()
     )
-    forgotten = await session.execute(
-        delete(HubShopIndex)
-        .where(HubShopIndex.expires_at < cutoff)
-        .execution_options(synchronize_session=False)
-    )
-    pruned = Pruned(_count(superseded), _count(expired), _count(revoked), _count(forgotten))
+    for start in range(0, len(stale), 500):
+        some = stale[start : start + 500]
+        await session.execute(
+            delete(HubOffer)
+            .where(HubOffer.shop_id.in_(some))
+            .execution_options(synchronize_session=False)
+        )
+        await session.execute(
+            delete(HubShopIndex)
+            .where(HubShopIndex.shop_id.in_(some))
+            .execution_options(synchronize_session=False)
+        )
+    await _prune_log(session)
+    if stale:  # last: the version row's lock is held until commit
+        await index.bump(session=session, shop_ids=stale)
+    pruned = Pruned(_count(superseded), _count(expired), _count(revoked), len(stale))
     if any((pruned.superseded, pruned.expired, pruned.revoked, pruned.shops_forgotten)):
         log.info(
             "hub: pruned %s superseded, %s expired and %s revoked shops' reports; "
@@ -101,6 +123,26 @@ async def prune_reports(*, session: AsyncSession, now: dt.datetime) -> Pruned:
             cutoff.isoformat(timespec="minutes"),
         )
     return pruned
+
+
+async def _prune_log(session: AsyncSession) -> None:
+    """Keep the index's change log to its last LOG_KEEP versions (see `memindex`)."""
+    version = (
+        await session.execute(select(HubIndexVersion.version).where(HubIndexVersion.id == 1))
+    ).scalar_one_or_none()
+    if version is None or version - LOG_KEEP <= 0:
+        return
+    floor = version - LOG_KEEP
+    await session.execute(
+        delete(HubIndexLog)
+        .where(HubIndexLog.version < floor)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        update(HubIndexVersion)
+        .where(HubIndexVersion.id == 1, HubIndexVersion.log_floor < floor)
+        .values(log_floor=floor)
+    )
 
 
 _last_run: dict[str, dt.datetime] = {}
