@@ -128,9 +128,7 @@ async def test_the_in_memory_index_answers_as_the_tables_do(
     try:
         near = Shop("New in Brussels", lat=50.85, lon=4.35,
                     equipment=[fdm("XL", 360, 360, 360, ["PETG"])])  # fmt: skip
-        resp = await client.post(
-            "/api/v1/network/reports", content=near.jws(now=NOW), headers=JOSE
-        )
+        resp = await client.post("/api/v1/network/reports", content=near.jws(now=NOW), headers=JOSE)
         assert resp.status_code == 202, resp.text
         async with make_sessionmaker(other)() as session:
             elsewhere = await memindex.current(session)  # a second copy, in "another process"
