@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.network.hub.models import HubIndexLog, HubIndexVersion, HubOffer, HubShopIndex
 
-CELL_DEG = 1.0  # a cell is 1° × 1°: ~100 shops each at 100,000 shops over Europe
+CELL_DEG = 0.5  # a cell is 0.5° × 0.5°: ~25 shops each at 100,000 shops over Europe
 EARTH_KM = 6371.0088  # as routing's haversine
 KM_PER_DEG_LAT = math.pi * EARTH_KM / 180.0
 RELOAD_IN = 500  # shops per IN (...) when reloading changed shops
