@@ -8,6 +8,7 @@ material it works), so the index never holds anything a stored, verified report 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -191,23 +192,73 @@ def _days(per_day: dict[str, float]) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class Derived:
-    """The index rows a report gives: the shop's row and its offers (column dicts)."""
+class _Parsed:
+    lat: float
+    lon: float
+    city: str
+    country: str
+    equipment: list[dict[str, Any]]
+    free: dict[tuple[str, str], dict[str, float]]
+    waits: dict[str, dict[str, float]]
+    on_hand: dict[str, float] | None
+    timezone: str
+    name: str
 
-    shop: dict[str, Any]
-    offers: list[dict[str, Any]]
+
+class Derived:
+    """The index rows a report gives: the shop's row and its offers (column dicts).
+
+    The report's fields are checked when it is derived (400 on a bad one); the rows are
+    built when first read, so a report superseded in the same page of a mirror (checked,
+    stored, never indexed) costs only the checks.
+    """
+
+    def __init__(self, report: VerifiedReport, cursor: int, parsed: _Parsed) -> None:
+        self._report, self._cursor, self._parsed = report, cursor, parsed
+
+    @functools.cached_property
+    def _rows(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return _build(self._report, self._cursor, self._parsed)
+
+    @property
+    def shop(self) -> dict[str, Any]:
+        """The shop's `hub_shop_index` row."""
+        return self._rows[0]
+
+    @property
+    def offers(self) -> list[dict[str, Any]]:
+        """Its `hub_offers` rows."""
+        return self._rows[1]
 
 
 def derive(report: VerifiedReport, cursor: int = 0) -> Derived:
-    """Build the shop's index row and offers from a verified report (400 on a bad field)."""
+    """Check a verified report's fields for the index (400 on a bad one); see `Derived`."""
     okw, live = report.payload["okw"], report.payload["live"]
     lat, lon, city, country = location(okw)
     equipment = _equipment(okw)
     free = _free_hours(live)
     waits = _waits(live)
     on_hand = _on_hand(live)
+    _typical(okw)
     timezone = _str(live.get("timezone"), 64) or "UTC"
     name = _str(okw.get("name")) or report.shop_id[:12]
+    parsed = _Parsed(lat, lon, city, country, equipment, free, waits, on_hand, timezone, name)
+    return Derived(report, cursor, parsed)
+
+
+def _typical(okw: dict[str, Any]) -> list[str]:
+    return [
+        m for m in _list(okw.get("typicalMaterials"), "okw.typicalMaterials") if isinstance(m, str)
+    ]
+
+
+def _build(
+    report: VerifiedReport, cursor: int, parsed: _Parsed
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    okw = report.payload["okw"]
+    lat, lon, city, country = parsed.lat, parsed.lon, parsed.city, parsed.country
+    equipment, free, waits, on_hand = parsed.equipment, parsed.free, parsed.waits, parsed.on_hand
+    timezone, name = parsed.timezone, parsed.name
     offers = []
     columns = {key: _days(per_day) for key, per_day in free.items()}
     for item in equipment:
@@ -239,9 +290,7 @@ def derive(report: VerifiedReport, cursor: int = 0) -> Derived:
                 }
             )
     processes = sorted({e["process"] for e in equipment})
-    typical = [
-        m for m in _list(okw.get("typicalMaterials"), "okw.typicalMaterials") if isinstance(m, str)
-    ]
+    typical = _typical(okw)
     materials = sorted({m for e in equipment for m in e["materials"]} | set(typical), key=str.lower)
     free_by_process: dict[str, dict[str, float]] = {}
     for (process, _material), per_day in free.items():
@@ -279,7 +328,7 @@ def derive(report: VerifiedReport, cursor: int = 0) -> Derived:
             "freeHours": {p: dict(sorted(d.items())) for p, d in sorted(free_by_process.items())},
         },
     }
-    return Derived(row, offers)
+    return row, offers
 
 
 async def index_report(
