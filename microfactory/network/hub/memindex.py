@@ -38,11 +38,16 @@ from microfactory.network.hub.models import HubIndexLog, HubIndexVersion, HubOff
 CELL_DEG = 0.5  # a cell is 0.5° × 0.5°: ~25 shops each at 100,000 shops over Europe
 EARTH_KM = 6371.0088  # as routing's haversine
 KM_PER_DEG_LAT = math.pi * EARTH_KM / 180.0
+LOAD_PART = 5000  # offer rows fetched at a time on a full load
 RELOAD_IN = 500  # shops per IN (...) when reloading changed shops
 LON_CELLS = range(math.floor(-180 / CELL_DEG), math.floor(180 / CELL_DEG) + 1)
 
 _Cell = tuple[int, int]
 # The columns of hub_offers routing reads; an Offer adds what it derives from them.
+SHARED = frozenset(
+    ("expires_at", "free_from", "machine", "material", "process", "shop_id", "shop_name",
+     "timezone")
+)  # fmt: skip
 COLUMNS = (
     "dim_a", "dim_b", "dim_c", "expires_at", "free_from", "free_hours", "id", "laser_w", "lat",
     "lon", "machine", "material", "nozzle_mm", "on_hand", "process", "quantity", "shop_id",
@@ -103,9 +108,12 @@ class Offer:
     timezone: str
     wait_h: float
 
-    def __init__(self, row: Any) -> None:
+    def __init__(self, row: Any, shared: dict[Any, Any]) -> None:
         for name in COLUMNS:
-            setattr(self, name, getattr(row, name))
+            value = getattr(row, name)
+            if name in SHARED:  # the same few values in many rows: kept once
+                value = shared.setdefault(value, value)
+            setattr(self, name, value)
         self.hours = tuple(float(t) for t in self.free_hours.split(",")) if self.free_hours else ()
         self.p2 = math.radians(self.lat)
         self.cos_p2 = math.cos(self.p2)
@@ -243,22 +251,29 @@ class MemIndex:
             if at is not None:
                 at[:] = [o for o in at if o is not offer]
 
-    def _add(self, shops: Iterable[Any], offers: Iterable[Any]) -> None:
+    def _add(
+        self, shops: Iterable[Any], offers: Iterable[Any], shared: dict[Any, Any] | None = None
+    ) -> None:
+        shared = {} if shared is None else shared
         for row in shops:
             shop = Shop(row)
             self.shops[shop.shop_id] = shop
+            shared.setdefault(shop.shop_id, shop.shop_id)
             self.shop_cells.setdefault(cell(shop.lat, shop.lon), []).append(shop)
         for row in offers:
-            offer = Offer(row)
+            offer = Offer(row, shared)
             self.by_shop.setdefault(offer.shop_id, []).append(offer)
             grid = self.offers.setdefault((offer.process, offer.material), {})
             grid.setdefault(cell(offer.lat, offer.lon), []).append(offer)
 
     async def _load_all(self, session: AsyncSession, version: int) -> None:
         self.offers, self.shop_cells, self.shops, self.by_shop = {}, {}, {}, {}
-        shops = await session.execute(_SHOP_COLUMNS)
-        offers = await session.execute(_OFFER_COLUMNS.order_by(HubOffer.id))
-        self._add(shops.all(), offers.all())
+        shared: dict[Any, Any] = {}
+        self._add((await session.execute(_SHOP_COLUMNS)).all(), (), shared)
+        # In partitions, not all rows at once: the copy's peak memory is the copy's.
+        offers = await session.stream(_OFFER_COLUMNS.order_by(HubOffer.id))
+        async for part in offers.partitions(LOAD_PART):
+            self._add((), part, shared)
         self.version = version
         self.loads += 1
 
