@@ -6,9 +6,18 @@ million km², so ~900 shops within 150 km of a point), each with 1-3 machine mod
 and large FDM printers, a laser, a CNC router) and 1-3 materials each. Then times
 `routing.route` (the whole answer: shops ranked, excluded with reasons) at random points:
 
-- indexed: as shipped (PostgreSQL: cube/earthdistance GiST; SQLite: lat/lon box prefilter);
-- scan: the same code with the spatial prefilter replaced by a plain haversine predicate in
+- in memory: as shipped, the process's grid copy of the index (`memindex`), after its load
+  (timed apart), each query still checking the index's version in the database;
+- indexed SQL: `route(in_memory=False)` (PostgreSQL: cube/earthdistance GiST; SQLite: lat/lon
+  box prefilter);
+- scan: the SQL path with the spatial prefilter replaced by a plain haversine predicate in
   SQL over every row (PostgreSQL only: SQLite has no trigonometric functions built in).
+Beside the wall-clock times it gives the CPU time of this process per query
+(`time.process_time`): on a machine shared with other work, what the query itself costs
+here, without the database server's part or the waits for a core.
+It also counts the queries whose in-memory answer differs from the indexed SQL one (on
+PostgreSQL the SQL path's excluded list reads at most 300 shops nearest first, so it can
+differ where more than 300 shops in the radius fit; the in-memory path reads them all).
 
 Run: .venv/bin/python bench/bench_routing.py [--shops 100000] [--queries 300]
      [--backend postgresql|sqlite|both]
@@ -112,28 +121,49 @@ def haversine_scan(model: Any, dialect: str, lat: float, lon: float, radius_km: 
     return 2 * routing.EARTH_KM * func.asin(func.sqrt(h)) <= radius_km
 
 
-async def time_queries(url: str, points: list[tuple[float, float]], now: dt.datetime) -> dict:
+def _request(lat: float, lon: float) -> Requirements:
+    return Requirements(
+        processes=("fdm_printing",), material="PETG", size=(200.0, 200.0, 200.0),
+        quantity=1, deadline=None, lat=lat, lon=lon, radius_km=150.0,
+    )  # fmt: skip
+
+
+async def time_queries(
+    url: str, points: list[tuple[float, float]], now: dt.datetime, *, in_memory: bool
+) -> dict:
     engine = make_engine(url)
     sessions = make_sessionmaker(engine)
-    times, fitted, excluded = [], [], []
-    for lat, lon in points:
-        req = Requirements(
-            processes=("fdm_printing",), material="PETG", size=(200.0, 200.0, 200.0),
-            quantity=1, deadline=None, lat=lat, lon=lon, radius_km=150.0,
-        )  # fmt: skip
+    reqs = [_request(lat, lon) for lat, lon in points]
+    t0 = time.perf_counter()
+    async with sessions() as session:  # the in-memory copy loads here
+        await routing.route(session=session, req=reqs[0], now=now, in_memory=in_memory)
+    load_s = time.perf_counter() - t0
+    async with sessions() as session:  # warm the caches
+        for req in reqs[:20]:
+            await routing.route(session=session, req=req, now=now, in_memory=in_memory)
+    times, cpu, fitted, excluded, answers = [], [], [], [], []
+    for req in reqs:
         async with sessions() as session:
-            t0 = time.perf_counter()
-            answer = await routing.route(session=session, req=req, now=now)
+            t0, c0 = time.perf_counter(), time.process_time()
+            answer = await routing.route(session=session, req=req, now=now, in_memory=in_memory)
             times.append((time.perf_counter() - t0) * 1000)
+            cpu.append((time.process_time() - c0) * 1000)
         fitted.append(len(answer.shops))
         excluded.append(len(answer.excluded))
+        answers.append(answer.model_dump())
     await engine.dispose()
     times.sort()
+    cpu.sort()
     return {
         "p50_ms": statistics.median(times),
+        "cpu_p50_ms": statistics.median(cpu),
+        "cpu_p99_ms": cpu[min(len(cpu) - 1, int(len(cpu) * 0.99))],
         "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))],
         "mean_shops": statistics.mean(fitted),
         "mean_excluded": statistics.mean(excluded),
+        "first_query_s": load_s,
+        "answers": answers,
+        "load": os.getloadavg()[0],
     }
 
 
@@ -160,18 +190,22 @@ async def run_backend(backend: str, shops: int, queries: int) -> list[tuple[str,
                 f"postgresql: seeded {shops} shops, {n_offers} offers "
                 f"in {time.perf_counter() - t0:.0f} s"
             )
-            await time_queries(url, points[:20], now)  # warm the caches
-            results.append(
-                ("postgresql, GiST (cube/earthdistance)", await time_queries(url, points, now))
-            )
+            memory = await time_queries(url, points, now, in_memory=True)
+            results.append(("postgresql, in-memory grid (as shipped)", memory))
+            indexed = await time_queries(url, points, now, in_memory=False)
+            results.append(("postgresql, GiST (cube/earthdistance)", indexed))
             indexed_near = routing._near
             routing._near = haversine_scan  # type: ignore[assignment]
             try:
                 results.append(
-                    ("postgresql, plain haversine scan", await time_queries(url, points, now))
+                    (
+                        "postgresql, plain haversine scan",
+                        await time_queries(url, points, now, in_memory=False),
+                    )
                 )
             finally:
                 routing._near = indexed_near
+            _same(memory, indexed)
         finally:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -187,9 +221,18 @@ async def run_backend(backend: str, shops: int, queries: int) -> list[tuple[str,
                 f"in {time.perf_counter() - t0:.0f} s"
             )
             aurl = "sqlite+aiosqlite:///" + url[len("sqlite:///") :]
-            await time_queries(aurl, points[:20], now)
-            results.append(("sqlite, lat/lon box prefilter", await time_queries(aurl, points, now)))
+            memory = await time_queries(aurl, points, now, in_memory=True)
+            results.append(("sqlite, in-memory grid (as shipped)", memory))
+            indexed = await time_queries(aurl, points, now, in_memory=False)
+            results.append(("sqlite, lat/lon box prefilter", indexed))
+            _same(memory, indexed)
     return results
+
+
+def _same(memory: dict, indexed: dict) -> None:
+    differ = sum(a != b for a, b in zip(memory["answers"], indexed["answers"], strict=True))
+    print(f"answers: {len(memory['answers']) - differ} of {len(memory['answers'])} identical "
+          "(in memory vs indexed SQL)")  # fmt: skip
 
 
 def main() -> None:
@@ -199,13 +242,16 @@ def main() -> None:
     parser.add_argument("--backend", choices=["postgresql", "sqlite", "both"], default="both")
     args = parser.parse_args()
     print(f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}")  # fmt: skip
+          f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
     backends = ["postgresql", "sqlite"] if args.backend == "both" else [args.backend]
     for backend in backends:
         for label, r in asyncio.run(run_backend(backend, args.shops, args.queries)):
             print(
                 f"{label:42s} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
-                f"shops/answer {r['mean_shops']:.0f}  excluded/answer {r['mean_excluded']:.0f}"
+                f"(CPU here: p50 {r['cpu_p50_ms']:.2f} ms, p99 {r['cpu_p99_ms']:.2f} ms)  "
+                f"shops/answer {r['mean_shops']:.0f}  excluded/answer {r['mean_excluded']:.0f}  "
+                f"first query {r['first_query_s']:.1f} s  load {r['load']:.1f}"
             )
 
 

@@ -128,7 +128,7 @@ def default_tasks(settings: Settings | None = None) -> list[NamedTask]:
     async def job_files(s: AsyncSession, now: dt.datetime, st: Settings) -> object:
         return await retention.purge_job_files(session=s, settings=st, now=now)
 
-    from microfactory.network.hub import mirror  # the network: hub side
+    from microfactory.network.hub import mirror, prune  # the network: hub side
 
     tasks = [
         NamedTask("release_no_shows", no_shows),
@@ -140,6 +140,8 @@ def default_tasks(settings: Settings | None = None) -> list[NamedTask]:
     if settings is not None and settings.hub and settings.hub_upstreams:
         # A hub mirroring others: HTTP between its transactions, so it opens its own.
         tasks.append(NamedTask("pull_hub_upstreams", run_alone=mirror.pull_upstreams))
+    if settings is not None and settings.hub:
+        tasks.append(NamedTask("prune_hub_reports", prune.scheduled_prune))
     return tasks
 
 

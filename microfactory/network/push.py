@@ -9,6 +9,9 @@ that is due:
 - every TTL/3 in any case, so that the hub's copy never expires while the shop is up;
 - after a failure, with exponential backoff per hub (BACKOFF_BASE_S, doubling, capped at
   TTL/3), never sooner.
+Nothing is pushed while the profile has no location (a hub refuses such a report with 400,
+since it cannot route to it): each hub's status says NOT_READY instead, with no failure
+counted, and the first run after an admin sets the location pushes at once.
 One report (one sequence number) is signed per run and sent to every due hub. The status per
 hub (last success, last error, next attempt) is stored for the admins' page and
 `GET /api/v1/network/push-status`. Every request has a timeout; URLs are logged with any
@@ -42,6 +45,7 @@ MIN_INTERVAL_S = 10.0  # a change is pushed at most this often per hub
 BACKOFF_BASE_S = 5.0  # the first retry after a failure; doubles with each failure
 TIMEOUT_S = (5.0, 15.0)  # connect, read: every outbound request has both
 REPORTS_PATH = "/api/v1/network/reports"
+NOT_READY = "not pushed: set the shop's location in the network profile"
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,8 @@ async def _record(
         session.add(row)
     row.last_attempt_at = now
     if answer.ok:
+        if row.last_error == NOT_READY:  # not an error of this hub's: gone once pushed
+            row.last_error = row.last_error_at = None
         row.last_success_at = now
         row.failures = 0
         row.last_status = answer.status
@@ -161,6 +167,33 @@ async def _record(
         row.next_attempt_at = now + dt.timedelta(seconds=backoff_s(row.failures, settings))
     await session.flush()
     return row
+
+
+def has_location(content: dict[str, Any]) -> bool:
+    """Return whether the report says where the shop is (hubs route by it, and need it)."""
+    location = content["okw"].get("location")
+    return isinstance(location, dict) and isinstance(location.get("gpsCoordinates"), dict)
+
+
+async def _not_ready(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    hubs: list[str],
+    rows: dict[str, PushStatus],
+    now: dt.datetime,
+) -> None:
+    """Note on each hub's status that nothing is pushed until the profile has a location."""
+    waiting = [hub for hub in hubs if rows.get(hub) is None or rows[hub].last_error != NOT_READY]
+    if not waiting:
+        return  # noted already: no write every CHECK_S
+    async with sessionmaker() as session, session.begin():
+        for hub in waiting:
+            row = await session.get(PushStatus, hub)
+            if row is None:
+                row = PushStatus(hub_url=hub, failures=0)
+                session.add(row)
+            row.last_error, row.last_error_at = NOT_READY, now
+            row.next_attempt_at = None  # at once, when the location is set
+    log.info("not pushing the report to %s hub(s): the profile has no location", len(waiting))
 
 
 async def push_due(
@@ -184,6 +217,9 @@ async def push_due(
                 await session.execute(select(PushStatus).where(PushStatus.hub_url.in_(hubs)))
             ).scalars()
         }
+    if not has_location(content):
+        await _not_ready(sessionmaker, hubs, rows, now)
+        return {}
     fingerprint = change_fingerprint(content)
     due = [hub for hub in hubs if is_due(rows.get(hub), fingerprint, now, settings)]
     if not due:

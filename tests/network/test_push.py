@@ -1,4 +1,8 @@
-"""Pushing the signed report to a real HTTP server on 127.0.0.1 that fails, then accepts."""
+"""Pushing the signed report to a real HTTP server on 127.0.0.1 that fails, then accepts.
+
+A hub routes by the shop's location and refuses a report without one, so the shops here set
+their profile first (the `located` fixture), as an admin would; one test leaves it unset.
+"""
 
 from __future__ import annotations
 
@@ -93,6 +97,31 @@ def settings(settings: Settings, hub: FakeHub) -> Settings:
     return settings.model_copy(update={"network_hubs": [hub.url]})
 
 
+PROFILE = {
+    "name": "Fablab Gent",
+    "url": "http://127.0.0.1:8001",
+    "city": "Gent",
+    "country": "BE",
+    "lat": 51.0543,
+    "lon": 3.7174,
+    "accessType": "Public",
+    "contact": "hello@example.org",
+    "description": "Printers and a laser",
+    "roundToCity": True,
+}
+
+
+async def _set_profile(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    resp = await client.put("/api/v1/network/profile", json=PROFILE, headers=admin)
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.fixture
+async def located(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    """The shop's admin has set its profile, with its location."""
+    await _set_profile(client, admin)
+
+
 async def _status(app: Any, url: str) -> PushStatus:
     async with app.state.sessionmaker() as session:
         row = await session.get(PushStatus, url)
@@ -100,6 +129,7 @@ async def _status(app: Any, url: str) -> PushStatus:
     return row
 
 
+@pytest.mark.usefixtures("located")
 async def test_failures_back_off_then_a_success_is_recorded(
     app: Any,
     client: httpx.AsyncClient,
@@ -178,6 +208,7 @@ async def test_failures_back_off_then_a_success_is_recorded(
     assert shown[0]["last_sequence"] > row.last_sequence
 
 
+@pytest.mark.usefixtures("located")
 async def test_an_unreachable_hub_is_recorded_without_secrets(
     app: Any, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -195,6 +226,7 @@ async def test_an_unreachable_hub_is_recorded_without_secrets(
     assert not any("hunter2" in m for m in logged)
 
 
+@pytest.mark.usefixtures("located")
 async def test_the_scheduler_pushes_soon_after_start(app: Any, hub: FakeHub) -> None:
     hub.failures = 0
     scheduler = Scheduler(app.state.sessionmaker, app.state.settings)
@@ -212,3 +244,31 @@ async def test_the_scheduler_pushes_soon_after_start(app: Any, hub: FakeHub) -> 
     assert row is not None
     assert row.last_status == "accepted"
     assert len(hub.received) == 1  # one push at start; nothing changed since
+
+
+async def test_no_push_until_the_profile_has_a_location(
+    app: Any, client: httpx.AsyncClient, hub: FakeHub, settings: Settings, admin: dict[str, str]
+) -> None:
+    hub.failures = 0
+    maker = app.state.sessionmaker
+
+    async def run(seconds: float) -> dict[str, push.HubAnswer]:
+        now = NOW + dt.timedelta(seconds=seconds)
+        return await push.push_due(sessionmaker=maker, settings=settings, now=now)
+
+    assert await run(0) == {}
+    assert await run(push.CHECK_S) == {}
+    assert hub.received == []  # a hub would answer 400: nothing is sent
+    shown = (await client.get("/api/v1/network/push-status", headers=admin)).json()["hubs"]
+    assert shown[0]["last_error"] == push.NOT_READY
+    assert shown[0]["failures"] == 0  # not a failure: no backoff once the location is set
+    assert shown[0]["last_attempt_at"] is None
+
+    await _set_profile(client, admin)
+    answers = await run(2 * push.CHECK_S)  # the next run pushes at once
+    assert answers[hub.url].ok
+    (received,) = hub.received
+    gps = json.loads(_payload(received[1]))["okw"]["location"]["gpsCoordinates"]
+    assert gps == {"lat": 51.1, "lon": 3.7}  # rounded to the city, as the profile says
+    shown = (await client.get("/api/v1/network/push-status", headers=admin)).json()["hubs"]
+    assert (shown[0]["last_status"], shown[0]["last_error"]) == ("accepted", None)

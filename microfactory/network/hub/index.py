@@ -8,15 +8,17 @@ material it works), so the index never holds anything a stored, verified report 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.errors import BadRequestError
-from microfactory.network.hub.models import HubOffer, HubShopIndex
+from microfactory.network.hub.models import HubIndexLog, HubIndexVersion, HubOffer, HubShopIndex
 from microfactory.network.hub.verify import VerifiedReport
 
 PROCESSES = ("fdm_printing", "cnc_milling", "laser_cutting")
@@ -100,9 +102,14 @@ def _equipment(okw: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _free_hours(live: dict[str, Any]) -> dict[tuple[str, str], dict[str, float]]:
-    """Return free hours by (process, lower-case material) and ISO day."""
+    """Return free hours by (process, lower-case material) and ISO day.
+
+    The hot loop of ingest (a week of entries per process and material): checks are kept
+    to one pass, and a field's name is only formatted for an error.
+    """
     free: dict[tuple[str, str], dict[str, float]] = {}
     days_seen: set[str] = set()
+    keys: dict[tuple[str, str], tuple[str, str]] = {}
     for n, raw in enumerate(_list(live.get("freeHours"), "live.freeHours")):
         if not isinstance(raw, dict):
             raise BadRequestError(f"live.freeHours[{n}] must be an object")
@@ -115,9 +122,18 @@ def _free_hours(live: dict[str, Any]) -> dict[tuple[str, str], dict[str, float]]
             except ValueError:
                 raise BadRequestError(f"live.freeHours[{n}].date is not an ISO date") from None
             days_seen.add(day)
-        hours = max(_num(raw.get("hours"), f"live.freeHours[{n}].hours"), 0.0)
-        key = (process, material.strip().lower())
-        free.setdefault(key, {})[day] = free.get(key, {}).get(day, 0.0) + hours
+        value = raw.get("hours")
+        if (type(value) is float and math.isfinite(value)) or type(value) is int:
+            hours = max(float(value), 0.0)
+        else:
+            hours = max(_num(value, f"live.freeHours[{n}].hours"), 0.0)
+        key = keys.get((process, material))
+        if key is None:
+            key = keys[(process, material)] = (process, material.strip().lower())
+        per_day = free.get(key)
+        if per_day is None:
+            per_day = free[key] = {}
+        per_day[day] = per_day.get(day, 0.0) + hours
     return free
 
 
@@ -152,33 +168,97 @@ def _on_hand(live: dict[str, Any]) -> dict[str, float] | None:
     return amounts
 
 
+_WEEKS: dict[str, tuple[str, ...]] = {}  # first day as written -> FREE_DAYS ISO days
+
+
+def _week(first_day: str) -> tuple[str, ...]:
+    week = _WEEKS.get(first_day)
+    if week is None:
+        if len(_WEEKS) > 64:  # reports name this week's days: a few keys at a time
+            _WEEKS.clear()
+        first = dt.date.fromisoformat(first_day)
+        week = _WEEKS[first_day] = tuple(
+            (first + dt.timedelta(days=i)).isoformat() for i in range(FREE_DAYS)
+        )
+    return week
+
+
 def _days(per_day: dict[str, float]) -> tuple[str, str]:
     """Return (first day, comma-separated hours for FREE_DAYS days from it)."""
     if not per_day:
         return "", ""
-    first = dt.date.fromisoformat(min(per_day))
-    hours = [per_day.get((first + dt.timedelta(days=i)).isoformat(), 0.0) for i in range(FREE_DAYS)]
-    return first.isoformat(), ",".join(f"{h:g}" for h in hours)
+    week = _week(min(per_day))
+    return week[0], ",".join(f"{per_day.get(day, 0.0):g}" for day in week)
 
 
 @dataclass(frozen=True)
-class Derived:
-    """The index rows a report gives: the shop's row and its offers (column dicts)."""
+class _Parsed:
+    lat: float
+    lon: float
+    city: str
+    country: str
+    equipment: list[dict[str, Any]]
+    free: dict[tuple[str, str], dict[str, float]]
+    waits: dict[str, dict[str, float]]
+    on_hand: dict[str, float] | None
+    timezone: str
+    name: str
 
-    shop: dict[str, Any]
-    offers: list[dict[str, Any]]
+
+class Derived:
+    """The index rows a report gives: the shop's row and its offers (column dicts).
+
+    The report's fields are checked when it is derived (400 on a bad one); the rows are
+    built when first read, so a report superseded in the same page of a mirror (checked,
+    stored, never indexed) costs only the checks.
+    """
+
+    def __init__(self, report: VerifiedReport, cursor: int, parsed: _Parsed) -> None:
+        self._report, self._cursor, self._parsed = report, cursor, parsed
+
+    @functools.cached_property
+    def _rows(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return _build(self._report, self._cursor, self._parsed)
+
+    @property
+    def shop(self) -> dict[str, Any]:
+        """The shop's `hub_shop_index` row."""
+        return self._rows[0]
+
+    @property
+    def offers(self) -> list[dict[str, Any]]:
+        """Its `hub_offers` rows."""
+        return self._rows[1]
 
 
 def derive(report: VerifiedReport, cursor: int = 0) -> Derived:
-    """Build the shop's index row and offers from a verified report (400 on a bad field)."""
+    """Check a verified report's fields for the index (400 on a bad one); see `Derived`."""
     okw, live = report.payload["okw"], report.payload["live"]
     lat, lon, city, country = location(okw)
     equipment = _equipment(okw)
     free = _free_hours(live)
     waits = _waits(live)
     on_hand = _on_hand(live)
+    _typical(okw)
     timezone = _str(live.get("timezone"), 64) or "UTC"
     name = _str(okw.get("name")) or report.shop_id[:12]
+    parsed = _Parsed(lat, lon, city, country, equipment, free, waits, on_hand, timezone, name)
+    return Derived(report, cursor, parsed)
+
+
+def _typical(okw: dict[str, Any]) -> list[str]:
+    return [
+        m for m in _list(okw.get("typicalMaterials"), "okw.typicalMaterials") if isinstance(m, str)
+    ]
+
+
+def _build(
+    report: VerifiedReport, cursor: int, parsed: _Parsed
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    okw = report.payload["okw"]
+    lat, lon, city, country = parsed.lat, parsed.lon, parsed.city, parsed.country
+    equipment, free, waits, on_hand = parsed.equipment, parsed.free, parsed.waits, parsed.on_hand
+    timezone, name = parsed.timezone, parsed.name
     offers = []
     columns = {key: _days(per_day) for key, per_day in free.items()}
     for item in equipment:
@@ -210,9 +290,7 @@ def derive(report: VerifiedReport, cursor: int = 0) -> Derived:
                 }
             )
     processes = sorted({e["process"] for e in equipment})
-    typical = [
-        m for m in _list(okw.get("typicalMaterials"), "okw.typicalMaterials") if isinstance(m, str)
-    ]
+    typical = _typical(okw)
     materials = sorted({m for e in equipment for m in e["materials"]} | set(typical), key=str.lower)
     free_by_process: dict[str, dict[str, float]] = {}
     for (process, _material), per_day in free.items():
@@ -250,7 +328,7 @@ def derive(report: VerifiedReport, cursor: int = 0) -> Derived:
             "freeHours": {p: dict(sorted(d.items())) for p, d in sorted(free_by_process.items())},
         },
     }
-    return Derived(row, offers)
+    return row, offers
 
 
 async def index_report(
@@ -267,10 +345,7 @@ async def index_report(
     objects: 0.1 ms instead of 1 ms for a report with 10 offers.
     """
     derived = derived or derive(report, cursor)
-    await drop_shop(session=session, shop_id=report.shop_id)
-    await session.execute(insert(HubShopIndex), [{**derived.shop, "report_cursor": cursor}])
-    if derived.offers:
-        await session.execute(insert(HubOffer), derived.offers)
+    await index_many(session=session, reports=[(report, derived, cursor)])
 
 
 async def index_many(
@@ -280,17 +355,45 @@ async def index_many(
     if not reports:
         return
     shop_ids = [r.shop_id for r, _, _ in reports]
-    await session.execute(delete(HubOffer).where(HubOffer.shop_id.in_(shop_ids)))
-    await session.execute(delete(HubShopIndex).where(HubShopIndex.shop_id.in_(shop_ids)))
+    await _drop(session, shop_ids)
     await session.execute(
         insert(HubShopIndex), [{**d.shop, "report_cursor": c} for _, d, c in reports]
     )
     offers = [o for _, d, _ in reports for o in d.offers]
     if offers:
         await session.execute(insert(HubOffer), offers)
+    await bump(session=session, shop_ids=shop_ids)
+
+
+async def _drop(session: AsyncSession, shop_ids: list[str]) -> None:
+    await session.execute(delete(HubOffer).where(HubOffer.shop_id.in_(shop_ids)))
+    await session.execute(delete(HubShopIndex).where(HubShopIndex.shop_id.in_(shop_ids)))
 
 
 async def drop_shop(*, session: AsyncSession, shop_id: str) -> None:
-    """Remove a shop from the index (revoked, or about to be re-indexed)."""
-    await session.execute(delete(HubOffer).where(HubOffer.shop_id == shop_id))
-    await session.execute(delete(HubShopIndex).where(HubShopIndex.shop_id == shop_id))
+    """Remove a shop from the index (revoked)."""
+    await _drop(session, [shop_id])
+    await bump(session=session, shop_ids=[shop_id])
+
+
+async def bump(*, session: AsyncSession, shop_ids: Iterable[str]) -> int:
+    """Give this transaction's changes to the index a new version; log the shops changed.
+
+    Call it last, after the index rows changed: the UPDATE locks the version row until
+    commit, which serialises the index's writers (see `memindex`), so the lock should be
+    held for as short a time as can be.
+    """
+    result = await session.execute(
+        update(HubIndexVersion)
+        .where(HubIndexVersion.id == 1)
+        .values(version=HubIndexVersion.version + 1)
+        .returning(HubIndexVersion.version)
+    )
+    version = result.scalar_one_or_none()
+    if version is None:  # a database whose tables were emptied (the tests do)
+        version = 1
+        await session.execute(insert(HubIndexVersion), [{"id": 1, "version": 1, "log_floor": 0}])
+    rows = [{"version": version, "shop_id": s} for s in sorted(set(shop_ids))]
+    if rows:
+        await session.execute(insert(HubIndexLog), rows)
+    return int(version)

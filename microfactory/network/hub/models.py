@@ -147,6 +147,34 @@ class HubOffer(Base):
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
 
 
+class HubIndexVersion(Base):
+    """One row: the routing index's version, bumped by every transaction that changes it.
+
+    Hub processes keep the index in memory for routing (`memindex`); each query compares
+    this number with its copy's and, if it moved, reloads the shops `hub_index_log` names.
+    The bump is an UPDATE of this one row, so the transactions that change the index are
+    serialised from their bump to their commit: versions become visible in order, and a
+    reader that has seen version N has seen every change up to N.
+    """
+
+    __tablename__ = "hub_index_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Log rows below this version were pruned: a copy older than it reloads everything.
+    log_floor: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class HubIndexLog(Base):
+    """The shops whose index rows a version changed (re-indexed, dropped or forgotten)."""
+
+    __tablename__ = "hub_index_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[int] = mapped_column(BigInteger, index=True)
+    shop_id: Mapped[str] = mapped_column(String(64))
+
+
 # GiST indexes on ll_to_earth(lat, lon) (cube + earthdistance), PostgreSQL only; declared
 # here so that the schema check sees them, created by migration 0009.
 # The offers' index leads with process and material (btree_gist): a query reads only the

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Select, and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from microfactory.network.hub import estimate
+from microfactory.network.hub import estimate, memindex
 from microfactory.network.hub.models import HubOffer, HubShopIndex
 from microfactory.network.hub.requirements import Requirements
 from microfactory.network.hub.schemas import ExcludedShop, RouteAnswer, RoutedShop
@@ -62,6 +62,15 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     p1, p2 = math.radians(lat1), math.radians(lat2)
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
     h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+def _distance_to(lat: float, lon: float, p1: float, cos_p1: float, row: Any) -> float:
+    """haversine_km(lat, lon, row.lat, row.lon), the same operations on the same floats,
+    with the row's radians and cosine computed once (the in-memory index keeps them)."""
+    p2 = row.p2
+    dp, dl = p2 - p1, math.radians(row.lon - lon)
+    h = math.sin(dp / 2) ** 2 + cos_p1 * row.cos_p2 * math.sin(dl / 2) ** 2
     return 2 * EARTH_KM * math.asin(min(1.0, math.sqrt(h)))
 
 
@@ -179,6 +188,7 @@ def earliest_start(
     timezone: str,
     job_h: float = 0.0,
     cache: dict[tuple[str, str], _Bounds] | None = None,
+    hours: Sequence[float] | None = None,
 ) -> tuple[dt.datetime, dt.date, dt.datetime] | None:
     """Return the earliest start, its day and the finish: after the queue wait, in free hours.
 
@@ -187,15 +197,17 @@ def earliest_start(
     now plus the wait); what does not fit in one day's free hours goes on into the next day
     with free hours. None: after the wait, the week reported has not enough free hours for
     the job (a week of bookings leaves a few minutes here and there, not a 3-hour print).
+    `hours` are `free_hours` parsed already (the in-memory index keeps them so).
     """
     if not free_from or not free_hours:
         return None
+    if hours is None:
+        hours = [float(text) for text in free_hours.split(",")]
     ready = now + dt.timedelta(hours=wait_h)
     bounds = _day_bounds(free_from, timezone, {} if cache is None else cache)
     remaining = max(job_h, 0.0)
     first: tuple[dt.datetime, dt.date] | None = None
-    for (day, day_start, day_end), text in zip(bounds, free_hours.split(","), strict=False):
-        free = float(text)
+    for (day, day_start, day_end), free in zip(bounds, hours, strict=False):
         if day_end <= ready or free <= 0:
             continue
         begin = max(ready, day_start)
@@ -234,6 +246,7 @@ def _plan(
         timezone=row.timezone,
         job_h=job_h,
         cache=bounds,
+        hours=getattr(row, "hours", None),
     )
     start, day, finish = found if found else (None, None, None)
     return _Plan(
@@ -272,16 +285,48 @@ def _fit_reason(plan: _Plan, req: Requirements) -> str:
     return "; ".join(parts)
 
 
-async def route(*, session: AsyncSession, req: Requirements, now: dt.datetime) -> RouteAnswer:
-    """Answer a routing request: fitting shops best first, and the nearby ones that do not."""
+def _mem_offers(
+    mem: memindex.MemIndex, req: Requirements, now: dt.datetime, radius_km: float
+) -> list[Any]:
+    """The candidate query of `_offers_query` and `_near`, on the in-memory copy."""
+    material = req.material.strip().lower()
+    found = []
+    for process in req.processes:
+        a, b, c = _fit_dims(process, req.size)
+        for o in mem.offers_near(process, material, req.lat, req.lon, radius_km):
+            if o.dim_a >= a and o.dim_b >= b and o.dim_c >= c and o.expires_at > now:
+                found.append(o)
+    return found
+
+
+async def route(
+    *, session: AsyncSession, req: Requirements, now: dt.datetime, in_memory: bool = True
+) -> RouteAnswer:
+    """Answer a routing request: fitting shops best first, and the nearby ones that do not.
+
+    `in_memory` reads the process's copy of the index (`memindex`, brought current from
+    the database first); False reads the database's tables, with the same answer (the
+    routing tests compare both on random shops).
+    """
     dialect = session.get_bind().dialect.name
-    stmt = _offers_query(req, now).where(_near(HubOffer, dialect, req.lat, req.lon, req.radius_km))
-    rows = (await session.execute(stmt)).all()
+    mem = await memindex.current(session) if in_memory else None
+    if mem is not None:
+        rows: Any = _mem_offers(mem, req, now, req.radius_km)
+    else:
+        stmt = _offers_query(req, now).where(
+            _near(HubOffer, dialect, req.lat, req.lon, req.radius_km)
+        )
+        rows = (await session.execute(stmt)).all()
     best: dict[str, _Plan] = {}
     not_on_hand: dict[str, _Plan] = {}
     caches: tuple[dict[Any, float], dict[tuple[str, str], _Bounds]] = ({}, {})
+    p1 = math.radians(req.lat)
+    cos_p1 = math.cos(p1)
     for row in rows:
-        distance = haversine_km(req.lat, req.lon, row.lat, row.lon)
+        if mem is not None:
+            distance = _distance_to(req.lat, req.lon, p1, cos_p1, row)
+        else:
+            distance = haversine_km(req.lat, req.lon, row.lat, row.lon)
         if distance > req.radius_km:
             continue
         plan = _plan(row, req, now, distance, caches)
@@ -320,11 +365,15 @@ async def route(*, session: AsyncSession, req: Requirements, now: dt.datetime) -
         reason = f"no material: no {req.material} on hand ({plan.distance_km:.1f} km away)"
         excluded.append(_Unfit(plan.distance_km, plan.shop_id, plan.name, reason))
     routed.sort(key=lambda p: (p.finish, p.distance_km, p.shop_id))
-    excluded += await _others(session, dialect, req, now, set(best) | set(not_on_hand))
+    taken = set(best) | set(not_on_hand)
+    if mem is not None:
+        excluded += _mem_others(mem, req, now, taken)
+    else:
+        excluded += await _others(session, dialect, req, now, taken)
     excluded.sort(key=lambda e: (e.distance_km, e.shop_id))
     excluded = excluded[:EXCLUDED_LIMIT]
     if len(routed) < FEW_FITTING:
-        excluded += await _too_far(session, dialect, req, now)
+        excluded += await _too_far(session, dialect, req, now, mem)
     return RouteAnswer(
         shops=[
             RoutedShop(
@@ -357,7 +406,13 @@ def _better(plan: _Plan, current: _Plan) -> bool:
         return plan.finish is not None
     if plan.finish is not None and current.finish is not None and plan.finish != current.finish:
         return plan.finish < current.finish
-    return math.prod(d or 1 for d in plan.dims) < math.prod(d or 1 for d in current.dims)
+    # Then the smallest machine; ties by name and size, so that the answer never depends on
+    # the order the rows come in.
+    return _fit_key(plan) < _fit_key(current)
+
+
+def _fit_key(plan: _Plan) -> tuple[float, str, tuple[float, float, float], float]:
+    return math.prod(d or 1 for d in plan.dims), plan.machine, plan.dims, plan.job_h
 
 
 def _collect(
@@ -366,10 +421,15 @@ def _collect(
     req: Requirements,
     taken: set[str],
 ) -> None:
+    p1 = math.radians(req.lat)
+    cos_p1 = math.cos(p1)
     for row in rows:
         if row.shop_id in taken:
             continue
-        distance = haversine_km(req.lat, req.lon, row.lat, row.lon)
+        if hasattr(row, "p2"):
+            distance = _distance_to(req.lat, req.lon, p1, cos_p1, row)
+        else:
+            distance = haversine_km(req.lat, req.lon, row.lat, row.lon)
         if distance <= req.radius_km:
             near.append((distance, row.shop_id, row.name, row.expires_at))
 
@@ -415,11 +475,35 @@ async def _others(
         HubOffer.dim_c,
     ).where(HubOffer.shop_id.in_([n[1] for n in near]))
     by_shop: dict[str, list[Any]] = {}
+    offers_stmt = offers_stmt.order_by(HubOffer.id)  # as the in-memory copy keeps them
     for offer in (await session.execute(offers_stmt)).all():
         by_shop.setdefault(offer.shop_id, []).append(offer)
     return [
         _Unfit(d, shop_id, name, unfit_reason(req, by_shop.get(shop_id, []), expires_at, now, d))
         for d, shop_id, name, expires_at in near
+    ]
+
+
+def _mem_others(
+    mem: memindex.MemIndex, req: Requirements, now: dt.datetime, taken: set[str]
+) -> list[_Unfit]:
+    """`_others` on the in-memory copy: the nearest shops within the radius not taken.
+
+    Cells are read nearest first, and no further once a cell's lower bound is beyond the
+    EXCLUDED_LIMIT-th shop found: the same shops as reading every cell.
+    """
+    near: list[tuple[float, str, str, dt.datetime]] = []
+    for bound, shops in mem.shop_cells_nearest_first(req.lat, req.lon, req.radius_km):
+        if len(near) >= EXCLUDED_LIMIT:
+            near.sort()
+            del near[EXCLUDED_LIMIT:]
+            if bound > near[-1][0]:
+                break
+        _collect(near, shops, req, taken)
+    near.sort()
+    return [
+        _Unfit(d, shop_id, name, unfit_reason(req, mem.offers_of(shop_id), expires_at, now, d))
+        for d, shop_id, name, expires_at in near[:EXCLUDED_LIMIT]
     ]
 
 
@@ -449,13 +533,21 @@ def unfit_reason(
 
 
 async def _too_far(
-    session: AsyncSession, dialect: str, req: Requirements, now: dt.datetime
+    session: AsyncSession,
+    dialect: str,
+    req: Requirements,
+    now: dt.datetime,
+    mem: memindex.MemIndex | None = None,
 ) -> list[_Unfit]:
     """Return the nearest shops beyond the radius that would fit, as "too far"."""
     outer = req.radius_km * TOO_FAR_FACTOR
-    stmt = _offers_query(req, now).where(_near(HubOffer, dialect, req.lat, req.lon, outer))
+    if mem is not None:
+        rows: Any = _mem_offers(mem, req, now, outer)
+    else:
+        stmt = _offers_query(req, now).where(_near(HubOffer, dialect, req.lat, req.lon, outer))
+        rows = (await session.execute(stmt)).all()
     nearest: dict[str, tuple[float, str]] = {}
-    for row in (await session.execute(stmt)).all():
+    for row in rows:
         distance = haversine_km(req.lat, req.lon, row.lat, row.lon)
         if (
             req.radius_km < distance <= outer

@@ -197,7 +197,7 @@ def verify(token: str | bytes) -> VerifiedReport:
     sequence, issued, expires = _check_shape(payload, raw_payload, tricky)
     public, key = _public_key(payload.get("key"))
     kid = header["kid"]
-    if thumbprint(public) != kid:
+    if str(key.thumbprint()) != kid:  # thumbprint(public), from the key imported already
         raise NotAuthenticatedError(
             'the JWS "kid" is not the RFC 7638 thumbprint of the report\'s "key"'
         )
