@@ -1,7 +1,7 @@
 """the hub's routing index gets a version and a change log (in-memory copies per process)
 
 Revision ID: 0019
-Revises: 0014
+Revises: 0018b
 Create Date: 2026-12-02 04:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0019"
-down_revision: str | None = "0014"
+down_revision: str | None = "0018b"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
