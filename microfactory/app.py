@@ -35,6 +35,7 @@ from microfactory.errors import document_errors, install_error_handlers
 from microfactory.events import BUS_KEY, EventBus, JobChanged
 from microfactory.fabrication.routes import router as slicer_profiles_router
 from microfactory.jobs import lifecycle as job_lifecycle
+from microfactory.jobs.explain import explain_failure
 from microfactory.jobs.pages import router as job_pages_router
 from microfactory.jobs.preparation import Preparer
 from microfactory.jobs.routes import router as jobs_router
@@ -121,7 +122,7 @@ def _wire_events(
             relay.forward_booking(machine_id)  # to the other processes' streams
 
     booking_wiring.subscribe(bus, sessionmaker, publish_booking)
-    notification_subscribers.subscribe(bus, sessionmaker, outbox)
+    notification_subscribers.subscribe(bus, sessionmaker, outbox, explain_failure)
 
     async def to_stream(event: JobChanged) -> None:
         # Only what any member may see: no title, owner or reason on the shared stream.

@@ -18,14 +18,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from microfactory.events import EventBus, JobChanged
-from microfactory.jobs.explain import explain_failure
 from microfactory.machines.models import Machine, MachineKind
 from microfactory.notifications import service
 
@@ -54,8 +53,13 @@ def subscribe(
     bus: EventBus,
     sessionmaker: async_sessionmaker[AsyncSession],
     outbox: service.Outbox | None = None,
+    explain: Callable[[str | None], str | None] | None = None,
 ) -> None:
-    """Record the job lifecycle's messages; wake the outbox to send them."""
+    """Record the job lifecycle's messages; wake the outbox to send them.
+
+    `explain` turns a failure reason into advice for the member (the jobs package's
+    `explain_failure`, passed in by the app so that notifications never import jobs).
+    """
 
     async def record(event: JobChanged, messages: Sequence[Message]) -> None:
         if not messages:
@@ -116,7 +120,7 @@ def subscribe(
             )  # fmt: skip
         elif event.to_state == "failed":
             reason = event.reason or "no reason was recorded"
-            advice = explain_failure(event.reason)
+            advice = explain(event.reason) if explain is not None else None
             messages.append(
                 Message(
                     event.owner_id, kind, f"Your job {event.title!r} failed",
