@@ -257,6 +257,7 @@ _M80 = _U(0x8080808080808080)
 _M01 = _U(0x0101010101010101)
 _M2E = _U(0x2E2E2E2E2E2E2E2E)
 _K1, _K2, _K3 = _U(2561), _U(6553601), _U(42949672960001)
+_BYTE_INDEX = _U(0x0001020304050607)
 _MFF, _MFFFF, _M32 = _U(0x00FF00FF00FF00FF), _U(0x0000FFFF0000FFFF), _U(0xFFFFFFFF)
 _LOW = np.array([(1 << (8 * i)) - 1 for i in range(8)] + [(1 << 64) - 1], dtype=np.uint64)
 _SHIFT = np.array([8 * (8 - i) if i else 0 for i in range(9)], dtype=np.uint64)
@@ -296,14 +297,21 @@ def _parse_numbers(buf: U8, words: U64, start: I64, end: I64) -> tuple[F64, Bool
     x0 = words[s0]
     t = x0 ^ _M2E  # zero byte where '.'
     hit = (t - _M01) & ~t & _M80  # exact for the lowest zero byte
-    low = hit & (~hit + _U(1))
-    dot = np.log2(np.maximum(low.astype(np.float64), 1.0)).astype(np.int64) >> 3
+    low = hit & (~hit + _U(1))  # 0x80 << 8 * (index of the dot), or 0
+    # The index from the isolated bit: multiplying shifts _BYTE_INDEX by whole bytes, and its
+    # top byte is then the index (0 without a dot, as 0x80 << 0 would give).
+    dot = (((low >> _U(7)) * _BYTE_INDEX) >> _U(56)).view(np.int64)
     has_dot = (hit != 0) & (dot < length)
     dot = np.where(has_dot, dot, length)
     ndig = length - has_dot
     nfrac = length - dot - has_dot
     keep = _LOW[np.minimum(dot, 8)]
-    merged = (x0 & keep) | (words[s0 + 1] & ~keep)  # digits with the dot squeezed out
+    # The digits with the dot squeezed out: the bytes after the dot move down one. Byte 7 then
+    # comes from the ninth byte, which only an eight-digit number with a dot reads.
+    merged = (x0 & keep) | ((x0 >> _U(8)) & ~keep)
+    nine = np.flatnonzero(has_dot & (ndig >= 8))
+    if nine.size:
+        merged[nine] |= buf[s0[nine] + 8].astype(np.uint64) << _U(56)
     head, ok = _parse8(merged, np.clip(ndig, 0, 8))
     mant = head.astype(np.float64)
     long_ = ndig > 8
@@ -414,7 +422,8 @@ def _scan_slice(
     ok &= code > 0
     cand[tok_line[~ok]] = False  # any odd word sends the whole line to the slow path
     keep = cand[tok_line]
-    vals[code[keep] - 1, tok_line[keep]] = value[keep]
+    # One flat index rather than a pair: numpy scatters a single index array faster.
+    vals.reshape(-1)[(code[keep] - 1) * nlines + tok_line[keep]] = value[keep]
     kind[g1 & cand] = _K_G1
     kind[g0 & cand] = _K_G0
     kind[g92 & cand] = _K_G92
@@ -1564,15 +1573,19 @@ def _analyse(
         placed = _positions(table, ev, carry)
         rk, delta = placed.kinds, placed.delta
         feed_rows = (rk == _K_G1) | (rk == _K_CW) | (rk == _K_CCW)
-        moved_xyz = (delta[0] != 0) | (delta[1] != 0) | (delta[2] != 0)
         if not carry.extruding:
             carry.extruding = bool(
                 np.any(feed_rows & (delta[3] > 0) & ((delta[0] != 0) | (delta[1] != 0)))
             )
-        cut_z = placed.pos[2][feed_rows & moved_xyz]
-        if cut_z.size:
-            low = float(cut_z.min())
-            carry.min_cut_z = low if carry.min_cut_z is None else min(carry.min_cut_z, low)
+        # Extrusion or a heater makes the file a print for good (_detect_process): from then
+        # on, what only a CNC or laser result reads (cut depth, bounds, heights) is skipped.
+        cutting = not (carry.extruding or ev.heaters)
+        if cutting:
+            moved_xyz = (delta[0] != 0) | (delta[1] != 0) | (delta[2] != 0)
+            cut_z = placed.pos[2][feed_rows & moved_xyz]
+            if cut_z.size:
+                low = float(cut_z.min())
+                carry.min_cut_z = low if carry.min_cut_z is None else min(carry.min_cut_z, low)
         if base is None:
             # No machine given: plan as the firmware this file's process runs on, as far as
             # its first chunk tells.
@@ -1586,7 +1599,7 @@ def _analyse(
             window = lookahead_window(base)
 
         mv = _moves(placed, ev, base)
-        _move_stats(mv, carry, ev.layer_markers)
+        _move_stats(mv, carry, ev.layer_markers, cutting)
         if any(w.startswith(("M201", "M203", "M204", "M205")) for _, w, _ in ev.limits):
             limits_in_file = True
         lim = timeline.per_move(ev.limits, mv.line)
@@ -1667,8 +1680,11 @@ def _sync_lines(table: _Table, ev: _Events, lim: MachineLimits, carry: _Carry) -
     return np.unique(np.concatenate(parts))
 
 
-def _move_stats(mv: _Moves, carry: _Carry, layer_markers: int) -> None:
-    """Add a chunk's moves to the running totals (filament, bounds, lengths, layers)."""
+def _move_stats(mv: _Moves, carry: _Carry, layer_markers: int, cutting: bool) -> None:
+    """Add a chunk's moves to the running totals (filament, bounds, lengths, layers).
+
+    Without `cutting` (the file is a print), the bounds and heights of cutting moves are left.
+    """
     n = mv.d.shape[1]
     if not n:
         return
@@ -1683,12 +1699,14 @@ def _move_stats(mv: _Moves, carry: _Carry, layer_markers: int) -> None:
     carry.xyz_len += float(xyz_len.sum())
     fdm_work = (de > 0) & dxy
     carry.extrude_len += float(xyz_len[fdm_work].sum())
-    cut_work = ~mv.rapid & (dxy | (dz != 0))
     carry.bbox_fdm = _grow_bbox(carry.bbox_fdm, mv, fdm_work)
-    carry.bbox_cut = _grow_bbox(carry.bbox_cut, mv, cut_work)
     if not layer_markers:  # slicers mark layers; count distinct heights only without marks
         carry.z_fdm = np.union1d(carry.z_fdm, np.round(mv.end[2][fdm_work], 4))
-        carry.z_cut = np.union1d(carry.z_cut, np.round(mv.end[2][cut_work], 4))
+    if cutting:
+        cut_work = ~mv.rapid & (dxy | (dz != 0))
+        carry.bbox_cut = _grow_bbox(carry.bbox_cut, mv, cut_work)
+        if not layer_markers:
+            carry.z_cut = np.union1d(carry.z_cut, np.round(mv.end[2][cut_work], 4))
 
 
 def _grow_bbox(box: list[float] | None, mv: _Moves, work: Bools) -> list[float] | None:
