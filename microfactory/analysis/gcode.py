@@ -557,6 +557,8 @@ class _Interpreter:
         last_fast = np.maximum.accumulate(fast_motion) if t.nlines else fast_motion
         self._finish_chunk = (int(last_fast[-1]) if t.nlines else -1, kind)
         data = self.data
+        # ASCII (nearly every file): decode the chunk once, not line by line.
+        ascii_text = data.decode("ascii") if data.isascii() else None
         for i, s, e, lf in zip(
             lines.tolist(),
             t.starts[lines].tolist(),
@@ -564,7 +566,10 @@ class _Interpreter:
             last_fast[lines].tolist(),
             strict=True,
         ):
-            raw = data[s:e].decode("utf-8", "replace").strip()
+            if ascii_text is not None:
+                raw = ascii_text[s:e].strip()
+            else:
+                raw = data[s:e].decode("utf-8", "replace").strip()
             if not raw:
                 continue
             if raw[0] == ";":
