@@ -209,10 +209,11 @@ def fine_spiral_row() -> dict[str, Any]:
 # -- 3. memory and speed --------------------------------------------------------------------
 
 
-def child(python: Path, script: str, path: Path) -> dict[str, float]:
+def child(python: Path, script: str, path: Path, tree: Path = REPO) -> dict[str, float]:
+    """Run a timing script in a fresh process; `tree` is the checkout whose code it imports."""
     out = subprocess.run(
         [str(python), "-c", script, str(path)],
-        cwd=REPO,
+        cwd=tree,  # `python -c` puts the working directory first on sys.path
         capture_output=True,
         text=True,
         check=True,
@@ -222,7 +223,10 @@ def child(python: Path, script: str, path: Path) -> dict[str, float]:
     return result
 
 
-def bench_memory(sizes_mib: list[int], rounds: int) -> list[dict[str, Any]]:
+def bench_memory(
+    sizes_mib: list[int], rounds: int, baseline: Path | None = None
+) -> list[dict[str, Any]]:
+    """Time ours, OctoPrint's and (with `baseline`, another checkout) an older analyser."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for mib in sizes_mib:
@@ -231,13 +235,20 @@ def bench_memory(sizes_mib: list[int], rounds: int) -> list[dict[str, Any]]:
             # Alternate ours and OctoPrint's so both see the same load; keep each one's best.
             ours: dict[str, float] = {}
             theirs: dict[str, float] = {}
+            before: dict[str, float] = {}
             for _ in range(rounds):
                 o = child(Path(sys.executable), OURS_CHILD, path)
                 ours = o if not ours or o["s"] < ours["s"] else ours
                 if OCTOPRINT_PYTHON.exists():
                     t = child(OCTOPRINT_PYTHON, OCTO_CHILD, path)
                     theirs = t if not theirs or t["s"] < theirs["s"] else theirs
-            rows.append({"mib": mib, "size": size, "ours": ours, "octoprint": theirs})
+                if baseline is not None:
+                    b = child(Path(sys.executable), OURS_CHILD, path, baseline)
+                    before = b if not before or b["s"] < before["s"] else before
+            row = {"mib": mib, "size": size, "ours": ours, "octoprint": theirs}
+            if before:
+                row["baseline"] = before
+            rows.append(row)
             print(rows[-1], flush=True)
             path.unlink()
     return rows
@@ -293,6 +304,7 @@ def render(
     mem: list[dict[str, Any]],
     when: str | None = None,
     load: float | None = None,
+    baseline_label: str = "",
 ) -> str:
     when = when or f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
     load = os.getloadavg()[0] if load is None else load
@@ -374,6 +386,27 @@ def render(
                 f"| {ratio} |"
             )
         out.append("")
+        if any("baseline" in r for r in mem):
+            out += [
+                f"Before, in the same rounds: {baseline_label or 'the baseline checkout'}.",
+                "",
+                "| file | before: peak RSS | before: MB/s | before: ratio | now: ratio |",
+                "|---|---:|---:|---:|---:|",
+            ]
+            for r in mem:
+                b, t = r.get("baseline"), r["octoprint"]
+                if not b:
+                    continue
+                mb = r["size"] / 1e6
+                now = mb / r["ours"]["s"]
+                octo = mb / t["s"] if t else None
+                b_ratio = f"{mb / b['s'] / octo:.1f}x" if octo else "-"
+                n_ratio = f"{now / octo:.1f}x" if octo else "-"
+                out.append(
+                    f"| {r['mib']} MiB | {b['peak_mb']:.0f} MB | {mb / b['s']:.1f} | {b_ratio} "
+                    f"| {n_ratio} |"
+                )
+            out.append("")
     out.append(NOTES)
     return "\n".join(out)
 
@@ -387,11 +420,25 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,200")
     parser.add_argument("--rounds", type=int, default=2, help="runs per file (best kept)")
     parser.add_argument("--from-json", action="store_true", help="re-render the last run")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also time the analyser of this checkout (e.g. a `git archive` of main), in the "
+        "same rounds",
+    )
+    parser.add_argument("--baseline-label", default="", help="what the baseline is (report)")
     args = parser.parse_args()
     if args.from_json:
         data = json.loads(REPORT.with_suffix(".json").read_text())
         REPORT.write_text(
-            render(data["grbl"], data["fdm"], data["memory"], data.get("when"), data.get("load"))
+            render(
+                data["grbl"],
+                data["fdm"],
+                data["memory"],
+                data.get("when"),
+                data.get("load"),
+                data.get("baseline_label", ""),
+            )
             + "\n"
         )
         return
@@ -402,8 +449,15 @@ def main() -> None:
     grbl = previous.get("grbl", []) if args.skip_sim else bench_grbl(samples)
     fdm = previous.get("fdm", []) if args.skip_fdm else bench_fdm()
     sizes = [int(x) for x in args.sizes.split(",")]
-    mem = previous.get("memory", []) if args.skip_memory else bench_memory(sizes, args.rounds)
-    text = render(grbl, fdm, mem)
+    mem = (
+        previous.get("memory", [])
+        if args.skip_memory
+        else bench_memory(sizes, args.rounds, args.baseline)
+    )
+    label = args.baseline_label if args.baseline else ""
+    if args.skip_memory:
+        label = previous.get("baseline_label", "")
+    text = render(grbl, fdm, mem, baseline_label=label)
     print(text)
     if not args.no_write:
         REPORT.write_text(text + "\n")
@@ -413,6 +467,7 @@ def main() -> None:
                     "grbl": grbl,
                     "fdm": fdm,
                     "memory": mem,
+                    "baseline_label": label,
                     "when": f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
                     "load": os.getloadavg()[0],
                 },
