@@ -27,7 +27,11 @@ import numpy as np
 from microfactory.analysis import analyse_gcode
 
 REPO = Path(__file__).resolve().parent.parent
-OCTOPRINT_PYTHON = REPO / ".octoprint-venv" / "bin" / "python"
+OCTOPRINT_PYTHON = (
+    Path(os.environ.get("MICROFACTORY_OCTOPRINT_VENV", str(REPO / ".octoprint-venv")))
+    / "bin"
+    / "python"
+)
 REPORT = REPO / "docs" / "bench-analysis.md"
 
 # Runs inside OctoPrint's virtualenv: times load() only, and reports its estimate.
