@@ -284,17 +284,47 @@ a segment at these accelerations, as in the synthetic spiral of 0.02 mm chords a
 there the firmware must run about 29 % longer than a whole-file planner (and PrusaSlicer,
 which ignores the buffer) says.
 
+**Arcs on sim-marlin.** sim-marlin cuts G2/G3 (I/J or R, XY plane) into straight segments
+as Marlin 2's `plan_arc` does, feed / 50 long within 0.1-1 mm (Marlin 1's
+`MM_PER_ARC_SEGMENT` is the 1 mm bound), with `drivers.planner.arc_geometry` and
+`marlin_arc_segments`: the rule the analyser uses for Marlin, so an arc takes the time it
+was estimated (`tests/drivers/test_sim_marlin_timing.py`: a quarter circle of radius 10 at
+10 mm/s is 78 chords, 15.7077 mm, by hand; a full circle in the timed print). It used to
+run an arc as the straight line to its end point, which for a full circle is no motion at
+all.
+
 **Memory.** The analyser reads 1 MiB of whole lines at a time and carries only the modal
 state and the last few planner blocks from one chunk to the next, so its peak memory hardly
 grows with the file (the test `tests/unit/analysis/test_analysis_memory.py` checks a 200 MiB
 file stays under 512 MB and within 100 MB of a 16 MiB one). Before, a 200 MiB upload peaked
 at about 8.7 GB; with 8 MiB chunks (until 2026-12-02) at 168-196 MB, with 1 MiB chunks at
-62-64 MB. OctoPrint's interpreter holds less (it keeps no per-line table) but is slower. On
-this shared 2-core machine the ratio moves with the load. With 8 MiB chunks the 10 MiB file
-came out at 8.4x and 9.1x in two runs. With 1 MiB chunks (each step's arrays stay in the
-CPU's caches) two runs on 2026-12-02 gave 11.6x / 9.5x / 13.2x (load average 11, while a
-test run shared the machine) and 12.2x / 10.6x / 8.7x (load 4-7) for 10 / 100 / 200 MiB:
-10x or more in four of six, and never below 8.7x.
+62-66 MB. OctoPrint's interpreter holds less (it keeps no per-line table) but is slower.
+
+**Speed.** On this shared 2-core machine the wall-clock ratio moves with the load: OctoPrint's
+runs last minutes and get a third of a core, ours last seconds and may catch a quiet moment.
+The CPU-time ratio moves much less. On 2026-12-02 two runs, each timing main as it was
+(c03fc05) in the same rounds, at load averages 9.5-18.9 and 6.5-12.2:
+
+| file | wall, run 1 | wall, run 2 | CPU time, run 2 | main (c03fc05), CPU time, run 2 |
+|---|---:|---:|---:|---:|
+| 10 MiB | 16.7x | 31.0x | 13.5x | 9.5x |
+| 100 MiB | 13.7x | 17.1x | 13.5x | 10.8x |
+| 200 MiB | 11.7x | 11.8x | 12.4x | 10.6x |
+
+In run 1 main's analyser came out faster than ours in wall time on 100 and 200 MiB (16.9x and
+14.0x against 13.7x and 11.7x): at a load of 10-19 a best of two runs of 7-16 s says little
+(run 1 did not record CPU time yet).
+CPU time per file, run 2, ours against main: 0.25 s against 0.36 s (10 MiB), 2.51 s against
+3.13 s (100 MiB), 4.98 s against 5.85 s (200 MiB). What changed: the analysis keeps freed
+memory in the heap while it runs (glibc's malloc gave every 1 MiB step's arrays fresh pages:
+270,000 page faults and 15 % system time on 100 MiB, now 6,000), the number parser finds the
+dot with a multiply instead of a log2 and loads each number once, cumulative passes (about 7 ns
+a position) became repeats or searches where the positions are sparse, the bounded reverse
+pass updates in place, and a print skips the statistics only a CNC or laser result reads.
+The results are bit-identical (`tests/unit/analysis/test_bounded_planner.py` compares every
+field of a streamed and a whole-file analysis). Goal: at least 10x, met in every run and
+both measures; the 15x aimed for is met in wall time on 10 and 100 MiB in run 2 and on 10 MiB
+in run 1, not in CPU time (12.4-13.5x).
 """
 
 
