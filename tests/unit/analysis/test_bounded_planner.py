@@ -234,7 +234,8 @@ def test_chunk_boundaries_inside_moves_and_arcs_change_nothing(
     assert len(chunks) > 10
     starts = [c.split(b"\n", 1)[0].lstrip() for c in chunks[1:]]
     ends = [c.rstrip(b"\n").rsplit(b"\n", 1)[-1].lstrip() for c in chunks[:-1]]
-    linked = sum(bool(_MOTION.match(a) and _MOTION.match(b)) for a, b in zip(ends, starts))
+    pairs = zip(ends, starts, strict=True)
+    linked = sum(bool(_MOTION.match(a) and _MOTION.match(b)) for a, b in pairs)
     assert linked > len(chunks) // 2, "few boundaries fall between two moves"
     if "cambam" in sample:
         assert sum(bool(_ARC.match(s)) for s in starts) >= 3, "no chunk starts with an arc"
@@ -244,7 +245,8 @@ def test_chunk_boundaries_inside_moves_and_arcs_change_nothing(
     whole = analyse_gcode(path, machine_limits=lim, chunk_bytes=1 << 30).as_dict()
     streamed = analyse_gcode(path, machine_limits=lim, chunk_bytes=chunk_bytes).as_dict()
     assert streamed == whole
-    assert whole["estimated_time_s"] > 0 and whole["move_count"] > 100
+    assert whole["estimated_time_s"] > 0
+    assert whole["move_count"] > 100
 
 
 def test_limits_from_dict_reads_grbl_keys_and_refuses_nonsense() -> None:
