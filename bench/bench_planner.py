@@ -302,29 +302,31 @@ at about 8.7 GB; with 8 MiB chunks (until 2026-12-02) at 168-196 MB, with 1 MiB 
 
 **Speed.** On this shared 2-core machine the wall-clock ratio moves with the load: OctoPrint's
 runs last minutes and get a third of a core, ours last seconds and may catch a quiet moment.
-The CPU-time ratio moves much less. On 2026-12-02 two runs, each timing main as it was
-(c03fc05) in the same rounds, at load averages 9.5-18.9 and 6.5-12.2:
+The CPU-time ratio moves much less. On 2026-12-02 three runs, each timing main as it was
+(c03fc05) in the same rounds, at load averages 9.5-18.9, 6.5-12.2 and 0.2-10.8 (the tables
+above are run 3):
 
-| file | wall, run 1 | wall, run 2 | CPU time, run 2 | main (c03fc05), CPU time, run 2 |
-|---|---:|---:|---:|---:|
-| 10 MiB | 16.7x | 31.0x | 13.5x | 9.5x |
-| 100 MiB | 13.7x | 17.1x | 13.5x | 10.8x |
-| 200 MiB | 11.7x | 11.8x | 12.4x | 10.6x |
+| file | wall, run 1 | run 2 | run 3 | CPU time, run 2 | run 3 | main, CPU time, runs 2, 3 |
+|---|---:|---:|---:|---:|---:|---:|
+| 10 MiB | 16.7x | 31.0x | 25.8x | 13.5x | 13.2x | 9.5x, 8.7x |
+| 100 MiB | 13.7x | 17.1x | 12.6x | 13.5x | 14.0x | 10.8x, 10.9x |
+| 200 MiB | 11.7x | 11.8x | 18.3x | 12.4x | 14.0x | 10.6x, 12.0x |
 
 In run 1 main's analyser came out faster than ours in wall time on 100 and 200 MiB (16.9x and
 14.0x against 13.7x and 11.7x): at a load of 10-19 a best of two runs of 7-16 s says little
 (run 1 did not record CPU time yet).
-CPU time per file, run 2, ours against main: 0.25 s against 0.36 s (10 MiB), 2.51 s against
-3.13 s (100 MiB), 4.98 s against 5.85 s (200 MiB). What changed: the analysis keeps freed
-memory in the heap while it runs (glibc's malloc gave every 1 MiB step's arrays fresh pages:
-270,000 page faults and 15 % system time on 100 MiB, now 6,000), the number parser finds the
-dot with a multiply instead of a log2 and loads each number once, cumulative passes (about 7 ns
-a position) became repeats or searches where the positions are sparse, the bounded reverse
-pass updates in place, and a print skips the statistics only a CNC or laser result reads.
-The results are bit-identical (`tests/unit/analysis/test_bounded_planner.py` compares every
+CPU time per file, runs 2 and 3, ours against main: 0.25-0.26 s against 0.36-0.39 s (10 MiB),
+2.31-2.51 s against 2.96-3.13 s (100 MiB), 4.42-4.98 s against 5.18-5.85 s (200 MiB). What
+changed: the analysis keeps freed memory in the heap while it runs (glibc's malloc gave every 1
+MiB step's arrays fresh pages: 270,000 page faults and 15 % system time on 100 MiB, now 6,000),
+the number parser finds the dot with a multiply instead of a log2 and loads each number once,
+cumulative passes (about 7 ns a position) became repeats or searches where the positions are
+sparse, the bounded reverse pass updates in place, and a print skips the statistics only a CNC
+or laser result reads. The results are bit-identical
+(`tests/unit/analysis/test_bounded_planner.py` compares every
 field of a streamed and a whole-file analysis). Goal: at least 10x, met in every run and
-both measures; the 15x aimed for is met in wall time on 10 and 100 MiB in run 2 and on 10 MiB
-in run 1, not in CPU time (12.4-13.5x).
+both measures; the 15x aimed for is met in wall time in five of nine cases, not in CPU time
+(12.4-14.0x).
 """
 
 
