@@ -27,7 +27,11 @@ import numpy as np
 from microfactory.analysis import analyse_gcode
 
 REPO = Path(__file__).resolve().parent.parent
-OCTOPRINT_PYTHON = REPO / ".octoprint-venv" / "bin" / "python"
+OCTOPRINT_PYTHON = (
+    Path(os.environ.get("MICROFACTORY_OCTOPRINT_VENV", str(REPO / ".octoprint-venv")))
+    / "bin"
+    / "python"
+)
 REPORT = REPO / "docs" / "bench-analysis.md"
 
 # Runs inside OctoPrint's virtualenv: times load() only, and reports its estimate.
@@ -154,8 +158,8 @@ def render(rows: list[Row], octoprint_version: str, runs: int, load: tuple[float
         "PrusaSlicer's model of Marlin (per-axis limits, classic jerk junctions, reverse and "
         "forward passes) but runs the passes as min-plus scans over whole arrays; the reverse "
         "pass looks ahead only as far as the firmware's 16-block buffer holds "
-        "(`drivers/planner.py`). Files are read in 8 MiB chunks of whole lines, so memory stays "
-        "bounded (see bench-planner.md for 10-200 MiB files).",
+        "(`drivers/planner.py`). Files are read in 1 MiB chunks of whole lines, so memory stays "
+        "bounded (see [bench-planner.md](bench-planner.md) for 10-200 MiB files).",
         "",
         f"Reproduce: `.venv/bin/python bench/bench_analysis.py --runs {runs}`.",
         "",

@@ -595,6 +595,9 @@ def window_min_plus(a: F64, c: F64, end: F64, window: int) -> F64:
     speed squared at which the last buffered block must be able to stop. Sliding-window
     composition by binary powers: log2(window) passes over the arrays.
     """
+    # Past the end a shifted map is the identity (A = inf, C = 0): composing with it leaves
+    # an entry as it is, so each step updates only the first n - shift entries, in place.
+    # (c >= 0, so adding C = 0 never turns a -0.0 into a 0.0.)
     n = a.size
     res_a = np.full(n, np.inf)
     res_c = np.zeros(n)
@@ -602,15 +605,17 @@ def window_min_plus(a: F64, c: F64, end: F64, window: int) -> F64:
     offset, step, left = 0, 1, window
     while left:
         if left & 1:
-            sa, sc = _shift(pow_a, offset, np.inf), _shift(pow_c, offset, 0.0)
-            res_a = np.minimum(res_a, sa + res_c)
-            res_c = res_c + sc
+            if offset < n:
+                m = n - offset
+                np.minimum(res_a[:m], pow_a[offset:] + res_c[:m], out=res_a[:m])
+                res_c[:m] += pow_c[offset:]
             offset += step
         left >>= 1
         if left:
-            sa, sc = _shift(pow_a, step, np.inf), _shift(pow_c, step, 0.0)
-            pow_a = np.minimum(pow_a, sa + pow_c)
-            pow_c = pow_c + sc
+            if step < n:
+                m = n - step
+                np.minimum(pow_a[:m], pow_a[step:] + pow_c[:m], out=pow_a[:m])
+                pow_c[:m] = pow_c[:m] + pow_c[step:]
             step *= 2
     return np.minimum(res_a, _shift(end, window - 1, 0.0) + res_c)
 

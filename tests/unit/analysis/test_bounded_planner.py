@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import random
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from drivers.planner import (
     lookahead_window,
     plan_times,
 )
-from microfactory.analysis import analyse_gcode
+from microfactory.analysis import analyse_gcode, gcode
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "gcode"
 
@@ -203,6 +205,48 @@ def test_chunked_analysis_equals_one_pass(sample: str) -> None:
     assert chunked["estimated_time_s"] == pytest.approx(whole["estimated_time_s"], abs=0.02)
     for key in ("line_count", "move_count", "filament_mm", "bbox_mm", "layers", "process"):
         assert chunked[key] == whole[key], key
+
+
+_ARC = re.compile(rb"^(?:N\d+ ?)?G0?[23](?!\d)")
+_MOTION = re.compile(rb"^(?:N\d+ ?)?(?:G0?[0-3](?!\d)|[XYZ])")
+
+
+@pytest.mark.parametrize(
+    ("sample", "chunk_bytes"),
+    [
+        ("cnc/helloworld-cambam.nc", 509),  # 235 arcs: chunks start on arcs
+        ("laser/laser-spiral.nc", 1021),  # tiny segments: the 16-block buffer binds
+        ("fdm/bracket.gcode", 4099),  # extrusions cut in the middle of a perimeter
+    ],
+)
+@pytest.mark.parametrize("buffer", [16, 0])
+def test_chunk_boundaries_inside_moves_and_arcs_change_nothing(
+    sample: str, chunk_bytes: int, buffer: int
+) -> None:
+    """The streamed analysis gives the whole-file result exactly, every field of it.
+
+    Each chunk boundary falls between two moves the planner links (a junction and the
+    look-ahead window span it), on some of them the next chunk starts with an arc whose
+    start point is the last position of the chunk before.
+    """
+    path = DATA / sample
+    chunks = list(gcode._split(path.read_bytes(), chunk_bytes))
+    assert len(chunks) > 10
+    starts = [c.split(b"\n", 1)[0].lstrip() for c in chunks[1:]]
+    ends = [c.rstrip(b"\n").rsplit(b"\n", 1)[-1].lstrip() for c in chunks[:-1]]
+    pairs = zip(ends, starts, strict=True)
+    linked = sum(bool(_MOTION.match(a) and _MOTION.match(b)) for a, b in pairs)
+    assert linked > len(chunks) // 2, "few boundaries fall between two moves"
+    if "cambam" in sample:
+        assert sum(bool(_ARC.match(s)) for s in starts) >= 3, "no chunk starts with an arc"
+    lim = None if buffer else MachineLimits(block_buffer_size=0)
+    if lim is not None and "fdm" not in sample:
+        lim = replace(MachineLimits.grbl(), block_buffer_size=0)
+    whole = analyse_gcode(path, machine_limits=lim, chunk_bytes=1 << 30).as_dict()
+    streamed = analyse_gcode(path, machine_limits=lim, chunk_bytes=chunk_bytes).as_dict()
+    assert streamed == whole
+    assert whole["estimated_time_s"] > 0
+    assert whole["move_count"] > 100
 
 
 def test_limits_from_dict_reads_grbl_keys_and_refuses_nonsense() -> None:
