@@ -32,6 +32,7 @@ from microfactory.jobs.models import ENDED_STATES, JobState
 from microfactory.machines import service as machine_service
 from microfactory.machines import visibility as machine_visibility
 from microfactory.machines.models import MachineKind
+from microfactory.network.requests import service as request_service
 from microfactory.types import Id
 from microfactory.web import (
     CsrfChecked,
@@ -228,10 +229,17 @@ async def queue_page(
         ]
         for kind in MachineKind
     }
+    # Requests from other shops waiting for an operator's answer (accept, counter, decline).
+    incoming = [
+        r
+        for r in await request_service.list_visible(session=session, user=user)
+        if r.direction == "incoming" and r.state in ("received", "agreed")
+    ]
     return render(
         request,
         "queue.html",
         {
+            "incoming": incoming,
             "groups": groups,
             "machines": by_id,
             "owners": owners,

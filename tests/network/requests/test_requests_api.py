@@ -375,6 +375,9 @@ async def test_operators_answer_from_the_page_and_members_find_the_send_form(
         listed = await web.get("/network/requests")
         assert listed.status_code == 200
         assert payload["id"][:8] in listed.text
+        queue = await web.get("/queue")  # the operator's queue page shows it to answer
+        assert "Requests from other shops (1)" in queue.text
+        assert f'href="/network/requests/{payload["id"]}">Answer' in queue.text
         page = await web.get(f"/network/requests/{payload['id']}")
         assert page.status_code == 200
         assert "Accept with a quote" in page.text
@@ -393,6 +396,7 @@ async def test_operators_answer_from_the_page_and_members_find_the_send_form(
         assert "declined" in after.text
         assert "no PLA left" in after.text
         assert "Accept with a quote" not in after.text
+        assert "Requests from other shops" not in (await web.get("/queue")).text  # answered
     async with await _browser(app, client, Role.MEMBER) as web:
         mine = await web.get("/network/requests")
         assert mine.status_code == 200
