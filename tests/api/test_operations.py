@@ -23,6 +23,9 @@ PUBLIC_ROUTES = {
     ("GET", "/api/v1/network/reports"),
     ("GET", "/api/v1/network/shops"),
     ("POST", "/api/v1/network/route"),
+    # A shop's signed list of its public designs, and who holds a design (read as /shops is).
+    ("POST", "/api/v1/network/designs"),
+    ("GET", "/api/v1/network/designs/{content_hash}"),
     # Fabrication requests between shops: authenticated by the other shop's signature.
     ("POST", "/api/v1/network/requests"),
     ("POST", "/api/v1/network/requests/{request_id}/updates"),
