@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from microfactory import forms
 from microfactory.admin.forms import FormState
@@ -316,7 +316,29 @@ async def machine_new_page(request: Request, session: SessionDep, _admin: WebAdm
     return await _machine_page(request, session, None)
 
 
-MachineForm = Annotated[str, Form(max_length=300)]
+MachineField = Annotated[str, Field(max_length=300)]
+
+
+class MachineFormFields(BaseModel):
+    """The add and edit forms' fields, as typed (checked by `_machine_fields`)."""
+
+    name: MachineField = ""
+    kind: MachineField = ""
+    driver: MachineField = ""
+    port: MachineField = ""
+    baudrate: MachineField = ""
+    url: MachineField = ""
+    api_key: MachineField = ""
+    printer_port: MachineField = ""
+    volume_x: MachineField = ""
+    volume_y: MachineField = ""
+    volume_z: MachineField = ""
+    make: MachineField = ""
+    model: MachineField = ""
+    materials: MachineField = ""
+    nozzle_diameter_mm: MachineField = ""
+    power_w: MachineField = ""
+    maintenance: MachineField = ""
 
 
 @router.post("/admin/machines/new", response_class=HTMLResponse)
@@ -325,26 +347,10 @@ async def machine_create(
     session: SessionDep,
     _admin: WebAdmin,
     _csrf: CsrfChecked,
-    name: MachineForm = "",
-    kind: MachineForm = "",
-    driver: MachineForm = "",
-    port: MachineForm = "",
-    baudrate: MachineForm = "",
-    url: MachineForm = "",
-    api_key: MachineForm = "",
-    printer_port: MachineForm = "",
-    volume_x: MachineForm = "",
-    volume_y: MachineForm = "",
-    volume_z: MachineForm = "",
-    make: MachineForm = "",
-    model: MachineForm = "",
-    materials: MachineForm = "",
-    nozzle_diameter_mm: MachineForm = "",
-    power_w: MachineForm = "",
-    maintenance: MachineForm = "",
+    form: Annotated[MachineFormFields, Form()],
 ) -> Response:
     """Add a machine; the fleet starts its supervisor once it is on record (admins)."""
-    typed = {k: v for k, v in locals().items() if isinstance(v, str)}
+    typed = form.model_dump()
     state_in = FormState("machine", dict(typed))
     data = _machine_fields(state_in, None)
     if data is not None:
@@ -419,26 +425,10 @@ async def machine_update(
     session: SessionDep,
     _admin: WebAdmin,
     _csrf: CsrfChecked,
-    name: MachineForm = "",
-    kind: MachineForm = "",
-    driver: MachineForm = "",
-    port: MachineForm = "",
-    baudrate: MachineForm = "",
-    url: MachineForm = "",
-    api_key: MachineForm = "",
-    printer_port: MachineForm = "",
-    volume_x: MachineForm = "",
-    volume_y: MachineForm = "",
-    volume_z: MachineForm = "",
-    make: MachineForm = "",
-    model: MachineForm = "",
-    materials: MachineForm = "",
-    nozzle_diameter_mm: MachineForm = "",
-    power_w: MachineForm = "",
-    maintenance: MachineForm = "",
+    form: Annotated[MachineFormFields, Form()],
 ) -> Response:
     """Change a machine's settings; a blank API key keeps the saved one (admins)."""
-    typed = {k: v for k, v in locals().items() if isinstance(v, str) and k not in ("machine_id",)}
+    typed = form.model_dump()
     machine = await _get(session, machine_id)
     state_in = FormState("machine", dict(typed))
     data = _machine_fields(state_in, machine)
