@@ -247,7 +247,16 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.sessionmaker, app.state.fleet, app.state.job_relay, app.state.outbox
     )
     # Jobs made from other shops' requests report their progress back (signed updates).
-    network_request_subscribers.subscribe(app.state.events, app.state.sessionmaker, settings)
+    relay = app.state.job_relay
+
+    def publish_request(request_id: str, member_id: int | None) -> None:  # to every stream
+        app.state.fleet.publish_request(request_id, member_id)
+        if relay is not None:
+            relay.forward_request(request_id, member_id)
+
+    network_request_subscribers.subscribe(
+        app.state.events, app.state.sessionmaker, settings, publish_request
+    )
     app.state.login_throttle = LoginThrottle.from_settings(settings, app.state.engine)
     app.state.preparer = Preparer(app.state.sessionmaker, settings)
     metrics = Metrics()

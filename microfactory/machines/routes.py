@@ -54,10 +54,11 @@ async def list_machines(request: Request, session: SessionDep, user: AnyUser) ->
 
 @router.get("/stream", response_class=StreamingResponse)
 async def stream_status(request: Request, user: AnyUser) -> StreamingResponse:
-    """Push live updates as Server-Sent Events: `machine` (a status), `job` (a transition) and
-    `booking` (a machine's booked time changed).
+    """Push live updates as Server-Sent Events: `machine` (a status), `job` (a transition),
+    `booking` (a machine's booked time changed) and `request` (a fabrication request between
+    shops changed: its id only).
 
-    Members see job ids and G-code lines of their own jobs only.
+    Members see job ids and G-code lines of their own jobs only, and requests sent for them.
     """
     fleet = _fleet(request)
     sessionmaker = request.app.state.sessionmaker
@@ -101,6 +102,10 @@ async def stream_status(request: Request, user: AnyUser) -> StreamingResponse:
                     payload = json.dumps({"id": item_id, "status": await shown(data)}, default=str)
                 elif kind == "booking":  # machine time changed (0: every machine); no names
                     payload = json.dumps({"machine_id": item_id})
+                elif kind == "request":  # a request between shops; staff and its member
+                    if not (visibility.sees_all(viewer) or data.get("member_id") == viewer.id):
+                        continue
+                    payload = json.dumps({"id": str(data["id"])})
                 else:
                     if not await own_job(item_id):
                         continue  # another member's job: members see only their own

@@ -33,7 +33,8 @@ log = logging.getLogger("microfactory.fleet")
 SELF_HOSTED_DRIVERS = frozenset({"octoprint"})
 
 
-#: a live update: ("machine", machine id, status) or ("job", job id, transition)
+#: a live update: ("machine", machine id, status), ("job", job id, transition),
+#: ("booking", machine id, {}) or ("request", 0, {"id": request id, "member_id": …})
 Update = tuple[str, int, dict[str, Any]]
 
 
@@ -103,6 +104,13 @@ class Fleet:
     def publish_booking(self, machine_id: int) -> None:
         """Tell the streams a machine's booked time changed (0: every machine's)."""
         self.hub.publish(("booking", machine_id, {}))
+
+    def publish_request(self, request_id: str, member_id: int | None) -> None:
+        """Tell the streams a fabrication request changed (after its commit).
+
+        The member it was sent for (None at the making shop) only filters who is told.
+        """
+        self.hub.publish(("request", 0, {"id": request_id, "member_id": member_id}))
 
     async def send_commands(self, machine: Machine, lines: list[str]) -> list[dict[str, Any]]:
         """Send raw lines through the machine's supervisor."""

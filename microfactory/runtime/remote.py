@@ -580,8 +580,8 @@ class QueueWaker:
 
 
 class JobEventRelay:
-    """Job transitions (and changes of booked time) on every process's live stream, whichever
-    process committed them.
+    """Job transitions (and changes of booked time and of fabrication requests) on every
+    process's live stream, whichever process committed them.
 
     The lifecycle publishes a transition after its commit in the process that made it (a web
     worker approving, the machine host finishing a print). Each process forwards its own on
@@ -610,6 +610,10 @@ class JobEventRelay:
         """Send a local change of a machine's booked time to the other processes."""
         self._send({"origin": self.origin, "booking": machine_id})
 
+    def forward_request(self, request_id: str, member_id: int | None) -> None:
+        """Send a local change of a fabrication request to the other processes."""
+        self._send({"origin": self.origin, "request": request_id, "member_id": member_id})
+
     def _send(self, message: dict[str, Any]) -> None:
         async def send() -> None:
             with contextlib.suppress(Exception):  # the local stream has it; others may miss it
@@ -622,5 +626,8 @@ class JobEventRelay:
             return
         if "booking" in message:
             self.fleet.publish_booking(int(message["booking"]))
+        elif "request" in message:
+            member = message.get("member_id")
+            self.fleet.publish_request(str(message["request"]), int(member) if member else None)
         else:
             self.fleet.publish_job(int(message["job_id"]), dict(message.get("event") or {}))

@@ -20,7 +20,7 @@ from microfactory.config import Settings
 from microfactory.events import EventBus, JobChanged
 from microfactory.jobs.models import Job
 from microfactory.network import identity
-from microfactory.network.requests import outbox, service
+from microfactory.network.requests import live, outbox, service
 from microfactory.network.requests.models import FabricationRequest
 
 log = logging.getLogger("microfactory.network.requests")
@@ -71,9 +71,19 @@ async def on_job_changed(
 
 
 def subscribe(
-    bus: EventBus, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+    bus: EventBus,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    publish: live.Publisher | None = None,
 ) -> None:
-    """Report progress on requests from the job lifecycle."""
+    """Report progress on requests from the job lifecycle.
+
+    With `publish`, committed changes of requests also go to it (the live stream).
+    """
+    if publish is not None:
+        info = dict(sessionmaker.kw.get("info") or {})
+        info[live.PUBLISHER_KEY] = publish
+        sessionmaker.configure(info=info)
 
     async def handler(event: JobChanged) -> None:
         await on_job_changed(event, sessionmaker=sessionmaker, settings=settings)

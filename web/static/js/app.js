@@ -116,7 +116,8 @@
 
   // Pages that follow the server's event stream (one stream per page, no timed reloads):
   // the machine grid updates its cards; the job page its progress, and the whole page when
-  // the job changes; the queue and the job lists when any job they may show changes.
+  // the job changes; the queue and the job lists when any job they may show changes; the
+  // requests between shops when one changes.
   async function refreshMain() {
     const main = document.getElementById("main");
     const active = document.activeElement;
@@ -129,7 +130,14 @@
     if (!resp.ok || !main) return;
     const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
     const fresh = doc.getElementById("main");
-    if (fresh) main.innerHTML = fresh.innerHTML;
+    if (!fresh) return;
+    // A page may mark the parts that change (data-live-region, with an id): only those are
+    // swapped, so a form beside them keeps what was typed. The whole page is swapped when
+    // its data-live-key changed (a request's state: other actions are offered).
+    const key = (root) => { const k = root.querySelector("[data-live-key]"); return k ? k.dataset.liveKey : null; };
+    const parts = main.querySelectorAll("[data-live-region][id]");
+    if (!parts.length || key(main) !== key(fresh)) { main.innerHTML = fresh.innerHTML; return; }
+    parts.forEach((part) => { const next = doc.getElementById(part.id); if (next) part.replaceWith(next); });
   }
 
   let refreshTimer = null;
@@ -153,7 +161,9 @@
 
   const grid = document.querySelector("[data-live-machines]");
   const jobsList = document.querySelector("[data-live-jobs]");
-  if (grid || jobsList || document.querySelector("[data-live-job]")) {
+  const requestsList = document.querySelector("[data-live-requests]");
+  const requestEl = document.querySelector("[data-live-request]");
+  if (grid || jobsList || requestsList || requestEl || document.querySelector("[data-live-job]")) {
     const source = new EventSource("/api/v1/machines/stream");
     window.microfactoryStream = source;  // shared: notifications.js keeps the badge live on it
     source.addEventListener("machine", (ev) => {
@@ -174,6 +184,15 @@
       const data = JSON.parse(ev.data);
       const jobEl = document.querySelector("[data-live-job]");
       if (jobsList || (jobEl && String(data.id) === jobEl.dataset.liveJob)) scheduleRefresh();
+    });
+    // A fabrication request between shops changed (a message arrived, a delivery was tried):
+    // the requests list, or that request's page, refetches. The last action's flash message
+    // would be stale: it goes.
+    source.addEventListener("request", (ev) => {
+      const data = JSON.parse(ev.data);
+      if (!requestsList && !(requestEl && data.id === requestEl.dataset.liveRequest)) return;
+      if (window.location.search) window.history.replaceState(null, "", window.location.pathname);
+      scheduleRefresh();
     });
   }
 })();
