@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from microfactory.accounts.models import Role
 from microfactory.config import Settings
@@ -144,3 +145,35 @@ async def test_a_change_of_a_request_is_told_to_staff_and_its_member_on_the_stre
     finally:
         for s in streams:
             await s.close()
+
+
+async def test_a_change_of_a_request_reaches_the_streams_of_the_other_web_workers(
+    app: Any, client: httpx.AsyncClient, settings: Settings, make_user: UserFactory
+) -> None:
+    from microfactory.app import create_app
+
+    if not settings.is_postgresql:
+        pytest.skip("several processes share PostgreSQL only (SQLite is one process)")
+    app.state.clock = lambda: NOW
+    a, b = _ours(settings), _other_shop()
+    maria, _ = await make_user(Role.MEMBER)
+    request_id = await _outgoing(app, b.shop_id, maria.id)
+    other = create_app(settings)  # another web worker on the same database
+    async with other.router.lifespan_context(other):
+        updates = other.state.fleet.subscribe()
+
+        async def next_request_event() -> tuple[str, int, dict[str, Any]]:
+            while True:
+                item = await anext(updates)
+                if item[0] == "request":
+                    return item  # type: ignore[no-any-return]
+
+        pending = asyncio.ensure_future(asyncio.wait_for(next_request_event(), 10))
+        await asyncio.sleep(0)  # the subscription starts with its first read
+        accepted = _update(b, a.shop_id, request_id, "accepted", sequence=10)
+        resp = await client.post(
+            f"/api/v1/network/requests/{request_id}/updates", content=accepted, headers=JOSE
+        )
+        assert resp.status_code == 200, resp.text
+        assert await pending == ("request", 0, {"id": request_id, "member_id": maria.id})
+        await updates.aclose()
