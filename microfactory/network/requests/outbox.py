@@ -1,11 +1,12 @@
 """Delivering signed messages to the other shop, retried with backoff while it is away.
 
-A message that must reach the other shop (B's answers and status updates, A's reply to a
-counter-offer) gets an `OutboxItem` in the same transaction that signs it. After the commit
-the route tries it at once; if the other shop is down (or answers 5xx, 408, 429) the item is
-tried again later, 2 s after the first failure, doubling up to 2 minutes, until the
-message's own expiry. A 4xx answer is final (the shop read the message and refused it). The
-scheduler's outbox job (`install`) picks up due items every few seconds, also after a
+A message that must reach the other shop (A's request itself, B's answers and status
+updates, A's reply to a counter-offer) gets an `OutboxItem` in the same transaction that
+signs it. After the commit the route tries it at once; if the other shop is down (or
+answers 5xx, 408, 429) the item is tried again later, 2 s after the first failure, doubling
+up to 2 minutes, until the message's own expiry. A 4xx answer is final (the shop read the
+message and refused it); a request refused, or expired untaken, is kept as "undelivered".
+The scheduler's outbox job (`install`) picks up due items every few seconds, also after a
 restart: the table is the state, nothing is kept in memory.
 
 Per request, items go out in order: a later one waits while an earlier one is pending, so
@@ -100,6 +101,7 @@ async def deliver_request(
             if item.expires_at <= at:
                 item.state = "expired"
                 item.note = "the message expired before the other shop took it"
+                await service.note_undelivered(session=session, message_id=item.message_id)
                 continue_after = True
             elif not await _claim(session, item, at):
                 return  # backing off, or another attempt holds it: order waits for it
@@ -137,6 +139,7 @@ async def _record(
             return True
         if code is not None and 400 <= code < 500 and code not in RETRYABLE:
             item.state = "refused"
+            await service.note_undelivered(session=session, message_id=item.message_id)
             log.warning("request %s: the other shop refused a message: %s", item.request_id, note)
             return True
         wait = backoff_s(item.attempts)

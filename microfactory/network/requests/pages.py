@@ -119,7 +119,12 @@ async def send_from_page(
                                "quantity": form.get("quantity", "1")})  # fmt: skip
             return redirect(f"{PAGE}/new?{query}")
         return await _list(request, session, user, error=text, typed=form, status_code=code)
-    return redirect(f"{PAGE}/{quote(request_id)}?msg=" + quote("Sent; the other shop took it."))
+    sent = await _delivery(request, request_id)
+    if sent.startswith("Not delivered"):
+        done = "Signed and kept here. " + sent
+    else:
+        done = "Sent; the other shop took it."
+    return redirect(f"{PAGE}/{quote(request_id)}?msg=" + quote(done))
 
 
 @router.get(PAGE + "/new", response_class=HTMLResponse)

@@ -23,8 +23,8 @@ from microfactory.deps import AnyUser, Now, SessionDep, SettingsDep, ShopTz, Sta
 from microfactory.designs import remote
 from microfactory.errors import BadRequestError, InvalidInputError
 from microfactory.network.identity import ShopKey
-from microfactory.network.requests import flows, holdings, service
-from microfactory.network.requests.models import FabricationRequest, RequestMessage
+from microfactory.network.requests import flows, holdings, outbox, service
+from microfactory.network.requests.models import FabricationRequest
 from microfactory.network.requests.schemas import (
     Accept,
     Counter,
@@ -63,18 +63,6 @@ async def _jose_body(request: Request) -> bytes:
     return await request.body()
 
 
-async def deliver_and_note(
-    request: Request, req: FabricationRequest, msg: RequestMessage, url: str
-) -> tuple[int | None, str]:
-    """Deliver a signed message after the commit, and note how it went on the message."""
-    code, note = await service.deliver(url, msg.jws)
-    async with request.app.state.sessionmaker() as session, session.begin():
-        await service.note_delivery(session=session, message_id=msg.id, status=code, note=note)
-    if code is None or code >= 300:
-        log.warning("request %s: delivering %s failed: %s", req.id, msg.kind, note)
-    return code, note
-
-
 async def _read(request: Request, request_id: str | uuid.UUID, user: User) -> RequestRead:
     async with request.app.state.sessionmaker() as session:
         req = await service.get_visible(session=session, request_id=request_id, user=user)
@@ -108,7 +96,12 @@ async def send_and_deliver(
     body: SendRequest,
     now: dt.datetime,
 ) -> str:
-    """Check, sign, record and deliver a request; return its id (422 if not taken)."""
+    """Check, sign and record a request, and deliver it through the outbox; return its id.
+
+    Tried at once after the commit; if the other shop is away (or answers 5xx) the request
+    stays sent, its delivery pending and retried with backoff until it expires (an hour).
+    A refusal (4xx) is final: 422, and the request is kept as undelivered.
+    """
     url = remote.check_url(body.shop_url) if body.shop_url else None
     design, _member = await service.sendable(
         session=session, settings=settings, user=user, body=body
@@ -122,7 +115,15 @@ async def send_and_deliver(
             settings=settings, shop_id=body.shop_id, content_hash=content_hash
         )
         url = found.base_url
-    peer_id = await service.fetch_shop_id(url)
+    try:
+        peer_id = await service.fetch_shop_id(url)
+    except remote.RemoteError as exc:
+        if body.shop_id is None:
+            raise
+        # Away now, but named by routing: the request is addressed to that shop's key, which
+        # alone takes it, so it waits in the outbox until the shop is back.
+        log.info("shop %s: keys unreadable (%s); the request is queued", body.shop_id, exc.detail)
+        peer_id = body.shop_id
     if body.shop_id is not None and body.shop_id != peer_id:
         raise InvalidInputError(f"{url} publishes the key of shop {peer_id}, not of {body.shop_id}")
     req, msg = await service.send(
@@ -135,14 +136,18 @@ async def send_and_deliver(
         peer_url=url,
         now=now,
     )
+    outbox.enqueue(session=session, msg=msg, url=url + service.REQUESTS_PATH, now=now)
+    request_id = req.id
     await session.commit()
-    code, note = await deliver_and_note(request, req, msg, url + service.REQUESTS_PATH)
-    if code != 201:
-        async with request.app.state.sessionmaker() as s2, s2.begin():
-            again = await service.get_visible(session=s2, request_id=req.id, user=user)
-            again.state = "undelivered"
+    sessionmaker = request.app.state.sessionmaker
+    await outbox.deliver_request(sessionmaker=sessionmaker, request_id=request_id, now=now)
+    async with sessionmaker() as s2:
+        sent = await service.get_visible(session=s2, request_id=request_id, user=user)
+        item = sent.messages[0].outbox
+        state, note = (item.state, item.note) if item is not None else ("delivered", "")
+    if state == "refused":
         raise remote.RemoteError(f"the other shop did not take the request: {note}")
-    return req.id
+    return request_id
 
 
 @router.post("/send", response_model=RequestRead, status_code=status.HTTP_201_CREATED)
@@ -158,7 +163,9 @@ async def send_request(
     """Send a design to another shop to be made, signed by this shop (members, operators).
 
     The other shop is named by its base URL (and, from routing, its id, which is checked
-    against the key it publishes). 422 if it refuses the request or cannot be reached.
+    against the key it publishes). 422 if it refuses the request, or cannot be reached and
+    was named by its URL alone. A shop named by routing that is away gets the request once
+    back: its last message shows `delivery_state` "pending" meanwhile.
     """
     request_id = await send_and_deliver(request, session, settings, shop, user, body, now)
     return await _read(request, request_id, user)

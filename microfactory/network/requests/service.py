@@ -272,6 +272,22 @@ async def note_delivery(
         await session.flush()
 
 
+async def note_undelivered(*, session: AsyncSession, message_id: int) -> None:
+    """Keep a request the other shop refused, or never took before it expired, as undelivered.
+
+    Only the request itself (not a later message): its state says it never arrived. Should
+    the other shop have taken it after all (an answer lost on the way back), its updates
+    are still taken: `AFTER` lets them follow "undelivered".
+    """
+    msg = await session.get(RequestMessage, message_id)
+    if msg is None or msg.kind != "request" or msg.direction != "sent":
+        return
+    req = await _get(session, msg.request_id)
+    if req is not None and req.state == "sent":
+        req.state = "undelivered"
+        await session.flush()
+
+
 # -- at A: sending -------------------------------------------------------------------------
 
 
