@@ -383,7 +383,8 @@ async def _announce(request: Request, machine: Machine) -> None:
     publish = getattr(fleet, "publish_status", None)
     if publish is not None:
         # A manual or disabled machine has no supervisor to report it: the grid still hears.
-        publish(machine.id, fleet.status(machine))
+        # "edited": the grid redraws the card (its name at once, its kind, driver, badges).
+        publish(machine.id, {**fleet.status(machine), "name": machine.name, "edited": True})
 
 
 async def _get(session: SessionDep, machine_id: int) -> Machine:

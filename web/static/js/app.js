@@ -159,6 +159,14 @@
     }
   }
 
+  function showMachineCount() {
+    const el = document.querySelector("[data-field=machine-count]");
+    const liveGrid = document.querySelector("[data-live-machines]");
+    if (!el || !liveGrid) return;
+    const n = liveGrid.querySelectorAll("[data-machine-id]").length;
+    el.textContent = `${n} machine${n === 1 ? "" : "s"}`;
+  }
+
   const grid = document.querySelector("[data-live-machines]");
   const jobsList = document.querySelector("[data-live-jobs]");
   const requestsList = document.querySelector("[data-live-requests]");
@@ -171,11 +179,16 @@
       // A machine the grid has no card for was just added: fetch the grid with its card.
       if (data.status && data.status.removed) {  // deleted by an admin
         document.querySelectorAll(`[data-machine-id="${data.id}"]`).forEach((card) => card.remove());
+        showMachineCount();
         return;
       }
       // Looked up again each time: a refresh replaces the grid element.
       const liveGrid = document.querySelector("[data-live-machines]");
       if (liveGrid && !liveGrid.querySelector(`[data-machine-id="${data.id}"]`)) scheduleRefresh();
+      else if (liveGrid && data.status && data.status.edited) scheduleRefresh();  // kind, badges
+      if (data.status && data.status.name) {  // renamed by an admin: at once, before the refresh
+        document.querySelectorAll(`[data-machine-id="${data.id}"] [data-field=name]`).forEach((el) => { el.textContent = data.status.name; });
+      }
       document.querySelectorAll(`[data-machine-id="${data.id}"]`).forEach((card) => update(card, data.status));
       const jobEl = document.querySelector("[data-live-job]");  // looked up again: refreshes replace it
       if (jobEl && data.status && String(data.status.job_id) === jobEl.dataset.liveJob) updateJobProgress(jobEl, data.status);
