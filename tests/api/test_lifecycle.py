@@ -388,5 +388,5 @@ async def test_reactions_run_after_commit_and_not_after_rollback(
                 )
             ).scalars()
         )
-    assert [(n.kind, n.body) for n in notes] == [("job_failed", "nozzle clog")]
+    assert [(n.kind, n.body) for n in notes] == [("job_failed", "Why: nozzle clog")]
     assert "failed" in notes[0].subject

@@ -55,6 +55,12 @@ async def _queued_job(
 
 
 async def _plan(app: Any, now: dt.datetime) -> list[tuple[int, int]]:
+    # The simulated mill's link can drop on a loaded machine (the driver reconnects by
+    # itself): the decision under test is about bookings, so it is taken with the mill up.
+    await wait_for(
+        lambda: all(s.get("state") == "idle" for s in app.state.fleet.snapshots().values()),
+        what="every machine idle before planning",
+    )
     async with app.state.sessionmaker() as session:
         pairs = await queue.plan(
             session=session, fleet=app.state.fleet, settings=app.state.settings, now=now
