@@ -121,3 +121,35 @@ def login(page: Any, base: str, username: str, password: str) -> None:
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
+
+
+ENDED = {"finished", "failed", "cancelled"}
+
+
+def release_job(base: str, job_id: int) -> None:
+    """End a test's job and clear its bed, so that the demo's printers are free again.
+
+    The browser tests share one demo shop per worker: a job left printing, or ended on a
+    printer whose bed nobody cleared, holds that printer, and the next test's job would
+    wait for it forever.
+    """
+    resp = httpx.post(
+        base + "/api/v1/auth/token",
+        data={"username": "operator", "password": "operator-demo-pass"},
+        timeout=10,
+    )
+    resp.raise_for_status()
+    op = {"Authorization": f"Bearer {resp.json()['access_token']}"}
+    httpx.post(f"{base}/api/v1/jobs/{job_id}/cancel", headers=op, timeout=30)  # may have ended
+    deadline = time.monotonic() + 60
+    while True:
+        job = httpx.get(f"{base}/api/v1/jobs/{job_id}", headers=op, timeout=10).json()
+        if job["state"] in ENDED or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert job["state"] in ENDED, job
+    if job.get("machine_id") is not None and job.get("cleared_at") is None:
+        cleared = httpx.post(
+            f"{base}/api/v1/jobs/{job_id}/clear", json={"outcome": "bad"}, headers=op, timeout=10
+        )
+        assert cleared.status_code == 200, cleared.text

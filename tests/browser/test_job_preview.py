@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.api.test_job_media import png, with_thumbnails
-from tests.browser.conftest import DemoServer, login
+from tests.browser.conftest import DemoServer, login, release_job
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CUBE = Path(__file__).parents[1] / "data" / "gcode" / "fdm" / "cube.gcode"
@@ -88,6 +88,7 @@ def test_job_page_shows_the_thumbnail_and_a_layer_preview(
     assert page.locator("#gcode-preview-slot #gcode-canvas").count() == 1
     assert page.locator("#layer-value").inner_text() == f"5 of {layers}"
     assert errors == []
+    release_job(base, job["id"])
 
 
 def test_phone_width_design_page_fits_and_queue_actions_are_on_screen(
@@ -136,3 +137,4 @@ def test_phone_width_design_page_fits_and_queue_actions_are_on_screen(
     approve.click()
     page.get_by_role("button", name=f"Approve {job['id']}").wait_for(state="detached")
     context.close()
+    release_job(base, job["id"])  # approved, it would print the cube on a demo printer

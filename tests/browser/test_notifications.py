@@ -8,7 +8,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import DemoServer, login
+from tests.browser.conftest import DemoServer, login, release_job
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 GCODE = b"G28\nG1 X10 Y10 F3000\nM84\n"
@@ -85,3 +85,4 @@ def test_member_sees_the_unread_badge_rise_when_their_job_is_approved(
 
     cancel = httpx.post(base + f"/api/v1/jobs/{job_id}/cancel", headers=member, timeout=10)
     assert cancel.status_code == 200, cancel.text
+    release_job(base, job_id)
