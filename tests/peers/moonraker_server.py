@@ -90,9 +90,14 @@ class MoonrakerServer:
         (self.datadir / "config" / "moonraker.conf").write_text(
             CONFIG.format(port=self.port, uds=uds), encoding="utf-8"
         )
-        self.klippy = KlippyEmulator(uds, self.gcodes, line_time_s=self.line_time_s)
-        self.klippy.start()
-        log = (self.datadir / "logs" / "stdout.log").open("wb")
+        if self.klippy is None:
+            self.klippy = KlippyEmulator(uds, self.gcodes, line_time_s=self.line_time_s)
+            self.klippy.start()
+        self.start_moonraker(timeout_s)
+
+    def start_moonraker(self, timeout_s: float = 30.0) -> None:
+        """Start Moonraker alone (the emulator keeps running); return once Klippy is ready."""
+        log = (self.datadir / "logs" / "stdout.log").open("ab")
         self.process = subprocess.Popen(
             [str(self.python), "-m", "moonraker", "-d", str(self.datadir)],
             stdout=log,
@@ -122,6 +127,13 @@ class MoonrakerServer:
 
     def stop(self) -> None:
         """Stop Moonraker, then the emulator, and remove the data directory."""
+        self.stop_moonraker()
+        if self.klippy is not None:
+            self.klippy.stop()
+        shutil.rmtree(self.datadir, ignore_errors=True)
+
+    def stop_moonraker(self) -> None:
+        """Stop Moonraker alone; Klippy (the emulator) prints on, as on a real printer."""
         proc, self.process = self.process, None
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -130,6 +142,3 @@ class MoonrakerServer:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
-        if self.klippy is not None:
-            self.klippy.stop()
-        shutil.rmtree(self.datadir, ignore_errors=True)

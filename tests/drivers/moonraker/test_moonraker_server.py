@@ -6,6 +6,7 @@ emulated (tests/peers/klippy_emulator.py, which lists its limits).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import pytest
@@ -108,6 +109,25 @@ async def test_klippy_shutdown_mid_job_fails_it_with_klippys_message(
     # FIRMWARE_RESTART brings Klippy back.
     await driver.reset()
     await wait_status(driver, in_state(MachineState.IDLE))
+
+
+async def test_a_moonraker_restart_mid_job_is_survived(
+    make_driver: MakeDriver, moonraker: MoonrakerServer
+) -> None:
+    driver = make_driver()
+    await driver.connect()
+    async with EventLog(driver) as log:
+        await driver.start(program(800))  # about 4 s
+        await wait_status(driver, in_state(MachineState.RUNNING))
+        await asyncio.to_thread(moonraker.stop_moonraker)
+        gone = await wait_status(driver, in_state(MachineState.OFFLINE))
+        assert "websocket" in gone.message
+        assert driver.job_file is not None  # Klippy prints on: the job is not given up
+        await asyncio.to_thread(moonraker.start_moonraker)
+        # The driver reconnects by itself and follows the print to its end.
+        finished = await log.wait_for(EventKind.FINISHED)
+    assert finished.data["progress"].percent == 100.0
+    assert EventKind.FAILED not in log.kinds()
 
 
 async def test_gcode_goes_through_and_is_refused_during_a_print(make_driver: MakeDriver) -> None:
