@@ -180,6 +180,7 @@ class MoonrakerDriver(Driver):
         self._lines_total = 0
         self._cancel_requested = False
         self._last_print_state: str | None = None
+        self._last_ended: str | None = None  # the last print whose end we reported
 
     # -- public API beyond the Driver interface --------------------------------
 
@@ -187,6 +188,34 @@ class MoonrakerDriver(Driver):
     def job_file(self) -> str | None:
         """Return the Moonraker file name of the print this driver follows, if any."""
         return self._job_file
+
+    async def attach(
+        self, file_name: str | None = None, *, lines_total: int = 0
+    ) -> Progress | None:
+        """Follow the print Klippy is running (e.g. after our restart); return its progress.
+
+        With file_name, follow only that file (the name `job_file` had when we started it).
+        Return None when Klippy is not printing it. A print of that file that has already
+        completed is followed too: its final progress is returned and FINISHED is emitted at
+        once, so a supervisor that was down during the end still learns of it.
+        """
+        stats = self._print_stats()
+        filename = str(stats.get("filename") or "")
+        state = str(stats.get("state") or "")
+        if not filename or (file_name is not None and filename != file_name):
+            return None
+        active = state in ("printing", "paused") and self._webhooks().get("state") == "ready"
+        completed = file_name is not None and state == "complete" and filename != self._last_ended
+        if not (active or completed):
+            return None
+        self._job_file = filename
+        self._lines_total = lines_total
+        self._cancel_requested = False
+        self._last_print_state = state if active else None
+        progress = self._progress()
+        log.info("following the print of %s on Moonraker at %s", filename, self._display)
+        self._refresh_status()
+        return progress
 
     # -- the Driver interface ----------------------------------------------------
 
@@ -571,6 +600,7 @@ class MoonrakerDriver(Driver):
     def _finish_job(self, kind: EventKind, *, reason: str) -> None:
         progress = self._progress()
         file, self._job_file = self._job_file, None
+        self._last_ended = file
         self._cancel_requested = False
         if kind is EventKind.FINISHED:
             log.info("print of %s finished on %s", file, self._display)

@@ -130,6 +130,37 @@ async def test_a_moonraker_restart_mid_job_is_survived(
     assert EventKind.FAILED not in log.kinds()
 
 
+async def test_after_our_restart_a_new_driver_reattaches_to_the_print(
+    make_driver: MakeDriver,
+) -> None:
+    first = make_driver()
+    await first.connect()
+    await first.start(program(600))  # about 3 s
+    name = first.job_file
+    await first.close()  # we "restart": Klippy prints on
+    again = make_driver()
+    await again.connect()
+    assert await again.attach("some-other-file.gcode", lines_total=602) is None
+    async with EventLog(again) as log:
+        progress = await again.attach(name, lines_total=602)
+        assert progress is not None
+        assert progress.lines_total == 602
+        assert again.job_file == name
+        finished = await log.wait_for(EventKind.FINISHED)
+    assert finished.data["file"] == name
+    # A print that completed while we were away is reported finished at once.
+    late = make_driver()
+    await late.connect()
+    async with EventLog(late) as log:
+        done = await late.attach(name, lines_total=602)
+        assert done is not None
+        assert done.percent == 100.0
+        await log.wait_for(EventKind.FINISHED)
+    assert late.job_file is None
+    # Without a file name, only a running print is followed.
+    assert await late.attach(None) is None
+
+
 async def test_gcode_goes_through_and_is_refused_during_a_print(make_driver: MakeDriver) -> None:
     driver = make_driver()
     await driver.connect()
