@@ -22,10 +22,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -48,6 +51,7 @@ from drivers.base import (
     ProtocolError,
     Temperature,
 )
+from drivers.planner import MachineLimits
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +142,57 @@ def translate_error(exc: BaseException, *, url: str, action: str) -> DriverError
     return DriverError(f"Moonraker at {url} failed while {action}: {exc}")
 
 
+def configfile_motion_limits(settings: Mapping[str, Any], where: str) -> dict[str, Any] | None:
+    """Return motion limits from Klipper's `configfile.settings` ([printer], [extruder]).
+
+    Klipper plans every move with `max_accel` and joins moves by `square_corner_velocity`,
+    which it turns into a junction deviation of scv² (√2 - 1) / max_accel (toolhead.py).
+    Its look-ahead is not a ring of fixed size, so the planner plans over the whole program.
+    """
+    printer = settings.get("printer") if isinstance(settings, Mapping) else None
+    if not isinstance(printer, Mapping):
+        return None
+    extruder = settings.get("extruder")
+    extruder = extruder if isinstance(extruder, Mapping) else {}
+
+    def num(values: Mapping[str, Any], key: str, default: float) -> float:
+        try:
+            value = float(values.get(key, default))
+        except (TypeError, ValueError):
+            return default
+        return value if math.isfinite(value) and value > 0 else default
+
+    stock = MachineLimits.marlin()
+    velocity = num(printer, "max_velocity", stock.max_feedrate[0])
+    accel = num(printer, "max_accel", stock.max_acceleration[0])
+    scv = num(printer, "square_corner_velocity", 5.0)
+    limits = replace(
+        stock,
+        max_feedrate=(
+            velocity,
+            velocity,
+            num(printer, "max_z_velocity", velocity),
+            num(extruder, "max_extrude_only_velocity", stock.max_feedrate[3]),
+        ),
+        max_acceleration=(
+            accel,
+            accel,
+            num(printer, "max_z_accel", accel),
+            num(extruder, "max_extrude_only_accel", stock.max_acceleration[3]),
+        ),
+        print_acceleration=accel,
+        retract_acceleration=accel,
+        travel_acceleration=accel,
+        junction_deviation=scv * scv * (math.sqrt(2.0) - 1.0) / accel,
+        block_buffer_size=0,
+    )
+    return {
+        **limits.as_dict(),
+        "source": f"Klipper configfile [printer] at {where}",
+        "read_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
 def _safe_upload_name(program: Program) -> str:
     stem = Path(program.name).stem.lower()
     slug = re.sub(r"[^a-z0-9]+", "-", stem).strip("-")[:40]
@@ -181,6 +236,8 @@ class MoonrakerDriver(Driver):
         self._cancel_requested = False
         self._last_print_state: str | None = None
         self._last_ended: str | None = None  # the last print whose end we reported
+        # Klipper's [printer] limits as MachineLimits fields, plus "source" and "read_at".
+        self.motion_limits: dict[str, Any] | None = None
 
     # -- public API beyond the Driver interface --------------------------------
 
@@ -234,12 +291,25 @@ class MoonrakerDriver(Driver):
         except DriverError as exc:
             self._set_status(state=MachineState.OFFLINE, message=str(exc))
             raise
+        await self._read_motion_limits()
         log.info(
             "connected to Moonraker %s at %s (Klippy %s)",
             info.get("moonraker_version"),
             self._display,
             info.get("klippy_state"),
         )
+
+    async def _read_motion_limits(self) -> None:
+        if not self._klippy_connected:
+            return
+        try:
+            result = await self._rpc(
+                "printer.objects.query", {"objects": {"configfile": ["settings"]}}
+            )
+            settings = ((result or {}).get("status") or {}).get("configfile", {}).get("settings")
+            self.motion_limits = configfile_motion_limits(settings or {}, self._display)
+        except (DriverError, AttributeError, TypeError) as exc:
+            log.info("no motion limits from Klipper at %s: %s", self._display, exc)
 
     async def close(self) -> None:
         """Stop following Moonraker; a running print carries on there."""

@@ -13,6 +13,7 @@ import pytest
 
 from drivers.base import DriverError, EventKind, MachineOffline, MachineState, Program
 from drivers.moonraker import MoonrakerDriver
+from drivers.planner import limits_from_dict
 from tests.drivers.octoprint.octoprint_helpers import EventLog, in_state, wait_status
 from tests.peers.moonraker_server import MoonrakerServer
 from tests.peers.octoprint_server import free_port
@@ -57,6 +58,21 @@ async def test_a_job_runs_to_finished_with_live_status(
     status = await wait_status(driver, in_state(MachineState.IDLE))
     assert status.extra["print_state"] == "complete"
     assert EventKind.FAILED not in log.kinds()
+
+
+async def test_motion_limits_come_from_klippers_configfile(make_driver: MakeDriver) -> None:
+    driver = make_driver()
+    await driver.connect()
+    limits = driver.motion_limits
+    assert limits is not None
+    # The emulated [printer]: max_velocity 300, max_accel 3000, square_corner_velocity 5.
+    assert limits["max_feedrate"][:2] == [300.0, 300.0]
+    assert limits["max_acceleration"][:2] == [3000.0, 3000.0]
+    assert limits["print_acceleration"] == 3000.0
+    assert limits["junction_deviation"] == pytest.approx(25 * (2**0.5 - 1) / 3000)
+    assert "configfile" in limits["source"]
+    # The planner takes them as they are.
+    assert limits_from_dict(limits).max_acceleration[0] == 3000.0
 
 
 async def test_pause_resume_and_cancel(make_driver: MakeDriver) -> None:
