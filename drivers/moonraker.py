@@ -236,6 +236,9 @@ class MoonrakerDriver(Driver):
         self._cancel_requested = False
         self._last_print_state: str | None = None
         self._last_ended: str | None = None  # the last print whose end we reported
+        self._starting = False  # start() is waiting for Klippy to take the file
+        # Strong references to fire-and-forget tasks, which asyncio holds only weakly.
+        self._background: set[asyncio.Task[None]] = set()
         # Klipper's [printer] limits as MachineLimits fields, plus "source" and "read_at".
         self.motion_limits: dict[str, Any] | None = None
 
@@ -314,6 +317,8 @@ class MoonrakerDriver(Driver):
     async def close(self) -> None:
         """Stop following Moonraker; a running print carries on there."""
         self._closing = True
+        for pending in list(self._background):
+            pending.cancel()
         task, self._reader = self._reader, None
         if task is not None:
             task.cancel()
@@ -353,6 +358,7 @@ class MoonrakerDriver(Driver):
         self._lines_total = len(program.lines)
         self._cancel_requested = False
         self._last_print_state = None
+        self._starting = True
         try:
             await self._post("/printer/print/start", f"starting {name}", params={"filename": name})
             await self._wait_for(
@@ -365,6 +371,8 @@ class MoonrakerDriver(Driver):
         except DriverError:
             self._job_file = None
             raise
+        finally:
+            self._starting = False
         log.info("uploaded %s as %s to %s and started it", program.name, name, self._display)
         self._emit(EventKind.STARTED, file=name, program=program.name)
         self._refresh_status()
@@ -542,9 +550,13 @@ class MoonrakerDriver(Driver):
                 self._ws = ws
                 failures = 0
                 log.info("Moonraker at %s answers again", self._display)
-                task = asyncio.create_task(self._subscribe())
-                task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+                self._spawn(self._subscribe())
                 break
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _on_message(self, raw: str | bytes) -> None:
         try:
@@ -570,13 +582,13 @@ class MoonrakerDriver(Driver):
         if method == "notify_status_update" and params:
             for name, values in (params[0] or {}).items():
                 self._objects.setdefault(name, {}).update(values)
-            asyncio.get_running_loop().create_task(self._on_update())
+            self._spawn(self._on_update())
         elif method == "notify_klippy_ready":
-            asyncio.get_running_loop().create_task(self._subscribe())
+            self._spawn(self._subscribe())
         elif method == "notify_klippy_disconnected":
             self._klippy_connected = False
             self._objects.pop("webhooks", None)
-            asyncio.get_running_loop().create_task(self._on_update())
+            self._spawn(self._on_update())
         elif method == "notify_gcode_response" and params:
             self._emit(EventKind.LOG, line=str(params[0]))
 
@@ -619,7 +631,7 @@ class MoonrakerDriver(Driver):
             message = f"print error: {stats.get('message') or 'no message'}"
         else:
             state, message = MachineState.IDLE, "ready"
-        if self._job_file is not None:
+        if self._job_file is not None and not self._starting:
             self._follow(klippy, klippy_message, print_state, filename, stats)
         self._set_status(
             state=state,
@@ -650,7 +662,15 @@ class MoonrakerDriver(Driver):
                 EventKind.FAILED, reason=f"Klippy {klippy}: {klippy_message or 'no message'}"
             )
             return
-        if klippy != "ready" or filename != self._job_file:
+        if klippy != "ready":
+            return  # Klippy is starting or not connected to Moonraker: wait for it
+        if filename != self._job_file or print_state == "standby":
+            self._finish_job(
+                EventKind.FAILED,
+                reason=f"Klippy is no longer printing {self._job_file} "
+                f"(print state: {print_state}, file: {filename or 'none'}); "
+                "Klippy was restarted or another print was started",
+            )
             return
         before, self._last_print_state = self._last_print_state, print_state
         if print_state == "paused" and before == "printing":

@@ -146,6 +146,32 @@ async def test_a_moonraker_restart_mid_job_is_survived(
     assert EventKind.FAILED not in log.kinds()
 
 
+async def test_a_klippy_restart_mid_job_fails_it(
+    make_driver: MakeDriver, moonraker: MoonrakerServer
+) -> None:
+    assert moonraker.klippy is not None
+    driver = make_driver()
+    await driver.connect()
+    async with EventLog(driver) as log:
+        await driver.start(program(20000))
+        await wait_status(driver, in_state(MachineState.RUNNING))
+        moonraker.klippy.reset()  # RESTART from the printer's own screen: the print is gone
+        failed = await log.wait_for(EventKind.FAILED)
+    assert "is no longer printing" in failed.data["reason"]
+    await wait_status(driver, in_state(MachineState.IDLE))
+
+
+async def test_a_short_program_is_reported_started_before_finished(
+    make_driver: MakeDriver,
+) -> None:
+    driver = make_driver()
+    await driver.connect()
+    async with EventLog(driver) as log:
+        await driver.start(program(1))
+        await log.wait_for(EventKind.FINISHED)
+    assert log.kinds() == [EventKind.STARTED, EventKind.FINISHED]
+
+
 async def test_after_our_restart_a_new_driver_reattaches_to_the_print(
     make_driver: MakeDriver,
 ) -> None:
