@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import httpx
 import pytest
 
-from drivers.base import DriverError, EventKind, MachineOffline, MachineState, Program
+from drivers.base import AuthFailed, DriverError, EventKind, MachineOffline, MachineState, Program
 from drivers.moonraker import MoonrakerDriver
 from drivers.planner import limits_from_dict
 from tests.drivers.octoprint.octoprint_helpers import EventLog, in_state, wait_status
@@ -229,3 +230,20 @@ async def test_a_wrong_url_gives_a_clear_error(
     wrong_path = make_driver(url=f"{moonraker.url}/moonraker")
     with pytest.raises(DriverError, match=r"HTTP 404.*is the URL right\?"):
         await wrong_path.connect()
+
+
+async def test_an_api_key_is_sent_and_a_wrong_one_gives_a_clear_error(
+    make_driver: MakeDriver, moonraker: MoonrakerServer
+) -> None:
+    # This host is a trusted client, which may read Moonraker's API key.
+    async with httpx.AsyncClient(base_url=moonraker.url) as client:
+        key = (await client.get("/access/api_key")).json()["result"]
+    keyed = make_driver(api_key=key)
+    await keyed.connect()
+    assert (await keyed.status()).state is MachineState.IDLE
+    # A wrong key is refused even from a trusted address, and the message says what to do.
+    wrong = make_driver(api_key="0123456789abcdef-wrong")
+    with pytest.raises(AuthFailed, match=r"HTTP 401.*api_key") as refused:
+        await wrong.connect()
+    assert "0123456789abcdef-wrong" not in str(refused.value)
+    assert (await wrong.status()).state is MachineState.OFFLINE
