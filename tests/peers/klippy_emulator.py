@@ -16,8 +16,12 @@ gcodes folder and "runs" its command lines; `PAUSE`, `RESUME`, `CANCEL_PRINT`, `
 answered `ok`. `shutdown(message)` puts Klippy into `shutdown` as a firmware fault would.
 
 Limits, on purpose:
-- No motion: the print advances by a fixed time per command line (`line_time_s`), not by
-  the planner's timing; `print_duration` and `virtual_sdcard.progress` follow that clock.
+- No motion: with `speed_factor` set, each command line takes the time our own planner
+  (drivers/planner.py) gives its move, under the limits `configfile` reports (Klipper's
+  max_accel for every move, square_corner_velocity as junction deviation, whole-program
+  look-ahead), divided by `speed_factor`; lines that do not move take no time (heating is
+  instant). Without it, every line takes `line_time_s`. Only G0/G1 with G90/G91/M82/M83/
+  G92/G28 are understood for motion (no arcs). `print_duration` is the emulator's wall clock.
   `toolhead.position` stays where it is; temperatures jump to their targets.
 - One printer, one extruder, one bed; no macros, no `[include]`, no config file parsing:
   `configfile` reports a fixed minimal config (with the virtual_sdcard path Moonraker needs).
@@ -40,10 +44,79 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from drivers.moonraker import configfile_motion_limits
+from drivers.planner import MachineLimits, PlanLimits, limits_from_dict, plan_times
+
 ETX = b"\x03"
 VERSION = "v0.12.0-emulated"
 
 _FILENAME = re.compile(r"FILENAME=(\"(?P<q>[^\"]*)\"|(?P<p>\S+))", re.I)
+
+
+def planned_times(lines: list[str], limits: MachineLimits) -> list[float]:
+    """Return each line's time in seconds as our planner plans the program's moves."""
+    pos = [0.0, 0.0, 0.0, 0.0]
+    absolute, absolute_e = True, True
+    feed = 25.0  # mm/s until the program sets F
+    deltas: list[list[float]] = []
+    feeds: list[float] = []
+    index: list[int] = []
+    for i, line in enumerate(lines):
+        words = line.split()
+        cmd = words[0].upper()
+        if cmd == "G90":
+            absolute = absolute_e = True
+        elif cmd == "G91":
+            absolute = absolute_e = False
+        elif cmd in ("M82", "M83"):
+            absolute_e = cmd == "M82"
+        elif cmd == "G28":
+            pos[:3] = [0.0, 0.0, 0.0]
+        elif cmd in ("G0", "G1", "G92"):
+            new = list(pos)
+            for word in words[1:]:
+                axis = word[:1].upper()
+                try:
+                    value = float(word[1:])
+                except ValueError:
+                    continue
+                if axis == "F" and value > 0:
+                    feed = value / 60
+                elif axis in "XYZE" and axis:
+                    k = "XYZE".index(axis)
+                    if cmd == "G92" or (absolute_e if axis == "E" else absolute):
+                        new[k] = value
+                    else:
+                        new[k] = pos[k] + value
+            if cmd == "G92":
+                pos = new
+                continue
+            delta = [new[k] - pos[k] for k in range(4)]
+            pos = new
+            if any(delta):
+                deltas.append(delta)
+                feeds.append(feed)
+                index.append(i)
+    out = [0.0] * len(lines)
+    if not deltas:
+        return out
+    n = len(deltas)
+    first = np.zeros(n, dtype=bool)
+    last = np.zeros(n, dtype=bool)
+    first[0] = last[-1] = True
+    times = plan_times(
+        np.array(deltas, dtype=np.float64).T,
+        np.array(feeds, dtype=np.float64),
+        first,
+        last,
+        PlanLimits.constant(limits),
+        None,
+    )
+    for j, i in enumerate(index):
+        out[i] = float(times[j])
+    return out
 
 
 class KlippyRequestError(Exception):
@@ -72,11 +145,13 @@ class KlippyEmulator:
         gcodes_dir: Path,
         *,
         line_time_s: float = 0.01,
+        speed_factor: float | None = None,
         push_interval_s: float = 0.1,
     ) -> None:
         self.socket_path = socket_path
         self.gcodes_dir = gcodes_dir
         self.line_time_s = line_time_s
+        self.speed_factor = speed_factor
         self.push_interval_s = push_interval_s
         self.received: list[dict[str, Any]] = []  # every request, for tests to inspect
         self._clients: list[_Client] = []
@@ -99,6 +174,7 @@ class KlippyEmulator:
         self.print_message = ""
         self.filename = ""
         self.lines: list[str] = []
+        self.line_times: list[float] = []
         self.done = 0
         self.file_size = 0
         self.print_duration = 0.0
@@ -403,6 +479,12 @@ class KlippyEmulator:
         self.filename = name
         self.lines = [c for c in (_clean(raw) for raw in text.splitlines()) if c]
         self.file_size = path.stat().st_size
+        if self.speed_factor:
+            settings = self.objects()["configfile"]["settings"]
+            limits = limits_from_dict(configfile_motion_limits(settings, "emulator") or {})
+            self.line_times = [t / self.speed_factor for t in planned_times(self.lines, limits)]
+        else:
+            self.line_times = [self.line_time_s] * len(self.lines)
         self.done = 0
         self.print_duration = self.total_duration = 0.0
         self.print_message = ""
@@ -413,16 +495,17 @@ class KlippyEmulator:
         self._print_task = asyncio.get_running_loop().create_task(self._run_print())
 
     async def _run_print(self) -> None:
-        tick = max(self.line_time_s, 0.01)
+        tick = 0.01
+        budget = 0.0  # time the print may still spend on lines in this tick
         while self.print_state in ("printing", "paused") and self.state == "ready":
             await asyncio.sleep(tick)
             self.total_duration += tick
             if self.print_state != "printing":
                 continue
             self.print_duration += tick
-            for _ in range(max(1, round(tick / self.line_time_s)) if self.line_time_s else 100):
-                if self.done >= len(self.lines):
-                    break
+            budget += tick
+            while self.done < len(self.lines) and budget >= self.line_times[self.done]:
+                budget -= self.line_times[self.done]
                 self._gcode_in_print(self.lines[self.done])
                 self.done += 1
             if self.done >= len(self.lines):

@@ -69,6 +69,7 @@ class MoonrakerServer:
 
     python: Path
     line_time_s: float = 0.01
+    speed_factor: float | None = None  # the emulator's print speed-up over planned time
     port: int = field(default_factory=free_port)
     datadir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mf-mr-")))
     process: subprocess.Popen[bytes] | None = None
@@ -91,7 +92,9 @@ class MoonrakerServer:
             CONFIG.format(port=self.port, uds=uds), encoding="utf-8"
         )
         if self.klippy is None:
-            self.klippy = KlippyEmulator(uds, self.gcodes, line_time_s=self.line_time_s)
+            self.klippy = KlippyEmulator(
+                uds, self.gcodes, line_time_s=self.line_time_s, speed_factor=self.speed_factor
+            )
             self.klippy.start()
         self.start_moonraker(timeout_s)
 

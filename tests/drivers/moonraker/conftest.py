@@ -32,8 +32,9 @@ def moonraker_server() -> Iterator[MoonrakerServer]:
         "(or set MICROFACTORY_MOONRAKER_VENV)",
     )
     assert python is not None
-    # 5 ms a command line: a 400-line program prints in about 2 s.
-    server = MoonrakerServer(python=python, line_time_s=0.005)
+    # Moves take the time our planner gives them, ten times faster: the tests' programs of
+    # 300 moves print in about 2 s, those of 20,000 moves would take two minutes.
+    server = MoonrakerServer(python=python, speed_factor=10.0)
     try:
         server.start()
         yield server

@@ -80,7 +80,7 @@ async def test_pause_resume_and_cancel(make_driver: MakeDriver) -> None:
     driver = make_driver()
     await driver.connect()
     async with EventLog(driver) as log:
-        await driver.start(program(20000))  # 100 s at 5 ms a line: it will not finish
+        await driver.start(program(20000))  # two minutes: it will not finish
         await wait_status(driver, lambda s: s.progress is not None and s.progress.percent > 0)
         await driver.pause()
         await log.wait_for(EventKind.PAUSED)
@@ -134,7 +134,7 @@ async def test_a_moonraker_restart_mid_job_is_survived(
     driver = make_driver()
     await driver.connect()
     async with EventLog(driver) as log:
-        await driver.start(program(800))  # about 4 s
+        await driver.start(program(800))  # about 5 s
         await wait_status(driver, in_state(MachineState.RUNNING))
         await asyncio.to_thread(moonraker.stop_moonraker)
         gone = await wait_status(driver, in_state(MachineState.OFFLINE))
@@ -178,7 +178,7 @@ async def test_after_our_restart_a_new_driver_reattaches_to_the_print(
 ) -> None:
     first = make_driver()
     await first.connect()
-    await first.start(program(600))  # about 3 s
+    await first.start(program(600))  # about 4 s
     name = first.job_file
     await first.close()  # we "restart": Klippy prints on
     again = make_driver()
