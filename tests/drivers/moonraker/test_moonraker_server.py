@@ -178,16 +178,16 @@ async def test_after_our_restart_a_new_driver_reattaches_to_the_print(
 ) -> None:
     first = make_driver()
     await first.connect()
-    await first.start(program(600))  # about 4 s
+    await first.start(program(400))  # about 2.5 s
     name = first.job_file
     await first.close()  # we "restart": Klippy prints on
     again = make_driver()
     await again.connect()
-    assert await again.attach("some-other-file.gcode", lines_total=602) is None
+    assert await again.attach("some-other-file.gcode", lines_total=402) is None
     async with EventLog(again) as log:
-        progress = await again.attach(name, lines_total=602)
+        progress = await again.attach(name, lines_total=402)
         assert progress is not None
-        assert progress.lines_total == 602
+        assert progress.lines_total == 402
         assert again.job_file == name
         finished = await log.wait_for(EventKind.FINISHED)
     assert finished.data["file"] == name
@@ -195,7 +195,7 @@ async def test_after_our_restart_a_new_driver_reattaches_to_the_print(
     late = make_driver()
     await late.connect()
     async with EventLog(late) as log:
-        done = await late.attach(name, lines_total=602)
+        done = await late.attach(name, lines_total=402)
         assert done is not None
         assert done.percent == 100.0
         await log.wait_for(EventKind.FINISHED)
