@@ -281,6 +281,7 @@ class MoonrakerDriver(Driver):
 
     async def connect(self) -> None:
         """Reach Moonraker, open the websocket and subscribe to the printer's objects."""
+        await self._drop_websocket()  # connect() again (after a reset) starts afresh
         self._closing = False
         self._set_status(state=MachineState.CONNECTING, message=f"connecting to {self._display}")
         if self._http is None:
@@ -302,6 +303,20 @@ class MoonrakerDriver(Driver):
             info.get("klippy_state"),
         )
 
+    async def _drop_websocket(self) -> None:
+        self._closing = True
+        for pending in list(self._background):
+            pending.cancel()
+        task, self._reader = self._reader, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            with contextlib.suppress(OSError, WebSocketException):
+                await ws.close()
+
     async def _read_motion_limits(self) -> None:
         if not self._klippy_connected:
             return
@@ -316,18 +331,7 @@ class MoonrakerDriver(Driver):
 
     async def close(self) -> None:
         """Stop following Moonraker; a running print carries on there."""
-        self._closing = True
-        for pending in list(self._background):
-            pending.cancel()
-        task, self._reader = self._reader, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        ws, self._ws = self._ws, None
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await ws.close()
+        await self._drop_websocket()
         http, self._http = self._http, None
         if http is not None:
             await http.aclose()

@@ -147,6 +147,25 @@ async def test_a_moonraker_restart_mid_job_is_survived(
     assert EventKind.FAILED not in log.kinds()
 
 
+async def test_the_emergency_stop_shuts_klippy_down_and_fails_the_job(
+    make_driver: MakeDriver, moonraker: MoonrakerServer
+) -> None:
+    assert moonraker.klippy is not None
+    driver = make_driver()
+    await driver.connect()
+    async with EventLog(driver) as log:
+        await driver.start(program(20000))
+        await driver.send("M112")  # as the dashboard's button does
+        failed = await log.wait_for(EventKind.FAILED)
+    assert "emergency stop" in failed.data["reason"] or "webhooks request" in failed.data["reason"]
+    status = await wait_status(driver, in_state(MachineState.ERROR))
+    assert "Klippy shutdown" in status.message
+    assert moonraker.klippy.state == "shutdown"
+    await driver.reset()
+    await driver.connect()  # connecting again replaces the websocket, it does not add one
+    await wait_status(driver, in_state(MachineState.IDLE))
+
+
 async def test_a_klippy_restart_mid_job_fails_it(
     make_driver: MakeDriver, moonraker: MoonrakerServer
 ) -> None:
