@@ -14,6 +14,7 @@ _DRIVERS: dict[str, tuple[str, str]] = {
     "marlin": ("drivers.marlin", "MarlinDriver"),
     "grbl": ("drivers.grbl", "GrblDriver"),
     "octoprint": ("drivers.octoprint", "OctoPrintDriver"),
+    "moonraker": ("drivers.moonraker", "MoonrakerDriver"),
     "manual": ("drivers.manual", "ManualDriver"),
     "sim-marlin": ("drivers.sim.marlin", "SimMarlinDriver"),
     "sim-grbl": ("drivers.sim.grbl", "SimGrblDriver"),

@@ -20,12 +20,17 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-# 2. Python: the project and its test dependencies in .venv; OctoPrint in its own venv.
+# 2. Python: the project and its test dependencies in .venv; OctoPrint and Moonraker each
+#    in their own venv.
 echo "== installing microfactory and test dependencies into .venv"
 bash scripts/venv.sh test
 if [ -f scripts/octoprint-venv.sh ]; then
   echo "== installing OctoPrint into its own venv"
   bash scripts/octoprint-venv.sh
+fi
+if [ -f scripts/moonraker-venv.sh ]; then
+  echo "== installing Moonraker into its own venv"
+  bash scripts/moonraker-venv.sh
 fi
 
 # 3. A throwaway PostgreSQL on a loopback port, stopped when we exit.

@@ -44,6 +44,7 @@ DRIVER_CHOICES = {
     "marlin": "Marlin over USB serial",
     "grbl": "GRBL over USB serial",
     "octoprint": "OctoPrint server",
+    "moonraker": "Moonraker (Klipper)",
     "manual": "Manual (no driver: booked and logged only)",
     "sim-marlin": "Simulated Marlin printer",
     "sim-grbl": "Simulated GRBL machine",
@@ -164,6 +165,12 @@ def _connection(state: FormState, driver: str, stored: Machine | None) -> dict[s
             return None
         if typed.get("printer_port", "").strip():
             conn["printer_port"] = typed["printer_port"].strip()
+    elif driver == "moonraker":
+        conn = {k: v for k, v in old.items() if same_driver and k != "url"}
+        conn["url"] = typed.get("url", "").strip()
+        key = typed.get("api_key", "").strip()
+        if key:  # optional: Moonraker lets its trusted clients in without one
+            conn["api_key"] = key
     elif driver in ("sim-marlin", "sim-grbl"):
         conn = old if same_driver else {}  # a simulator's options are set through the API
     else:
@@ -174,7 +181,11 @@ def _connection(state: FormState, driver: str, stored: Machine | None) -> dict[s
     except ValidationError as exc:
         state.refuse(exc)
         if "url" in state.errors:  # Pydantic's words are about URL parsing
-            state.errors["url"] = "write OctoPrint's address, such as http://octopi.local"
+            state.errors["url"] = (
+                "write Moonraker's address, such as http://voron.local:7125"
+                if driver == "moonraker"
+                else "write OctoPrint's address, such as http://octopi.local"
+            )
         return None
 
 

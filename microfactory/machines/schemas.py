@@ -76,6 +76,16 @@ class OctoPrintConnection(_Strict):
     max_backoff_s: Number | None = Field(None, gt=0, le=600)
 
 
+class MoonrakerConnection(_Strict):
+    """A Moonraker server in front of Klipper."""
+
+    url: AnyHttpUrl
+    # Optional: Moonraker lets its [authorization] trusted_clients in without a key.
+    api_key: str | None = Field(None, min_length=8, max_length=256)
+    timeout_s: Number | None = Field(None, gt=0, le=300)  # per HTTP request and RPC call
+    max_backoff_s: Number | None = Field(None, gt=0, le=600)
+
+
 class ManualConnection(_Strict):
     """No connection: booked and logged only."""
 
@@ -132,6 +142,7 @@ CONNECTION_MODELS: dict[str, type[BaseModel]] = {
     "marlin": MarlinConnection,
     "grbl": GrblConnection,
     "octoprint": OctoPrintConnection,
+    "moonraker": MoonrakerConnection,
     "manual": ManualConnection,
     "sim-marlin": SimMarlinConnection,
     "sim-grbl": SimGrblConnection,

@@ -30,7 +30,7 @@ from microfactory.runtime.supervisor import Supervisor
 log = logging.getLogger("microfactory.fleet")
 
 # Drivers whose machine keeps running a job by itself while we restart.
-SELF_HOSTED_DRIVERS = frozenset({"octoprint"})
+SELF_HOSTED_DRIVERS = frozenset({"octoprint", "moonraker"})
 
 
 #: a live update: ("machine", machine id, status), ("job", job id, transition),
