@@ -18,6 +18,7 @@ from microfactory.costs.schemas import PlanCreate
 from microfactory.deps import SessionDep
 from microfactory.errors import DomainError
 from microfactory.machines.models import MachineKind
+from microfactory.types import Id
 from microfactory.web import CsrfChecked, WebAdmin, redirect, render
 
 router = APIRouter(include_in_schema=False)
@@ -85,6 +86,8 @@ async def rates_page(
         "kind": "Hourly rate saved.",
         "material": "Material price saved.",
         "plan": "Plan created.",
+        "plan-saved": "Plan saved.",
+        "plan-deleted": "Plan deleted.",
         "member": "Membership saved.",
     }.get(done or "")
     return await _page(request, session, notice=notice)
@@ -140,6 +143,41 @@ async def set_material_rate(
     return redirect("/admin/rates?done=material")
 
 
+def _plan_in(
+    state: FormState, name: str, included_hours: str, monthly_fee: str
+) -> PlanCreate | None:
+    """Read a plan form in plain words; None (with the errors in `state`) if refused."""
+    fee = _money(monthly_fee or "0", "monthly_fee", state)
+    hours_text = (included_hours or "0").strip().replace(",", ".")
+    try:
+        hours = float(hours_text)
+    except ValueError:
+        state.errors["included_hours"] = "write a number of hours, such as 10"
+        hours = 0.0
+    if state.refused:
+        return None
+    try:
+        return PlanCreate(
+            name=name.strip(), included_hours_per_month=hours, monthly_fee_cents=fee or 0
+        )
+    except ValidationError as exc:
+        state.refuse(
+            exc,
+            rename={
+                "included_hours_per_month": "included_hours",
+                "monthly_fee_cents": "monthly_fee",
+            },
+        )
+        return None
+
+
+def _name_taken(state: FormState, exc: DomainError) -> None:
+    state.refuse(exc)
+    if "already exists" in exc.detail:
+        state.errors["name"] = "another plan has this name"
+        state.general.clear()
+
+
 @router.post("/admin/rates/plans", response_class=HTMLResponse)
 async def create_plan(
     request: Request,
@@ -153,32 +191,56 @@ async def create_plan(
     """Create a membership plan with hours included each month (admins)."""
     typed = {"name": name, "included_hours": included_hours, "monthly_fee": monthly_fee}
     state = FormState("plan", typed)
-    fee = _money(monthly_fee or "0", "monthly_fee", state)
-    hours_text = (included_hours or "0").strip().replace(",", ".")
-    try:
-        hours = float(hours_text)
-    except ValueError:
-        state.errors["included_hours"] = "write a number of hours, such as 10"
-        hours = 0.0
-    if name.strip() in {p.name for p in await cost_service.list_plans(session=session)}:
-        state.errors["name"] = "another plan has this name"
-    if not state.refused:
+    plan_in = _plan_in(state, name, included_hours, monthly_fee)
+    if plan_in is not None:
         try:
-            plan_in = PlanCreate(
-                name=name.strip(), included_hours_per_month=hours, monthly_fee_cents=fee or 0
-            )
-        except ValidationError as exc:
-            state.refuse(
-                exc,
-                rename={
-                    "included_hours_per_month": "included_hours",
-                    "monthly_fee_cents": "monthly_fee",
-                },
-            )
-        else:
             await cost_service.create_plan(session=session, plan_in=plan_in)
+        except DomainError as exc:
+            await session.rollback()  # a refused flush leaves the transaction unusable
+            _name_taken(state, exc)
+        else:
             return redirect("/admin/rates?done=plan")
     return await _page(request, session, state=state, status_code=422)
+
+
+@router.post("/admin/rates/plans/{plan_id:int}", response_class=HTMLResponse)
+async def update_plan(
+    request: Request,
+    plan_id: Id,
+    session: SessionDep,
+    _admin: WebAdmin,
+    _csrf: CsrfChecked,
+    name: Typed = "",
+    included_hours: Typed = "",
+    monthly_fee: Typed = "",
+) -> Response:
+    """Change a plan's name, included hours or fee (admins)."""
+    typed = {"name": name, "included_hours": included_hours, "monthly_fee": monthly_fee}
+    state = FormState(f"plan-{plan_id}", typed)
+    plan_in = _plan_in(state, name, included_hours, monthly_fee)
+    if plan_in is not None:
+        try:
+            await cost_service.update_plan(session=session, plan_id=plan_id, plan_in=plan_in)
+        except DomainError as exc:
+            await session.rollback()
+            _name_taken(state, exc)
+        else:
+            return redirect("/admin/rates?done=plan-saved")
+    return await _page(request, session, state=state, status_code=422)
+
+
+@router.post("/admin/rates/plans/{plan_id:int}/delete", response_class=HTMLResponse)
+async def delete_plan(
+    request: Request, plan_id: Id, session: SessionDep, _admin: WebAdmin, _csrf: CsrfChecked
+) -> Response:
+    """Delete a plan nobody is on; otherwise say who must be moved first (admins)."""
+    state = FormState(f"plan-{plan_id}", {})
+    try:
+        await cost_service.delete_plan(session=session, plan_id=plan_id)
+    except DomainError as exc:
+        state.refuse(exc)
+        return await _page(request, session, state=state, status_code=exc.status_code)
+    return redirect("/admin/rates?done=plan-deleted")
 
 
 @router.post("/admin/rates/memberships", response_class=HTMLResponse)

@@ -68,6 +68,22 @@ async def create_plan(plan_in: PlanCreate, session: SessionDep, _user: StaffUser
     return PlanRead.model_validate(await service.create_plan(session=session, plan_in=plan_in))
 
 
+@router.put("/plans/{plan_id:int}", response_model=PlanRead)
+async def update_plan(
+    plan_id: Id, plan_in: PlanCreate, session: SessionDep, _user: StaffUser
+) -> PlanRead:
+    """Change a membership plan (operators)."""
+    plan = await service.update_plan(session=session, plan_id=plan_id, plan_in=plan_in)
+    return PlanRead.model_validate(plan)
+
+
+@router.delete("/plans/{plan_id:int}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_plan(plan_id: Id, session: SessionDep, _user: StaffUser) -> Response:
+    """Delete a membership plan that no member is on (operators)."""
+    await service.delete_plan(session=session, plan_id=plan_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.put("/plans/members/{user_id:int}", status_code=status.HTTP_204_NO_CONTENT)
 async def set_membership(
     user_id: Id, body: MembershipSet, session: SessionDep, _user: StaffUser

@@ -82,6 +82,51 @@ async def create_plan(*, session: AsyncSession, plan_in: PlanCreate) -> Membersh
     return plan
 
 
+async def _plan_or_raise(session: AsyncSession, plan_id: int) -> MembershipPlan:
+    plan = await session.get(MembershipPlan, plan_id)
+    if plan is None:
+        raise NotFoundError(f"plan {plan_id} not found")
+    return plan
+
+
+async def update_plan(
+    *, session: AsyncSession, plan_id: int, plan_in: PlanCreate
+) -> MembershipPlan:
+    """Change a plan's name, included hours or fee; names stay unique.
+
+    Statements are computed from the plan as it is, so a change applies to every month shown
+    from now on (a shop that wants old months kept makes a new plan and moves its members).
+    """
+    plan = await _plan_or_raise(session, plan_id)
+    taken = await session.execute(
+        select(MembershipPlan.id).where(
+            MembershipPlan.name == plan_in.name, MembershipPlan.id != plan_id
+        )
+    )
+    if taken.first() is not None:
+        raise ConflictError(f"a plan named {plan_in.name!r} already exists")
+    for field, value in plan_in.model_dump().items():
+        setattr(plan, field, value)
+    await session.flush()
+    return plan
+
+
+async def delete_plan(*, session: AsyncSession, plan_id: int) -> None:
+    """Delete a plan nobody is on; members must be moved to another plan (or none) first."""
+    plan = await _plan_or_raise(session, plan_id)
+    members = await session.execute(
+        select(PlanMembership.user_id).where(PlanMembership.plan_id == plan_id)
+    )
+    count = len(members.all())
+    if count:
+        raise ConflictError(
+            f"{count} member{'s are' if count > 1 else ' is'} on the plan {plan.name!r}: "
+            "put them on another plan, or on none, first"
+        )
+    await session.delete(plan)
+    await session.flush()
+
+
 async def set_membership(*, session: AsyncSession, user_id: int, plan_id: int | None) -> None:
     """Put a member on a plan, or on none."""
     if await session.get(User, user_id) is None:

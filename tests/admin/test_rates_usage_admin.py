@@ -111,3 +111,58 @@ async def test_rates_plans_and_membership_show_on_statements_shop_wide(
     assert "<dd>carol</dd>" in own.text
     bad = await web.get("/statement", params={"month": "2026-13"})
     assert bad.status_code == 422
+
+
+async def test_an_admin_edits_a_plan_and_deletes_it_once_nobody_is_on_it(
+    app: Any, web_client: WebClient
+) -> None:
+    web, _ = await web_client()
+    _, ann = await web_client(Role.MEMBER, "ann")
+    for name in ("Maker", "Pro"):
+        resp = await web.post(
+            "/admin/rates/plans",
+            data={"csrf_token": CSRF, "name": name, "included_hours": "2", "monthly_fee": "10"},
+        )
+        assert resp.status_code == 303, resp.text
+    page = await web.get("/admin/rates")
+    plan_id = page.text.split(">Maker</option>", 1)[0].rsplit('value="', 1)[1].split('"', 1)[0]
+    assert "Edit Maker" in page.text
+    # A taken name is refused next to the field, what was typed kept, the form left open.
+    edit = f"/admin/rates/plans/{plan_id}"
+    resp = await web.post(
+        edit, data={"csrf_token": CSRF, "name": "Pro", "included_hours": "4", "monthly_fee": "x"}
+    )
+    assert resp.status_code == 422
+    assert "write an amount of money, such as 4.50" in resp.text
+    resp = await web.post(
+        edit, data={"csrf_token": CSRF, "name": "Pro", "included_hours": "4", "monthly_fee": "12"}
+    )
+    assert resp.status_code == 422
+    assert "another plan has this name" in resp.text
+    assert 'value="4"' in resp.text
+    assert "<details open>" in resp.text
+    resp = await web.post(
+        edit,
+        data={"csrf_token": CSRF, "name": "Maker+", "included_hours": "4", "monthly_fee": "12.5"},
+    )
+    assert resp.status_code == 303, resp.text
+    page = await web.get(resp.headers["location"])
+    assert "Plan saved." in page.text
+    assert '<th scope="row">Maker+</th><td>4.0</td><td>12.50</td>' in page.text
+    # Not deleted while a member is on it: the admin is told who must move first.
+    await web.post(
+        "/admin/rates/memberships",
+        data={"csrf_token": CSRF, "user_id": str(ann.id), "plan_id": plan_id},
+    )
+    resp = await web.post(f"{edit}/delete", data={"csrf_token": CSRF})
+    assert resp.status_code == 409
+    assert "1 member is on the plan &#39;Maker+&#39;" in resp.text
+    await web.post(
+        "/admin/rates/memberships", data={"csrf_token": CSRF, "user_id": str(ann.id), "plan_id": ""}
+    )
+    resp = await web.post(f"{edit}/delete", data={"csrf_token": CSRF})
+    assert resp.status_code == 303
+    page = await web.get(resp.headers["location"])
+    assert "Plan deleted." in page.text
+    assert "Maker+" not in page.text
+    assert (await web.post(f"{edit}/delete", data={"csrf_token": CSRF})).status_code == 404

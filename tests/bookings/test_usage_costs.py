@@ -226,3 +226,36 @@ async def test_monthly_statement_applies_plan_credits_first(
     assert rows[0][0] == "record_id"
     assert rows[-1][0] == "total"
     assert rows[-1][-1] == "1950"
+
+
+async def test_a_plan_is_changed_and_deleted_only_once_nobody_is_on_it(
+    client: httpx.AsyncClient, clock: Clock, logged: dict[str, Any], operator: dict[str, str]
+) -> None:
+    body = {"name": "Maker", "included_hours_per_month": 2, "monthly_fee_cents": 1500}
+    maker = (await client.post("/api/v1/plans", json=body, headers=operator)).json()
+    await client.post("/api/v1/plans", json={**body, "name": "Pro"}, headers=operator)
+    url = f"/api/v1/plans/{maker['id']}"
+    # Members cannot change plans; names stay unique; an unknown plan is a 404.
+    changed = {**body, "included_hours_per_month": 4, "monthly_fee_cents": 1250}
+    assert (await client.put(url, json=changed, headers=logged["alice_h"])).status_code == 403
+    taken = await client.put(url, json={**body, "name": "Pro"}, headers=operator)
+    assert taken.status_code == 409
+    assert "a plan named 'Pro' already exists" in taken.text
+    assert (await client.put("/api/v1/plans/999", json=body, headers=operator)).status_code == 404
+    ok = await client.put(url, json=changed, headers=operator)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["included_hours_per_month"] == 4
+    # Alice's statement uses the plan as it is now.
+    member = f"/api/v1/plans/members/{logged['alice'].id}"
+    await client.put(member, json={"plan_id": maker["id"]}, headers=operator)
+    st = await client.get("/api/v1/statements", headers=logged["alice_h"])
+    assert st.json()["plan"] == "Maker"
+    assert st.json()["plan_fee_cents"] == 1250
+    # Not deleted while Alice is on it; deleted once she is on none.
+    refused = await client.delete(url, headers=operator)
+    assert refused.status_code == 409
+    assert "1 member is on the plan 'Maker'" in refused.text
+    await client.put(member, json={"plan_id": None}, headers=operator)
+    assert (await client.delete(url, headers=operator)).status_code == 204
+    names = [p["name"] for p in (await client.get("/api/v1/plans", headers=operator)).json()]
+    assert names == ["Pro"]
