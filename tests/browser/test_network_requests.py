@@ -123,6 +123,17 @@ def test_a_member_makes_a_design_elsewhere_and_follows_it_live(
 
     poll(listed, 90, "both shops' capacity reports on the hub (B's with its printer)")
 
+    # A tells the hub which public designs it holds on its own push round: wait for the
+    # round that carries the new design before the member opens its page.
+    def held() -> bool:
+        url = f"{a.url}/api/v1/network/designs/{design.json()['content_hash']}"
+        got = httpx.get(url, timeout=10)
+        return got.status_code == 200 and any(
+            s.get("shop_id") == ids["a"] for s in got.json()["shops"]
+        )
+
+    poll(held, 90, "the hub's design index listing A as a holder of the new design")
+
     member_ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     operator_ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
