@@ -10,6 +10,7 @@ docs/scheduling.md.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -227,8 +228,17 @@ class Scheduler:
     async def stop(self) -> None:
         """Stop ticking and hand the lease over."""
         if self._scheduler is not None:
+            # shutdown() cancels the jobs still running but cannot wait for them (it is not a
+            # coroutine): wait here, so that none is mid-transaction when the engine closes.
+            running = [
+                f
+                for executor in self._scheduler._executors.values()
+                for f in getattr(executor, "_pending_futures", ())
+            ]
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
+            if running:
+                await asyncio.wait(running, timeout=10)
         try:
             async with self.sessionmaker() as session, session.begin():
                 await release_lease(session=session, holder=self.holder, now=utcnow())
