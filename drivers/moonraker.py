@@ -23,13 +23,10 @@ import contextlib
 import json
 import logging
 import math
-import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -51,6 +48,7 @@ from drivers.base import (
     ProtocolError,
     Temperature,
 )
+from drivers.octoprint import _display_url, _safe_upload_name  # one rule for both hosts
 from drivers.planner import MachineLimits
 
 log = logging.getLogger(__name__)
@@ -68,11 +66,6 @@ OBJECTS: tuple[str, ...] = (
 
 #: Commands that may be sent while a print runs: they only report, never move or heat.
 SAFE_WHILE_PRINTING = frozenset({"M105", "M114", "M115", "M119", "M27", "M31", "M117"})
-
-
-def _display_url(url: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def _first_line(text: str) -> str:
@@ -191,13 +184,6 @@ def configfile_motion_limits(settings: Mapping[str, Any], where: str) -> dict[st
         "source": f"Klipper configfile [printer] at {where}",
         "read_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-
-
-def _safe_upload_name(program: Program) -> str:
-    stem = Path(program.name).stem.lower()
-    slug = re.sub(r"[^a-z0-9]+", "-", stem).strip("-")[:40]
-    unique = uuid.uuid4().hex[:8]
-    return f"mf-{slug}-{unique}.gcode" if slug else f"mf-{unique}.gcode"
 
 
 class MoonrakerDriver(Driver):
