@@ -305,7 +305,7 @@ def check_program(analysis: Mapping[str, Any], firmware: str) -> ProgramCheck:
         if commands.get("G20"):
             result.unsupported = (
                 f"line {int(lines.get('G20', 0))}: G20 (inch units) stops the print on Klipper "
-                "(\"Machine does not support G20 (inches) command\"); slice it in millimetres"
+                '("Machine does not support G20 (inches) command"); slice it in millimetres'
             )
     # The analyser's own finds look at parameters too (G10 L2 is allowed G10, but persists).
     for found in analysis.get("firmware_commands") or []:
