@@ -147,8 +147,12 @@ class KlippyEmulator:
         line_time_s: float = 0.01,
         speed_factor: float | None = None,
         push_interval_s: float = 0.1,
+        klipper_path: Path | None = None,
     ) -> None:
         self.socket_path = socket_path
+        # Where `info` says Klipper is installed. Moonraker reserves that path: with it inside
+        # the gcodes folder, Moonraker refuses every upload there (HTTP 403).
+        self.klipper_path = klipper_path or gcodes_dir.parent / "klipper"
         self.gcodes_dir = gcodes_dir
         self.line_time_s = line_time_s
         self.speed_factor = speed_factor
@@ -337,7 +341,7 @@ class KlippyEmulator:
                 "state": self.state,
                 "state_message": self.state_message,
                 "hostname": "emulated-klippy",
-                "klipper_path": str(self.gcodes_dir.parent / "klipper"),
+                "klipper_path": str(self.klipper_path),
                 "python_path": "/usr/bin/python3",
                 "process_id": os.getpid(),
                 "user_id": os.getuid(),
