@@ -214,7 +214,8 @@ async def test_pause_resume_and_cancel_through_the_api(
     paused = await client.post(f"/api/v1/jobs/{job['id']}/pause", headers=operator)
     assert paused.status_code == 200, paused.text
     assert paused.json()["state"] == "paused"
-    assert moonraker.klippy is not None and moonraker.klippy.print_state == "paused"
+    assert moonraker.klippy is not None
+    assert moonraker.klippy.print_state == "paused"
     at_pause = moonraker.klippy.done
     await asyncio.sleep(0.3)
     assert moonraker.klippy.done == at_pause  # nothing runs while paused
