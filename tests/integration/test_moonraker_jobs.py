@@ -25,12 +25,15 @@ from tests.conftest import require_or_skip
 from tests.integration.conftest import job_json, machine_state, shared_file, wait_for
 from tests.peers.moonraker_server import MoonrakerServer, moonraker_python, venv_path
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+# SQLite only: what is new here is the driver's and Moonraker's side; the supervisor's writes
+# are the ones the OctoPrint jobs test on both databases (the module keeps to its budget).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(120),
+    pytest.mark.parametrize("db_url", ["sqlite"], indirect=True),
+]
 
 CYLINDER = ("gcode", "fdm", "klipper-cylinder.gcode")
-# The whole job runs on both databases; the faults are the driver's and Moonraker's, and run
-# on SQLite only (the module stays within its time budget).
-sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 def _server(**options: Any) -> MoonrakerServer:
@@ -201,7 +204,6 @@ async def test_a_job_from_the_queue_finishes_with_moonrakers_metadata_and_usage(
     assert again["state"] == "finished", again["failure_reason"]
 
 
-@sqlite_only
 async def test_pause_resume_and_cancel_through_the_api(
     live_client: httpx.AsyncClient, operator: dict[str, str], moonraker: MoonrakerServer
 ) -> None:
@@ -229,7 +231,6 @@ async def test_pause_resume_and_cancel_through_the_api(
     await wait_for(lambda: idle(client, operator, printer["id"]))
 
 
-@sqlite_only
 async def test_klippy_shutting_down_mid_job_fails_it_with_klippys_message(
     live_client: httpx.AsyncClient, operator: dict[str, str], moonraker: MoonrakerServer
 ) -> None:
@@ -257,7 +258,6 @@ async def test_klippy_shutting_down_mid_job_fails_it_with_klippys_message(
     await client.post(f"/api/v1/jobs/{job['id']}/clear", json={"outcome": "bad"}, headers=operator)
 
 
-@sqlite_only
 async def test_a_moonraker_restart_mid_job_is_survived(
     live_client: httpx.AsyncClient, operator: dict[str, str], moonraker: MoonrakerServer
 ) -> None:
@@ -282,7 +282,6 @@ async def test_a_moonraker_restart_mid_job_is_survived(
     assert done["progress"]["percent"] == 100.0
 
 
-@sqlite_only
 async def test_wrong_credentials_give_a_clear_error(
     live_client: httpx.AsyncClient, operator: dict[str, str], moonraker: MoonrakerServer
 ) -> None:
@@ -305,7 +304,6 @@ async def test_wrong_credentials_give_a_clear_error(
     assert "not-the-right-key-0123" not in live["message"]
 
 
-@sqlite_only
 async def test_an_upload_moonraker_refuses_fails_the_job_and_nothing_prints(
     live_client: httpx.AsyncClient, operator: dict[str, str]
 ) -> None:
