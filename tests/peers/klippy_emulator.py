@@ -29,6 +29,9 @@ Limits, on purpose:
   push carries only the fields that changed since the last one.
 - After `shutdown` everything but `info`, queries and `FIRMWARE_RESTART`/`RESTART`
   answers "Printer is shutdown" (Klippy's own wording); a restart returns to `ready`.
+- `info` reports `klipper_path` (default: beside the gcodes folder). Pointed at the gcodes
+  folder itself, Moonraker reserves that folder and refuses every upload (HTTP 403): the
+  tests' way to have the real Moonraker refuse an upload.
 """
 
 from __future__ import annotations
