@@ -315,6 +315,11 @@ class MachineBusy(DriverError):
     """The machine is running a program and cannot take this command now."""
 
 
+class ProgramRefused(DriverError):
+    """The machine's server refuses this program itself (its upload: a size, name or place it
+    will not take); trying the same program again would be refused again."""
+
+
 class UnknownDriver(DriverError):
     """No driver has this name."""
 

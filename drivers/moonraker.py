@@ -23,12 +23,13 @@ import contextlib
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 from websockets.asyncio.client import ClientConnection
@@ -44,6 +45,7 @@ from drivers.base import (
     MachineOffline,
     MachineState,
     Program,
+    ProgramRefused,
     Progress,
     ProtocolError,
     Temperature,
@@ -64,6 +66,59 @@ OBJECTS: tuple[str, ...] = (
     "webhooks",
 )
 
+#: the largest thumbnail image the driver downloads from Moonraker
+MAX_THUMBNAIL_BYTES = 2 * 1024 * 1024
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def metadata_summary(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the parts of Moonraker's file metadata a job's analysis uses, as plain data.
+
+    Moonraker's metadata extraction (its `metadata.py`, run on upload) reads the slicer's
+    header and footer: `estimated_time` (s), `filament_total` (mm), `filament_weight_total`
+    (g), `slicer`/`slicer_version`, `layer_height`/`object_height` (mm), and `thumbnails`
+    (each `width`, `height`, `size`, `relative_path` under `.thumbs/`; QOI thumbnails are
+    converted to PNG, and a 32x32 one is made when the slicer wrote none).
+    """
+    thumbnails = []
+    for thumb in data.get("thumbnails") or []:
+        if not isinstance(thumb, Mapping):
+            continue
+        width, height = _number(thumb.get("width")), _number(thumb.get("height"))
+        path = str(thumb.get("relative_path") or "")
+        if width and height and path:
+            thumbnails.append(
+                {
+                    "width": int(width),
+                    "height": int(height),
+                    "size": int(_number(thumb.get("size")) or 0),
+                    "relative_path": path,
+                }
+            )
+    slicer = data.get("slicer")
+    version = data.get("slicer_version")
+    return {
+        "source": "moonraker",
+        "file": name,
+        "slicer": str(slicer) if slicer else None,
+        "slicer_version": str(version) if version else None,
+        "estimated_time_s": _number(data.get("estimated_time")),
+        "filament_mm": _number(data.get("filament_total")),
+        "filament_g": _number(data.get("filament_weight_total")),
+        "layer_height_mm": _number(data.get("layer_height")),
+        "object_height_mm": _number(data.get("object_height")),
+        "thumbnails": thumbnails,
+    }
+
+
 #: Commands that may be sent while a print runs: they only report, never move or heat.
 SAFE_WHILE_PRINTING = frozenset({"M105", "M114", "M115", "M119", "M27", "M31", "M117"})
 
@@ -78,7 +133,14 @@ def _moonraker_message(response: httpx.Response) -> str:
         data = response.json()
         err = data.get("error") if isinstance(data, dict) else None
         if isinstance(err, dict) and err.get("message"):
-            return _first_line(str(err["message"]))
+            message = _first_line(str(err["message"]))
+            # Upload errors come as the bare reason ("Forbidden"); tornado's last traceback
+            # line says why: "HTTPError: HTTP 403: Forbidden (Access to file x forbidden ...)".
+            last = str(err.get("traceback") or "").strip().splitlines()[-1:] or [""]
+            why = re.search(r"HTTP \d+: [^(]*\((.+)\)\s*$", last[0])
+            if message == response.reason_phrase and why is not None:
+                return why.group(1)
+            return message
     return " ".join(response.text.split())[:200] or "no details"
 
 
@@ -94,9 +156,9 @@ def translate_error(exc: BaseException, *, url: str, action: str) -> DriverError
     if isinstance(exc, httpx.HTTPStatusError | InvalidStatus):
         status = exc.response.status_code
         detail = _moonraker_message(exc.response) if isinstance(exc, httpx.HTTPStatusError) else ""
-        if status in (401, 403):
+        if status == 401:  # Moonraker's authorization answers 401 (403 is a file refusal)
             return AuthFailed(
-                f"Moonraker at {url} refused the request (HTTP {status}) while {action}: "
+                f"Moonraker at {url} refused the request (HTTP 401) while {action}: "
                 "set the machine's api_key to Moonraker's API key, or add this server to "
                 "[authorization] trusted_clients in moonraker.conf"
             )
@@ -263,6 +325,49 @@ class MoonrakerDriver(Driver):
         self._refresh_status()
         return progress
 
+    async def file_metadata(self, name: str) -> dict[str, Any] | None:
+        """Return Moonraker's metadata of a file in its gcodes root (metadata_summary), or
+        None when Moonraker has none for it (not a file it could read)."""
+        client = self._client()
+        action = f"reading the metadata of {name}"
+        try:
+            response = await client.get("/server/files/metadata", params={"filename": name})
+            if response.status_code == 404:
+                return None
+            response.raise_for_status()
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise translate_error(exc, url=self._display, action=action) from exc
+        result = body.get("result") if isinstance(body, dict) else None
+        if not isinstance(result, dict):
+            raise ProtocolError(f"Moonraker at {self._display} answered {action} oddly")
+        return metadata_summary(name, result)
+
+    async def thumbnail(self, relative_path: str, *, max_bytes: int = MAX_THUMBNAIL_BYTES) -> bytes:
+        """Download a PNG thumbnail Moonraker extracted (a `relative_path` of file_metadata)."""
+        if relative_path.startswith("/") or ".." in relative_path.split("/"):
+            raise DriverError(f"refusing the thumbnail path {relative_path!r}")
+        if not relative_path.lower().endswith(".png"):
+            raise DriverError(f"only PNG thumbnails are taken, not {relative_path!r}")
+        client = self._client()
+        action = f"downloading the thumbnail {relative_path}"
+        path = "/server/files/gcodes/" + quote(relative_path)
+        data = bytearray()
+        try:
+            async with client.stream("GET", path) as response:
+                response.raise_for_status()
+                async for chunk in response.aiter_bytes():
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise DriverError(
+                            f"the thumbnail {relative_path} is over {max_bytes} bytes"
+                        )
+        except httpx.HTTPError as exc:
+            raise translate_error(exc, url=self._display, action=action) from exc
+        if not data.startswith(PNG_SIGNATURE):
+            raise ProtocolError(f"the thumbnail {relative_path} from Moonraker is not a PNG")
+        return bytes(data)
+
     # -- the Driver interface ----------------------------------------------------
 
     async def connect(self) -> None:
@@ -338,12 +443,7 @@ class MoonrakerDriver(Driver):
             data = await asyncio.to_thread(program.source.read_bytes)
         else:
             data = ("\n".join(program.lines) + "\n").encode()
-        await self._post(
-            "/server/files/upload",
-            f"uploading {name}",
-            files={"file": (name, data, "application/octet-stream")},
-            data={"root": "gcodes"},
-        )
+        await self._upload(program, name, data)
         self._job_file = name
         self._lines_total = len(program.lines)
         self._cancel_requested = False
@@ -366,6 +466,30 @@ class MoonrakerDriver(Driver):
         log.info("uploaded %s as %s to %s and started it", program.name, name, self._display)
         self._emit(EventKind.STARTED, file=name, program=program.name)
         self._refresh_status()
+
+    async def _upload(self, program: Program, name: str, data: bytes) -> None:
+        """Upload a program to Moonraker's gcodes root; a refusal of the file itself (a 4xx
+        other than credentials, a wrong URL or a busy server) is ProgramRefused."""
+        client = self._client()
+        action = f"uploading {name}"
+        try:
+            response = await client.post(
+                "/server/files/upload",
+                files={"file": (name, data, "application/octet-stream")},
+                data={"root": "gcodes"},
+            )
+            response.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            if 400 <= status < 500 and status not in (401, 404, 408, 429):
+                raise ProgramRefused(
+                    f"Moonraker at {self._display} refused the upload of {program.name} "
+                    f"({len(data)} bytes, as {name}): HTTP {status}: "
+                    f"{_moonraker_message(exc.response)}"
+                ) from exc
+            raise translate_error(exc, url=self._display, action=action) from exc
+        except httpx.HTTPError as exc:
+            raise translate_error(exc, url=self._display, action=action) from exc
 
     async def pause(self) -> None:
         """Pause the print; return once Klippy reports it paused."""

@@ -24,6 +24,7 @@ from microfactory.accounts.models import User
 from microfactory.config import Settings
 from microfactory.designs.models import Design, DesignFile
 from microfactory.errors import PayloadTooLargeError
+from microfactory.jobs.media import printer_thumbnail_path
 from microfactory.jobs.models import Job, JobState
 
 log = logging.getLogger("microfactory.retention")
@@ -135,6 +136,7 @@ async def purge_job_files(
         if stored_name in keep:
             continue
         await asyncio.to_thread(_unlink, settings.upload_dir / stored_name)
+        await asyncio.to_thread(_unlink, printer_thumbnail_path(settings.upload_dir, stored_name))
         job = await session.get(Job, job_id)
         if job is not None:
             job.flags = {**(job.flags or {}), DELETED_FLAG: now.isoformat()}

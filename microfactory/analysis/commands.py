@@ -11,6 +11,14 @@ and what Fusion, FreeCAD, CamBam, Estlcam, LightBurn and LaserGRBL posts write f
 mills and lasers. Everything else (M112 emergency stop, M211 S0 endstops off, M906 motor
 currents, M413 power-loss recovery, M540 endstop abort, M552 network, EEPROM writes, GRBL `$`
 settings) is outside them.
+
+Klipper printers (the `moonraker` driver) also run Klipper's extended commands and the
+printer's own macros (`NAME KEY=VALUE`, e.g. `SET_HEATER_TEMPERATURE HEATER=extruder
+TARGET=200`, `PRINT_START`). A name Klipper does not define is taken for a macro of the
+printer's configuration (Klipper answers "Unknown command" to one it lacks, and prints on);
+the built-ins that save or restart the configuration, bypass the kinematics or calibrate need
+permission like Marlin's EEPROM writes. Klipper refuses `G20` (it has no inch mode) and a
+parameter without `=` ("Malformed command"): such programs are refused as they are.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ FIRMWARE_OF_DRIVER: Final[Mapping[str, str]] = {
     "octoprint": "marlin",
     "grbl": "grbl",
     "sim-grbl": "grbl",
+    "moonraker": "klipper",
 }
 
 # The longest command line (comments removed) each firmware takes.
@@ -67,6 +76,58 @@ _CNC_GRBL: Final = _words(
     M0 M1 M2 M30 M3 M4 M5 M8 M9 T
     """
 )
+# Klipper runs the same words (G10/G11 with [firmware_retraction], M486 with
+# [exclude_object]); Marlin-only ones it answers "Unknown command" and goes on. Not G20:
+# "Machine does not support G20 (inches) command" stops the print.
+_FDM_KLIPPER_GCODE: Final = _FDM_MARLIN - {"G20"}
+# Klipper's own extended commands that slicers, start/end macros and print-time tools emit:
+# heaters, fans and waits; motion limits, pressure advance, retraction, input shaper, skew;
+# mesh and gantry levelling; object labels (exclude_object); offsets and saved states;
+# messages, print info, pauses and the idle timeout; extruders; LEDs; timelapse frames.
+KLIPPER_EXTENDED: Final = _words(
+    """
+    SET_HEATER_TEMPERATURE TEMPERATURE_WAIT SET_FAN_SPEED SET_TEMPERATURE_FAN_TARGET
+    SET_VELOCITY_LIMIT SET_PRESSURE_ADVANCE SET_RETRACTION SET_INPUT_SHAPER SET_SKEW
+    SKEW_PROFILE BED_MESH_CALIBRATE BED_MESH_PROFILE BED_MESH_CLEAR BED_MESH_OFFSET
+    BED_MESH_MAP QUAD_GANTRY_LEVEL Z_TILT_ADJUST EXCLUDE_OBJECT_DEFINE EXCLUDE_OBJECT_START
+    EXCLUDE_OBJECT_END EXCLUDE_OBJECT SET_GCODE_OFFSET SAVE_GCODE_STATE RESTORE_GCODE_STATE
+    RESPOND SET_DISPLAY_TEXT SET_PRINT_STATS_INFO SET_IDLE_TIMEOUT PAUSE RESUME
+    ACTIVATE_EXTRUDER SYNC_EXTRUDER_MOTION SET_LED TIMELAPSE_TAKE_FRAME UPDATE_DELAYED_GCODE
+    SET_GCODE_VARIABLE GET_POSITION QUERY_ENDSTOPS QUERY_PROBE STATUS HELP
+    """
+)
+# Klipper built-ins a program runs only with an operator's permission, with what they do.
+KLIPPER_MEANINGS: Final[Mapping[str, str]] = {
+    "SAVE_CONFIG": "writes the calibration results into printer.cfg and restarts Klipper",
+    "RESTART": "restarts Klipper's host software: the print in progress is lost",
+    "FIRMWARE_RESTART": "restarts Klipper and its microcontrollers: the print is lost",
+    "SET_KINEMATIC_POSITION": "tells Klipper the toolhead is somewhere without homing "
+    "(moves after it can crash into the frame)",
+    "FORCE_MOVE": "moves one stepper directly, ignoring the kinematics and the endstops",
+    "SET_STEPPER_ENABLE": "switches a stepper motor on or off by hand",
+    "STEPPER_BUZZ": "oscillates a stepper motor back and forth",
+    "PID_CALIBRATE": "runs PID autotune: a heater at full power, new PID values",
+    "SHAPER_CALIBRATE": "shakes the printer at its resonance frequencies (input shaper tuning)",
+    "TEST_RESONANCES": "shakes the printer at its resonance frequencies",
+    "PROBE_CALIBRATE": "starts a manual probe Z-offset calibration that waits for an operator",
+    "Z_ENDSTOP_CALIBRATE": "starts a manual Z endstop calibration that waits for an operator",
+    "MANUAL_PROBE": "starts a manual probe that waits for an operator",
+    "DELTA_CALIBRATE": "recalibrates delta geometry",
+    "BED_TILT_CALIBRATE": "recalibrates the bed tilt",
+    "Z_OFFSET_APPLY_PROBE": "changes the probe's Z offset for the next SAVE_CONFIG",
+    "Z_OFFSET_APPLY_ENDSTOP": "changes the Z endstop position for the next SAVE_CONFIG",
+    "SET_TMC_CURRENT": "sets stepper motor currents (too high overheats motors and drivers)",
+    "SET_TMC_FIELD": "writes a stepper driver register",
+    "INIT_TMC": "re-initialises the stepper drivers",
+    "SET_PIN": "sets an output pin of the microcontroller directly",
+    "SET_SERVO": "moves a servo",
+    "SDCARD_PRINT_FILE": "starts another print from the printer's storage",
+    "SDCARD_RESET_FILE": "unloads the print file",
+    "CANCEL_PRINT": "cancels the print from inside it",
+    "SET_EXTRUDER_ROTATION_DISTANCE": "changes the extruder's calibration (rotation distance)",
+    "SET_HEATER_PID": "changes a heater's PID values",
+}
+
 # Laser programs on GRBL (laser mode): the same words, power as S with M3/M4.
 _LASER_GRBL: Final = _CNC_GRBL
 # Marlin-driven lasers and spindles (LASER_FEATURE / SPINDLE_FEATURE).
@@ -76,6 +137,7 @@ _LASER_MARLIN: Final = _words(
 
 ALLOWED: Final[Mapping[tuple[str, str], frozenset[str]]] = {
     ("fdm", "marlin"): _FDM_MARLIN,
+    ("fdm", "klipper"): _FDM_KLIPPER_GCODE,
     ("cnc", "grbl"): _CNC_GRBL,
     ("laser", "grbl"): _LASER_GRBL,
     ("cnc", "marlin"): _LASER_MARLIN,
@@ -158,11 +220,16 @@ class ProgramCheck:
     firmware: str
     not_gcode: str | None = None  # why the file is not a program at all
     too_long: str | None = None  # a line the firmware cannot take
+    unsupported: str | None = None  # a command the firmware refuses, stopping the print
+    # Klipper: extended command names that are not Klipper's own, taken for printer macros
+    macros: list[str] = field(default_factory=list)
     needs_permission: list[Refusal] = field(default_factory=list)
 
 
 def meaning(command: str, process: str, firmware: str) -> str:
     """Say what a command does, or that it is not one slicers or CAM programs emit."""
+    if firmware == "klipper" and command in KLIPPER_MEANINGS:
+        return KLIPPER_MEANINGS[command]
     if command in MEANINGS:
         return MEANINGS[command]
     if command.startswith("$") and command.endswith("="):
@@ -193,6 +260,16 @@ def check_program(analysis: Mapping[str, Any], firmware: str) -> ProgramCheck:
             f"this is not a G-code program: {unparsed} line(s) are not G-code commands{where}"
         )
         return result
+    extended: Mapping[str, int] = analysis.get("extended_commands") or {}
+    extended_lines: Mapping[str, int] = analysis.get("extended_lines") or {}
+    if extended and firmware != "klipper":
+        first = min(extended, key=lambda name: int(extended_lines.get(name, 0)))
+        result.not_gcode = (
+            f"this is not a G-code program for {firmware}: {sum(extended.values())} line(s) "
+            f"are Klipper commands or macros (line {extended_lines.get(first, 0)}: {first}), "
+            "which only a Klipper printer runs"
+        )
+        return result
     if not any(commands.get(word) for word in _MOTION) and not analysis.get("move_count"):
         result.not_gcode = "this is not a G-code program: it has no motion (G0, G1, G2 or G3)"
         return result
@@ -217,6 +294,19 @@ def check_program(analysis: Mapping[str, Any], firmware: str) -> ProgramCheck:
         for word in commands
         if word not in allowed
     }
+    if firmware == "klipper":
+        for word in extended:
+            if word in KLIPPER_MEANINGS:
+                line = int(extended_lines.get(word, 0))
+                refusals[word] = Refusal(word, line, KLIPPER_MEANINGS[word])
+            elif word not in KLIPPER_EXTENDED:
+                result.macros.append(word)
+        result.macros.sort()
+        if commands.get("G20"):
+            result.unsupported = (
+                f"line {int(lines.get('G20', 0))}: G20 (inch units) stops the print on Klipper "
+                '("Machine does not support G20 (inches) command"); slice it in millimetres'
+            )
     # The analyser's own finds look at parameters too (G10 L2 is allowed G10, but persists).
     for found in analysis.get("firmware_commands") or []:
         word = str(found.get("command", "")).split(" ", 1)[0]
@@ -234,6 +324,8 @@ def refusal_message(check: ProgramCheck, allowed_by_operator: bool) -> str | Non
         return check.not_gcode
     if check.too_long:
         return check.too_long
+    if check.unsupported:
+        return check.unsupported
     if check.needs_permission and not allowed_by_operator:
         shown = "; ".join(str(r) for r in check.needs_permission[:5])
         more = len(check.needs_permission) - 5
@@ -248,6 +340,8 @@ def refusal_message(check: ProgramCheck, allowed_by_operator: bool) -> str | Non
 __all__ = [
     "ALLOWED",
     "FIRMWARE_OF_DRIVER",
+    "KLIPPER_EXTENDED",
+    "KLIPPER_MEANINGS",
     "MAX_LINE_CHARS",
     "MEANINGS",
     "ProgramCheck",

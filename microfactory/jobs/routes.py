@@ -228,13 +228,14 @@ _IMMUTABLE = "private, max-age=86400"  # a job's file never changes (its SHA-256
 async def job_thumbnail(
     job_id: Id, request: Request, session: SessionDep, user: AnyUser, settings: SettingsDep
 ) -> Response:
-    """Return the preview image the slicer embedded in the job's G-code (its owner, operators)."""
+    """Return the preview image the slicer embedded in the job's G-code (its owner, operators);
+    a printer host's PNG of it (Moonraker's, from a QOI thumbnail) when the file has none."""
     job = await service.get_visible(session=session, job_id=job_id, user=user)
     etag = f'"{job.file_sha256}-thumbnail"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": _IMMUTABLE})
     path = media.file_of(job, settings.upload_dir)
-    png = await asyncio.to_thread(media.read_png, path)
+    png = await asyncio.to_thread(media.read_thumbnail, path)
     if png is None:
         raise NotFoundError(f"job {job_id} has no thumbnail (the slicer embedded none)")
     return Response(

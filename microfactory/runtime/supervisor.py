@@ -29,13 +29,14 @@ from drivers import (
     MachineBusy,
     MachineState,
     Program,
+    ProgramRefused,
     Status,
     create_driver,
 )
 from drivers.planner import limits_from_dict
 from microfactory.db import utcnow
 from microfactory.errors import ConflictError
-from microfactory.jobs import lifecycle
+from microfactory.jobs import lifecycle, media
 from microfactory.jobs.estimates import estimate_for_machine, live_eta_s
 from microfactory.jobs.models import ACTIVE_STATES, Job, JobState
 from microfactory.machines.models import Machine
@@ -516,6 +517,11 @@ class Supervisor:
                 started = utcnow()
                 try:
                     await driver.start(program)
+                except ProgramRefused as exc:
+                    # The host will not take this file: it fails here, nothing was printed.
+                    reason = f"the machine refused the program, nothing was printed: {exc}"
+                    await self._fail_unstarted(job_id, reason)
+                    raise ConflictError(f"job {job_id} cannot start: {reason}") from exc
                 except DriverError as exc:
                     raise ConflictError(f"machine {self.name!r} refused the job: {exc}") from exc
             except ConflictError as exc:
@@ -547,6 +553,56 @@ class Supervisor:
                 job = await session.get(Job, job_id)
                 if job is not None:
                     job.flags = {**(job.flags or {}), "remote_file": remote_file}
+            if hasattr(driver, "file_metadata"):
+                task = asyncio.create_task(self._import_file_metadata(driver, job_id, remote_file))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _import_file_metadata(self, driver: Driver, job_id: int, remote_file: str) -> None:
+        """Add what the printer host read from the job's file (Moonraker's metadata: the
+        slicer's estimate, filament, thumbnails) to the job's analysis. A refinement: a
+        failure is logged, never the job's."""
+        estimate = self._estimate_task
+        if estimate is not None:  # it rewrites the analysis too: one writer at a time
+            with contextlib.suppress(Exception):
+                await asyncio.shield(estimate)
+        try:
+            metadata = await driver.file_metadata(remote_file)  # type: ignore[attr-defined]
+            if not metadata:
+                return
+            async with self.sessionmaker() as session:
+                job = await session.get(Job, job_id)
+                if job is None or not job.stored_name:
+                    return
+                stored_name, has_png = job.stored_name, bool((job.analysis or {}).get("thumbnails"))
+            kept = None
+            best = media.largest_png(metadata.get("thumbnails") or [])
+            if best is not None and not has_png:
+                png = await driver.thumbnail(best["relative_path"])  # type: ignore[attr-defined]
+                target = media.printer_thumbnail_path(self.upload_dir, stored_name)
+                await asyncio.to_thread(target.write_bytes, png)
+                kept = best
+            async with self.sessionmaker() as session, session.begin():
+                job = await session.get(Job, job_id)
+                if job is not None:
+                    job.analysis = media.apply_printer_metadata(job.analysis or {}, metadata, kept)
+        except (DriverError, OSError) as exc:
+            log.warning(
+                "machine %s: job %s: no file metadata from the host: %s", self.name, job_id, exc
+            )
+            return
+        except Exception:
+            log.exception(
+                "machine %s: job %s: could not store the file metadata", self.name, job_id
+            )
+            return
+        log.info(
+            "machine %s: job %s: file metadata from the host (slicer: %s s, %s thumbnails)",
+            self.name,
+            job_id,
+            metadata.get("estimated_time_s"),
+            len(metadata.get("thumbnails") or []),
+        )
 
     async def _unassign(self, job_id: int, reason: str) -> None:
         async with self.sessionmaker() as session, session.begin():

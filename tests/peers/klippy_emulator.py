@@ -29,6 +29,9 @@ Limits, on purpose:
   push carries only the fields that changed since the last one.
 - After `shutdown` everything but `info`, queries and `FIRMWARE_RESTART`/`RESTART`
   answers "Printer is shutdown" (Klippy's own wording); a restart returns to `ready`.
+- `info` reports `klipper_path` (default: beside the gcodes folder). Pointed at the gcodes
+  folder itself, Moonraker reserves that folder and refuses every upload (HTTP 403): the
+  tests' way to have the real Moonraker refuse an upload.
 """
 
 from __future__ import annotations
@@ -147,8 +150,12 @@ class KlippyEmulator:
         line_time_s: float = 0.01,
         speed_factor: float | None = None,
         push_interval_s: float = 0.1,
+        klipper_path: Path | None = None,
     ) -> None:
         self.socket_path = socket_path
+        # Where `info` says Klipper is installed. Moonraker reserves that path: with it inside
+        # the gcodes folder, Moonraker refuses every upload there (HTTP 403).
+        self.klipper_path = klipper_path or gcodes_dir.parent / "klipper"
         self.gcodes_dir = gcodes_dir
         self.line_time_s = line_time_s
         self.speed_factor = speed_factor
@@ -337,7 +344,7 @@ class KlippyEmulator:
                 "state": self.state,
                 "state_message": self.state_message,
                 "hostname": "emulated-klippy",
-                "klipper_path": str(self.gcodes_dir.parent / "klipper"),
+                "klipper_path": str(self.klipper_path),
                 "python_path": "/usr/bin/python3",
                 "process_id": os.getpid(),
                 "user_id": os.getuid(),

@@ -70,6 +70,8 @@ class MoonrakerServer:
     python: Path
     line_time_s: float = 0.01
     speed_factor: float | None = None  # the emulator's print speed-up over planned time
+    # Klippy says it is installed in the gcodes folder: Moonraker then refuses every upload.
+    klipper_in_gcodes: bool = False
     port: int = field(default_factory=free_port)
     datadir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mf-mr-")))
     process: subprocess.Popen[bytes] | None = None
@@ -93,7 +95,11 @@ class MoonrakerServer:
         )
         if self.klippy is None:
             self.klippy = KlippyEmulator(
-                uds, self.gcodes, line_time_s=self.line_time_s, speed_factor=self.speed_factor
+                uds,
+                self.gcodes,
+                line_time_s=self.line_time_s,
+                speed_factor=self.speed_factor,
+                klipper_path=self.gcodes if self.klipper_in_gcodes else None,
             )
             self.klippy.start()
         self.start_moonraker(timeout_s)

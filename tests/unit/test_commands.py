@@ -33,6 +33,8 @@ FDM = "G28\nG1 Z0.2 F3000\nM104 S200\nG1 X10 Y10 E1 F1200\n"
 def test_every_slicer_and_cam_sample_passes_as_it_is(path: Path) -> None:
     data = analyse_gcode(path).as_dict()
     firmware = "marlin" if data["process"] == "fdm" else "grbl"
+    if path.name.startswith("klipper-"):  # start and end macros: only Klipper runs them
+        firmware = "klipper"
     check = check_program(data, firmware)
     assert refusal_message(check, allowed_by_operator=False) is None, check
 
@@ -126,3 +128,100 @@ def test_grbl_tool_change_is_refused_as_grbl_would() -> None:
     why = refusal("G21\nT1 M6\nG0 X1\n", firmware="grbl")
     assert why is not None
     assert "M6 (line 2: tool change: standard GRBL answers error:20" in why
+
+
+# -- Klipper (moonraker machines) ---------------------------------------------------------
+
+KLIPPER_START = """\
+PRINT_START BED=60 EXTRUDER=215
+SET_HEATER_TEMPERATURE HEATER=extruder TARGET=200
+TEMPERATURE_WAIT SENSOR=extruder MINIMUM=195
+BED_MESH_CALIBRATE ADAPTIVE=1
+SET_VELOCITY_LIMIT ACCEL=3000 SQUARE_CORNER_VELOCITY=5
+SET_PRESSURE_ADVANCE ADVANCE=0.04
+EXCLUDE_OBJECT_DEFINE NAME=cube_id_0_copy_0 CENTER=110,110 POLYGON=[[100,100],[120,100],[120,120]]
+M486 S0
+M486 Acube_id_0_copy_0
+EXCLUDE_OBJECT_START NAME='cube id 0'
+set_fan_speed fan=part_fan speed=0.5
+"""
+KLIPPER_END = "EXCLUDE_OBJECT_END NAME='cube id 0'\nM486 S-1\nPRINT_END\n"
+
+
+def test_klipper_commands_and_macros_run_on_a_klipper_printer() -> None:
+    text = KLIPPER_START + FDM + KLIPPER_END
+    data = analysed(text)
+    check = check_program(data, "klipper")
+    assert refusal_message(check, allowed_by_operator=False) is None, check
+    assert check.macros == ["PRINT_END", "PRINT_START"]  # the printer's own, not Klipper's
+    assert data["extended_commands"]["EXCLUDE_OBJECT_DEFINE"] == 1
+    assert data["extended_lines"]["SET_HEATER_TEMPERATURE"] == 2
+    assert data["commands"]["M486"] == 3
+    # Its words are not read as G-code: no tool change from TARGET=, no moves from EXTRUDER.
+    assert data["tool_changes"] == 0
+    assert data["move_count"] == 2
+    assert data["untimed_commands"]["BED_MESH_CALIBRATE"] == 1
+
+
+def test_klipper_commands_are_not_gcode_for_marlin() -> None:
+    why = refusal(KLIPPER_START + FDM, firmware="marlin")
+    assert why is not None
+    assert "not a G-code program for marlin" in why
+    assert "line 1: PRINT_START" in why
+    assert "only a Klipper printer runs" in why
+    # PrusaSlicer's M486 object labels are G-code Marlin runs, though.
+    assert refusal("M486 S0\nM486 Acube_id_0\n" + FDM + "M486 S-1\n", firmware="marlin") is None
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        ("SAVE_CONFIG", "printer.cfg"),
+        ("FIRMWARE_RESTART", "the print is lost"),
+        ("SET_KINEMATIC_POSITION Z=0", "without homing"),
+        ("FORCE_MOVE STEPPER=stepper_x DISTANCE=10 VELOCITY=5", "ignoring the kinematics"),
+        ("PID_CALIBRATE HEATER=extruder TARGET=210", "PID autotune"),
+        ("SET_TMC_CURRENT STEPPER=stepper_x CURRENT=1.5", "motor currents"),
+        ("SET_PIN PIN=caselight VALUE=1", "output pin"),
+        ("M112", "emergency stop"),
+    ],
+)
+def test_klipper_built_ins_that_change_the_printer_need_permission(line: str, shown: str) -> None:
+    text = FDM + line + "\nG1 X20 Y20 E2\n"
+    why = refusal(text, firmware="klipper")
+    assert why is not None
+    assert f"{line.split()[0]} (line 5: " in why
+    assert shown in why
+    assert "a klipper machine" in why
+    assert refusal(text, firmware="klipper", allowed=True) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        # Klipper answers "Malformed command" to a parameter without `=`.
+        ("SET_HEATER_TEMPERATURE HEATER extruder\n", "not G-code commands (line 5"),
+        ("SET_DISPLAY_TEXT MSG='unclosed\n", "not G-code commands (line 5"),
+        ("hello this is not gcode\n", "not G-code commands"),
+    ],
+)
+def test_what_klipper_cannot_parse_is_refused_even_with_permission(text: str, shown: str) -> None:
+    why = refusal(FDM + text, firmware="klipper", allowed=True)
+    assert why is not None
+    assert shown in why
+
+
+def test_inches_stop_a_klipper_print_and_are_refused_even_with_permission() -> None:
+    text = "G20\nG28\nG1 X1 Y1 F100\n"
+    why = refusal(text, firmware="klipper", allowed=True)
+    assert why is not None
+    assert "line 1: G20" in why
+    assert "Machine does not support G20" in why
+    assert refusal(text, firmware="marlin") is None  # Marlin has inches
+
+
+def test_a_moonraker_machine_checks_programs_as_klipper() -> None:
+    from microfactory.analysis.commands import FIRMWARE_OF_DRIVER, firmwares_of
+
+    assert FIRMWARE_OF_DRIVER["moonraker"] == "klipper"
+    assert firmwares_of(["moonraker", "marlin", "manual"]) == ["klipper", "marlin"]

@@ -266,3 +266,37 @@ async def test_an_api_key_is_sent_and_a_wrong_one_gives_a_clear_error(
         await wrong.connect()
     assert "0123456789abcdef-wrong" not in str(refused.value)
     assert (await wrong.status()).state is MachineState.OFFLINE
+
+
+async def test_moonrakers_metadata_of_a_sliced_file_and_its_thumbnails(
+    make_driver: MakeDriver, moonraker: MoonrakerServer
+) -> None:
+    from tests.samples import data_file
+
+    sample = data_file("gcode", "fdm", "klipper-cylinder.gcode")
+    async with httpx.AsyncClient(base_url=moonraker.url) as client:
+        uploaded = await client.post(
+            "/server/files/upload",
+            files={"file": ("cylinder.gcode", sample.read_bytes())},
+            data={"root": "gcodes"},
+        )
+    assert uploaded.status_code == 201, uploaded.text
+    driver = make_driver()
+    await driver.connect()
+    meta = await driver.file_metadata("cylinder.gcode")
+    assert meta is not None
+    # What Moonraker's own metadata extraction read from PrusaSlicer's header and footer.
+    assert meta["slicer"] == "PrusaSlicer"
+    assert meta["slicer_version"] == "2.5.0"
+    assert meta["estimated_time_s"] == 268.0
+    assert meta["filament_mm"] == pytest.approx(238.52)
+    assert meta["filament_g"] == pytest.approx(0.71)
+    assert meta["layer_height_mm"] == 0.2
+    # The file's QOI thumbnail became a PNG, and Moonraker added a 32x32 one.
+    sizes = {(t["width"], t["height"]): t["relative_path"] for t in meta["thumbnails"]}
+    assert set(sizes) == {(64, 64), (32, 32)}
+    png = await driver.thumbnail(sizes[(64, 64)])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert await driver.file_metadata("no-such-file.gcode") is None
+    with pytest.raises(DriverError, match="refusing the thumbnail path"):
+        await driver.thumbnail("../config/moonraker.conf.png")

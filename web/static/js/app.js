@@ -91,6 +91,14 @@
     set("message", st.message);
     set("temps", renderTemps(st.temperatures));
     set("position", renderPos(st.position));
+    const extra = st.extra || {};  // Klipper printers (Moonraker): Klippy's own state
+    const klippy = extra.klippy_state
+      ? extra.klippy_state + (extra.klippy_state !== "ready" && extra.klippy_message ? `: ${extra.klippy_message}` : "")
+      : "";
+    set("klippy", klippy);
+    const klippyEl = card.querySelector("[data-field=klippy]");
+    const klippyDt = klippyEl && klippyEl.closest("dd") && klippyEl.closest("dd").previousElementSibling;
+    if (klippyDt) klippyDt.hidden = !klippy;
     const prog = st.progress;
     const jobBox = card.querySelector("[data-job]");
     if (jobBox) {
