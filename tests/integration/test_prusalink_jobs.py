@@ -132,18 +132,7 @@ async def test_a_job_runs_from_the_queue_to_finished_with_pause_resume_and_cance
     client = live_client
     _, op = await make_user("operator")
     printer = await _add_printer(client, op, prusalink)
-    job = await _submit(client, op, printer["id"], 80)  # about 4 s
-    await wait_for(lambda: _job_in(client, op, job["id"], {"running"}), within=30)
-    # The grid shows the print live.
-    live = (await client.get(f"/api/v1/machines/{printer['id']}", headers=op)).json()["status"]
-    assert live["state"] == "running"
-    assert live["message"].startswith("printing mf-part-")
-    paused = await client.post(f"/api/v1/jobs/{job['id']}/pause", headers=op)
-    assert paused.status_code == 200, paused.text
-    assert paused.json()["state"] == "paused"
-    assert prusalink.printer.state == "PAUSED"
-    resumed = await client.post(f"/api/v1/jobs/{job['id']}/resume", headers=op)
-    assert resumed.json()["state"] == "running"
+    job = await _submit(client, op, printer["id"], 60)  # about 3 s
     done = await wait_for(
         lambda: _job_in(client, op, job["id"], {"finished", "failed", "cancelled"}), within=60
     )
@@ -153,8 +142,19 @@ async def test_a_job_runs_from_the_queue_to_finished_with_pause_resume_and_cance
     await client.post(f"/api/v1/jobs/{job['id']}/clear", json={"outcome": "good"}, headers=op)
     await wait_for(lambda: _state(client, op, printer["id"], "idle"), within=30)
 
-    again = await _submit(client, op, printer["id"], 2000)
+    again = await _submit(client, op, printer["id"], 2000)  # 100 s: it will not finish
     await wait_for(lambda: _job_in(client, op, again["id"], {"running"}), within=30)
+    # The grid shows the print live.
+    live = (await client.get(f"/api/v1/machines/{printer['id']}", headers=op)).json()["status"]
+    assert live["state"] == "running"
+    assert live["message"].startswith("printing mf-part-")
+    paused = await client.post(f"/api/v1/jobs/{again['id']}/pause", headers=op)
+    assert paused.status_code == 200, paused.text
+    assert paused.json()["state"] == "paused"
+    assert prusalink.printer.state == "PAUSED"
+    resumed = await client.post(f"/api/v1/jobs/{again['id']}/resume", headers=op)
+    assert resumed.json()["state"] == "running"
+    assert prusalink.printer.state == "PRINTING"
     cancelled = await client.post(f"/api/v1/jobs/{again['id']}/cancel", headers=op)
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["state"] == "cancelled"
@@ -189,7 +189,7 @@ async def test_a_printer_error_fails_the_job_and_a_refused_upload_starts_nothing
         lambda: _job_in(client, op, job["id"], {"finished", "failed", "cancelled"}), within=30
     )
     assert done["state"] == "failed"
-    assert done["failure_reason"] == "printer error: HEATBED THERMAL RUNAWAY"
+    assert done["failure_reason"].startswith("printer error: HEATBED THERMAL RUNAWAY")
     assert await _usage(live_app) == [(job["id"], "failed")]
     live = (await client.get(f"/api/v1/machines/{printer['id']}", headers=op)).json()["status"]
     assert live["state"] == "error"
