@@ -657,6 +657,9 @@ class PrusaLinkDriver(Driver):
         if kind is EventKind.FINISHED:
             total = self._lines_total
             progress = Progress(total, total, total, progress.started_at, percent_hint=100.0)
+        # Readers of the status (the supervisor records the job's end with it) see the
+        # print's last progress first: PrusaLink forgets the job once it has ended.
+        self._set_status(progress=progress)
         file, self._job_file = self._job_file, None
         self._last_ended = file
         self._cancel_requested = False
