@@ -54,6 +54,24 @@ from drivers.octoprint import _display_url, _safe_upload_name  # one rule for ev
 
 log = logging.getLogger(__name__)
 
+
+class _QuietPolls(logging.Filter):
+    """Drop httpx's INFO line for each status poll (two a second per printer, every second
+    of the day); every other request is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (
+            record.levelno <= logging.INFO
+            and len(args) >= 2
+            and args[0] == "GET"
+            and str(args[1]).endswith(("/api/v1/status", "/api/v1/job"))
+        )
+
+
+if not any(isinstance(f, _QuietPolls) for f in logging.getLogger("httpx").filters):
+    logging.getLogger("httpx").addFilter(_QuietPolls())
+
 #: PrusaLink's printer states as our machine states.
 STATE_MAP: dict[str, MachineState] = {
     "IDLE": MachineState.IDLE,
