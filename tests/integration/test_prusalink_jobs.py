@@ -34,6 +34,16 @@ def program(moves: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+@pytest.fixture
+def db_url(sqlite_database: str) -> str:
+    """SQLite only: the job lifecycle these tests go through is the one the OctoPrint and
+    Marlin job tests already run on both backends; here the driver is under test."""
+    from tests.conftest import _truncate
+
+    _truncate(sqlite_database)
+    return sqlite_database
+
+
 @pytest.fixture(scope="module")
 def prusalink_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrusaLinkServer]:
     server = PrusaLinkServer(tmp_path_factory.mktemp("prusalink-jobs") / "gcodes")
@@ -132,7 +142,7 @@ async def test_a_job_runs_from_the_queue_to_finished_with_pause_resume_and_cance
     client = live_client
     _, op = await make_user("operator")
     printer = await _add_printer(client, op, prusalink)
-    job = await _submit(client, op, printer["id"], 60)  # about 3 s
+    job = await _submit(client, op, printer["id"], 30)  # about 1.5 s
     done = await wait_for(
         lambda: _job_in(client, op, job["id"], {"finished", "failed", "cancelled"}), within=60
     )
@@ -207,7 +217,7 @@ async def test_a_job_survives_our_restart_and_prusalinks(
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
     ):
         printer = await _add_printer(c, op, prusalink)
-        job = await _submit(c, op, printer["id"], 100)  # about 5 s
+        job = await _submit(c, op, printer["id"], 60)  # about 3 s
         await wait_for(lambda: _job_in(c, op, job["id"], {"running"}), within=30)
     # microfactory is down, and PrusaLink restarts too; the printer prints on. On the way
     # back up the job is not failed (as a serial job would be) but followed to its end.

@@ -105,6 +105,9 @@ class PrusaFirmwareStub:
                     continue  # a bare newline gets no "ok" from the firmware either
                 command = re.sub(r"\*\d+$", "", re.sub(r"^N\d+\s+", "", line))
                 self.received.append(command)
+                # A board answers in milliseconds; PrusaLink misses an answer that comes
+                # back before it has noted the command as sent.
+                time.sleep(0.01)
                 os.write(self._master, (self._answer(command) + "\n").encode())
 
     @staticmethod
