@@ -20,8 +20,9 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
   else
+    # Not fatal: the real-PrusaLink tests skip, saying why; the v1 API peer's tests still run.
     echo "PrusaLink needs these Debian packages (run as root to install them): ${need[*]}" >&2
-    exit 1
+    exit 0
   fi
 fi
 exec bash "$REPO/scripts/peer-venv.sh" prusalink 0.8.1 "$VENV" "$VENV/bin/prusalink"
