@@ -15,6 +15,7 @@ _DRIVERS: dict[str, tuple[str, str]] = {
     "grbl": ("drivers.grbl", "GrblDriver"),
     "octoprint": ("drivers.octoprint", "OctoPrintDriver"),
     "moonraker": ("drivers.moonraker", "MoonrakerDriver"),
+    "prusalink": ("drivers.prusalink", "PrusaLinkDriver"),
     "manual": ("drivers.manual", "ManualDriver"),
     "sim-marlin": ("drivers.sim.marlin", "SimMarlinDriver"),
     "sim-grbl": ("drivers.sim.grbl", "SimGrblDriver"),

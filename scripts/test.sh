@@ -32,6 +32,10 @@ if [ -f scripts/moonraker-venv.sh ]; then
   echo "== installing Moonraker into its own venv"
   bash scripts/moonraker-venv.sh
 fi
+if [ -f scripts/prusalink-venv.sh ]; then
+  echo "== installing PrusaLink into its own venv"
+  bash scripts/prusalink-venv.sh
+fi
 
 # 3. A throwaway PostgreSQL on a loopback port, stopped when we exit.
 if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

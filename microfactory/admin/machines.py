@@ -45,6 +45,7 @@ DRIVER_CHOICES = {
     "grbl": "GRBL over USB serial",
     "octoprint": "OctoPrint server",
     "moonraker": "Moonraker (Klipper)",
+    "prusalink": "PrusaLink (Prusa MK4, XL, MINI, MK3)",
     "manual": "Manual (no driver: booked and logged only)",
     "sim-marlin": "Simulated Marlin printer",
     "sim-grbl": "Simulated GRBL machine",
@@ -107,6 +108,8 @@ def _form_of(machine: Machine | None) -> dict[str, str]:
         "url": str(conn.get("url", "")),
         "api_key": "",  # a secret: never shown back
         "printer_port": str(conn.get("printer_port", "")),
+        "username": str(conn.get("username", "")),  # PrusaLink's; its password is a secret
+        "password": "",  # a secret: never shown back
         "volume_x": _num(machine.build_volume_x_mm),
         "volume_y": _num(machine.build_volume_y_mm),
         "volume_z": _num(machine.build_volume_z_mm),
@@ -171,6 +174,37 @@ def _connection(state: FormState, driver: str, stored: Machine | None) -> dict[s
         key = typed.get("api_key", "").strip()
         if key:  # optional: Moonraker lets its trusted clients in without one
             conn["api_key"] = key
+    elif driver == "prusalink":
+        conn = {
+            k: v
+            for k, v in old.items()
+            if same_driver and k not in ("url", "username", "password", "api_key")
+        }
+        conn["url"] = typed.get("url", "").strip()
+        username = typed.get("username", "").strip()
+        password = typed.get("password", "")
+        key = typed.get("api_key", "").strip()
+        if username:
+            conn["username"] = username
+            # A blank password keeps the saved one, if it was for the same user.
+            if password:
+                conn["password"] = password
+            elif same_driver and old.get("password") and old.get("username") == username:
+                conn["password"] = old["password"]
+            else:
+                missing = "fill this in: the password on the printer's screen"
+                state.errors.update(password=missing)
+                return None
+        if key:
+            conn["api_key"] = key
+        elif same_driver and old.get("api_key") and not username:
+            conn["api_key"] = old["api_key"]
+        if not username and "api_key" not in conn:
+            state.errors["username"] = (
+                "fill in PrusaLink's username and password (on the printer's screen: "
+                "Settings > Network > PrusaLink), or its API key"
+            )
+            return None
     elif driver in ("sim-marlin", "sim-grbl"):
         conn = old if same_driver else {}  # a simulator's options are set through the API
     else:
@@ -186,6 +220,8 @@ def _connection(state: FormState, driver: str, stored: Machine | None) -> dict[s
                 if driver == "moonraker"
                 else "write OctoPrint's address, such as http://octopi.local"
             )
+            if driver == "prusalink":
+                state.errors["url"] = "write the printer's address, such as http://prusa-mk4.local"
         return None
 
 
@@ -273,6 +309,7 @@ async def _machine_page(
         context["status"] = fleet.status(machine)
         context["running"] = fleet.running_job(machine.id)
         context["has_key"] = bool((machine.connection or {}).get("api_key"))
+        context["has_password"] = bool((machine.connection or {}).get("password"))  # PrusaLink
         limits = (machine.capabilities or {}).get("motion_limits") or None
         context["limits"] = limits
         context["limit_values"] = (
@@ -341,6 +378,8 @@ class MachineFormFields(BaseModel):
     url: MachineField = ""
     api_key: MachineField = ""
     printer_port: MachineField = ""
+    username: MachineField = ""  # PrusaLink
+    password: MachineField = ""  # PrusaLink; a secret, never sent back
     volume_x: MachineField = ""
     volume_y: MachineField = ""
     volume_z: MachineField = ""
@@ -383,7 +422,9 @@ async def machine_create(
             log.info("machine %s added by an admin (driver %s)", machine.name, machine.driver)
             return redirect(f"/admin/machines/{machine.id}?added=1")
     # What was typed comes back, except the API key: a secret is never sent to a browser.
-    state = FormState("machine", {**typed, "api_key": ""}, state_in.errors, state_in.general)
+    state = FormState(
+        "machine", {**typed, "api_key": "", "password": ""}, state_in.errors, state_in.general
+    )
     return await _machine_page(request, session, None, state=state, status_code=422)
 
 
@@ -470,7 +511,9 @@ async def machine_update(
                 return redirect(f"/admin/machines/{machine.id}?done=saved")
         await session.rollback()
         machine = await _get(session, machine_id)
-    state = FormState("machine", {**typed, "api_key": ""}, state_in.errors, state_in.general)
+    state = FormState(
+        "machine", {**typed, "api_key": "", "password": ""}, state_in.errors, state_in.general
+    )
     return await _machine_page(request, session, machine, state=state, status_code=422)
 
 

@@ -32,6 +32,7 @@ FIRMWARE_OF_DRIVER: Final[Mapping[str, str]] = {
     "marlin": "marlin",
     "sim-marlin": "marlin",
     "octoprint": "marlin",
+    "prusalink": "marlin",  # Prusa firmware is Marlin-based (MK3: Marlin 1, MK4: Marlin 2)
     "grbl": "grbl",
     "sim-grbl": "grbl",
     "moonraker": "klipper",

@@ -86,6 +86,30 @@ class MoonrakerConnection(_Strict):
     max_backoff_s: Number | None = Field(None, gt=0, le=600)
 
 
+class PrusaLinkConnection(_Strict):
+    """A Prusa printer's PrusaLink: HTTP digest (username and password) or an API key."""
+
+    url: AnyHttpUrl
+    username: str | None = Field(None, min_length=1, max_length=256)
+    password: str | None = Field(None, min_length=1, max_length=256)
+    api_key: str | None = Field(None, min_length=1, max_length=256)
+    storage: str | None = Field(None, pattern=r"^/?[A-Za-z0-9_-]{1,32}$")  # None: the first
+    timeout_s: Number | None = Field(None, gt=0, le=300)  # per HTTP request
+    poll_interval_s: Number | None = Field(None, gt=0, le=60)
+    max_backoff_s: Number | None = Field(None, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> PrusaLinkConnection:
+        if not self.api_key and not (self.username and self.password):
+            raise ValueError(
+                "PrusaLink needs its username and password (on the printer's screen: "
+                "Settings > Network > PrusaLink) or an api_key"
+            )
+        if bool(self.username) != bool(self.password):
+            raise ValueError("give PrusaLink's username and its password together")
+        return self
+
+
 class ManualConnection(_Strict):
     """No connection: booked and logged only."""
 
@@ -143,11 +167,12 @@ CONNECTION_MODELS: dict[str, type[BaseModel]] = {
     "grbl": GrblConnection,
     "octoprint": OctoPrintConnection,
     "moonraker": MoonrakerConnection,
+    "prusalink": PrusaLinkConnection,
     "manual": ManualConnection,
     "sim-marlin": SimMarlinConnection,
     "sim-grbl": SimGrblConnection,
 }
-SECRET_FIELDS = frozenset({"api_key"})
+SECRET_FIELDS = frozenset({"api_key", "password"})  # password: PrusaLink's
 assert set(CONNECTION_MODELS) == set(DRIVER_NAMES)
 
 

@@ -31,6 +31,7 @@ log = logging.getLogger("microfactory.fleet")
 
 # Drivers whose machine keeps running a job by itself while we restart.
 SELF_HOSTED_DRIVERS = frozenset({"octoprint", "moonraker"})
+SELF_HOSTED_DRIVERS |= {"prusalink"}  # PrusaLink prints on without us, too
 
 
 #: a live update: ("machine", machine id, status), ("job", job id, transition),
