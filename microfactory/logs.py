@@ -114,6 +114,9 @@ def configure_logging(level: str = "INFO", json_logs: bool = True) -> None:
     root.setLevel(level)
     # Alembic announces every plugin at INFO; keep its migrations output only.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # aiosqlite's DEBUG lines repeat every statement with its parameters (a machine's
+    # connection settings, API keys included): never emit them, even at DEBUG.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []

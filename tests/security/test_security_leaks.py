@@ -276,3 +276,38 @@ async def test_dashboard_machine_page_hides_other_members_jobs(
     assert page.status_code == 200
     assert f"/jobs/{job['id']}" not in page.text
     assert "G1 X50 Y7" not in page.text
+
+
+async def test_debug_logging_does_not_repeat_sql_parameters(
+    tmp_path: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """At DEBUG, aiosqlite would print each statement with its parameters (a machine's
+    connection settings, members' e-mail addresses, ...). The log never carries them."""
+    import logging
+
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from microfactory.logs import configure_logging
+
+    root = logging.getLogger()
+    saved = (root.level, root.handlers[:], logging.getLogger("aiosqlite").level)
+    configure_logging("DEBUG", json_logs=True)
+    try:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'leak.db'}")
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE m (connection TEXT)"))
+            await conn.execute(
+                text("INSERT INTO m VALUES (:c)"),
+                {"c": '{"url": "http://octopi.local", "api_key": "S3CRET-key-0042"}'},
+            )
+        await engine.dispose()
+        logging.getLogger("microfactory.test").debug("debug lines still pass")
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        logging.getLogger("aiosqlite").setLevel(saved[2])
+    err = capfd.readouterr().err
+    assert "debug lines still pass" in err
+    assert "S3CRET-key-0042" not in err
+    assert "octopi.local" not in err
