@@ -249,7 +249,12 @@ def _unknown_env_keys() -> list[str]:
     known = {f"MICROFACTORY_{name.upper()}" for name in Settings.model_fields}
     known.add("MICROFACTORY_CONFIG")
     # Test and tool variables that are not server settings.
-    allowed_prefixes = ("MICROFACTORY_TEST_", "MICROFACTORY_OCTOPRINT_VENV")
+    allowed_prefixes = (
+        "MICROFACTORY_TEST_",
+        "MICROFACTORY_OCTOPRINT_VENV",
+        "MICROFACTORY_MOONRAKER_VENV",
+        "MICROFACTORY_PRUSALINK_VENV",
+    )
     return sorted(
         k
         for k in os.environ

@@ -40,6 +40,15 @@ def test_unknown_environment_key_is_rejected(monkeypatch: pytest.MonkeyPatch) ->
         load_settings()
 
 
+@pytest.mark.parametrize("peer", ["OCTOPRINT", "MOONRAKER", "PRUSALINK"])
+def test_the_test_peers_venv_variables_are_not_server_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, peer: str
+) -> None:
+    """The test command's peer venvs may be set beside a server without stopping it."""
+    monkeypatch.setenv(f"MICROFACTORY_{peer}_VENV", str(tmp_path / "venv"))
+    assert load_settings().port == 8000
+
+
 def test_toml_file_is_read_and_unknown_keys_rejected(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
