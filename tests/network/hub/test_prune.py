@@ -9,6 +9,7 @@ import datetime as dt
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from microfactory.network.hub import prune, service
@@ -17,6 +18,13 @@ from microfactory.scheduler import run_tick
 from tests.network.hub.conftest import JOSE, Shop
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+@pytest.fixture(autouse=True)
+def _now_is_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NOW is taken when each test starts, not at import: a long suite would otherwise hand
+    the hub reports that expired while earlier tests ran."""
+    monkeypatch.setitem(globals(), "NOW", dt.datetime.now(dt.UTC).replace(microsecond=0))
 
 
 async def _take(app: Any, token: str, now: dt.datetime) -> int:

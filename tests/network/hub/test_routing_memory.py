@@ -13,6 +13,7 @@ import random
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import insert
 
 from microfactory.db import make_engine, make_sessionmaker
@@ -22,6 +23,15 @@ from microfactory.network.hub.requirements import Requirements
 from tests.network.hub.conftest import JOSE, Shop, fdm
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+@pytest.fixture(autouse=True)
+def _now_is_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NOW is taken when each test starts, not at import: a long suite would otherwise hand
+    the hub reports that expired while earlier tests ran."""
+    monkeypatch.setitem(globals(), "NOW", dt.datetime.now(dt.UTC).replace(microsecond=0))
+
+
 MODELS = [
     ("fdm_printing", "Prusa MK4", (250, 220, 210), 0.4, None, ["pla", "petg", "abs"]),
     ("fdm_printing", "Prusa XL", (360, 360, 360), 0.6, None, ["pla", "petg"]),
