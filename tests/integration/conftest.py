@@ -53,6 +53,29 @@ async def machine_state(client: httpx.AsyncClient, headers: dict[str, str], mach
     return str(resp.json()["status"]["state"])
 
 
+async def dispatch(
+    client: httpx.AsyncClient, headers: dict[str, str], job_id: int, machine_id: int
+) -> httpx.Response:
+    """Dispatch a job once its machine is idle.
+
+    On a loaded machine a simulated controller's link can drop (its watchdog sees it silent)
+    and come back; a dispatch refused because the machine is reconnecting is retried after
+    it is idle again, so the answer is the one the test is about.
+    """
+    for _ in range(5):
+        await wait_for(
+            lambda: _is_idle(client, headers, machine_id), within=60, what="the machine is idle"
+        )
+        resp = await client.post(f"/api/v1/jobs/{job_id}/dispatch", headers=headers)
+        if resp.status_code != 409 or "connecting" not in resp.text:
+            break
+    return resp
+
+
+async def _is_idle(client: httpx.AsyncClient, headers: dict[str, str], machine_id: int) -> bool:
+    return await machine_state(client, headers, machine_id) == "idle"
+
+
 async def job_json(
     client: httpx.AsyncClient, headers: dict[str, str], job_id: int
 ) -> dict[str, Any]:

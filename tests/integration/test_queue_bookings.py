@@ -12,7 +12,7 @@ import pytest
 from microfactory.jobs import queue
 from tests.bookings.conftest import Clock, book
 from tests.conftest import UserFactory
-from tests.integration.conftest import job_json, machine_state, wait_for
+from tests.integration.conftest import dispatch, job_json, machine_state, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -112,7 +112,7 @@ async def test_starting_a_job_on_your_booked_machine_checks_you_in(
     live_app.state.clock = None
     job = await _queued_job(live_client, member, mill)
     await live_client.post(f"/api/v1/jobs/{job['id']}/approve", headers=operator)
-    resp = await live_client.post(f"/api/v1/jobs/{job['id']}/dispatch", headers=operator)
+    resp = await dispatch(live_client, operator, job["id"], mill["id"])
     assert resp.status_code == 200, resp.text
     await live_app.state.events.drain()  # check-in reacts to job.started after its commit
     got = (await live_client.get(f"/api/v1/bookings/{booked.json()['id']}", headers=member)).json()

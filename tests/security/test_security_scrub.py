@@ -19,7 +19,7 @@ from microfactory.app import create_app
 from microfactory.config import Settings
 from microfactory.jobs.models import Job
 from tests.conftest import UserFactory
-from tests.integration.conftest import job_json, machine_state, wait_for
+from tests.integration.conftest import dispatch, job_json, machine_state, wait_for
 
 CSRF = "test-csrf-token-value"
 STORED_NAME = re.compile(r"\b[0-9a-f]{32}\b")
@@ -92,7 +92,7 @@ async def test_failure_reason_and_preparation_log_name_no_internal_paths(
     async with live_app.state.sessionmaker() as session:
         stored_name = (await session.get(Job, job["id"])).stored_name  # type: ignore[union-attr]
     (live_settings.upload_dir / stored_name).unlink()
-    refused = await client.post(f"/api/v1/jobs/{job['id']}/dispatch", headers=operator)
+    refused = await dispatch(client, operator, job["id"], machine["id"])
     assert refused.status_code == 409
     assert not _leaks(refused.text, data_dir), refused.text
 
