@@ -65,7 +65,7 @@ def test_admin_adds_a_klipper_printer_and_the_grid_shows_klippy_live(
         admin.get_by_role("button", name="Add a machine").click()
         admin.get_by_label("Driver").select_option("moonraker")
         expect(admin.get_by_label("Serial port")).to_be_hidden()
-        admin.get_by_label("Name").fill(NAME)
+        admin.get_by_label("Name", exact=True).fill(NAME)
         admin.get_by_label("Kind").select_option("fdm_printer")
         admin.get_by_label("Server address").fill(moonraker.url)
         admin.get_by_label("Build volume X (mm)").fill("300")
