@@ -41,7 +41,8 @@ def test_admin_adds_a_machine_and_it_appears_live_on_the_grid(
     admin.get_by_label("Build volume X (mm)").fill("wide")
     admin.get_by_role("button", name="Add machine").click()
     expect(admin.locator("#err-volume_x")).to_have_text("write a number, such as 2.5")
-    expect(admin.get_by_label("Name", exact=True)).to_have_value("Bandsaw")  # what was typed is kept
+    # What was typed is kept.
+    expect(admin.get_by_label("Name", exact=True)).to_have_value("Bandsaw")
     admin.get_by_label("Build volume X (mm)").fill("")
     admin.get_by_role("button", name="Add machine").click()
     expect(admin.get_by_role("status")).to_contain_text("Bandsaw was added")
