@@ -33,7 +33,7 @@ def test_admin_adds_a_machine_and_it_appears_live_on_the_grid(
     admin.get_by_role("button", name="Add a machine").click()
     # The connection fields follow the driver.
     admin.get_by_label("Driver").select_option("octoprint")
-    expect(admin.get_by_label("API key")).to_be_visible()
+    expect(admin.locator("input[name=api_key]")).to_be_visible()
     expect(admin.get_by_label("Serial port")).to_be_hidden()
     admin.get_by_label("Driver").select_option("manual")
     admin.get_by_label("Name", exact=True).fill("Bandsaw")
