@@ -153,3 +153,16 @@ def release_job(base: str, job_id: int) -> None:
             f"{base}/api/v1/jobs/{job_id}/clear", json={"outcome": "bad"}, headers=op, timeout=10
         )
         assert cleared.status_code == 200, cleared.text
+
+
+def delete_machine_named(base: str, name: str) -> None:
+    """Remove a machine a test added to the shared demo shop, if it is still there."""
+    token = httpx.post(
+        base + "/api/v1/auth/token",
+        data={"username": "admin", "password": "admin-demo-pass"},
+        timeout=10,
+    ).json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    for machine in httpx.get(base + "/api/v1/machines", headers=headers, timeout=10).json():
+        if machine["name"] == name:
+            httpx.delete(f"{base}/api/v1/machines/{machine['id']}", headers=headers, timeout=10)

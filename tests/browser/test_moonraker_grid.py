@@ -8,11 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import DemoServer, login
+from tests.browser.conftest import DemoServer, delete_machine_named, login
 from tests.conftest import require_or_skip
 from tests.peers.moonraker_server import MoonrakerServer, moonraker_python, venv_path
 
@@ -32,19 +31,6 @@ def moonraker() -> Iterator[MoonrakerServer]:
         yield server
     finally:
         server.stop()
-
-
-def _delete_if_left(base: str) -> None:
-    """Remove the printer through the API if the test stopped before deleting it."""
-    token = httpx.post(
-        base + "/api/v1/auth/token",
-        data={"username": "admin", "password": "admin-demo-pass"},
-        timeout=10,
-    ).json()["access_token"]
-    headers = {"Authorization": f"Bearer {token}"}
-    for machine in httpx.get(base + "/api/v1/machines", headers=headers, timeout=10).json():
-        if machine["name"] == NAME:
-            httpx.delete(f"{base}/api/v1/machines/{machine['id']}", headers=headers, timeout=10)
 
 
 def test_admin_adds_a_klipper_printer_and_the_grid_shows_klippy_live(
@@ -107,4 +93,4 @@ def test_admin_adds_a_klipper_printer_and_the_grid_shows_klippy_live(
         expect(card).to_have_count(0)
     finally:
         context.close()
-        _delete_if_left(demo_server.url)
+        delete_machine_named(demo_server.url, NAME)
