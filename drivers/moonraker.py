@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlunsplit
 
 import httpx
 from websockets.asyncio.client import ClientConnection
@@ -50,7 +50,16 @@ from drivers.base import (
     ProtocolError,
     Temperature,
 )
-from drivers.octoprint import _display_url, _safe_upload_name  # one rule for both hosts
+from drivers.http_host import (
+    check_ready_to_start,
+    display_url,
+    host_url,
+    program_bytes,
+    safe_upload_name,
+    status_error,
+    stop_task,
+    translate_http_error,
+)
 from drivers.planner import MachineLimits
 
 log = logging.getLogger(__name__)
@@ -146,13 +155,6 @@ def _moonraker_message(response: httpx.Response) -> str:
 
 def translate_error(exc: BaseException, *, url: str, action: str) -> DriverError:
     """Turn an httpx or websockets exception into a DriverError an operator can act on."""
-    if isinstance(exc, DriverError):
-        return exc
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return MachineOffline(
-            f"Moonraker at {url} did not answer in time while {action}; "
-            "check that the server is running and not overloaded"
-        )
     if isinstance(exc, httpx.HTTPStatusError | InvalidStatus):
         status = exc.response.status_code
         detail = _moonraker_message(exc.response) if isinstance(exc, httpx.HTTPStatusError) else ""
@@ -167,34 +169,16 @@ def translate_error(exc: BaseException, *, url: str, action: str) -> DriverError
                 f"Moonraker at {url} has no such resource (HTTP 404) while {action}"
                 f"{': ' + detail if detail else ''}; is the URL right?"
             )
-        if status in (502, 503, 504):
-            return MachineOffline(
-                f"Moonraker at {url} is not available (HTTP {status}) while {action}"
-                f"{': ' + detail if detail else ''}"
-            )
-        return DriverError(f"Moonraker refused {action} (HTTP {status}): {detail or 'no details'}")
-    if isinstance(exc, httpx.ConnectError | OSError):
-        text = str(exc)
-        cause: BaseException | None = exc
-        while cause is not None:  # httpx says only "All connection attempts failed"
-            if isinstance(cause, ConnectionRefusedError):
-                text = "Connection refused"
-                break
-            cause = cause.__cause__ or cause.__context__
-        if "refused" in text.lower():
-            why = "connection refused (nothing listens there: is Moonraker running?)"
-        elif "Name or service not known" in text or "getaddrinfo" in text:
-            why = "the host name does not resolve"
-        else:
-            why = f"the connection failed ({text or type(exc).__name__})"
-        return MachineOffline(f"cannot reach Moonraker at {url} while {action}: {why}")
-    if isinstance(exc, httpx.HTTPError | WebSocketException):
-        return MachineOffline(f"the link to Moonraker at {url} failed while {action}: {exc}")
-    if isinstance(exc, ValueError):
-        return ProtocolError(
-            f"Moonraker at {url} answered something that is not JSON-RPC while {action}"
-        )
-    return DriverError(f"Moonraker at {url} failed while {action}: {exc}")
+        return status_error("Moonraker", url, action, status, detail)
+    return translate_http_error(
+        exc,
+        host="Moonraker",
+        url=url,
+        action=action,
+        timeout_hint="check that the server is running and not overloaded",
+        detail=_moonraker_message,
+        link_errors=(WebSocketException,),
+    )
 
 
 def configfile_motion_limits(settings: Mapping[str, Any], where: str) -> dict[str, Any] | None:
@@ -256,12 +240,9 @@ class MoonrakerDriver(Driver):
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
-        url = str(self.settings.get("url") or "").strip()
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise DriverError(f"Moonraker url must be http(s)://host[:port][/path], got {url!r}")
-        self._url = url.rstrip("/")
-        self._display = _display_url(self._url)
+        parts = host_url(self.settings.get("url"), "Moonraker")
+        self._url = parts.geturl().rstrip("/")
+        self._display = display_url(self._url)
         ws_scheme = "wss" if parts.scheme == "https" else "ws"
         self._ws_url = urlunsplit((ws_scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         self._ws_url += "/websocket"
@@ -399,10 +380,7 @@ class MoonrakerDriver(Driver):
         for pending in list(self._background):
             pending.cancel()
         task, self._reader = self._reader, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         ws, self._ws = self._ws, None
         if ws is not None:
             with contextlib.suppress(OSError, WebSocketException):
@@ -431,18 +409,9 @@ class MoonrakerDriver(Driver):
 
     async def start(self, program: Program) -> None:
         """Upload the program and start printing it; return once Klippy prints it."""
-        state = self._status.state
-        if state in (MachineState.RUNNING, MachineState.PAUSED):
-            raise MachineBusy(f"the printer is busy: {self._status.message}")
-        if state is MachineState.OFFLINE:
-            raise MachineOffline(f"the printer is offline: {self._status.message}")
-        if state is not MachineState.IDLE:
-            raise DriverError(f"the printer is not ready to print: {self._status.message}")
-        name = _safe_upload_name(program)
-        if program.source is not None:
-            data = await asyncio.to_thread(program.source.read_bytes)
-        else:
-            data = ("\n".join(program.lines) + "\n").encode()
+        check_ready_to_start(self._status)
+        name = safe_upload_name(program)
+        data = await program_bytes(program)
         await self._upload(program, name, data)
         self._job_file = name
         self._lines_total = len(program.lines)

@@ -27,14 +27,13 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin
 
 import requests
 from octorest import OctoRest
@@ -54,6 +53,7 @@ from drivers.base import (
     Status,
     Temperature,
 )
+from drivers.http_host import display_url, host_url, safe_upload_name
 from drivers.planner import MachineLimits
 
 log = logging.getLogger(__name__)
@@ -402,21 +402,6 @@ def _snapshot(job: Mapping[str, Any], printer: Mapping[str, Any] | None) -> _Sna
     )
 
 
-def _safe_upload_name(program: Program) -> str:
-    """Return a unique file name OctoPrint will keep as is: mf-<name>-<random>.gcode."""
-    stem = Path(program.name).stem.lower()
-    slug = re.sub(r"[^a-z0-9]+", "-", stem).strip("-")[:40]
-    unique = uuid.uuid4().hex[:8]
-    return f"mf-{slug}-{unique}.gcode" if slug else f"mf-{unique}.gcode"
-
-
-def _display_url(url: str) -> str:
-    """Return the URL without user:password, for messages and logs."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
 class OctoPrintDriver(Driver):
     """A printer behind an OctoPrint server, driven over its REST API."""
 
@@ -425,12 +410,8 @@ class OctoPrintDriver(Driver):
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
-        url = str(self.settings.get("url") or "").strip()
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise DriverError(f"OctoPrint url must be http(s)://host[:port][/path], got {url!r}")
-        self._url = url.rstrip("/") + "/"
-        self._display = _display_url(self._url)
+        self._url = host_url(self.settings.get("url"), "OctoPrint").geturl().rstrip("/") + "/"
+        self._display = display_url(self._url)
         self._api_key = str(self.settings.get("api_key") or "")
         if not self._api_key:
             raise DriverError(
@@ -572,7 +553,7 @@ class OctoPrintDriver(Driver):
             raise MachineOffline(f"the printer is offline: {status.message}")
         if status.state is not MachineState.IDLE:
             raise DriverError(f"the printer is not ready to print: {status.message}")
-        name = _safe_upload_name(program)
+        name = safe_upload_name(program)
         source: Path | bytes = program.source or ("\n".join(program.lines) + "\n").encode()
         path = await self._call(
             f"uploading and starting {name}", partial(client.upload_and_print, name, source)

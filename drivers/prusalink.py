@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
@@ -42,7 +42,6 @@ from drivers.base import (
     Driver,
     DriverError,
     EventKind,
-    MachineBusy,
     MachineOffline,
     MachineState,
     Program,
@@ -50,7 +49,15 @@ from drivers.base import (
     ProtocolError,
     Temperature,
 )
-from drivers.octoprint import _display_url, _safe_upload_name  # one rule for every host
+from drivers.http_host import (
+    check_ready_to_start,
+    display_url,
+    host_url,
+    program_bytes,
+    safe_upload_name,
+    stop_task,
+    translate_http_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,48 +146,20 @@ def _prusalink_message(response: httpx.Response) -> str:
 
 def translate_error(exc: BaseException, *, url: str, action: str) -> DriverError:
     """Turn an httpx exception into a DriverError an operator can act on."""
-    if isinstance(exc, DriverError):
-        return exc
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return MachineOffline(
-            f"PrusaLink at {url} did not answer in time while {action}; "
-            "check that the printer is on and on the network"
+    if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (401, 403):
+        return AuthFailed(
+            f"PrusaLink refused the credentials (HTTP {exc.response.status_code}) while "
+            f"{action}: set the machine's username and password to those on the printer's "
+            "screen (Settings > Network > PrusaLink), or its api_key"
         )
-    if isinstance(exc, httpx.HTTPStatusError):
-        status = exc.response.status_code
-        detail = _prusalink_message(exc.response)
-        if status in (401, 403):
-            return AuthFailed(
-                f"PrusaLink refused the credentials (HTTP {status}) while {action}: set the "
-                "machine's username and password to those on the printer's screen "
-                "(Settings > Network > PrusaLink), or its api_key"
-            )
-        if status in (502, 503, 504):
-            return MachineOffline(
-                f"PrusaLink at {url} is not available (HTTP {status}) while {action}"
-                f"{': ' + detail if detail else ''}"
-            )
-        return DriverError(f"PrusaLink refused {action} (HTTP {status}): {detail or 'no details'}")
-    if isinstance(exc, httpx.ConnectError | OSError):
-        text = str(exc)
-        cause: BaseException | None = exc
-        while cause is not None:  # httpx says only "All connection attempts failed"
-            if isinstance(cause, ConnectionRefusedError):
-                text = "Connection refused"
-                break
-            cause = cause.__cause__ or cause.__context__
-        if "refused" in text.lower():
-            why = "connection refused (nothing listens there: is PrusaLink running?)"
-        elif "Name or service not known" in text or "getaddrinfo" in text:
-            why = "the host name does not resolve"
-        else:
-            why = f"the connection failed ({text or type(exc).__name__})"
-        return MachineOffline(f"cannot reach PrusaLink at {url} while {action}: {why}")
-    if isinstance(exc, httpx.HTTPError):
-        return MachineOffline(f"the link to PrusaLink at {url} failed while {action}: {exc}")
-    if isinstance(exc, ValueError):
-        return ProtocolError(f"PrusaLink at {url} answered something that is not JSON ({action})")
-    return DriverError(f"PrusaLink at {url} failed while {action}: {exc}")
+    return translate_http_error(
+        exc,
+        host="PrusaLink",
+        url=url,
+        action=action,
+        timeout_hint="check that the printer is on and on the network",
+        detail=_prusalink_message,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,12 +185,9 @@ class PrusaLinkDriver(Driver):
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
-        url = str(self.settings.get("url") or "").strip()
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise DriverError(f"PrusaLink url must be http(s)://host[:port], got {url!r}")
-        self._url = url.rstrip("/")
-        self._display = _display_url(self._url)
+        parts = host_url(self.settings.get("url"), "PrusaLink", "http(s)://host[:port]")
+        self._url = parts.geturl().rstrip("/")
+        self._display = display_url(self._url)
         self._username = str(self.settings.get("username") or "")
         self._password = str(self.settings.get("password") or "")
         self._api_key = str(self.settings.get("api_key") or "")
@@ -338,10 +314,7 @@ class PrusaLinkDriver(Driver):
 
     async def _stop_polling(self) -> None:
         task, self._poll_task = self._poll_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     async def close(self) -> None:
         """Stop following PrusaLink; a running print carries on there."""
@@ -354,18 +327,9 @@ class PrusaLinkDriver(Driver):
 
     async def start(self, program: Program) -> None:
         """Upload the program, have PrusaLink print it, and return once it prints."""
-        state = self._status.state
-        if state in (MachineState.RUNNING, MachineState.PAUSED):
-            raise MachineBusy(f"the printer is busy: {self._status.message}")
-        if state is MachineState.OFFLINE:
-            raise MachineOffline(f"the printer is offline: {self._status.message}")
-        if state is not MachineState.IDLE:
-            raise DriverError(f"the printer is not ready to print: {self._status.message}")
-        name = _safe_upload_name(program)
-        if program.source is not None:
-            data = await asyncio.to_thread(program.source.read_bytes)
-        else:
-            data = ("\n".join(program.lines) + "\n").encode()
+        check_ready_to_start(self._status)
+        name = safe_upload_name(program)
+        data = await program_bytes(program)
         path = f"/api/v1/files/{quote(self._storage)}/{quote(name)}"
         async with self._refresh_lock:
             try:

@@ -15,7 +15,12 @@ import pytest
 from drivers.base import AuthFailed, DriverError, EventKind, MachineOffline, MachineState, Program
 from drivers.moonraker import MoonrakerDriver
 from drivers.planner import limits_from_dict
-from tests.drivers.octoprint.octoprint_helpers import EventLog, in_state, wait_status
+from tests.drivers.octoprint.octoprint_helpers import (
+    EventLog,
+    heated_program,
+    in_state,
+    wait_status,
+)
 from tests.peers.moonraker_server import MoonrakerServer
 from tests.peers.octoprint_server import free_port
 
@@ -25,9 +30,7 @@ MakeDriver = Callable[..., MoonrakerDriver]
 
 
 def program(moves: int, name: str = "test part.gcode") -> Program:
-    """Return a program that heats the hotend, then makes `moves` moves."""
-    lines = ["M104 S205", "G28", *(f"G1 X{i % 50} Y{i % 30} F3000" for i in range(moves))]
-    return Program.from_text(name, "\n".join(lines) + "\n")
+    return heated_program(moves, 205, name)
 
 
 async def test_a_job_runs_to_finished_with_live_status(

@@ -22,6 +22,14 @@ def program(moves: int, name: str = "test part.gcode") -> Program:
     return Program.from_text(name, "\n".join(lines) + "\n")
 
 
+def heated_program(moves: int, hotend: int, name: str = "test part.gcode") -> Program:
+    """Return a program that sets the hotend to `hotend` °C, homes, then makes `moves` moves.
+
+    For the Moonraker and PrusaLink peers, which time a move by its length."""
+    lines = [f"M104 S{hotend}", "G28", *(f"G1 X{i % 50} Y{i % 30} F3000" for i in range(moves))]
+    return Program.from_text(name, "\n".join(lines) + "\n")
+
+
 class EventLog:
     """Collect a driver's events in the background, and wait (bounded) for one."""
 

@@ -23,11 +23,11 @@ from drivers.base import (
     Program,
     ProtocolError,
 )
+from drivers.http_host import safe_upload_name
 from drivers.octoprint import (
     OctoPrintClient,
     OctoPrintDriver,
     TimeoutSession,
-    _safe_upload_name,
     octoprint_state,
     translate_error,
 )
@@ -121,7 +121,7 @@ def test_octoprint_state_texts(text: str, state: MachineState) -> None:
 
 def test_upload_names_are_safe_and_unique() -> None:
     prog = Program.from_text("../Bracket v2 (final).GCODE", "G1 X1\n")
-    a, b = _safe_upload_name(prog), _safe_upload_name(prog)
+    a, b = safe_upload_name(prog), safe_upload_name(prog)
     assert a != b
     assert a.startswith("mf-bracket-v2-final-")
     assert a.endswith(".gcode")

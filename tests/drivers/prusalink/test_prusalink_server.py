@@ -13,7 +13,12 @@ import pytest
 
 from drivers.base import AuthFailed, DriverError, EventKind, MachineOffline, MachineState, Program
 from drivers.prusalink import PrusaLinkDriver
-from tests.drivers.octoprint.octoprint_helpers import EventLog, in_state, wait_status
+from tests.drivers.octoprint.octoprint_helpers import (
+    EventLog,
+    heated_program,
+    in_state,
+    wait_status,
+)
 from tests.peers.octoprint_server import free_port
 from tests.peers.prusalink_server import PrusaLinkServer
 
@@ -23,9 +28,7 @@ MakeDriver = Callable[..., PrusaLinkDriver]
 
 
 def program(moves: int, name: str = "test part.gcode") -> Program:
-    """Return a program that heats the hotend, then makes `moves` moves (~6 ms each)."""
-    lines = ["M104 S215", "G28", *(f"G1 X{i % 50} Y{i % 30} F3000" for i in range(moves))]
-    return Program.from_text(name, "\n".join(lines) + "\n")
+    return heated_program(moves, 215, name)
 
 
 async def test_a_job_runs_to_finished_with_live_status(
