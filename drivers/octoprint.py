@@ -53,7 +53,7 @@ from drivers.base import (
     Status,
     Temperature,
 )
-from drivers.http_host import display_url, host_url, safe_upload_name
+from drivers.http_host import check_ready_to_start, display_url, host_url, safe_upload_name
 from drivers.planner import MachineLimits
 
 log = logging.getLogger(__name__)
@@ -546,13 +546,7 @@ class OctoPrintDriver(Driver):
     async def start(self, program: Program) -> None:
         """Upload the program, select it and print it; return once OctoPrint prints it."""
         client = self._require_client()
-        status = await self._refresh()
-        if status.state in (MachineState.RUNNING, MachineState.PAUSED):
-            raise MachineBusy(f"the printer is busy: {status.message}")
-        if status.state is MachineState.OFFLINE:
-            raise MachineOffline(f"the printer is offline: {status.message}")
-        if status.state is not MachineState.IDLE:
-            raise DriverError(f"the printer is not ready to print: {status.message}")
+        check_ready_to_start(await self._refresh())
         name = safe_upload_name(program)
         source: Path | bytes = program.source or ("\n".join(program.lines) + "\n").encode()
         path = await self._call(
