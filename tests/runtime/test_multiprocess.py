@@ -39,7 +39,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def poll(check: Callable[[], Any], within: float = 20.0, what: str = "") -> Any:
+def poll(check: Callable[[], Any], within: float = 60.0, what: str = "") -> Any:
     """Poll until check() is truthy, bounded (the bound is a safety net, not a measurement)."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -98,7 +98,8 @@ def wait_healthy(base: str) -> None:
         except httpx.TransportError:
             return False
 
-    poll(up, within=60, what=f"{base} to serve")
+    # Four processes importing the app at once: on a loaded 2-core machine that takes a while.
+    poll(up, within=180, what=f"{base} to serve")
 
 
 class Stream:
