@@ -1,6 +1,7 @@
-"""Pages a member watches update by themselves, never reloaded: the machine grid when an admin
-adds, renames and deletes a machine; the bookings list and the unread badge when an operator
-books for them and cancels; the usage page when their job finishes."""
+"""Pages a member watches update by themselves, never reloaded: the machine grid and a
+machine's page when an admin adds, renames and deletes a machine; the bookings list and the
+unread badge when an operator books for them and cancels; the usage page when their job
+finishes."""
 
 from __future__ import annotations
 
@@ -73,10 +74,19 @@ def test_grid_bookings_badge_and_usage_follow_the_shop_live(
         renamed = httpx.patch(url, json={"name": NAME + " 2"}, headers=admin, timeout=10)
         assert renamed.status_code == 200, renamed.text
         expect(card.locator("[data-field=name]")).to_have_text(NAME + " 2")
+        # Its own page, open beside the grid, hears of the next rename and of the deletion.
+        machine_page = page.context.new_page()
+        _watch(machine_page, f"{base}/machines/{added.json()['id']}")
+        assert httpx.patch(url, json={"name": NAME + " 3"}, headers=admin, timeout=10).is_success
+        expect(machine_page.get_by_role("heading", level=1)).to_have_text(NAME + " 3")
+        expect(card.locator("[data-field=name]")).to_have_text(NAME + " 3")
         assert httpx.delete(url, headers=admin, timeout=10).status_code == 204
         expect(card).to_have_count(0)
         expect(page.locator("[data-field=machine-count]")).to_have_text("5 machines")
+        expect(machine_page.get_by_text("This machine was removed by an admin.")).to_be_visible()
         _not_reloaded(page)
+        _not_reloaded(machine_page)
+        machine_page.close()
 
         # -- bookings: an operator books for the member, then cancels: list and badge move ---
         _watch(page, base + "/bookings")
@@ -139,5 +149,6 @@ def test_grid_bookings_badge_and_usage_follow_the_shop_live(
     finally:
         delete_machine_named(base, NAME)
         delete_machine_named(base, NAME + " 2")
+        delete_machine_named(base, NAME + " 3")
         if job_id is not None:
             release_job(base, job_id)
