@@ -269,7 +269,10 @@ class MachineHost:
         updates = self.fleet.subscribe()
         try:
             async for kind, machine_id, status in updates:
-                if kind == "machine":
+                # Announcements (a machine added, changed, removed) go through the job event
+                # relay, one NOTIFY each: merged here, the next status would replace them, and
+                # web workers would cache a removed machine or a one-off flag as its status.
+                if kind == "machine" and not (status.get("edited") or status.get("removed")):
                     self._changed[machine_id] = status
         finally:
             await updates.aclose()  # type: ignore[attr-defined]

@@ -12,10 +12,8 @@ import pytest
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import TokenKind, User
 from microfactory.runtime.fleet import Fleet
-from microfactory.runtime.remote import JobEventRelay, libpq_dsn
+from microfactory.runtime.remote import JobEventRelay, MachineHost, libpq_dsn
 from tests.conftest import PG_URL, require_or_skip
-
-pytestmark = [pytest.mark.postgres]
 
 
 class _Updates:
@@ -45,6 +43,7 @@ async def _subscribed(fleet: Fleet) -> _Updates:
     return updates
 
 
+@pytest.mark.postgres
 async def test_machine_announcements_and_messages_reach_every_other_process() -> None:
     require_or_skip(bool(PG_URL), "PostgreSQL is not running (MICROFACTORY_TEST_POSTGRES_URL)")
     assert PG_URL
@@ -83,6 +82,7 @@ def db_url(postgresql_database: str) -> str:
     return postgresql_database
 
 
+@pytest.mark.postgres
 async def test_a_rename_by_api_or_admin_form_reaches_another_workers_stream(
     app: Any, client: Any, make_user: Any, settings: Any
 ) -> None:
@@ -122,3 +122,21 @@ async def test_a_rename_by_api_or_admin_form_reaches_another_workers_stream(
         await updates.aclose()
         await relay.stop()
     assert names == ["Laser", "Laser 2", "Laser 3"]
+
+
+async def test_the_machine_host_publishes_statuses_not_announcements() -> None:
+    fleet = Fleet()
+    host = MachineHost(fleet, None, "postgresql://unused")  # type: ignore[arg-type]
+    collect = asyncio.create_task(host._collect())
+    while not fleet.hub._queues:  # noqa: ASYNC110 (the hub tells no one it was joined)
+        await asyncio.sleep(0.01)
+    fleet.publish_status(3, {"state": "printing"})
+    fleet.publish_status(3, {"state": "printing", "name": "Prusa 2", "edited": True})
+    fleet.publish_status(4, {"state": "offline", "message": "removed", "removed": True})
+    fleet.publish_status(5, {"state": "idle"})
+    while 5 not in host._changed:  # noqa: ASYNC110 (the collector tells no one)
+        await asyncio.sleep(0.01)
+    collect.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await collect
+    assert host._changed == {3: {"state": "printing"}, 5: {"state": "idle"}}
