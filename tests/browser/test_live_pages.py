@@ -1,7 +1,7 @@
 """Pages a member watches update by themselves, never reloaded: the machine grid and a
 machine's page when an admin adds, renames and deletes a machine; the bookings list and the
 unread badge when an operator books for them and cancels; the usage page when their job
-finishes."""
+finishes, and the statement and messages pages open beside it."""
 
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ def test_grid_bookings_badge_and_usage_follow_the_shop_live(
     member = _token(base, "watcher", "watcher-pass-1")
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.context.on("page", lambda tab: tab.on("pageerror", lambda exc: errors.append(str(exc))))
     login(page, base, "watcher", "watcher-pass-1")
     page.wait_for_url("**/machines")
     job_id = None
@@ -77,16 +78,37 @@ def test_grid_bookings_badge_and_usage_follow_the_shop_live(
         # Its own page, open beside the grid, hears of the next rename and of the deletion.
         machine_page = page.context.new_page()
         _watch(machine_page, f"{base}/machines/{added.json()['id']}")
+        # The grid's refresh after that rename is answered late, after the deletion: the
+        # stale answer (it still has the card) must not bring the deleted machine back.
+        held: list[Any] = []
+
+        def hold(route: Any) -> None:
+            if route.request.resource_type != "fetch" or len(held) == 2:
+                route.continue_()
+                return
+            held.append((route, route.fetch()))
+
+        page.route(base + "/machines", hold)
         assert httpx.patch(url, json={"name": NAME + " 3"}, headers=admin, timeout=10).is_success
         expect(machine_page.get_by_role("heading", level=1)).to_have_text(NAME + " 3")
         expect(card.locator("[data-field=name]")).to_have_text(NAME + " 3")
+        while not held:  # the grid asked for its new content (answered before the deletion)
+            page.wait_for_timeout(50)
         assert httpx.delete(url, headers=admin, timeout=10).status_code == 204
         expect(card).to_have_count(0)
-        expect(page.locator("[data-field=machine-count]")).to_have_text("5 machines")
         expect(machine_page.get_by_text("This machine was removed by an admin.")).to_be_visible()
+        page.evaluate("document.querySelector('#main h1').dataset.stale = '1'")
+        route, stale = held[0]
+        held.append(None)  # the refreshes after it are answered at once
+        route.fulfill(response=stale)
+        page.wait_for_function("!document.querySelector('[data-stale]')")  # it was swapped in
+        assert card.count() == 0  # at once: not even until the next refresh
+        assert page.locator("article.machine", has_text=NAME + " 2").count() == 0
+        expect(page.locator("[data-field=machine-count]")).to_have_text("5 machines")
         _not_reloaded(page)
         _not_reloaded(machine_page)
         machine_page.close()
+        page.unroute(base + "/machines")
 
         # -- bookings: an operator books for the member, then cancels: list and badge move ---
         _watch(page, base + "/bookings")
@@ -119,8 +141,11 @@ def test_grid_bookings_badge_and_usage_follow_the_shop_live(
         expect(row).to_have_count(0)  # the list shows the bookings still to come
         _not_reloaded(page)
 
-        # -- usage: the member's job finishes on a demo printer; its run appears --------------
+        # -- usage, statement, messages: the member's job finishes on a demo printer ---------
         _watch(page, base + "/usage")
+        statement, messages = page.context.new_page(), page.context.new_page()
+        _watch(statement, base + "/statement")
+        _watch(messages, base + "/notifications")
         job = httpx.post(
             base + "/api/v1/jobs",
             files={"file": ("live.gcode", GCODE, "text/plain")},
@@ -144,7 +169,13 @@ def test_grid_bookings_badge_and_usage_follow_the_shop_live(
         log = page.locator("#usage-log")
         expect(log.get_by_role("link", name=f"#{job_id}")).to_be_visible()
         expect(log.locator("tr", has_text=f"#{job_id}")).to_contain_text("finished")
-        _not_reloaded(page)
+        lines = statement.locator("#statement-lines tbody")
+        expect(lines).not_to_contain_text("No usage this month.")
+        expect(lines.locator("tr")).to_have_count(1)
+        expect(messages.get_by_role("cell", name="Your job 'Live usage' finished")).to_be_visible()
+        expect(messages.locator("[data-unread-badge]")).to_be_hidden()  # read on that page
+        for watched in (page, statement, messages):
+            _not_reloaded(watched)
         assert errors == []
     finally:
         delete_machine_named(base, NAME)

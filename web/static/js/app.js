@@ -153,8 +153,22 @@
     // its data-live-key changed (a request's state: other actions are offered).
     const key = (root) => { const k = root.querySelector("[data-live-key]"); return k ? k.dataset.liveKey : null; };
     const parts = main.querySelectorAll("[data-live-region][id]");
-    if (!parts.length || key(main) !== key(fresh)) { main.innerHTML = fresh.innerHTML; return; }
-    parts.forEach((part) => { const next = doc.getElementById(part.id); if (next) part.replaceWith(next); });
+    if (!parts.length || key(main) !== key(fresh)) main.innerHTML = fresh.innerHTML;
+    else parts.forEach((part) => { const next = doc.getElementById(part.id); if (next) part.replaceWith(next); });
+    reapplyAnnouncements();
+  }
+
+  // What admins announced about machines, newest last. A refresh fetched before the latest
+  // announcement's commit shows the machine as it was: the name and the removal are applied
+  // again at once, and another refresh follows (scheduleRefresh while one is in flight).
+  const announcedNames = new Map();
+  const removedMachines = new Set();
+  function reapplyAnnouncements() {
+    removedMachines.forEach((id) => document.querySelectorAll(`[data-machine-id="${id}"]`).forEach((card) => card.remove()));
+    announcedNames.forEach((name, id) => {
+      document.querySelectorAll(`[data-machine-id="${id}"] [data-field=name]`).forEach((el) => { el.textContent = name; });
+    });
+    if (removedMachines.size) showMachineCount();
   }
 
   // The menu's unread badge as the page just fetched has it (the messages page reads them).
@@ -242,9 +256,16 @@
       const st = data.status || {};
       if (st.removed || st.name) announceOnMachinePage(data.id, st);
       if (st.removed) {  // deleted by an admin
+        removedMachines.add(String(data.id));
+        announcedNames.delete(String(data.id));
         document.querySelectorAll(`[data-machine-id="${data.id}"]`).forEach((card) => card.remove());
         showMachineCount();
+        if (refreshing || refreshTimer) scheduleRefresh();  // that answer may still show it
         return;
+      }
+      if (st.edited) {  // added or changed: a machine given the id of a removed one is shown
+        removedMachines.delete(String(data.id));
+        if (st.name) announcedNames.set(String(data.id), st.name);
       }
       const liveGrid = live("[data-live-machines]");
       // A machine the grid has no card for was just added: fetch the grid with its card.
