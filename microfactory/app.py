@@ -122,7 +122,13 @@ def _wire_events(
             relay.forward_booking(machine_id)  # to the other processes' streams
 
     booking_wiring.subscribe(bus, sessionmaker, publish_booking)
-    notification_subscribers.subscribe(bus, sessionmaker, outbox, explain_failure)
+
+    def publish_message(user_id: int, kind: str) -> None:  # a new message: the badge moves
+        fleet.publish_message(user_id, kind)
+        if relay is not None:
+            relay.forward_message(user_id, kind)  # the member's page may be on another worker
+
+    notification_subscribers.subscribe(bus, sessionmaker, outbox, explain_failure, publish_message)
 
     async def to_stream(event: JobChanged) -> None:
         # Only what any member may see: no title, owner or reason on the shared stream.

@@ -26,6 +26,7 @@ from microfactory.fabrication import service as slicer_service
 from microfactory.machines import service as machine_service
 from microfactory.machines.channel import CommandChannel
 from microfactory.machines.models import Machine, MachineKind
+from microfactory.machines.routes import announce_machine
 from microfactory.machines.schemas import (
     BAUDRATES,
     CONNECTION_MODELS,
@@ -430,13 +431,10 @@ async def machine_create(
 
 async def _announce(request: Request, machine: Machine) -> None:
     """Start (or restart) the machine's supervisor and tell the live pages it is there."""
-    fleet = _fleet(request)
-    await fleet.sync(machine, machine.id)
-    publish = getattr(fleet, "publish_status", None)
-    if publish is not None:
-        # A manual or disabled machine has no supervisor to report it: the grid still hears.
-        # "edited": the grid redraws the card (its name at once, its kind, driver, badges).
-        publish(machine.id, {**fleet.status(machine), "name": machine.name, "edited": True})
+    try:
+        await _fleet(request).sync(machine, machine.id)
+    finally:  # the change is on record: every open grid and machine page hears of it
+        announce_machine(request, machine, machine.id)
 
 
 async def _get(session: SessionDep, machine_id: int) -> Machine:
@@ -572,10 +570,10 @@ async def machine_delete(
         state = FormState("delete", general=[reason])
         return await _machine_page(request, session, machine, state=state, status_code=409)
     await session.commit()
-    await fleet.sync(None, machine_id)
-    publish = getattr(fleet, "publish_status", None)
-    if publish is not None:  # open machine grids drop the card
-        publish(machine_id, {"state": "offline", "message": "removed", "removed": True})
+    try:
+        await fleet.sync(None, machine_id)
+    finally:  # open machine grids drop the card, its page says it is gone
+        announce_machine(request, None, machine_id)
     for photo in _photos(request, machine_id):
         (_photo_dir(request) / photo).unlink(missing_ok=True)
     return redirect("/admin/machines?deleted=" + str(machine_id))

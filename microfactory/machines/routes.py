@@ -16,6 +16,7 @@ from microfactory.errors import ConflictError
 from microfactory.events import Actor
 from microfactory.machines import service, visibility, webcam
 from microfactory.machines.channel import CommandChannel
+from microfactory.machines.models import Machine
 from microfactory.machines.schemas import (
     CommandRequest,
     CommandResult,
@@ -41,6 +42,30 @@ def _fleet(request: Request) -> CommandChannel:
     return channel
 
 
+def announce_machine(request: Request, machine: Machine | None, machine_id: int) -> None:
+    """Tell every open machine grid and machine page, in every process, that a machine was
+    added, changed (renamed, disabled) or removed (`machine` None); call it after the commit.
+
+    The announcement is a `machine` event whose status carries `name` and `edited` (or
+    `removed`): a manual or disabled machine has no supervisor to report it, and a rename
+    changes no status. It goes on this process's stream at once and, with several processes
+    (PostgreSQL), to the others' through the job event relay: one NOTIFY per announcement,
+    never merged with the status changes the machine host coalesces, so a rename followed at
+    once by another change still reaches every page.
+    """
+    fleet = request.app.state.fleet
+    if machine is None:
+        status: dict[str, Any] = {"state": "offline", "message": "removed", "removed": True}
+    else:
+        status = {**fleet.status(machine), "name": machine.name, "edited": True}
+    publish = getattr(fleet, "publish_status", None)
+    if publish is not None:
+        publish(machine_id, status)
+    relay = getattr(request.app.state, "job_relay", None)
+    if relay is not None:
+        relay.forward_machine(machine_id, status)
+
+
 @router.get("", response_model=list[MachineRead])
 async def list_machines(request: Request, session: SessionDep, user: AnyUser) -> list[MachineRead]:
     """List the shop's machines with their live status (members see only their own jobs)."""
@@ -54,11 +79,13 @@ async def list_machines(request: Request, session: SessionDep, user: AnyUser) ->
 
 @router.get("/stream", response_class=StreamingResponse)
 async def stream_status(request: Request, user: AnyUser) -> StreamingResponse:
-    """Push live updates as Server-Sent Events: `machine` (a status), `job` (a transition),
-    `booking` (a machine's booked time changed) and `request` (a fabrication request between
-    shops changed: its id only).
+    """Push live updates as Server-Sent Events: `machine` (a status; with `name` and `edited`
+    when the machine was added or changed, `removed` when deleted), `job` (a transition),
+    `booking` (a machine's booked time changed), `request` (a fabrication request between
+    shops changed: its id only) and `notification` (a new message for the viewer: its kind).
 
-    Members see job ids and G-code lines of their own jobs only, and requests sent for them.
+    Members see job ids and G-code lines of their own jobs only, requests sent for them, and
+    their own messages only.
     """
     fleet = _fleet(request)
     sessionmaker = request.app.state.sessionmaker
@@ -102,6 +129,10 @@ async def stream_status(request: Request, user: AnyUser) -> StreamingResponse:
                     payload = json.dumps({"id": item_id, "status": await shown(data)}, default=str)
                 elif kind == "booking":  # machine time changed (0: every machine); no names
                     payload = json.dumps({"machine_id": item_id})
+                elif kind == "notification":  # a new message: its recipient's badge alone
+                    if item_id != viewer.id:
+                        continue
+                    payload = json.dumps({"kind": str(data.get("kind") or "")})
                 elif kind == "request":  # a request between shops; staff and its member
                     if not (visibility.sees_all(viewer) or data.get("member_id") == viewer.id):
                         continue
@@ -132,7 +163,10 @@ async def create_machine(
     machine = await service.create(session=session, machine_in=machine_in)
     await session.commit()  # connect only once the machine is on record
     fleet = _fleet(request)
-    await fleet.sync(machine, machine.id)
+    try:
+        await fleet.sync(machine, machine.id)
+    finally:  # it is on record: the grids show it, connected or not
+        announce_machine(request, machine, machine.id)
     return service.to_read(machine, fleet.status(machine))
 
 
@@ -166,7 +200,10 @@ async def update_machine(
         raise ConflictError(f"machine {machine.name!r} is running job {running}; cancel it first")
     machine = await service.update(session=session, machine=machine, machine_in=machine_in)
     await session.commit()
-    await fleet.sync(machine, machine.id)
+    try:
+        await fleet.sync(machine, machine.id)
+    finally:  # renamed, disabled, another kind: every open grid and machine page hears
+        announce_machine(request, machine, machine.id)
     return service.to_read(machine, fleet.status(machine))
 
 
@@ -182,7 +219,10 @@ async def delete_machine(
         raise ConflictError(f"machine {machine.name!r} is running job {running}; cancel it first")
     await service.delete(session=session, machine=machine)
     await session.commit()
-    await fleet.sync(None, machine_id)
+    try:
+        await fleet.sync(None, machine_id)
+    finally:  # open grids drop its card, its page says it is gone
+        announce_machine(request, None, machine_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -32,7 +32,7 @@ from microfactory.accounts.models import Role, User
 from microfactory.config import Settings
 from microfactory.db import utcnow
 from microfactory.errors import InvalidInputError, NotFoundError
-from microfactory.notifications import push, smtp
+from microfactory.notifications import live, push, smtp
 from microfactory.notifications.models import (
     Notification,
     NotificationChannel,
@@ -128,6 +128,7 @@ async def enqueue(
     ).scalar_one_or_none()
     if note_id is None:
         return None
+    live.recorded(session, user_id, kind)  # the badge moves once this commits
     for channel, channel_id in await _channels_for(session=session, user_id=user_id, c=choices):
         session.add(
             NotificationDelivery(

@@ -10,7 +10,9 @@ the reason), so an event delivered twice (a retry here, another process) adds no
 
 The live stream subscribes after this module (microfactory/app.py), and the bus runs
 subscribers in order: when a member's page hears of their job's change, the message is
-already committed, and the page's badge reads the new count (web/static/js/app.js).
+already committed. Each committed message is also announced to its recipient's stream as a
+`notification` event (notifications/live.py), whatever recorded it: the page's unread badge
+and Messages page read it then (web/static/js/notifications.js, app.js).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from microfactory.events import EventBus, JobChanged
 from microfactory.machines.models import Machine, MachineKind
-from microfactory.notifications import service
+from microfactory.notifications import live, service
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +56,20 @@ def subscribe(
     sessionmaker: async_sessionmaker[AsyncSession],
     outbox: service.Outbox | None = None,
     explain: Callable[[str | None], str | None] | None = None,
+    publish: live.Publisher | None = None,
 ) -> None:
     """Record the job lifecycle's messages; wake the outbox to send them.
 
     `explain` turns a failure reason into advice for the member (the jobs package's
     `explain_failure`, passed in by the app so that notifications never import jobs).
+    With `publish`, every message committed through the app's sessions (job messages here,
+    booking messages in the bookings' transactions) goes to it, (user id, kind): the live
+    stream, so the recipient's unread badge moves.
     """
+    if publish is not None:
+        info = dict(sessionmaker.kw.get("info") or {})
+        info[live.PUBLISHER_KEY] = publish
+        sessionmaker.configure(info=info)
 
     async def record(event: JobChanged, messages: Sequence[Message]) -> None:
         if not messages:

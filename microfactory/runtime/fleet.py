@@ -35,7 +35,8 @@ SELF_HOSTED_DRIVERS |= {"prusalink"}  # PrusaLink prints on without us, too
 
 
 #: a live update: ("machine", machine id, status), ("job", job id, transition),
-#: ("booking", machine id, {}) or ("request", 0, {"id": request id, "member_id": …})
+#: ("booking", machine id, {}), ("request", 0, {"id": request id, "member_id": …}) or
+#: ("notification", user id, {"kind": …}): a new message for that person
 Update = tuple[str, int, dict[str, Any]]
 
 
@@ -112,6 +113,10 @@ class Fleet:
         The member it was sent for (None at the making shop) only filters who is told.
         """
         self.hub.publish(("request", 0, {"id": request_id, "member_id": member_id}))
+
+    def publish_message(self, user_id: int, kind: str) -> None:
+        """Tell the streams a person has a new message (after its commit): their badge."""
+        self.hub.publish(("notification", user_id, {"kind": kind}))
 
     async def send_commands(self, machine: Machine, lines: list[str]) -> list[dict[str, Any]]:
         """Send raw lines through the machine's supervisor."""

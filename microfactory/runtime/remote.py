@@ -269,7 +269,10 @@ class MachineHost:
         updates = self.fleet.subscribe()
         try:
             async for kind, machine_id, status in updates:
-                if kind == "machine":
+                # Announcements (a machine added, changed, removed) go through the job event
+                # relay, one NOTIFY each: merged here, the next status would replace them, and
+                # web workers would cache a removed machine or a one-off flag as its status.
+                if kind == "machine" and not (status.get("edited") or status.get("removed")):
                     self._changed[machine_id] = status
         finally:
             await updates.aclose()  # type: ignore[attr-defined]
@@ -511,7 +514,7 @@ class RemoteFleet(Fleet):
         """Return the machine's status as the host last reported it."""
         self.names[machine.id] = machine.name
         status = self.cached.get(machine.id)
-        if status is None or not self.host_alive:
+        if status is None or not self.host_alive or not machine.enabled:
             status = offline_status(machine)
             if machine.driver != "manual" and machine.enabled and not self.host_alive:
                 status = {**status, "message": "the machine host is not running"}
@@ -553,6 +556,8 @@ class RemoteFleet(Fleet):
         """
         if self.host_alive:
             await self.request("sync", machine_id)
+            if machine is None or not machine.enabled:  # the host stopped its supervisor
+                self.cached.pop(machine_id, None)
         else:
             with contextlib.suppress(psycopg.Error):
                 await self.bus.send(COMMANDS, {"op": "sync", "id": None, "machine_id": machine_id})
@@ -580,12 +585,15 @@ class QueueWaker:
 
 
 class JobEventRelay:
-    """Job transitions (and changes of booked time and of fabrication requests) on every
-    process's live stream, whichever process committed them.
+    """Job transitions (and changes of booked time, of fabrication requests, of the machine
+    registry, and new messages) on every process's live stream, whichever process committed
+    them.
 
     The lifecycle publishes a transition after its commit in the process that made it (a web
     worker approving, the machine host finishing a print). Each process forwards its own on
     `mf_job_events` and puts the others' on its local hub, so every SSE stream shows them.
+    Each is one NOTIFY of its own, in the order they were made: unlike the machine host's
+    status, nothing here is coalesced, so an announcement is never replaced by the next one.
     """
 
     def __init__(self, dsn: str, fleet: Fleet) -> None:
@@ -614,6 +622,15 @@ class JobEventRelay:
         """Send a local change of a fabrication request to the other processes."""
         self._send({"origin": self.origin, "request": request_id, "member_id": member_id})
 
+    def forward_machine(self, machine_id: int, status: dict[str, Any]) -> None:
+        """Send a local announcement of a machine added, changed or removed (its status with
+        `name` and `edited`, or `removed`) to the other processes."""
+        self._send({"origin": self.origin, "machine": machine_id, "status": status})
+
+    def forward_message(self, user_id: int, kind: str) -> None:
+        """Send a local new message for a person (the unread badge) to the other processes."""
+        self._send({"origin": self.origin, "message_for": user_id, "kind": kind})
+
     def _send(self, message: dict[str, Any]) -> None:
         async def send() -> None:
             with contextlib.suppress(Exception):  # the local stream has it; others may miss it
@@ -626,6 +643,12 @@ class JobEventRelay:
             return
         if "booking" in message:
             self.fleet.publish_booking(int(message["booking"]))
+        elif "machine" in message:
+            status = message.get("status")
+            if isinstance(status, dict):
+                self.fleet.publish_status(int(message["machine"]), status)
+        elif "message_for" in message:
+            self.fleet.publish_message(int(message["message_for"]), str(message.get("kind") or ""))
         elif "request" in message:
             member = message.get("member_id")
             self.fleet.publish_request(str(message["request"]), int(member) if member else None)

@@ -262,10 +262,20 @@ def test_every_command_from_any_worker_acts_on_the_machine(tmp_path: Path, pg_ur
                                                lambda st: st["state"] != "idle"),
                  what="every stream shows the printer stopped")  # fmt: skip
 
-        # A machine changed through worker C is re-supervised by the host: disable it.
-        changed = httpx.patch(f"{c}/api/v1/machines/{printer['id']}", json={"enabled": False},
-                              headers=op, timeout=30)  # fmt: skip
+        # A machine changed through worker C is re-supervised by the host: rename it, then
+        # disable it at once. Every worker's stream carries both announcements (never merged
+        # with the host's coalesced status), so every open grid shows the new name.
+        mark = [len(s.events) for s in streams]
+        url = f"{c}/api/v1/machines/{printer['id']}"
+        renamed = httpx.patch(url, json={"name": "MK3 left"}, headers=op, timeout=30)
+        assert renamed.status_code == 200, renamed.text
+        changed = httpx.patch(url, json={"enabled": False}, headers=op, timeout=30)
         assert changed.status_code == 200, changed.text
+        for stream, since in zip(streams, mark, strict=True):
+            poll(lambda s=stream, n=since: s.saw(printer["id"], n,
+                                               lambda st: st.get("name") == "MK3 left"
+                                               and st.get("edited") is True),
+                 what="every stream told of the rename")  # fmt: skip
         poll(lambda: state_on(a, printer["id"]) == "offline", what="the printer disabled")
         for stream in streams:
             stream.close()

@@ -123,9 +123,13 @@
   }
 
   // Pages that follow the server's event stream (one stream per page, no timed reloads):
-  // the machine grid updates its cards; the job page its progress, and the whole page when
-  // the job changes; the queue and the job lists when any job they may show changes; the
-  // requests between shops when one changes.
+  // the machine grid updates its cards, and adds, redraws or drops one when an admin adds,
+  // changes or deletes a machine; a machine's page its name, or says it was removed; the
+  // job page its progress, and the whole page when the job changes; the queue and the job
+  // lists when any job they may show changes; the requests between shops when one changes;
+  // the usage and statement pages when a job ends (its usage is recorded by then); the
+  // messages page when a message arrives; the bookings list when machine time is booked or
+  // freed, or a message arrives.
   async function refreshMain() {
     const main = document.getElementById("main");
     const active = document.activeElement;
@@ -134,24 +138,64 @@
       active.addEventListener("blur", () => scheduleRefresh(), { once: true });
       return;
     }
-    const resp = await fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
+    // data-live-url: where the page's live parts come from, when the address shown is that of
+    // a form's answer (POST /bookings/feed renders the bookings page).
+    const src = main && main.querySelector("[data-live-url]");
+    const url = src ? src.dataset.liveUrl : window.location.href;
+    const resp = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
     if (!resp.ok || !main) return;
     const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
     const fresh = doc.getElementById("main");
     if (!fresh) return;
+    syncBadge(doc);
     // A page may mark the parts that change (data-live-region, with an id): only those are
     // swapped, so a form beside them keeps what was typed. The whole page is swapped when
     // its data-live-key changed (a request's state: other actions are offered).
     const key = (root) => { const k = root.querySelector("[data-live-key]"); return k ? k.dataset.liveKey : null; };
     const parts = main.querySelectorAll("[data-live-region][id]");
-    if (!parts.length || key(main) !== key(fresh)) { main.innerHTML = fresh.innerHTML; return; }
-    parts.forEach((part) => { const next = doc.getElementById(part.id); if (next) part.replaceWith(next); });
+    if (!parts.length || key(main) !== key(fresh)) main.innerHTML = fresh.innerHTML;
+    else parts.forEach((part) => { const next = doc.getElementById(part.id); if (next) part.replaceWith(next); });
+    reapplyAnnouncements();
   }
 
+  // What admins announced about machines, newest last. A refresh fetched before the latest
+  // announcement's commit shows the machine as it was: the name and the removal are applied
+  // again at once, and another refresh follows (scheduleRefresh while one is in flight).
+  const announcedNames = new Map();
+  const removedMachines = new Set();
+  function reapplyAnnouncements() {
+    removedMachines.forEach((id) => document.querySelectorAll(`[data-machine-id="${id}"]`).forEach((card) => card.remove()));
+    announcedNames.forEach((name, id) => {
+      document.querySelectorAll(`[data-machine-id="${id}"] [data-field=name]`).forEach((el) => { el.textContent = name; });
+    });
+    if (removedMachines.size) showMachineCount();
+  }
+
+  // The menu's unread badge as the page just fetched has it (the messages page reads them).
+  function syncBadge(doc) {
+    [["[data-unread-badge]", true], ["[data-unread-link]", false]].forEach(([sel, badge]) => {
+      const now = document.querySelector(sel), next = doc.querySelector(sel);
+      if (!now || !next) return;
+      now.textContent = next.textContent;
+      if (badge) { now.hidden = next.hidden; now.setAttribute("aria-label", next.getAttribute("aria-label") || ""); }
+    });
+  }
+
+  // One refresh at a time: a change heard while one is being fetched refreshes again after
+  // it, so an older answer never lands after a newer one (a rename, then a disable at once).
   let refreshTimer = null;
+  let refreshing = false;
+  let refreshAgain = false;
   function scheduleRefresh() {
+    if (refreshing) { refreshAgain = true; return; }
     if (refreshTimer) return;
-    refreshTimer = setTimeout(() => { refreshTimer = null; refreshMain().catch(() => {}); }, 250);
+    refreshTimer = setTimeout(async () => {
+      refreshTimer = null;
+      refreshing = true;
+      try { await refreshMain(); } catch (err) { /* offline for a moment: the next event refreshes */ }
+      refreshing = false;
+      if (refreshAgain) { refreshAgain = false; scheduleRefresh(); }
+    }, 250);
   }
 
   function updateJobProgress(jobEl, st) {
@@ -175,45 +219,87 @@
     el.textContent = `${n} machine${n === 1 ? "" : "s"}`;
   }
 
-  const grid = document.querySelector("[data-live-machines]");
-  const jobsList = document.querySelector("[data-live-jobs]");
-  const requestsList = document.querySelector("[data-live-requests]");
-  const requestEl = document.querySelector("[data-live-request]");
-  if (grid || jobsList || requestsList || requestEl || document.querySelector("[data-live-job]")) {
+  // A machine's own page, when an admin renames or deletes the machine (machine.js keeps
+  // its status live).
+  function announceOnMachinePage(id, st) {
+    const page = document.querySelector(`[data-machine-page="${id}"]`);
+    if (!page) return;
+    if (st.removed) {
+      if (page.querySelector("[data-machine-removed]")) return;
+      const note = document.createElement("p");
+      note.className = "flash error";
+      note.setAttribute("role", "status");
+      note.dataset.machineRemoved = "";
+      note.append("This machine was removed by an admin. ");
+      const back = document.createElement("a");
+      back.href = "/machines";
+      back.textContent = "All machines";
+      note.append(back);
+      page.prepend(note);
+      return;
+    }
+    if (st.name) {
+      const title = page.querySelector(".page-head h1");
+      if (title) title.textContent = st.name;
+      document.title = `${st.name} · microfactory`;
+    }
+  }
+
+  const live = (sel) => document.querySelector(sel);  // looked up again: refreshes replace them
+  if (["[data-live-machines]", "[data-machine-page]", "[data-live-jobs]", "[data-live-job]",
+    "[data-live-requests]", "[data-live-request]", "[data-live-usage]",
+    "[data-live-notifications]", "[data-live-bookings]"].some(live)) {
     const source = new EventSource("/api/v1/machines/stream");
     window.microfactoryStream = source;  // shared: notifications.js keeps the badge live on it
     source.addEventListener("machine", (ev) => {
       const data = JSON.parse(ev.data);
-      // A machine the grid has no card for was just added: fetch the grid with its card.
-      if (data.status && data.status.removed) {  // deleted by an admin
+      const st = data.status || {};
+      if (st.removed || st.name) announceOnMachinePage(data.id, st);
+      if (st.removed) {  // deleted by an admin
+        removedMachines.add(String(data.id));
+        announcedNames.delete(String(data.id));
         document.querySelectorAll(`[data-machine-id="${data.id}"]`).forEach((card) => card.remove());
         showMachineCount();
+        if (refreshing || refreshTimer) scheduleRefresh();  // that answer may still show it
         return;
       }
-      // Looked up again each time: a refresh replaces the grid element.
-      const liveGrid = document.querySelector("[data-live-machines]");
-      if (liveGrid && !liveGrid.querySelector(`[data-machine-id="${data.id}"]`)) scheduleRefresh();
-      else if (liveGrid && data.status && data.status.edited) scheduleRefresh();  // kind, badges
-      if (data.status && data.status.name) {  // renamed by an admin: at once, before the refresh
-        document.querySelectorAll(`[data-machine-id="${data.id}"] [data-field=name]`).forEach((el) => { el.textContent = data.status.name; });
+      if (st.edited) {  // added or changed: a machine given the id of a removed one is shown
+        removedMachines.delete(String(data.id));
+        if (st.name) announcedNames.set(String(data.id), st.name);
       }
-      document.querySelectorAll(`[data-machine-id="${data.id}"]`).forEach((card) => update(card, data.status));
-      const jobEl = document.querySelector("[data-live-job]");  // looked up again: refreshes replace it
-      if (jobEl && data.status && String(data.status.job_id) === jobEl.dataset.liveJob) updateJobProgress(jobEl, data.status);
+      const liveGrid = live("[data-live-machines]");
+      // A machine the grid has no card for was just added: fetch the grid with its card.
+      if (liveGrid && !liveGrid.querySelector(`[data-machine-id="${data.id}"]`)) scheduleRefresh();
+      else if (liveGrid && st.edited) scheduleRefresh();  // kind, driver, badges
+      if (st.name) {  // renamed by an admin: at once, before the refresh
+        document.querySelectorAll(`[data-machine-id="${data.id}"] [data-field=name]`).forEach((el) => { el.textContent = st.name; });
+      }
+      document.querySelectorAll(`[data-machine-id="${data.id}"]`).forEach((card) => update(card, st));
+      const jobEl = live("[data-live-job]");
+      if (jobEl && String(st.job_id) === jobEl.dataset.liveJob) updateJobProgress(jobEl, st);
     });
     source.addEventListener("job", (ev) => {
       const data = JSON.parse(ev.data);
-      const jobEl = document.querySelector("[data-live-job]");
-      if (jobsList || (jobEl && String(data.id) === jobEl.dataset.liveJob)) scheduleRefresh();
+      const jobEl = live("[data-live-job]");
+      const ended = data.event && data.event.topic === "job.ended";  // its usage is on record
+      if (live("[data-live-jobs]") || (jobEl && String(data.id) === jobEl.dataset.liveJob)
+        || (ended && live("[data-live-usage]"))) scheduleRefresh();
     });
     // A fabrication request between shops changed (a message arrived, a delivery was tried):
     // the requests list, or that request's page, refetches. The last action's flash message
     // would be stale: it goes.
     source.addEventListener("request", (ev) => {
       const data = JSON.parse(ev.data);
-      if (!requestsList && !(requestEl && data.id === requestEl.dataset.liveRequest)) return;
+      const requestEl = live("[data-live-request]");
+      if (!live("[data-live-requests]") && !(requestEl && data.id === requestEl.dataset.liveRequest)) return;
       if (window.location.search) window.history.replaceState(null, "", window.location.pathname);
       scheduleRefresh();
+    });
+    source.addEventListener("booking", () => { if (live("[data-live-bookings]")) scheduleRefresh(); });
+    // A message for this person was recorded: the messages page and the bookings list (its
+    // messages) show it; the badge is notifications.js's.
+    source.addEventListener("notification", () => {
+      if (live("[data-live-notifications]") || live("[data-live-bookings]")) scheduleRefresh();
     });
   }
 })();
