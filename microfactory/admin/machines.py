@@ -90,6 +90,30 @@ def _photos(request: Request, machine_id: int) -> list[str]:
     )
 
 
+def card_photos(upload_dir: Path, machine_ids: list[int]) -> dict[int, str]:
+    """Return each machine's first photo (the earliest uploaded), for the grid's cards.
+
+    One listing of the folder for the whole grid, not one per machine.
+    """
+    folder = upload_dir / "machine-photos"
+    wanted = set(machine_ids)
+    first: dict[int, tuple[float, str]] = {}
+    if not wanted or not folder.is_dir():
+        return {}
+    for entry in folder.iterdir():
+        match = PHOTO_NAME.match(entry.name)
+        if match is None or int(match.group(1)) not in wanted:
+            continue
+        try:
+            mtime = entry.stat().st_mtime
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        mid = int(match.group(1))
+        if mid not in first or (mtime, entry.name) < first[mid]:
+            first[mid] = (mtime, entry.name)
+    return {mid: name for mid, (_, name) in first.items()}
+
+
 def _photo_limit(request: Request) -> int:
     # Their own limit (MICROFACTORY_MAX_PHOTO_BYTES); the upload middleware lets the form's
     # body be that plus room for its other fields, and refuses more with a page of its own.
@@ -792,4 +816,4 @@ async def machine_photo(request: Request, name: str, _user: WebMember) -> Respon
     )
 
 
-__all__ = ["router"]
+__all__ = ["card_photos", "router"]
