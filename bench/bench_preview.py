@@ -50,7 +50,8 @@ PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>prev
 <script type="importmap">{imports}</script></head>
 <body><main id="main"><div class="preview-main">
 <div id="gcode-preview-slot" data-src="/gcode/{name}" data-kind="fdm_printer"
- data-bbox='{{"min_x": 60, "max_x": 140, "min_y": 60, "max_y": 140, "min_z": 0, "max_z": {top}}}'></div>
+ data-bbox='{{"min_x": 60, "max_x": 140, "min_y": 60, "max_y": 140,
+ "min_z": 0, "max_z": {top}}}'></div>
 <p id="preview-status" aria-live="polite">Loading the preview…</p></div></main>
 <script type="module" src="{script}"></script></body></html>"""
 # Installed before any script of the page: every long task from the start is kept.
@@ -72,7 +73,9 @@ RESULT = """() => ({
   status: document.getElementById("preview-status").textContent,
   heap: performance.memory ? performance.memory.usedJSHeapSize : null,
   top: [...window.__entries].sort((a, b) => b[1] - a[1]).slice(0, 4),
-  marks: Object.fromEntries(performance.getEntriesByType("mark").map((m) => [m.name, Math.round(m.startTime)])),
+  marks: Object.fromEntries(
+    performance.getEntriesByType("mark").map((m) => [m.name, Math.round(m.startTime)])
+  ),
 })"""
 
 
@@ -90,7 +93,8 @@ def vase_gcode(size_bytes: int) -> tuple[bytes, float]:
         a = 2 * math.pi * (k % segments) / segments
         z += layer / segments
         e += step_len * 0.033
-        line = f"G1 X{100 + radius * math.cos(a):.3f} Y{100 + radius * math.sin(a):.3f} Z{z + 0.2:.4f} E{e:.5f}"
+        x, y = 100 + radius * math.cos(a), 100 + radius * math.sin(a)
+        line = f"G1 X{x:.3f} Y{y:.3f} Z{z + 0.2:.4f} E{e:.5f}"
         if k == 0:
             line += " F1800"
         out.append(line.encode())
@@ -117,7 +121,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         super().end_headers()
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -210,7 +214,7 @@ def main() -> None:
         server.shutdown()
         print(f"load after {os.getloadavg()[0]:.1f}")
         print("\nmedians")
-        for mib, _name, lines in pages:
+        for mib, _name, _lines in pages:
             for variant in ("main", "this"):
                 rs = rows[(mib, variant)]
                 print(
