@@ -6,7 +6,8 @@ harness page (the job page's preview slot, importmap and vendored gcode-preview/
 in Debian's Chromium through Playwright, on generated spiral-vase G-code of a few sizes.
 For each load it reports the longest task on the main thread (the Long Tasks API), the total
 blocking time (the sum of every long task's time past 50 ms), the time until the preview is
-drawn (`data-layers` set), the layer count, and the JS heap once drawn.
+drawn (`data-layers` set), the layer count, the JS heap once drawn, and the longest task in
+the two seconds after (the page only showing the preview).
 
     .venv/bin/python bench/bench_preview.py [--mib 1 4 16] [--rounds 2] [--baseline main]
 """
@@ -134,6 +135,9 @@ def serve(root: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
+IDLE_MS = 2000  # watched after the preview is drawn
+
+
 def load_once(browser: Any, url: str) -> dict[str, Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
@@ -147,6 +151,10 @@ def load_once(browser: Any, url: str) -> dict[str, Any]:
     page.wait_for_timeout(300)  # the last tasks' entries are delivered
     result: dict[str, Any] = page.evaluate(RESULT)
     result["drawn_s"] = drawn
+    # Then the page only shows the preview: is its main thread free again?
+    page.evaluate("window.__longTasks = []")
+    page.wait_for_timeout(IDLE_MS)
+    result["after"] = page.evaluate("Math.max(0, ...window.__longTasks)")
     result["errors"] = errors
     context.close()
     return result
@@ -205,7 +213,8 @@ def main() -> None:
                             f"round {rnd + 1} {mib:>5g} MiB ({lines:,} lines) {variant:>4}: "
                             f"longest task {r['longest']:7.0f} ms, blocking {r['blocking']:7.0f}"
                             f" ms in {r['tasks']:3d} long tasks, drawn in {r['drawn_s']:5.1f} s,"
-                            f" {r['layers']} layers, heap {(r['heap'] or 0) / 2**20:.0f} MiB"
+                            f" {r['layers']} layers, heap {(r['heap'] or 0) / 2**20:.0f} MiB,"
+                            f" then longest task {r['after']:4.0f} ms"
                             f"{' ERRORS ' + str(r['errors']) if r['errors'] else ''}"
                         )
                         if verbose:
@@ -222,7 +231,9 @@ def main() -> None:
                     f"{statistics.median(r['longest'] for r in rs):7.0f} ms, blocking "
                     f"{statistics.median(r['blocking'] for r in rs):7.0f} ms, drawn in "
                     f"{statistics.median(r['drawn_s'] for r in rs):5.1f} s, heap "
-                    f"{statistics.median((r['heap'] or 0) for r in rs) / 2**20:.0f} MiB"
+                    f"{statistics.median((r['heap'] or 0) for r in rs) / 2**20:.0f} MiB; "
+                    f"in the {IDLE_MS / 1000:g} s after: longest task "
+                    f"{statistics.median(r['after'] for r in rs):4.0f} ms"
                 )
 
 

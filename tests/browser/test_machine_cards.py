@@ -63,6 +63,33 @@ def test_cards_show_the_photo_and_the_running_jobs_picture_and_pages_log_no_erro
     )
     page.get_by_role("button", name="Upload photo").click()
     expect(page.get_by_text("Photo added.")).to_be_visible()
+    # A photo past the limit (8 MiB) is refused before it is sent...
+    too_big = {
+        "name": "big.jpg",
+        "mimeType": "image/jpeg",
+        "buffer": b"\xff\xd8\xff" + bytes(9 << 20),
+    }
+    page.get_by_label("Add a photo").set_input_files(too_big)
+    page.get_by_role("button", name="Upload photo").click()
+    assert "larger than 8 MiB" in page.get_by_label("Add a photo").evaluate(
+        "(el) => el.validationMessage"
+    )
+    # ...and, sent anyway (no JavaScript check), the server answers a page that says so.
+    page.locator("form[data-max-bytes]").evaluate(
+        "(form) => form.removeAttribute('data-max-bytes')"
+    )
+    page.get_by_label("Add a photo").set_input_files(too_big)  # a change clears the refusal
+    page.get_by_role("button", name="Upload photo").click()
+    expect(page.get_by_role("heading", name="The photo is too large")).to_be_visible()
+    expect(page.get_by_role("alert")).to_contain_text("larger than 8 MiB")
+    page.get_by_role("link", name="Back to the machine's photos").click()
+    expect(page.get_by_role("button", name="Upload photo")).to_be_visible()
+    # Chromium logs any 4xx page it is shown; the grid and machine pages below must log none.
+    assert errors == [
+        "Failed to load resource: the server responded with a status of 413 "
+        "(Request Entity Too Large)"
+    ]
+    errors.clear()
     page.goto(base + "/machines")
     photo = page.locator(f'[data-machine-id="{ids[PHOTOGRAPHED]}"]').get_by_role(
         "img", name=f"Photo of {PHOTOGRAPHED}"
