@@ -1296,11 +1296,16 @@ class GrblDriver(Driver):
             if job.failure is None and not job.cancel_requested:
                 self._finish(job)
                 return
+            if job.emergency:
+                # As Marlin (M112) and OctoPrint report it: the job failed, it did not end
+                # as asked (the ALARM:3 the reset raises is its consequence, not the cause);
+                # the supervisor names who pressed the stop.
+                after = {k: v for k, v in (job.failure or {}).items() if k.startswith("last_")}
+                self._end_job(job, EventKind.FAILED, reason="emergency stop", **after)
+                return
             if job.cancel_requested and job.failure is None:
-                if not job.emergency:
-                    await self._safe_stop()
-                reason = "emergency stop" if job.emergency else "cancelled by the operator"
-                self._end_job(job, EventKind.CANCELLED, reason=reason)
+                await self._safe_stop()
+                self._end_job(job, EventKind.CANCELLED, reason="cancelled by the operator")
                 return
             failure = job.failure or {}
             if failure.get("needs_stop") and self._link is not None and self._link.is_open:

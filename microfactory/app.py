@@ -330,7 +330,10 @@ def create_app(settings: Settings) -> FastAPI:
     # from a locked-out address are refused before anything else.
     app.add_middleware(AuthBeforeBody)
     app.add_middleware(
-        BodySizeLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes
+        BodySizeLimit,
+        max_body=settings.max_body_bytes,
+        max_upload=settings.max_upload_bytes,
+        max_photo=settings.max_photo_bytes,
     )
     app.add_middleware(LoginGate)
     app.add_middleware(RequestMetrics, metrics=metrics)

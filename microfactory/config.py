@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     # Limits
     max_body_bytes: int = Field(1024 * 1024, ge=1024)  # JSON and form bodies
     max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1024)  # G-code and design files
+    max_photo_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # a machine's photo (admin form)
     # Mesh uploads (STL, 3MF): the analysis peaks at about 700 bytes a placed triangle.
     mesh_max_triangles: int = Field(2_000_000, ge=1)
     mesh_max_vertices: int = Field(2_000_000, ge=1)

@@ -6,6 +6,7 @@ import asyncio
 import html
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from http.cookies import CookieError, SimpleCookie
@@ -36,6 +37,12 @@ UPLOAD_ROUTES = frozenset(
         ("POST", "/designs/import"),
     }
 )
+# Dashboard forms that upload one picture, with their own limit (a setting): a machine's
+# photo. Their multipart bodies may be that limit plus FORM_ROOM (the CSRF field, the part
+# headers); the route itself refuses a picture past the limit with the form and a message,
+# and a body past both gets a page in plain words from here (never a JSON error).
+PHOTO_ROUTE = re.compile(r"^/admin/machines/(\d+)/photos/?$")
+FORM_ROOM = 64 * 1024
 # Methods that the Prometheus label keeps by name; any other becomes "other", so made-up
 # methods cannot add series without bound.
 KNOWN_METHODS = frozenset(
@@ -45,15 +52,40 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SESSION_COOKIE = "mf_session"  # the dashboard's session cookie (microfactory.deps)
 
 
+def _is_multipart(scope: Scope) -> bool:
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            return bytes(value).lower().startswith(b"multipart/form-data")
+    return False
+
+
 def is_upload(scope: Scope) -> bool:
     """Return whether a request is a multipart upload to one of the upload routes."""
     path = scope["path"].rstrip("/") or "/"
     if (scope["method"], path) not in UPLOAD_ROUTES:
         return False
-    for name, value in scope.get("headers", []):
-        if name == b"content-type":
-            return bytes(value).lower().startswith(b"multipart/form-data")
-    return False
+    return _is_multipart(scope)
+
+
+def photo_machine(scope: Scope) -> str | None:
+    """Return the machine id of a multipart photo upload (the admin form), else None."""
+    if scope["method"] != "POST":
+        return None
+    match = PHOTO_ROUTE.match(scope["path"])
+    if match is None or not _is_multipart(scope):
+        return None
+    return match.group(1)
+
+
+def size_text(n: int) -> str:
+    """Return a size in the words a person uses: 8 MiB, 512 KiB, 900 bytes."""
+    if n >= 1024 * 1024 and n % (1024 * 1024) == 0:
+        return f"{n // (1024 * 1024)} MiB"
+    if n >= 1024 * 1024:
+        return f"{n / (1024 * 1024):.1f} MiB"
+    if n >= 1024:
+        return f"{n // 1024} KiB"
+    return f"{n} bytes"
 
 
 async def _send_json(
@@ -79,20 +111,46 @@ async def _send_413(send: Send, limit: int) -> None:
     await _send_json(send, 413, f"request body is larger than the limit of {limit} bytes")
 
 
+async def _send_photo_413(send: Send, machine_id: str, photo_limit: int) -> None:
+    back = f"/admin/machines/{machine_id}#photos"
+    await _send_html(
+        send,
+        413,
+        "The photo is too large",
+        f"This photo is larger than {size_text(photo_limit)}, the most a machine's photo may "
+        "be. Make it smaller (fewer pixels, or saved as a JPEG) and upload it again.",
+        (),
+        link=(back, "Back to the machine's photos"),
+    )
+
+
 class BodySizeLimit:
     """Refuse bodies over the limit with 413, whether or not Content-Length is sent."""
 
-    def __init__(self, app: ASGIApp, max_body: int, max_upload: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body: int, max_upload: int, max_photo: int | None = None
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.max_upload = max_upload
+        self.max_photo = max_photo
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Count body bytes and stop at the limit."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_upload if is_upload(scope) else self.max_body
+        photo_of = photo_machine(scope) if self.max_photo is not None else None
+        if photo_of is not None and self.max_photo is not None:
+            limit = self.max_photo + FORM_ROOM
+            photo_limit = self.max_photo
+
+            async def refuse(send: Send, limit: int) -> None:
+                await _send_photo_413(send, photo_of, photo_limit)
+
+        else:
+            limit = self.max_upload if is_upload(scope) else self.max_body
+            refuse = _send_413
         declared = 0
         for name, value in scope.get("headers", []):
             if name == b"content-length":
@@ -114,7 +172,7 @@ class BodySizeLimit:
                 rejected = True
                 if not started:
                     started = True
-                    await _send_413(send, limit)
+                    await refuse(send, limit)
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
@@ -125,7 +183,7 @@ class BodySizeLimit:
                     rejected = True
                     if not started:
                         started = True
-                        await _send_413(send, limit)
+                        await refuse(send, limit)
                     return {"type": "http.disconnect"}
             return message
 
@@ -328,13 +386,19 @@ class LoginGate:
 
 
 async def _send_html(
-    send: Send, status: int, title: str, detail: str, headers: Sequence[tuple[bytes, bytes]]
+    send: Send,
+    status: int,
+    title: str,
+    detail: str,
+    headers: Sequence[tuple[bytes, bytes]],
+    link: tuple[str, str] = ("/login", "Back to the login page"),
 ) -> None:
     text = html.escape(detail)
+    href, label = html.escape(link[0]), html.escape(link[1])
     body = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}'
         f'</title></head><body><main><h1>{title}</h1><p role="alert">{text}</p>'
-        f'<p><a href="/login">Back to the login page</a></p></main></body></html>'
+        f'<p><a href="{href}">{label}</a></p></main></body></html>'
     ).encode()
     await send(
         {

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from microfactory import forms
 from microfactory.admin.forms import FormState
@@ -34,6 +35,7 @@ from microfactory.machines.schemas import (
     MachineCreate,
     MachineUpdate,
 )
+from microfactory.middleware import size_text
 from microfactory.types import Id
 from microfactory.web import CsrfChecked, WebAdmin, WebMember, redirect, render
 
@@ -89,9 +91,34 @@ def _photos(request: Request, machine_id: int) -> list[str]:
     )
 
 
+def card_photos(upload_dir: Path, machine_ids: list[int]) -> dict[int, str]:
+    """Return each machine's first photo (the earliest uploaded), for the grid's cards.
+
+    One listing of the folder for the whole grid, not one per machine.
+    """
+    folder = upload_dir / "machine-photos"
+    wanted = set(machine_ids)
+    first: dict[int, tuple[float, str]] = {}
+    if not wanted or not folder.is_dir():
+        return {}
+    for entry in folder.iterdir():
+        match = PHOTO_NAME.match(entry.name)
+        if match is None or int(match.group(1)) not in wanted:
+            continue
+        try:
+            mtime = entry.stat().st_mtime
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        mid = int(match.group(1))
+        if mid not in first or (mtime, entry.name) < first[mid]:
+            first[mid] = (mtime, entry.name)
+    return {mid: name for mid, (_, name) in first.items()}
+
+
 def _photo_limit(request: Request) -> int:
-    # Photos come as a dashboard form, under the general body limit; room for the form.
-    return max(64 * 1024, int(request.app.state.settings.max_body_bytes) - 16 * 1024)
+    # Their own limit (MICROFACTORY_MAX_PHOTO_BYTES); the upload middleware lets the form's
+    # body be that plus room for its other fields, and refuses more with a page of its own.
+    return int(request.app.state.settings.max_photo_bytes)
 
 
 def _form_of(machine: Machine | None) -> dict[str, str]:
@@ -320,7 +347,8 @@ async def _machine_page(
         context["axis_limits"] = AXIS_LIMITS
         context["scalar_limits"] = SCALAR_LIMITS
         context["photos"] = _photos(request, machine.id)
-        context["photo_limit_kib"] = _photo_limit(request) // 1024
+        context["photo_limit_bytes"] = _photo_limit(request)
+        context["photo_limit_text"] = size_text(_photo_limit(request))
         context["notes_value"] = (
             state.typed.get("notes", machine.notes) if state.name == "notes" else machine.notes
         )
@@ -730,14 +758,15 @@ async def machine_photo_add(
     session: SessionDep,
     _admin: WebAdmin,
     _csrf: CsrfChecked,
-    photo: Annotated[UploadFile | None, File()] = None,
+    # A text field named photo (a hand-made form) is refused in words, not by validation.
+    photo: Annotated[UploadFile | str | None, File()] = None,
 ) -> Response:
     """Add a photo (JPEG, PNG or WebP), stored under a generated name (admins)."""
     machine = await _get(session, machine_id)
     limit = _photo_limit(request)
     message = None
     data = b""
-    if photo is None or not photo.filename:
+    if not isinstance(photo, StarletteUpload) or not photo.filename:
         message = "choose a photo to upload"
     else:
         data = await photo.read(limit + 1)
@@ -745,14 +774,15 @@ async def machine_photo_add(
         if suffix == ".webp" and data[8:12] != b"WEBP":
             suffix = None
         if len(data) > limit:
-            message = f"the photo is larger than {limit // 1024} KiB: make it smaller first"
+            message = f"the photo is larger than {size_text(limit)}: make it smaller first"
         elif suffix is None:
             message = "this is not a JPEG, PNG or WebP picture"
         elif len(_photos(request, machine.id)) >= MAX_PHOTOS:
             message = f"a machine keeps at most {MAX_PHOTOS} photos: remove one first"
     if message is not None:
         state = FormState("photo", errors={"photo": message})
-        return await _machine_page(request, session, machine, state=state, status_code=422)
+        code = 413 if len(data) > limit else 422
+        return await _machine_page(request, session, machine, state=state, status_code=code)
     folder = _photo_dir(request)
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{machine.id}-{uuid.uuid4().hex}{suffix}"
@@ -784,4 +814,4 @@ async def machine_photo(request: Request, name: str, _user: WebMember) -> Respon
     )
 
 
-__all__ = ["router"]
+__all__ = ["card_photos", "router"]

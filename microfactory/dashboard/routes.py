@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import secrets
@@ -12,12 +13,14 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from microfactory import forms, retention
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, TokenKind, User
 from microfactory.accounts.schemas import ApiTokenCreate, UserCreate, UserUpdate
 from microfactory.accounts.throttle import LockoutKind, client_address, get_throttle
+from microfactory.admin.machines import card_photos
 from microfactory.bookings import service as booking_service
 from microfactory.db import utcnow
 from microfactory.deps import SESSION_COOKIE, SessionDep, check_csrf, now
@@ -28,7 +31,7 @@ from microfactory.jobs import queue as job_queue
 from microfactory.jobs import service as job_service
 from microfactory.jobs.explain import explain_failure
 from microfactory.jobs.matcher import order_queue
-from microfactory.jobs.models import ENDED_STATES, JobState
+from microfactory.jobs.models import ENDED_STATES, Job, JobState
 from microfactory.machines import service as machine_service
 from microfactory.machines import visibility as machine_visibility
 from microfactory.machines.models import MachineKind
@@ -140,10 +143,32 @@ async def machines_page(request: Request, session: SessionDep, user: WebMember) 
     booked = await booking_service.availability(
         session=session, machine_ids=[m.id for m in records], now=now(request), user=user
     )
+    # The cards show a machine's photo, and the running job's slicer picture (only a job the
+    # user may see: visible_statuses hides the others' ids).
+    upload_dir = request.app.state.settings.upload_dir
+    photos = await asyncio.to_thread(card_photos, upload_dir, [m.id for m in records])
+    job_ids = [s["job_id"] for s in statuses.values() if s.get("job_id") is not None]
+    thumbnails: set[int] = set()
+    if job_ids:
+        rows = await session.execute(
+            select(Job.id, Job.analysis, Job.flags).where(Job.id.in_(job_ids))
+        )
+        thumbnails = {
+            jid
+            for jid, analysis, flags in rows
+            if (analysis or {}).get("thumbnails") and not (flags or {}).get("file_deleted_at")
+        }
     return render(
         request,
         "machines.html",
-        {"machines": machines, "staff": user.is_staff, "booked": booked, "tz": tz},
+        {
+            "machines": machines,
+            "staff": user.is_staff,
+            "booked": booked,
+            "tz": tz,
+            "photos": photos,
+            "thumbnails": thumbnails,
+        },
     )
 
 

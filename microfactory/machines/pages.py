@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.deps import SessionDep, ShopTz
@@ -88,6 +88,43 @@ async def webcam_stream(
     kind, body = await webcam.open_stream(url)
     return StreamingResponse(
         body, media_type=kind, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
+
+
+@router.get("/machines/{machine_id:int}/webcam/status")
+async def webcam_status(
+    request: Request, machine_id: Id, session: SessionDep, _user: WebMember
+) -> JSONResponse:
+    """Say whether the machine's webcam can be shown now (any logged-in user, as the webcam).
+
+    Always 200 for a machine that exists: the page asks before it loads the picture, so that
+    a machine without a camera, or with one that is away, shows a placeholder and the browser
+    logs no failed load. Answers `{"configured", "available", "kind", "message"}`.
+    """
+    machine = await service.get_or_raise(session=session, machine_id=machine_id)
+    cams = webcam.settings_of(machine.webcam)
+    await session.commit()  # the probe may wait seconds on the camera: hold no transaction
+    if not cams:
+        return JSONResponse(
+            {
+                "configured": False,
+                "available": False,
+                "kind": None,
+                "message": "This machine has no webcam.",
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+    kind = "stream" if "stream_url" in cams else "snapshot"
+    why = await webcam.probe(cams[f"{kind}_url"], kind)
+    message = "The webcam is on." if why is None else f"The webcam cannot be reached: {why}."
+    return JSONResponse(
+        {
+            "configured": True,
+            "available": why is None,
+            "kind": kind,
+            "message": message,
+        },
+        headers={"Cache-Control": "no-store"},
     )
 
 

@@ -2,8 +2,9 @@
 
 An MJPEG stream (`multipart/x-mixed-replace`) is relayed for a bounded time and size, then
 ends (the page opens it again); a snapshot is fetched whole, up to a size. Every wait on the
-camera has a timeout, and a camera that cannot be reached is a 502 with why, which the page
-turns into a placeholder.
+camera has a timeout, and a camera that cannot be reached is a 502 with why. The machine page
+asks `probe` first (`/machines/{id}/webcam/status`, always 200) and shows its placeholder
+instead of loading a picture that would fail (a failed load is a console error).
 """
 
 from __future__ import annotations
@@ -132,6 +133,36 @@ async def snapshot(url: str) -> tuple[bytes, str]:
     except TimeoutError:
         raise _unavailable(camera, "the picture took too long") from None
     return bytes(body), kind
+
+
+PROBE_TIMEOUT_S = 5.0  # the page waits for the answer: a camera slower than this is away
+
+
+async def probe(url: str, kind: str) -> str | None:
+    """Return None when the camera answers with a picture (or a stream), else why not.
+
+    Why not is in words a member may read: never where the camera is. Only the answer's
+    status and content type are read, then the connection is closed.
+    """
+    camera = Camera.of(url)
+    wanted = ("image/",) if kind == "snapshot" else ("multipart/x-mixed-replace", "image/")
+    timeout = httpx.Timeout(PROBE_TIMEOUT_S, connect=PROBE_TIMEOUT_S)
+    try:
+        async with (
+            httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client,
+            asyncio.timeout(PROBE_TIMEOUT_S + 1),
+            client.stream("GET", camera.url, auth=camera.auth) as resp,
+        ):
+            if resp.status_code != 200:
+                return f"it answered HTTP {resp.status_code}"
+            content_type = resp.headers.get("content-type", "")
+            if not content_type.startswith(wanted):
+                return f"it sent {content_type or 'no content type'}, not a picture"
+    except httpx.HTTPError as exc:
+        return _why(exc)
+    except TimeoutError:
+        return "it did not answer in time"
+    return None
 
 
 async def open_stream(url: str) -> tuple[str, AsyncIterator[bytes]]:

@@ -110,6 +110,8 @@ class Supervisor:
         self._command_lock = asyncio.Lock()
         self._job_lock = asyncio.Lock()
         self.connected = asyncio.Event()
+        # While an operator's emergency stop is under way: why the job fails, and who.
+        self._estop: tuple[str, lifecycle.Actor | None] | None = None
 
     # -- status ---------------------------------------------------------------------
 
@@ -274,6 +276,11 @@ class Supervisor:
             await self._set_job_state(JobState.RUNNING)
         elif kind is EventKind.FINISHED:
             await self._end_job(JobState.FINISHED)
+        elif kind in (EventKind.CANCELLED, EventKind.FAILED) and self._estop is not None:
+            # The driver's own report of the stop (GRBL, Marlin, OctoPrint: "emergency
+            # stop"), perhaps before emergency_stop() returns: the job fails, naming who.
+            reason, actor = self._estop
+            await self._end_job(JobState.FAILED, reason=reason, actor=actor)
         elif kind is EventKind.CANCELLED:
             await self._end_job(JobState.CANCELLED, reason=event.data.get("reason") or "cancelled")
         elif kind is EventKind.FAILED:
@@ -646,12 +653,16 @@ class Supervisor:
         await self._end_job(JobState.CANCELLED, reason="cancelled", actor=actor)
 
     async def emergency_stop(self, actor: lifecycle.Actor | None = None) -> None:
-        """Stop the machine now; the running job fails."""
-        await self._control("emergency_stop")
-        if self.job_id is not None:
-            await self._end_job(
-                JobState.FAILED, reason="emergency stop by an operator", actor=actor
-            )
+        """Stop the machine now; the running job fails ("emergency stop by <username>")."""
+        who = actor.name if actor is not None and actor.name else "an operator"
+        reason = f"emergency stop by {who}"
+        self._estop = (reason, actor)
+        try:
+            await self._control("emergency_stop")
+            if self.job_id is not None:
+                await self._end_job(JobState.FAILED, reason=reason, actor=actor)
+        finally:
+            self._estop = None
 
     async def reset(self, actor: lifecycle.Actor | None = None) -> dict[str, Any]:
         """Recover the machine after an emergency stop or a firmware halt, and reconnect it.

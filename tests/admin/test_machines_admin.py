@@ -234,13 +234,47 @@ async def test_photos_are_stored_under_generated_names_and_checked(
     )
     assert resp.status_code == 422
     assert "not a JPEG, PNG or WebP picture" in resp.text
-    big = b"\xff\xd8\xff" + b"\0" * 70_000  # past the test settings' 64 KiB body limit
-    resp = await web.post(url, data={"csrf_token": CSRF}, files={"photo": ("b.jpg", big)})
-    assert resp.status_code == 413
+    # A phone's photo: past the test settings' 64 KiB form limit, within the photo limit.
+    phone = b"\xff\xd8\xff" + b"\0" * (3 * 1024 * 1024)
+    resp = await web.post(url, data={"csrf_token": CSRF}, files={"photo": ("p.jpg", phone)})
+    assert resp.status_code == 303, resp.text[:500]
+    page = await web.get(f"/admin/machines/{machine_id}")
+    assert "up to 8 MiB" in page.text
+    assert 'data-max-bytes="8388608"' in page.text
+    await a_photo_past_the_limit_is_refused_in_plain_words(web, url)
     assert (await web.get("/machine-photos/..%2Fsecret")).status_code == 404
     resp = await web.post(f"{url}/{name}/remove", data={"csrf_token": CSRF})
     assert resp.status_code == 303
     assert (await web.get(f"/machine-photos/{name}")).status_code == 404
+
+
+async def a_photo_past_the_limit_is_refused_in_plain_words(
+    web: httpx.AsyncClient, url: str
+) -> None:
+    limit = 8 * 1024 * 1024  # MICROFACTORY_MAX_PHOTO_BYTES by default
+    # Just past it: the route refuses it with the form, the message at the photo field.
+    over = b"\xff\xd8\xff" + b"\0" * limit
+    resp = await web.post(url, data={"csrf_token": CSRF}, files={"photo": ("o.jpg", over)})
+    assert resp.status_code == 413
+    assert resp.headers["content-type"].startswith("text/html")
+    assert "the photo is larger than 8 MiB: make it smaller first" in resp.text
+    assert 'name="photo"' in resp.text  # the form is there to try again
+    # Far past it: the upload limit stops reading and answers a page, not JSON.
+    huge = b"\xff\xd8\xff" + b"\0" * (limit + 1024 * 1024)
+    resp = await web.post(url, data={"csrf_token": CSRF}, files={"photo": ("h.jpg", huge)})
+    assert resp.status_code == 413
+    assert resp.headers["content-type"].startswith("text/html")
+    assert "larger than 8 MiB, the most a machine&#x27;s photo may be" in resp.text
+    assert f'href="{url.removesuffix("/photos")}#photos"' in resp.text
+    assert "detail" not in resp.text
+    # Not a file at all, or a form that is not multipart: words, not a validation dump.
+    resp = await web.post(url, data={"csrf_token": CSRF, "photo": "just text"})
+    assert resp.status_code in (400, 422), resp.text[:300]
+    assert '"loc"' not in resp.text
+    assert "choose a photo" in resp.text
+    # A plain form past the general form limit gets the general limit, not the photo's.
+    resp = await web.post(url, data={"csrf_token": CSRF, "x": "y" * (100 * 1024)})
+    assert resp.status_code == 413
 
 
 async def test_test_connection_reports_the_firmware_or_the_error(

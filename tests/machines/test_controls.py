@@ -54,8 +54,9 @@ async def test_reset_after_an_emergency_stop_on_marlin_and_grbl(
     """One app and one pair of users for both simulators (their setup is most of the cost)."""
     mid = await marlin_reset_after_emergency_stop_preheat_and_history(live_client, operator, member)
     await marlin_reset_after_a_firmware_halt(live_client, live_app, operator, mid)
+    me = await live_client.get("/api/v1/users/me", headers=operator)
     await grbl_jog_refused_during_a_job_then_reset_after_emergency_stop(
-        live_client, operator, member
+        live_client, operator, member, me.json()["username"]
     )
 
 
@@ -157,7 +158,10 @@ LONG_CNC = b"G21\nG90\nG1 F600\n" + b"".join(
 
 
 async def grbl_jog_refused_during_a_job_then_reset_after_emergency_stop(
-    live_client: httpx.AsyncClient, operator: dict[str, str], member: dict[str, str]
+    live_client: httpx.AsyncClient,
+    operator: dict[str, str],
+    member: dict[str, str],
+    operator_name: str,
 ) -> None:
     mill = await add_machine(
         live_client, operator, name="Mill", kind="cnc_mill", driver="sim-grbl",
@@ -192,8 +196,15 @@ async def grbl_jog_refused_during_a_job_then_reset_after_emergency_stop(
         return (await status_of(live_client, operator, mid))["state"] == "error"
 
     await wait_for(in_error, what="the alarm is reported")
-    ended = (await live_client.get(f"/api/v1/jobs/{job['id']}", headers=operator)).json()
-    assert ended["state"] in ("failed", "cancelled")  # GRBL's driver reports it cancelled
+
+    async def ended() -> dict[str, Any] | None:
+        got = (await live_client.get(f"/api/v1/jobs/{job['id']}", headers=operator)).json()
+        return got if got["state"] not in ("running", "paused") else None
+
+    stopped = await wait_for(ended, what="the job ends")
+    # As on Marlin and OctoPrint: failed, naming who pressed the stop.
+    assert stopped["state"] == "failed"
+    assert stopped["failure_reason"].startswith(f"emergency stop by {operator_name} (last ")
     locked = await live_client.post(f"{api}/jog", json={"x": 1}, headers=operator)
     assert locked.status_code == 409  # GRBL refuses a jog in an alarm (error:9)
     assert "error" in locked.json()["detail"].lower()

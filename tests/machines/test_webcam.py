@@ -117,6 +117,7 @@ async def test_webcam_proxy(
     member = (await make_user(Role.MEMBER))[1]
     await credentials_stay_on_the_server(client, operator, member, camera, monkeypatch)
     await an_unreachable_or_refusing_camera_is_a_clear_502(client, operator, camera)
+    await the_page_asks_the_status_before_showing_the_camera(client, operator, member, camera)
 
 
 async def credentials_stay_on_the_server(
@@ -206,3 +207,62 @@ async def an_unreachable_or_refusing_camera_is_a_clear_502(
         "stream_url": None,
         "snapshot_url": None,
     }
+
+
+async def the_page_asks_the_status_before_showing_the_camera(
+    client: httpx.AsyncClient, operator: dict[str, str], member: dict[str, str], camera: Camera
+) -> None:
+    """`/webcam/status` is always 200 and says in words why a camera cannot be shown."""
+    mid = await _printer(client, operator, "Printer 3")
+    status = f"/machines/{mid}/webcam/status"
+    anonymous = await client.get(status, follow_redirects=False)
+    assert anonymous.status_code in (302, 303)
+    none = await client.get(status, headers=_cookie(member))
+    assert none.status_code == 200
+    assert none.json() == {
+        "configured": False,
+        "available": False,
+        "kind": None,
+        "message": "This machine has no webcam.",
+    }
+    page = await client.get(f"/machines/{mid}", headers=_cookie(member))
+    assert "data-webcam" not in page.text  # nothing to load, nothing to fail
+
+    away_port = closed_port()
+    await client.put(
+        f"/api/v1/machines/{mid}/webcam",
+        json={"stream_url": f"http://cam:s3cret@127.0.0.1:{away_port}/stream"},
+        headers=operator,
+    )
+    page = await client.get(f"/machines/{mid}", headers=_cookie(member))
+    assert f'data-status="{status}"' in page.text
+    assert f' src="/machines/{mid}/webcam/stream"' not in page.text  # not before the status
+    away = await client.get(status, headers=_cookie(member))
+    assert away.status_code == 200
+    assert away.json()["available"] is False
+    assert away.json()["kind"] == "stream"
+    assert away.json()["message"] == "The webcam cannot be reached: the connection failed."
+    assert str(away_port) not in away.text
+    assert "s3cret" not in away.text
+
+    base = f"http://cam:s3cret@127.0.0.1:{camera.port}"
+    await client.put(
+        f"/api/v1/machines/{mid}/webcam",
+        json={"stream_url": f"{base}/stream", "snapshot_url": f"{base}/snap"},
+        headers=operator,
+    )
+    seen = len(camera.requests)
+    on = await client.get(status, headers=_cookie(member))
+    assert on.json() == {
+        "configured": True, "available": True, "kind": "stream", "message": "The webcam is on."
+    }  # fmt: skip
+    assert camera.requests[seen:] == ["/stream"]  # asked once, and hung up
+
+    await client.put(
+        f"/api/v1/machines/{mid}/webcam",
+        json={"snapshot_url": f"http://cam:b4dpass@127.0.0.1:{camera.port}/snap"},
+        headers=operator,
+    )
+    refused = await client.get(status, headers=_cookie(member))
+    assert refused.json()["kind"] == "snapshot"
+    assert refused.json()["message"] == "The webcam cannot be reached: it answered HTTP 401."

@@ -25,7 +25,8 @@
       const file = input && input.files && input.files[0];
       if (file && file.size > Number(form.dataset.maxBytes)) {
         ev.preventDefault();
-        input.setCustomValidity(`The photo is larger than ${Math.round(form.dataset.maxBytes / 1024)} KiB: make it smaller first.`);
+        const most = form.dataset.maxText || `${Math.round(form.dataset.maxBytes / 1024)} KiB`;
+        input.setCustomValidity(`The photo is larger than ${most}: make it smaller first.`);
         input.reportValidity();
         input.addEventListener("change", () => input.setCustomValidity(""), { once: true });
       }

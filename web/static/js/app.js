@@ -100,6 +100,15 @@
     const klippyDt = klippyEl && klippyEl.closest("dd") && klippyEl.closest("dd").previousElementSibling;
     if (klippyDt) klippyDt.hidden = !klippy;
     const prog = st.progress;
+    // Another job on the machine: its slicer picture is the server's to render (only a job
+    // the user may see, only one that has a picture), so the grid fetches itself again; a
+    // job that ended takes its picture with it at once.
+    const jobId = st.job_id != null ? String(st.job_id) : "";
+    if (card.dataset.jobId !== undefined && card.dataset.jobId !== jobId) {
+      card.dataset.jobId = jobId;
+      card.querySelectorAll("[data-job-thumb]").forEach((img) => img.remove());
+      if (jobId) scheduleRefresh();
+    }
     const jobBox = card.querySelector("[data-job]");
     if (jobBox) {
       jobBox.hidden = !st.job_id;

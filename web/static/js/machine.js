@@ -165,28 +165,44 @@
   });
 
   // -- the webcam, through our server's proxy ---------------------------------------------
+  // The picture is loaded only once /webcam/status says the camera answers: a machine whose
+  // camera is away shows the placeholder, and the browser logs no failed load.
   const cam = root.querySelector("[data-webcam]");
   if (cam) {
     const placeholder = root.querySelector("[data-webcam-placeholder]");
-    const base = cam.getAttribute("src").split("?")[0];
+    const message = root.querySelector("[data-webcam-message]");
+    const away = (placeholder && placeholder.dataset.away) || "The webcam cannot be reached right now.";
+    const base = cam.dataset.src;
     const snapshotOnly = cam.dataset.snapshot === "1";
     let timer = null;
-    const reload = (after) => {
-      clearTimeout(timer);
-      timer = setTimeout(() => { cam.src = `${base}?t=${Date.now()}`; }, after);
-    };
-    cam.addEventListener("error", () => {
+    const later = (fn, after) => { clearTimeout(timer); timer = setTimeout(fn, after); };
+    const showPlaceholder = (text) => {
       cam.hidden = true;
+      cam.removeAttribute("src");
+      if (message) message.textContent = text;
       if (placeholder) placeholder.hidden = false;
-      reload(10000);  // try again in a while
-    });
+    };
+    async function check() {
+      let state = null;
+      try {
+        const resp = await fetch(cam.dataset.status, { credentials: "same-origin", headers: { Accept: "application/json" } });
+        if (resp.ok) state = await resp.json();
+      } catch (e) { state = null; }  // the server is away: try again in a while
+      if (state && state.available) {
+        cam.src = `${base}?t=${Date.now()}`;
+        return;
+      }
+      showPlaceholder(state ? state.message : away);
+      if (!state || state.configured !== false) later(check, 10000);
+    }
+    cam.addEventListener("error", () => { showPlaceholder(away); later(check, 10000); });
     cam.addEventListener("load", () => {
       cam.hidden = false;
       if (placeholder) placeholder.hidden = true;
       // A snapshot is refreshed; a stream ends on the server after five minutes: reopen it.
-      reload(snapshotOnly ? 2000 : 240000);
+      later(snapshotOnly ? () => { cam.src = `${base}?t=${Date.now()}`; } : check, snapshotOnly ? 2000 : 240000);
     });
-    if (!snapshotOnly) reload(240000);  // in case the browser never reports a stream's load
+    check();
   }
 
   // -- controls (operators) ---------------------------------------------------------------
