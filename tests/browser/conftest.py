@@ -15,19 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import require_or_skip
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # CI runs as root
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    # Without these, Chromium tries to reach Google's services and this machine has no network.
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def free_port() -> int:
@@ -166,3 +155,12 @@ def delete_machine_named(base: str, name: str) -> None:
     for machine in httpx.get(base + "/api/v1/machines", headers=headers, timeout=10).json():
         if machine["name"] == name:
             httpx.delete(f"{base}/api/v1/machines/{machine['id']}", headers=headers, timeout=10)
+
+
+def api_token(base: str, username: str, password: str) -> dict[str, str]:
+    """Log in through the API; return the Authorization header for that user."""
+    resp = httpx.post(
+        base + "/api/v1/auth/token", data={"username": username, "password": password}, timeout=10
+    )
+    resp.raise_for_status()
+    return {"Authorization": f"Bearer {resp.json()['access_token']}"}

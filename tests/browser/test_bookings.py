@@ -8,24 +8,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser.conftest import DemoServer, login
+from tests.browser.conftest import DemoServer, api_token, login
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-def _token(base: str, username: str, password: str) -> dict[str, str]:
-    resp = httpx.post(
-        base + "/api/v1/auth/token", data={"username": username, "password": password}, timeout=10
-    )
-    resp.raise_for_status()
-    return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 
 
 def test_member_books_sees_and_cancels_and_nobody_else_gets_the_slot(
     browser: Any, page: Any, demo_server: DemoServer
 ) -> None:
     base = demo_server.url
-    admin = _token(base, "admin", "admin-demo-pass")
+    admin = api_token(base, "admin", "admin-demo-pass")
     created = httpx.post(
         base + "/api/v1/users",
         json={"username": "member2", "password": "member2-demo-pass"},
@@ -59,7 +51,7 @@ def test_member_books_sees_and_cancels_and_nobody_else_gets_the_slot(
     assert "10:00" in mine.first.inner_text()
 
     # It is in the member's .ics feed.
-    member = _token(base, "member", "member-demo-pass")
+    member = api_token(base, "member", "member-demo-pass")
     feed = httpx.post(base + "/api/v1/calendars/feed-token", headers=member, timeout=10).json()
     ics = httpx.get(feed["url"], timeout=10).text
     assert f"DTSTART;TZID=UTC:{tomorrow.strftime('%Y%m%d')}T100000" in ics or (
@@ -76,7 +68,7 @@ def test_member_books_sees_and_cancels_and_nobody_else_gets_the_slot(
     taken.first.wait_for()
     assert "10:00" in taken.first.inner_text()
     assert other.locator(".ec-event.ev-mine").count() == 0
-    member2 = _token(base, "member2", "member2-demo-pass")
+    member2 = api_token(base, "member2", "member2-demo-pass")
     start = dt.datetime.fromisoformat(slot).replace(tzinfo=dt.UTC)
     refused = httpx.post(
         base + "/api/v1/bookings",

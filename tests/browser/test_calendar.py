@@ -9,18 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser.conftest import DemoServer, login
+from tests.browser.conftest import DemoServer, api_token, login
 from tests.browser.test_job_preview import UNNAMED_CONTROLS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-def _token(base: str, username: str, password: str) -> dict[str, str]:
-    resp = httpx.post(
-        base + "/api/v1/auth/token", data={"username": username, "password": password}, timeout=10
-    )
-    resp.raise_for_status()
-    return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 
 
 def _drag(page: Any, day: dt.date, start_min: int, end_min: int) -> None:
@@ -48,7 +40,7 @@ def test_member_drag_books_sees_refusals_live_changes_and_cancels(
     browser: Any, page: Any, demo_server: DemoServer
 ) -> None:
     base = demo_server.url
-    admin = _token(base, "admin", "admin-demo-pass")
+    admin = api_token(base, "admin", "admin-demo-pass")
     created = httpx.post(
         base + "/api/v1/users",
         json={"username": "calendar2", "password": "calendar2-demo-pass"},
@@ -56,7 +48,7 @@ def test_member_drag_books_sees_refusals_live_changes_and_cancels(
         timeout=10,
     )
     assert created.status_code in (201, 409)
-    other = _token(base, "calendar2", "calendar2-demo-pass")
+    other = api_token(base, "calendar2", "calendar2-demo-pass")
     machines = httpx.get(base + "/api/v1/machines", headers=admin, timeout=10).json()
     printer = next(m for m in machines if m["name"] == "Prusa MK3S #1")
     # The demo shop runs in UTC and opens 08:00-20:00 every day; two days ahead stays clear
@@ -95,7 +87,7 @@ def test_member_drag_books_sees_refusals_live_changes_and_cancels(
     mine.first.wait_for()
     assert "10:00" in mine.first.inner_text()
     assert "11:00" in mine.first.inner_text()
-    member = _token(base, "member", "member-demo-pass")
+    member = api_token(base, "member", "member-demo-pass")
     booked = httpx.get(
         base + "/api/v1/bookings", params={"mine": "true"}, headers=member, timeout=10
     ).json()

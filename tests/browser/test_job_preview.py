@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.api.test_job_media import png, with_thumbnails
-from tests.browser.conftest import DemoServer, login, release_job
+from tests.browser.conftest import DemoServer, api_token, login, release_job
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CUBE = Path(__file__).parents[1] / "data" / "gcode" / "fdm" / "cube.gcode"
@@ -24,14 +24,6 @@ UNNAMED_CONTROLS = """() => [...document.querySelectorAll('input, select, textar
     && !(el.labels && [...el.labels].some((l) => l.textContent.trim()))
     && !(el.tagName === 'BUTTON' && el.textContent.trim()))
   .map((el) => el.outerHTML.slice(0, 120))"""
-
-
-def _token(base: str, username: str, password: str) -> dict[str, str]:
-    resp = httpx.post(
-        base + "/api/v1/auth/token", data={"username": username, "password": password}, timeout=10
-    )
-    resp.raise_for_status()
-    return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 
 
 def _upload(base: str, headers: dict[str, str], content: bytes, title: str) -> dict[str, Any]:
@@ -50,7 +42,7 @@ def test_job_page_shows_the_thumbnail_and_a_layer_preview(
     page: Any, demo_server: DemoServer
 ) -> None:
     base = demo_server.url
-    member = _token(base, "member", "member-demo-pass")
+    member = api_token(base, "member", "member-demo-pass")
     content = with_thumbnails((64, 64, png(64, 64)), gcode=CUBE.read_bytes())
     job = _upload(base, member, content, "Previewed cube")
     errors: list[str] = []
@@ -95,7 +87,7 @@ def test_phone_width_design_page_fits_and_queue_actions_are_on_screen(
     browser: Any, demo_server: DemoServer
 ) -> None:
     base = demo_server.url
-    admin = _token(base, "admin", "admin-demo-pass")
+    admin = api_token(base, "admin", "admin-demo-pass")
     created = httpx.post(
         base + "/api/v1/users",
         json={"username": "phone-member", "password": "phone-member-pass"},
@@ -103,7 +95,7 @@ def test_phone_width_design_page_fits_and_queue_actions_are_on_screen(
         timeout=10,
     )
     assert created.status_code in (201, 409)
-    newcomer = _token(base, "phone-member", "phone-member-pass")
+    newcomer = api_token(base, "phone-member", "phone-member-pass")
     job = _upload(base, newcomer, CUBE.read_bytes(), "Waits for approval")
     assert job["state"] == "submitted"  # a new member's job waits for an operator
 

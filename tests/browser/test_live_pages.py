@@ -13,19 +13,11 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import DemoServer, delete_machine_named, login, release_job
+from tests.browser.conftest import DemoServer, api_token, delete_machine_named, login, release_job
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 GCODE = b"G28\nG1 X10 Y10 F3000\nM84\n"
 NAME = "Live bench"
-
-
-def _token(base: str, username: str, password: str) -> dict[str, str]:
-    resp = httpx.post(
-        base + "/api/v1/auth/token", data={"username": username, "password": password}, timeout=10
-    )
-    resp.raise_for_status()
-    return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 
 
 def _watch(page: Any, path: str) -> None:
@@ -45,8 +37,8 @@ def test_grid_bookings_badge_and_usage_follow_the_shop_live(
     page: Any, demo_server: DemoServer
 ) -> None:
     base = demo_server.url
-    admin = _token(base, "admin", "admin-demo-pass")
-    operator = _token(base, "operator", "operator-demo-pass")
+    admin = api_token(base, "admin", "admin-demo-pass")
+    operator = api_token(base, "operator", "operator-demo-pass")
     made = httpx.post(
         base + "/api/v1/users",
         json={"username": "watcher", "password": "watcher-pass-1", "role": "member"},
@@ -55,7 +47,7 @@ def test_grid_bookings_badge_and_usage_follow_the_shop_live(
     )
     assert made.status_code == 201, made.text
     watcher_id = made.json()["id"]
-    member = _token(base, "watcher", "watcher-pass-1")
+    member = api_token(base, "watcher", "watcher-pass-1")
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.context.on("page", lambda tab: tab.on("pageerror", lambda exc: errors.append(str(exc))))

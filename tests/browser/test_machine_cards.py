@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.api.test_job_media import png, with_thumbnails
-from tests.browser.conftest import DemoServer, login, release_job
+from tests.browser.conftest import DemoServer, api_token, login, release_job
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(240)]
 PHOTOGRAPHED = "Ender 3 (manual)"
@@ -21,14 +21,6 @@ NO_CAMERA = "Ender 3 (manual)"
 CAMERA_AWAY = "Laser cutter 40W"
 # Slow moves (1 mm/s): even at the demo's speed the job runs for minutes, until released.
 LONG_PRINT = b"G28\nG90\n" + b"G1 X10 Y10 F60\nG1 X200 Y200 F60\n" * 200
-
-
-def _token(base: str, username: str, password: str) -> dict[str, str]:
-    resp = httpx.post(
-        base + "/api/v1/auth/token", data={"username": username, "password": password}, timeout=10
-    )
-    resp.raise_for_status()
-    return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 
 
 def _machine_ids(base: str, headers: dict[str, str]) -> dict[str, int]:
@@ -47,8 +39,8 @@ def test_cards_show_the_photo_and_the_running_jobs_picture_and_pages_log_no_erro
     page: Any, demo_server: DemoServer
 ) -> None:
     base = demo_server.url
-    admin = _token(base, "admin", "admin-demo-pass")
-    member = _token(base, "member", "member-demo-pass")
+    admin = api_token(base, "admin", "admin-demo-pass")
+    member = api_token(base, "member", "member-demo-pass")
     ids = _machine_ids(base, admin)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
