@@ -138,7 +138,9 @@
   // lists when any job they may show changes; the requests between shops when one changes;
   // the usage and statement pages when a job ends (its usage is recorded by then); the
   // messages page when a message arrives; the bookings list when machine time is booked or
-  // freed, or a message arrives.
+  // freed, or a message arrives; a machine's page its maintenance log when that machine's
+  // time changes and its badges when an admin changes it; the admin's machine list when a
+  // machine is added, changed or removed, or a job starts or ends.
   async function refreshMain() {
     const main = document.getElementById("main");
     const active = document.activeElement;
@@ -257,9 +259,11 @@
   const live = (sel) => document.querySelector(sel);  // looked up again: refreshes replace them
   if (["[data-live-machines]", "[data-machine-page]", "[data-live-jobs]", "[data-live-job]",
     "[data-live-requests]", "[data-live-request]", "[data-live-usage]",
-    "[data-live-notifications]", "[data-live-bookings]"].some(live)) {
+    "[data-live-notifications]", "[data-live-bookings]", "[data-live-admin-machines]"].some(live)) {
     const source = new EventSource("/api/v1/machines/stream");
-    window.microfactoryStream = source;  // shared: notifications.js keeps the badge live on it
+    // Shared: notifications.js keeps the badge live on it, machine.js the machine page.
+    window.microfactoryStream = source;
+    const machinePage = (id) => live(`[data-machine-page="${id}"]`);
     source.addEventListener("machine", (ev) => {
       const data = JSON.parse(ev.data);
       const st = data.status || {};
@@ -280,6 +284,7 @@
       // A machine the grid has no card for was just added: fetch the grid with its card.
       if (liveGrid && !liveGrid.querySelector(`[data-machine-id="${data.id}"]`)) scheduleRefresh();
       else if (liveGrid && st.edited) scheduleRefresh();  // kind, driver, badges
+      if (st.edited && (machinePage(data.id) || live("[data-live-admin-machines]"))) scheduleRefresh();
       if (st.name) {  // renamed by an admin: at once, before the refresh
         document.querySelectorAll(`[data-machine-id="${data.id}"] [data-field=name]`).forEach((el) => { el.textContent = st.name; });
       }
@@ -292,7 +297,7 @@
       const jobEl = live("[data-live-job]");
       const ended = data.event && data.event.topic === "job.ended";  // its usage is on record
       if (live("[data-live-jobs]") || (jobEl && String(data.id) === jobEl.dataset.liveJob)
-        || (ended && live("[data-live-usage]"))) scheduleRefresh();
+        || (ended && live("[data-live-usage]")) || live("[data-live-admin-machines]")) scheduleRefresh();
     });
     // A fabrication request between shops changed (a message arrived, a delivery was tried):
     // the requests list, or that request's page, refetches. The last action's flash message
@@ -304,7 +309,12 @@
       if (window.location.search) window.history.replaceState(null, "", window.location.pathname);
       scheduleRefresh();
     });
-    source.addEventListener("booking", () => { if (live("[data-live-bookings]")) scheduleRefresh(); });
+    // Machine time changed (a booking, a maintenance block; 0: closures and hours, which the
+    // maintenance log does not show).
+    source.addEventListener("booking", (ev) => {
+      const data = JSON.parse(ev.data);
+      if (live("[data-live-bookings]") || (data.machine_id && machinePage(data.machine_id))) scheduleRefresh();
+    });
     // A message for this person was recorded: the messages page and the bookings list (its
     // messages) show it; the badge is notifications.js's.
     source.addEventListener("notification", () => {

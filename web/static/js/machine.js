@@ -1,5 +1,5 @@
 // The machine page: a live temperature graph (uPlot), status, job, controls and a terminal,
-// all following the server's machine event stream (the same stream as the machine grid).
+// all following the server's machine event stream (app.js's, shared with the rest of the page).
 (function () {
   "use strict";
   const root = document.querySelector("[data-machine-page]");
@@ -158,7 +158,9 @@
     }
   }
 
-  const source = new EventSource("/api/v1/machines/stream");
+  // The page's one stream is app.js's (loaded first: it also keeps the maintenance log, the
+  // badges and the unread badge live); a page without it opens its own.
+  const source = window.microfactoryStream || new EventSource("/api/v1/machines/stream");
   source.addEventListener("machine", (ev) => {
     const data = JSON.parse(ev.data);
     if (String(data.id) === machineId && data.status) update(data.status);
