@@ -1,5 +1,6 @@
 """The machine page in Chromium: the graph draws, an operator uses the terminal, stops the
-machine and recovers it with "reset and reconnect". (What a member sees of the page is
+machine and recovers it with "reset and reconnect", and the maintenance log and badges follow
+what others record, all on the page's one event stream. (What a member sees of the page is
 checked in-process: tests/machines/test_webcam.py.)"""
 
 from __future__ import annotations
@@ -9,14 +10,23 @@ import re
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import DemoServer, login
+from tests.browser.conftest import DemoServer, api_token, login
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(180)]
 SCREENSHOTS = Path(os.environ.get("MICROFACTORY_TEST_SCREENSHOTS", "/tmp/microfactory-screens"))
 PRINTER = "Prusa MK3S #1"
+# Counts the streams the page opens: app.js's one is shared by machine.js and the badge.
+COUNT_EVENT_SOURCES = """
+window.__eventSources = 0;
+const Native = window.EventSource;
+window.EventSource = class extends Native {
+  constructor(...args) { super(...args); window.__eventSources += 1; }
+};
+"""
 
 
 def open_machine_page(page: Any, demo_server: DemoServer, user: str, password: str) -> None:
@@ -30,6 +40,7 @@ def open_machine_page(page: Any, demo_server: DemoServer, user: str, password: s
 def test_operator_uses_the_terminal_then_recovers_after_an_emergency_stop(
     page: Any, demo_server: DemoServer
 ) -> None:
+    page.add_init_script(COUNT_EVENT_SOURCES)
     open_machine_page(page, demo_server, "operator", "operator-demo-pass")
     state = page.locator("[data-field=state]")
     expect(state).to_have_text("idle", timeout=30_000)
@@ -73,3 +84,54 @@ def test_operator_uses_the_terminal_then_recovers_after_an_emergency_stop(
     expect(log.locator("div", has_text="FIRMWARE_NAME")).to_have_count(2)
     page.get_by_role("button", name="Off").click()  # leave the demo printer cold
     page.screenshot(path=str(SCREENSHOTS / "machine-page-operator.png"), full_page=True)
+
+    # Another staff member records maintenance and flags the machine: the open page shows
+    # both without a reload, and never opened a second stream for its graph and terminal.
+    assert page.evaluate("window.__eventSources") == 1
+    machine_id = int(page.url.rstrip("/").rsplit("/", 1)[1])
+    admin = api_token(demo_server.url, "admin", "admin-demo-pass")
+    maintenance_log = page.locator("#machine-maintenance")
+    flags = page.locator("#machine-flags")
+    expect(flags).not_to_contain_text("maintenance")
+    block = httpx.post(
+        f"{demo_server.url}/api/v1/maintenance-blocks",
+        json={
+            "machine_id": machine_id,
+            "start": "2030-03-04T09:00:00+00:00",
+            "end": "2030-03-04T11:00:00+00:00",
+            "reason": "nozzle swap by the admin",
+        },
+        headers=admin,
+        timeout=10,
+    )
+    assert block.status_code == 201, block.text
+    try:
+        expect(maintenance_log).to_contain_text("nozzle swap by the admin")
+        expect(maintenance_log).to_contain_text("(planned)")
+        flagged = httpx.patch(
+            f"{demo_server.url}/api/v1/machines/{machine_id}",
+            json={"maintenance": True},
+            headers=admin,
+            timeout=10,
+        )
+        assert flagged.status_code == 200, flagged.text
+        expect(flags).to_contain_text("maintenance")
+    finally:  # the demo shop is shared with the other browser tests
+        httpx.delete(
+            f"{demo_server.url}/api/v1/maintenance-blocks/{block.json()['id']}",
+            headers=admin,
+            timeout=10,
+        )
+        httpx.patch(
+            f"{demo_server.url}/api/v1/machines/{machine_id}",
+            json={"maintenance": False},
+            headers=admin,
+            timeout=10,
+        )
+    expect(flags).not_to_contain_text("maintenance")
+    expect(maintenance_log).not_to_contain_text("nozzle swap by the admin")
+    page.get_by_role("button", name="PLA 200/60").click()  # the graph's stream still feeds it
+    expect(page.locator("[data-field=temps-now]")).to_contain_text("/ 200 °C")
+    page.get_by_role("button", name="Off").click()
+    expect(page.locator("[data-field=temps-now]")).not_to_contain_text("/ 200 °C")
+    assert page.evaluate("window.__eventSources") == 1
