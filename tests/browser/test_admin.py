@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import DemoServer, login
+from tests.browser.conftest import DemoServer, api_token, login
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SCREENSHOTS = Path(os.environ.get("MICROFACTORY_TEST_SCREENSHOTS", "/tmp/microfactory-screens"))
@@ -69,6 +70,22 @@ def test_admin_adds_a_machine_and_it_appears_live_on_the_grid(
     expect(admin.get_by_role("status")).to_have_text("The machine was deleted.")
     expect(admin.get_by_role("cell", name="Bandsaw")).to_have_count(0)
     expect(card).to_have_count(0)  # and the grid drops its card, still without a reload
+    assert grid.evaluate("window.__notReloaded") is True
+    # The admin's machine list is live too: a machine flagged elsewhere shows its badge.
+    grid.goto(demo_server.url + "/admin/machines")
+    grid.evaluate("window.__notReloaded = true")
+    row = grid.locator("tr", has=grid.get_by_role("cell", name="Prusa MK3S #1", exact=True))
+    expect(row.locator("[data-field=state]")).to_be_visible()
+    machine_id = row.get_attribute("data-machine-id")
+    headers = api_token(demo_server.url, "admin", "admin-demo-pass")
+    url = f"{demo_server.url}/api/v1/machines/{machine_id}"
+    try:
+        resp = httpx.patch(url, json={"maintenance": True}, headers=headers, timeout=10)
+        assert resp.status_code == 200, resp.text
+        expect(row).to_contain_text("maintenance")
+    finally:  # the demo shop is shared with the other browser tests
+        httpx.patch(url, json={"maintenance": False}, headers=headers, timeout=10)
+    expect(row).not_to_contain_text("maintenance")
     assert grid.evaluate("window.__notReloaded") is True
     context.close()
 
