@@ -93,6 +93,9 @@ def test_operator_uses_the_terminal_then_recovers_after_an_emergency_stop(
     maintenance_log = page.locator("#machine-maintenance")
     flags = page.locator("#machine-flags")
     expect(flags).not_to_contain_text("maintenance")
+    # The operator is typing a command meanwhile: the log and the badges change beside the
+    # terminal at once, and what they typed stays, focused.
+    terminal.fill("G28 X")
     block = httpx.post(
         f"{demo_server.url}/api/v1/maintenance-blocks",
         json={
@@ -108,6 +111,8 @@ def test_operator_uses_the_terminal_then_recovers_after_an_emergency_stop(
     try:
         expect(maintenance_log).to_contain_text("nozzle swap by the admin")
         expect(maintenance_log).to_contain_text("(planned)")
+        expect(terminal).to_have_value("G28 X")
+        expect(terminal).to_be_focused()
         flagged = httpx.patch(
             f"{demo_server.url}/api/v1/machines/{machine_id}",
             json={"maintenance": True},
@@ -116,6 +121,7 @@ def test_operator_uses_the_terminal_then_recovers_after_an_emergency_stop(
         )
         assert flagged.status_code == 200, flagged.text
         expect(flags).to_contain_text("maintenance")
+        terminal.fill("")
     finally:  # the demo shop is shared with the other browser tests
         httpx.delete(
             f"{demo_server.url}/api/v1/maintenance-blocks/{block.json()['id']}",

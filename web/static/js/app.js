@@ -143,18 +143,22 @@
   // machine is added, changed or removed, or a job starts or ends.
   async function refreshMain() {
     const main = document.getElementById("main");
-    const active = document.activeElement;
-    if (main && active && main.contains(active) && active.matches("input, select, textarea")) {
-      // Never swap a form out from under someone typing: refresh when they leave it.
-      active.addEventListener("blur", () => scheduleRefresh(), { once: true });
-      return;
-    }
+    if (!main) return;
+    // Never swap a form out from under someone typing: what holds the focused field is
+    // refreshed when they leave it; the page's other live parts are refreshed now.
+    const typing = (root) => {
+      const active = document.activeElement;
+      return active && root.contains(active) && active.matches("input, select, textarea") ? active : null;
+    };
+    const later = (field) => field.addEventListener("blur", () => scheduleRefresh(), { once: true });
+    const parts = () => main.querySelectorAll("[data-live-region][id]");
+    if (!parts().length && typing(main)) { later(typing(main)); return; }
     // data-live-url: where the page's live parts come from, when the address shown is that of
     // a form's answer (POST /bookings/feed renders the bookings page).
-    const src = main && main.querySelector("[data-live-url]");
+    const src = main.querySelector("[data-live-url]");
     const url = src ? src.dataset.liveUrl : window.location.href;
     const resp = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
-    if (!resp.ok || !main) return;
+    if (!resp.ok) return;
     const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
     const fresh = doc.getElementById("main");
     if (!fresh) return;
@@ -163,9 +167,17 @@
     // swapped, so a form beside them keeps what was typed. The whole page is swapped when
     // its data-live-key changed (a request's state: other actions are offered).
     const key = (root) => { const k = root.querySelector("[data-live-key]"); return k ? k.dataset.liveKey : null; };
-    const parts = main.querySelectorAll("[data-live-region][id]");
-    if (!parts.length || key(main) !== key(fresh)) main.innerHTML = fresh.innerHTML;
-    else parts.forEach((part) => { const next = doc.getElementById(part.id); if (next) part.replaceWith(next); });
+    if (!parts().length || key(main) !== key(fresh)) {
+      if (typing(main)) { later(typing(main)); return; }
+      main.innerHTML = fresh.innerHTML;
+    } else {
+      parts().forEach((part) => {
+        const next = doc.getElementById(part.id);
+        if (!next) return;
+        if (typing(part)) later(typing(part));
+        else part.replaceWith(next);
+      });
+    }
     reapplyAnnouncements();
   }
 
