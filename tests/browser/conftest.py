@@ -164,3 +164,14 @@ def api_token(base: str, username: str, password: str) -> dict[str, str]:
     )
     resp.raise_for_status()
     return {"Authorization": f"Bearer {resp.json()['access_token']}"}
+
+
+# page.add_init_script(COUNT_EVENT_SOURCES) counts the streams a page opens in
+# window.__eventSources: every page shares one (app.js's or the calendar's) with the badge.
+COUNT_EVENT_SOURCES = """
+window.__eventSources = 0;
+const Native = window.EventSource;
+window.EventSource = class extends Native {
+  constructor(...args) { super(...args); window.__eventSources += 1; }
+};
+"""

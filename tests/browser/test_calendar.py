@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser.conftest import DemoServer, api_token, login
+from tests.browser.conftest import COUNT_EVENT_SOURCES, DemoServer, api_token, login
 from tests.browser.test_job_preview import UNNAMED_CONTROLS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -66,10 +66,12 @@ def test_member_drag_books_sees_refusals_live_changes_and_cancels(
     )
     assert taken.status_code == 201, taken.text
 
+    page.add_init_script(COUNT_EVENT_SOURCES)
     login(page, base, "member", "member-demo-pass")
     page.wait_for_url("**/machines")
     page.goto(f"{base}/bookings/machines/{printer['id']}?start={day.isoformat()}")
     page.locator(".ec-time-grid").wait_for()
+    assert page.evaluate("window.__eventSources") == 1  # the calendar's, shared with the badge
     assert "UTC" in page.locator("#zones").inner_text()
     assert page.evaluate(UNNAMED_CONTROLS) == []
     others = page.locator('.ec-event.ev-booking:has-text("Booked")')

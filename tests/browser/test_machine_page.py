@@ -14,19 +14,11 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import DemoServer, api_token, login
+from tests.browser.conftest import COUNT_EVENT_SOURCES, DemoServer, api_token, login
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(180)]
 SCREENSHOTS = Path(os.environ.get("MICROFACTORY_TEST_SCREENSHOTS", "/tmp/microfactory-screens"))
 PRINTER = "Prusa MK3S #1"
-# Counts the streams the page opens: app.js's one is shared by machine.js and the badge.
-COUNT_EVENT_SOURCES = """
-window.__eventSources = 0;
-const Native = window.EventSource;
-window.EventSource = class extends Native {
-  constructor(...args) { super(...args); window.__eventSources += 1; }
-};
-"""
 
 
 def open_machine_page(page: Any, demo_server: DemoServer, user: str, password: str) -> None:

@@ -166,8 +166,10 @@
     calendar.refetchEvents();
   });
 
-  // Live: the server's event stream says when a machine's booked time changed.
-  const source = new EventSource("/api/v1/machines/stream");
+  // Live: the server's event stream says when a machine's booked time changed. The page's one
+  // stream: notifications.js keeps the unread badge live on it too.
+  const source = window.microfactoryStream || new EventSource("/api/v1/machines/stream");
+  window.microfactoryStream = source;
   let timer = null;
   source.addEventListener("booking", (msg) => {
     const data = JSON.parse(msg.data);
