@@ -73,7 +73,8 @@ async def test_one_batch_answers_each_report_replays_and_stale_ones_refused(
         (422, "future"),
         (409, "replay"),  # older than b2, taken just before it in the batch
     ]
-    assert isinstance(outcomes[2], ConflictError) and isinstance(outcomes[3], InvalidInputError)
+    assert isinstance(outcomes[2], ConflictError)
+    assert isinstance(outcomes[3], InvalidInputError)
     assert batch.batcher(app).batches == 1  # one transaction for all seven
     assert sorted(await stored(client)) == sorted([a1, b1, b2])
     listed = (await client.get("/api/v1/network/shops")).json()["shops"]
@@ -104,7 +105,8 @@ async def test_a_report_that_fails_its_batch_does_not_cost_the_others(
     a1, b2, a2 = a.jws(now=now), b.jws(now=now), a.jws(now=now)
     outcomes = await submit_together(app, [a1, b2, a2], now)
     assert [getattr(o, "status", None) for o in outcomes] == ["accepted", None, "accepted"]
-    assert isinstance(outcomes[1], ConflictError) and outcomes[1].status_code == 409
+    assert isinstance(outcomes[1], ConflictError)
+    assert outcomes[1].status_code == 409
     assert batch.batcher(app).fallbacks == 1  # taken again one by one
     assert set(await stored(client)) >= {a1, a2}
     listed = (await client.get("/api/v1/network/shops")).json()["shops"]
@@ -119,6 +121,7 @@ async def test_without_group_commit_each_push_is_its_own_transaction(
     token = shop.jws()
     assert (await push(client, token)).status_code == 202
     again = await push(client, token)
-    assert again.status_code == 409 and "replay" in again.json()["detail"]
+    assert again.status_code == 409
+    assert "replay" in again.json()["detail"]
     assert await stored(client) == [token]
     assert getattr(app.state, "hub_ingest_batcher", None) is None
