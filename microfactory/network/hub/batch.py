@@ -41,6 +41,7 @@ class IngestBatcher:
         self._sessionmaker = sessionmaker
         self._queue: list[tuple[service.Checked, asyncio.Future[_Outcome]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         bind = sessionmaker.kw.get("bind")
         sqlite = bind is not None and bind.dialect.name == "sqlite"
         # SQLite has one writer at a time; PostgreSQL overlaps a few batches' round trips
@@ -51,7 +52,10 @@ class IngestBatcher:
 
     async def submit(self, item: service.Checked) -> service.IngestResult:
         """Queue a checked report; return its result or raise what refused it."""
-        future: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # an app served again by another event loop: start afresh
+            self._loop, self._queue, self._tasks = loop, [], set()
+        future: asyncio.Future[_Outcome] = loop.create_future()
         self._queue.append((item, future))
         if len(self._tasks) < self.in_flight:
             task = asyncio.create_task(self._run(), name="hub ingest batch")
