@@ -2,20 +2,21 @@
 
 A push costs a handful of statements and a commit whatever its size, and on a busy hub most
 of its time is those round trips. With `MICROFACTORY_HUB_INGEST_BATCH=true` (the default) a
-push is verified in its own request (400 and 401 at once, no database), then queued; one
-task per process takes the queue and stores up to `MICROFACTORY_HUB_INGEST_BATCH_MAX` reports
-in one transaction through `service.store_checked`, the very checks a single push passes:
+push is verified in its own request (400 and 401 at once, no database), then queued; a
+task of the process takes the queue and stores up to `MICROFACTORY_HUB_INGEST_BATCH_MAX`
+reports in one transaction through `service.store_checked`, the very checks a single push passes:
 the shops' pins are locked FOR UPDATE in shop-id order, then pin, times and sequence are
 checked report by report, in arrival order (a replay inside the batch is refused 409 as
 any replay), and the reports are stored byte for byte and indexed. Each request gets its
 own answer: 202 accepted or pending, or its own 403, 409 or 422.
 
 Nothing waits for a batch to fill: the first push of a quiet hub is committed at once,
-alone; the pushes that arrive while that commit runs form the next batch. On PostgreSQL up
-to `IN_FLIGHT` batches commit at once, so their round trips overlap (SQLite: one). If the batch's
-transaction fails as a whole (two first reports of a new shop raced another process, a
-deadlock, a lost connection), it is rolled back and each of its reports is taken again in
-a transaction of its own, so one report never costs the others theirs.
+alone; the pushes that arrive while that commit runs form the next batch. On PostgreSQL
+up to `IN_FLIGHT` batches commit at once, so that their round trips overlap (SQLite, one
+writer at a time: one). If a batch's transaction fails as a whole (two first reports of a
+new shop raced another process, a deadlock, a lost connection), it is rolled back and each
+of its reports is taken again in a transaction of its own, so one report never costs the
+others theirs.
 """
 
 from __future__ import annotations
