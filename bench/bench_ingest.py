@@ -17,8 +17,11 @@ Each mode also gives reports per CPU second of this process (`time.process_time`
 threads: SQLite's work included, PostgreSQL's server not): on a shared machine, what the
 work costs here without the waits for a core.
 
-Run: .venv/bin/python bench/bench_ingest.py [--reports 2000] [--shops 100]
-     [--backend sqlite|postgresql|both]
+Run: .venv/bin/python bench/bench_ingest.py [--reports 3000] [--shops 100]
+     [--backend sqlite|postgresql|both] [--baseline DIR]
+`--baseline DIR` first runs DIR's own copy of this bench (another checkout, e.g. the code at
+main: `git worktree add --detach /tmp/ingest-base main`) with the same arguments, in the same
+run, its lines marked "baseline". Concurrent pushes through real HTTP: bench_ingest_http.py.
 PostgreSQL: a throwaway database on MICROFACTORY_TEST_POSTGRES_URL, dropped afterwards.
 """
 
@@ -29,6 +32,7 @@ import asyncio
 import datetime as dt
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -144,7 +148,17 @@ def main() -> None:
     parser.add_argument("--reports", type=int, default=3000)
     parser.add_argument("--shops", type=int, default=100)
     parser.add_argument("--backend", choices=["postgresql", "sqlite", "both"], default="both")
+    parser.add_argument("--baseline", type=Path, help="another checkout, its bench run first")
     args = parser.parse_args()
+    if args.baseline:
+        script = args.baseline.resolve() / "bench" / "bench_ingest.py"
+        same = ["--reports", str(args.reports), "--shops", str(args.shops)]
+        done = subprocess.run(
+            [sys.executable, str(script), *same, "--backend", args.backend],
+            cwd=args.baseline, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        for line in done.stdout.splitlines()[2:]:
+            print(f"baseline {line}", flush=True)
     print(f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}, "
           f"load {os.getloadavg()[0]:.1f}")  # fmt: skip

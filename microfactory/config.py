@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     # scheduler tick (30 s).
     hub_upstreams: Annotated[list[str], NoDecode] = Field(default_factory=list)
     hub_clock_skew_s: int = Field(120, ge=0, le=3600)  # a report issued later than this is refused
+    # Group commit: pushes that arrive while a commit is under way are stored together, in
+    # one transaction, each still answered on its own (microfactory/network/hub/batch.py).
+    hub_ingest_batch: bool = True
+    hub_ingest_batch_max: int = Field(64, ge=1, le=1000)  # reports per group commit at most
 
     @field_validator("hub_upstreams", mode="before")
     @classmethod

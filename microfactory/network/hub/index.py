@@ -12,9 +12,9 @@ import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, update
+from sqlalchemy import Table, delete, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.errors import BadRequestError
@@ -356,18 +356,27 @@ async def index_many(
         return
     shop_ids = [r.shop_id for r, _, _ in reports]
     await _drop(session, shop_ids)
+    # Core statements on the tables, one executemany each: the ORM's bulk path spends
+    # ~0.2 ms a row sorting out what it would not need here.
     await session.execute(
-        insert(HubShopIndex), [{**d.shop, "report_cursor": c} for _, d, c in reports]
+        insert(_SHOP_INDEX), [{**d.shop, "report_cursor": c} for _, d, c in reports]
     )
     offers = [o for _, d, _ in reports for o in d.offers]
     if offers:
-        await session.execute(insert(HubOffer), offers)
+        await session.execute(insert(_OFFERS), offers)
     await bump(session=session, shop_ids=shop_ids)
 
 
+_OFFERS = cast(Table, HubOffer.__table__)
+_SHOP_INDEX = cast(Table, HubShopIndex.__table__)
+_VERSION = cast(Table, HubIndexVersion.__table__)
+_LOG = cast(Table, HubIndexLog.__table__)
+
+
 async def _drop(session: AsyncSession, shop_ids: list[str]) -> None:
-    await session.execute(delete(HubOffer).where(HubOffer.shop_id.in_(shop_ids)))
-    await session.execute(delete(HubShopIndex).where(HubShopIndex.shop_id.in_(shop_ids)))
+    # On the tables, not the entities: nothing to synchronise in the session's objects.
+    await session.execute(delete(_OFFERS).where(_OFFERS.c.shop_id.in_(shop_ids)))
+    await session.execute(delete(_SHOP_INDEX).where(_SHOP_INDEX.c.shop_id.in_(shop_ids)))
 
 
 async def drop_shop(*, session: AsyncSession, shop_id: str) -> None:
@@ -384,16 +393,16 @@ async def bump(*, session: AsyncSession, shop_ids: Iterable[str]) -> int:
     held for as short a time as can be.
     """
     result = await session.execute(
-        update(HubIndexVersion)
-        .where(HubIndexVersion.id == 1)
-        .values(version=HubIndexVersion.version + 1)
-        .returning(HubIndexVersion.version)
+        update(_VERSION)
+        .where(_VERSION.c.id == 1)
+        .values(version=_VERSION.c.version + 1)
+        .returning(_VERSION.c.version)
     )
     version = result.scalar_one_or_none()
     if version is None:  # a database whose tables were emptied (the tests do)
         version = 1
-        await session.execute(insert(HubIndexVersion), [{"id": 1, "version": 1, "log_floor": 0}])
+        await session.execute(insert(_VERSION), [{"id": 1, "version": 1, "log_floor": 0}])
     rows = [{"version": version, "shop_id": s} for s in sorted(set(shop_ids))]
     if rows:
-        await session.execute(insert(HubIndexLog), rows)
+        await session.execute(insert(_LOG), rows)
     return int(version)

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Depends, Query, Request, status
 from sqlalchemy import select
 
 from microfactory.deps import AdminUser, Now, SessionDep, current_user, oauth2_scheme
-from microfactory.errors import BadRequestError, NotFoundError
-from microfactory.network.hub import requirements, routing, service
+from microfactory.errors import BadRequestError, DomainError, NotFoundError
+from microfactory.network.hub import batch, requirements, routing, service
 from microfactory.network.hub.models import HubShop, HubUpstream, PinStatus
 from microfactory.network.hub.schemas import (
     PinRead,
@@ -69,7 +69,7 @@ Hub = Annotated[None, Depends(require_hub)]
         }
     },
 )
-async def push_report(request: Request, session: SessionDep, now: Now, _hub: Hub) -> ReportAccepted:
+async def push_report(request: Request, now: Now, _hub: Hub) -> ReportAccepted:
     """Take a shop's signed capacity report, a compact JWS (public: the signature is the key)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in JOSE_TYPES:
@@ -77,9 +77,17 @@ async def push_report(request: Request, session: SessionDep, now: Now, _hub: Hub
             "send the compact JWS as the body, with Content-Type: application/jose"
         )
     body = await request.body()
-    result = await service.ingest(
-        session=session, token=body, settings=request.app.state.settings, now=now
-    )
+    settings = request.app.state.settings
+    # Form and signature first, without the database (400, 401).
+    item = service.check(body, settings=settings, now=now)
+    if settings.hub_ingest_batch:  # stored with the pushes that arrive meanwhile (batch.py)
+        result = await batch.batcher(request.app).submit(item)
+    else:
+        async with request.app.state.sessionmaker() as session, session.begin():
+            (outcome,) = await service.store_checked(session=session, items=[item])
+        if isinstance(outcome, DomainError):
+            raise outcome
+        result = outcome
     return ReportAccepted(shop_id=result.shop_id, sequence=result.sequence, status=result.status)
 
 

@@ -13,9 +13,9 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -68,6 +68,26 @@ async def ingest(
     return result
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A report that passed the checks needing no database, with what it is to be taken as."""
+
+    report: verify.VerifiedReport
+    derived: index.Derived
+    now: dt.datetime
+    settings: Settings
+    source: str = "push"
+
+
+def check(
+    token: str | bytes, *, settings: Settings, now: dt.datetime, source: str = "push"
+) -> Checked:
+    """Verify a report and check its fields for the index (400 / 401), without the database."""
+    report = verify.verify(token)
+    # A report the index cannot take is refused (400) before it is stored.
+    return Checked(report, index.derive(report), now, settings, source)
+
+
 async def ingest_many(
     *,
     session: AsyncSession,
@@ -86,29 +106,43 @@ async def ingest_many(
     a ConflictError, reason "race"; the caller may retry.
     """
     results: list[IngestResult | DomainError | None] = [None] * len(tokens)
-    checked: list[tuple[int, verify.VerifiedReport, index.Derived]] = []
+    checked: list[tuple[int, Checked]] = []
     for i, token in enumerate(tokens):
         try:
-            report = verify.verify(token)
-            # A report the index cannot take is refused (400) before it is stored.
-            checked.append((i, report, index.derive(report)))
+            checked.append((i, check(token, settings=settings, now=now, source=source)))
         except DomainError as exc:
             results[i] = exc
-    shops = await _shops_for_update(session, {r.shop_id for _, r, _ in checked})
-    stored: list[tuple[int, verify.VerifiedReport, index.Derived]] = []
-    for i, report, derived in checked:
+    stored = await store_checked(session=session, items=[c for _, c in checked])
+    for (i, _), outcome in zip(checked, stored, strict=True):
+        results[i] = outcome
+    return [r if r is not None else ConflictError("not decided") for r in results]
+
+
+async def store_checked(
+    *, session: AsyncSession, items: Sequence[Checked]
+) -> list[IngestResult | DomainError]:
+    """Take checked reports in the caller's transaction: pin, times, sequence, store, index.
+
+    Each gets its own answer, in order (see `ingest_many`, which this is after `check`); the
+    hub's group commit (`batch.IngestBatcher`) calls it with concurrent pushes.
+    """
+    results: list[IngestResult | DomainError | None] = [None] * len(items)
+    shops = await _shops_for_update(session, {c.report.shop_id for c in items})
+    stored: list[tuple[int, Checked]] = []
+    for i, item in enumerate(items):
         try:
-            outcome = _decide(session, shops, report, settings=settings, now=now, source=source)
+            outcome = _decide(session, shops, item)
         except DomainError as exc:
             results[i] = exc
             continue
         if outcome is None:
-            stored.append((i, report, derived))
+            stored.append((i, item))
         else:
             results[i] = outcome
     if stored:
-        cursors = await _store(session, stored, now, source)
-        for (i, report, _), cursor in zip(stored, cursors, strict=True):
+        cursors = await _store(session, [item for _, item in stored])
+        for (i, item), cursor in zip(stored, cursors, strict=True):
+            report = item.report
             results[i] = IngestResult(report.shop_id, report.sequence, "accepted", cursor)
     else:
         await session.flush()
@@ -119,21 +153,21 @@ async def _shops_for_update(session: AsyncSession, shop_ids: set[str]) -> dict[s
     if not shop_ids:
         return {}
     # FOR UPDATE on PostgreSQL: two pushes of the same shop are serialised on its pin row, so
-    # the sequence check and the store happen as one. SQLite serialises writers anyway.
-    stmt = select(HubShop).where(HubShop.shop_id.in_(sorted(shop_ids))).with_for_update()
+    # the sequence check and the store happen as one; in shop-id order, so that two batches
+    # of several shops take their locks in one order and never wait for each other in a
+    # circle. SQLite serialises writers anyway.
+    stmt = (
+        select(HubShop)
+        .where(HubShop.shop_id.in_(sorted(shop_ids)))
+        .order_by(HubShop.shop_id)
+        .with_for_update()
+    )
     return {s.shop_id: s for s in (await session.execute(stmt)).scalars()}
 
 
-def _decide(
-    session: AsyncSession,
-    shops: dict[str, HubShop],
-    report: verify.VerifiedReport,
-    *,
-    settings: Settings,
-    now: dt.datetime,
-    source: str,
-) -> IngestResult | None:
+def _decide(session: AsyncSession, shops: dict[str, HubShop], item: Checked) -> IngestResult | None:
     """Check one report against its shop's pin; return its answer, or None to store it."""
+    report, settings, now = item.report, item.settings, item.now
     shop = shops.get(report.shop_id)
     if shop is not None:
         _pin_key(shop, report)
@@ -164,7 +198,7 @@ def _decide(
                 "received from this shop",
                 reason="replay",
             )
-        shop.pending_jws, shop.pending_source = report.jws, source
+        shop.pending_jws, shop.pending_source = report.jws, item.source
         shop.name, shop.url = name, url
         return IngestResult(report.shop_id, report.sequence, "pending")
     if shop.last_sequence is not None and report.sequence <= shop.last_sequence:
@@ -174,7 +208,10 @@ def _decide(
             reason="replay",
         )
     shop.last_sequence = report.sequence
-    shop.name, shop.url = name, url
+    if shop.name != name:
+        shop.name = name
+    if shop.url != url:
+        shop.url = url
     return None
 
 
@@ -189,34 +226,33 @@ def _pending_sequence(shop: HubShop) -> int | None:
     return seq if isinstance(seq, int) else None
 
 
-async def _store(
-    session: AsyncSession,
-    stored: list[tuple[int, verify.VerifiedReport, index.Derived]],
-    now: dt.datetime,
-    source: str,
-) -> list[int]:
+_REPORTS = cast(Table, HubReport.__table__)
+# The reports as received, one executemany on the table (not the ORM's bulk path), with the
+# cursors the database gave them in the rows' order.
+_INSERT_REPORTS = insert(_REPORTS).returning(_REPORTS.c.cursor, sort_by_parameter_order=True)
+
+
+async def _store(session: AsyncSession, stored: list[Checked]) -> list[int]:
     """Insert the reports as received and re-index each shop from its newest; return cursors."""
     rows = [
         {
-            "shop_id": report.shop_id,
-            "sequence": report.sequence,
-            "jws": report.jws,
-            "issued_at": report.issued_at,
-            "expires_at": report.expires_at,
-            "received_at": now,
-            "source": source[:500],
+            "shop_id": item.report.shop_id,
+            "sequence": item.report.sequence,
+            "jws": item.report.jws,
+            "issued_at": item.report.issued_at,
+            "expires_at": item.report.expires_at,
+            "received_at": item.now,
+            "source": item.source[:500],
         }
-        for _, report, _ in stored
+        for item in stored
     ]
     try:
         await session.flush()  # new pins first: the reports name them
-        result = await session.execute(
-            insert(HubReport).returning(HubReport.cursor, sort_by_parameter_order=True), rows
-        )
+        result = await session.execute(_INSERT_REPORTS, rows)
         cursors = [c for (c,) in result.all()]
         newest: dict[str, tuple[verify.VerifiedReport, index.Derived, int]] = {}
-        for (_, report, derived), cursor in zip(stored, cursors, strict=True):
-            newest[report.shop_id] = (report, derived, cursor)
+        for item, cursor in zip(stored, cursors, strict=True):
+            newest[item.report.shop_id] = (item.report, item.derived, cursor)
         await index.index_many(session=session, reports=list(newest.values()))
         await session.flush()
     except IntegrityError:
