@@ -47,29 +47,49 @@ def require_or_skip(available: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
-# The longest test files, longest first (from `--durations` in CI). The test command spreads
-# files over two workers (pytest-xdist, `--dist loadfile`); handing these out first keeps one
-# worker from being left with a long file at the end while the other sits idle.
-LONGEST_FILES = (
-    "tests/fuzz/test_schemathesis.py",
-    "tests/runtime/test_multiprocess.py",
-    "tests/network/test_network_loopback.py",
-    "tests/network/requests/test_requests_loopback.py",
-    "tests/browser/test_design_flow.py",
-    "tests/test_packaging.py",
-    "tests/integration/test_octoprint_jobs.py",
-    "tests/designs/test_import_remote.py",
-    "tests/integration/test_fault_octoprint_restart.py",
-    "tests/drivers/marlin/test_marlin_virtual_printer.py",
-    "tests/integration/test_fault_postgres_restart.py",
-    "tests/drivers/marlin/test_marlin_sim.py",
-    "tests/unit/analysis/test_analysis_memory.py",
-    "tests/security/test_security_orphans.py",
-    "tests/security/test_fault_crash_heaters.py",
-    "tests/network/hub/test_mirror.py",
-    "tests/browser/test_dashboard.py",
-    "tests/browser/test_bookings.py",
-)
+# Seconds per test file, for handing the longest out first: the test command spreads files
+# over two workers (pytest-xdist, `--dist loadfile`), and a long file started last keeps
+# one worker busy while the other sits idle. Measured one file at a time (`-n 0`) on the
+# shared 2-core machine at load 6-10 (2026-12-02), so only the proportions matter; files
+# not listed count UNLISTED_SECONDS_PER_TEST per test.
+FILE_SECONDS: dict[str, float] = {
+    "tests/api/test_bad_input.py": 276,
+    "tests/fuzz/test_schemathesis.py": 258,
+    "tests/runtime/test_multiprocess.py": 190,
+    "tests/network/test_network_loopback.py": 132,
+    "tests/browser/test_design_flow.py": 132,
+    "tests/test_cli.py": 127,
+    "tests/test_packaging.py": 123,
+    "tests/api/test_jobs.py": 115,
+    "tests/api/test_auth.py": 97,
+    "tests/api/test_machines.py": 99,
+    "tests/unit/analysis/test_analysis_memory.py": 64,
+    "tests/security/test_fault_crash_heaters.py": 61,
+    "tests/integration/test_pipeline.py": 60,
+    "tests/drivers/marlin/test_marlin_virtual_printer.py": 53,
+    "tests/integration/test_octoprint_jobs.py": 48,
+    "tests/drivers/marlin/test_marlin_sim.py": 41,
+    "tests/integration/test_queue_bookings.py": 38,
+    "tests/integration/test_lifecycle_runs.py": 36,
+    "tests/integration/test_supervised_jobs.py": 35,
+    "tests/network/hub/test_mirror.py": 34,
+    "tests/integration/test_fault_postgres_restart.py": 34,
+    "tests/integration/test_unknown_commands.py": 29,
+    "tests/integration/test_fault_octoprint_restart.py": 27,
+    "tests/browser/test_dashboard.py": 27,
+    "tests/drivers/octoprint/test_octoprint_server.py": 27,
+    "tests/designs/test_import_remote.py": 25,
+    "tests/security/test_security_orphans.py": 19,
+    "tests/browser/test_bookings.py": 17,
+    "tests/integration/test_motion_limits.py": 16,
+}
+UNLISTED_SECONDS_PER_TEST = 1.0
+LONGEST_FILES = tuple(sorted(FILE_SECONDS, key=lambda name: -FILE_SECONDS[name]))
+
+
+def estimated_seconds(name: str, tests: int) -> float:
+    """How long a test file takes, as far as we know (for scheduling only)."""
+    return FILE_SECONDS.get(name, tests * UNLISTED_SECONDS_PER_TEST)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -104,18 +124,14 @@ def _longest_file_first_scheduler(config: pytest.Config, log: Any) -> Any:
         xdist's own loadfile queues the files by their number of tests (its
         --loadscope-reorder default; the collection order is lost), and gives a worker its
         next file while two of its tests are still to run, so a worker busy with a long
-        file could be handed another. Here the next file is the longest left (LONGEST_FILES
-        first, then the others by number of tests), given when the worker is down to its
+        file could be handed another. Here the next file is the longest left (FILE_SECONDS,
+        or its number of tests for a file not listed), given when the worker is down to its
         last test: a worker must know its next test before it runs one, so that is as late
         as it can be.
         """
 
         def _assign_work_unit(self, node: Any) -> None:
-            rank = {name: index for index, name in enumerate(LONGEST_FILES)}
-            scope = min(
-                self.workqueue,
-                key=lambda s: (rank.get(s, len(rank)), -len(self.workqueue[s])),
-            )
+            scope = max(self.workqueue, key=lambda s: estimated_seconds(s, len(self.workqueue[s])))
             work_unit = self.workqueue.pop(scope)
             self.assigned_work.setdefault(node, {})[scope] = work_unit
             collection = self.registered_collections[node]

@@ -37,7 +37,7 @@ def test_loadfile_hands_out_the_longest_files_first_and_only_when_a_worker_needs
     """xdist's own loadfile would start with short.py (most tests) and give the worker on
     long1.py a second file while both of long1.py's tests were still to run."""
     pytest.importorskip("xdist")
-    monkeypatch.setattr(conftest, "LONGEST_FILES", ("t/long1.py", "t/long2.py"))
+    monkeypatch.setattr(conftest, "FILE_SECONDS", {"t/long1.py": 100, "t/long2.py": 50})
     collection = [
         *(f"t/short.py::test_{i}" for i in range(5)),
         *(f"t/long2.py::test_{i}" for i in range(3)),
