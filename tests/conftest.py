@@ -7,6 +7,7 @@ the test command starts (scripts/pg.sh); its URL arrives in MICROFACTORY_TEST_PO
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,6 +20,7 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from microfactory import migrate
+from microfactory.accounts import security
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, TokenKind, User
 from microfactory.accounts.schemas import UserCreate
@@ -313,6 +315,29 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 UserFactory = Callable[..., Awaitable[tuple[User, dict[str, str]]]]
 
 
+# One argon2id hash per password and test worker, for the users tests make: each hash costs
+# ~0.1 s of CPU (64 MiB, 3 passes), seconds on a loaded machine, and most tests make one to
+# three users with the same password. Logins still verify against a real hash.
+_PASSWORD_HASHES: dict[str, str] = {}
+
+
+async def _hash_once(password: str) -> str:
+    if password not in _PASSWORD_HASHES:
+        _PASSWORD_HASHES[password] = await security.hash_password_async(password)
+    return _PASSWORD_HASHES[password]
+
+
+@contextlib.asynccontextmanager
+async def _hashing_each_password_once() -> AsyncIterator[None]:
+    """While make_user creates its user, the service hashes each password only once."""
+    real = account_service.hash_password_async
+    account_service.hash_password_async = _hash_once  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        account_service.hash_password_async = real  # type: ignore[assignment]
+
+
 @pytest.fixture
 def make_user(app: Any) -> UserFactory:
     """Create a user and return it with bearer-token headers."""
@@ -324,7 +349,7 @@ def make_user(app: Any) -> UserFactory:
         counter["n"] += 1
         role = Role(role)
         name = username or f"{role.value}{counter['n']}"
-        async with app.state.sessionmaker() as session:
+        async with app.state.sessionmaker() as session, _hashing_each_password_once():
             user = await account_service.create(
                 session=session, user_in=UserCreate(username=name, password=password, role=role)
             )
