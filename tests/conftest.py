@@ -52,24 +52,25 @@ def require_or_skip(available: bool, reason: str) -> None:
 # Seconds per test file, for handing the longest out first: the test command spreads files
 # over two workers (pytest-xdist, `--dist loadfile`), and a long file started last keeps
 # one worker busy while the other sits idle. Measured one file at a time (`-n 0`) on the
-# shared 2-core machine at load 6-10 (2026-12-02), so only the proportions matter; files
-# not listed count UNLISTED_SECONDS_PER_TEST per test.
+# shared 2-core machine at load 6-10 (2026-12-02; files this branch made faster scaled by
+# their before/after ratio at load 2.5-5), so only the proportions matter; files not
+# listed count UNLISTED_SECONDS_PER_TEST per test.
 FILE_SECONDS: dict[str, float] = {
-    "tests/api/test_bad_input.py": 276,
     "tests/fuzz/test_schemathesis.py": 258,
-    "tests/runtime/test_multiprocess.py": 190,
-    "tests/network/test_network_loopback.py": 132,
+    "tests/runtime/test_multiprocess.py": 178,
     "tests/browser/test_design_flow.py": 132,
-    "tests/test_cli.py": 127,
-    "tests/test_packaging.py": 123,
-    "tests/api/test_jobs.py": 115,
-    "tests/api/test_auth.py": 97,
-    "tests/api/test_machines.py": 99,
+    "tests/api/test_bad_input.py": 131,
+    "tests/network/test_network_loopback.py": 114,
+    "tests/test_cli.py": 98,
+    "tests/test_packaging.py": 95,
     "tests/unit/analysis/test_analysis_memory.py": 64,
     "tests/security/test_fault_crash_heaters.py": 61,
     "tests/integration/test_pipeline.py": 60,
     "tests/drivers/marlin/test_marlin_virtual_printer.py": 53,
+    "tests/api/test_jobs.py": 48,
     "tests/integration/test_octoprint_jobs.py": 48,
+    "tests/api/test_machines.py": 45,
+    "tests/api/test_auth.py": 44,
     "tests/drivers/marlin/test_marlin_sim.py": 41,
     "tests/integration/test_queue_bookings.py": 38,
     "tests/integration/test_lifecycle_runs.py": 36,
@@ -80,10 +81,11 @@ FILE_SECONDS: dict[str, float] = {
     "tests/integration/test_fault_octoprint_restart.py": 27,
     "tests/browser/test_dashboard.py": 27,
     "tests/drivers/octoprint/test_octoprint_server.py": 27,
-    "tests/designs/test_import_remote.py": 25,
+    "tests/network/requests/test_requests_loopback.py": 21,
     "tests/security/test_security_orphans.py": 19,
     "tests/browser/test_bookings.py": 17,
     "tests/integration/test_motion_limits.py": 16,
+    "tests/designs/test_import_remote.py": 9,
 }
 UNLISTED_SECONDS_PER_TEST = 1.0
 LONGEST_FILES = tuple(sorted(FILE_SECONDS, key=lambda name: -FILE_SECONDS[name]))
