@@ -55,6 +55,8 @@ echo "== ruff and mypy"
 #    OctoPrint, PrusaSlicer, OpenSCAD and Chromium.
 # Two workers (pytest-xdist), one test file each at a time: most tests wait on real peers
 # (servers, ptys, Chromium), so two files at once roughly halve the time on two cores.
+# The longest files are handed out first (tests/conftest.py: FILE_SECONDS and a loadfile
+# scheduler of ours; xdist's own would queue files by their number of tests).
 # MICROFACTORY_TEST_WORKERS=0 runs everything in this one process.
 echo "== pytest"
 workers=${MICROFACTORY_TEST_WORKERS:-2}

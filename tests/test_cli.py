@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from microfactory import migrate
 from microfactory.app import create_app
 from microfactory.config import Settings
 
@@ -61,15 +62,21 @@ async def test_db_user_and_token_commands(tmp_path: Path) -> None:
     assert me.json()["role"] == "admin"
 
 
+def migrated(data_dir: Path) -> None:
+    """Migrate the database the CLI will find (set-up, not under test: no process of its
+    own; `db upgrade` itself is tested above)."""
+    migrate.upgrade(Settings(data_dir=data_dir))
+
+
 def test_token_for_unknown_user_fails_clearly(tmp_path: Path) -> None:
-    run_cli(["db", "upgrade"], tmp_path)
+    migrated(tmp_path)
     result = run_cli(["token", "create", "--username", "ghost"], tmp_path)
     assert result.returncode != 0
     assert "no user named 'ghost'" in result.stderr
 
 
 def test_short_password_refused(tmp_path: Path) -> None:
-    run_cli(["db", "upgrade"], tmp_path)
+    migrated(tmp_path)
     result = run_cli(
         ["user", "create", "--username", "bob", "--password-stdin"], tmp_path, stdin="short\n"
     )

@@ -19,7 +19,7 @@ from microfactory.config import Settings
 from tests.conftest import UserFactory
 from tests.designs.conftest import CUBE_STL, stored_files
 from tests.designs.test_design_pages import browser_login
-from tests.peers.microfactory_server import MicrofactoryServer
+from tests.peers.microfactory_server import MicrofactoryServer, user_commands
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -74,11 +74,8 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SourceShop]:
     shop = SourceShop(tmp_path_factory.mktemp("source-shop"))
     shop.start()  # migrates its database first
     try:
-        shop.cli(
-            "user", "create", "--username", "ana", "--role", "member", "--password-stdin",
-            stdin="ana-source-pass\n",
-        )  # fmt: skip
-        token = shop.cli("token", "create", "--username", "ana").splitlines()[-1].strip()
+        made = shop.cli_batch(*user_commands("ana", "member", "ana-source-pass"))
+        token = made[-1].strip().splitlines()[-1].strip()
         shop.add(token, "bracket", [("bracket.scad", SCAD), ("cube.stl", CUBE_STL)])
         shop.add(token, "nd", [("nd.scad", SCAD + b"// nd\n")], licence="CC-BY-ND-4.0")
         shop.add(

@@ -34,8 +34,7 @@ class Instance(MicrofactoryServer):
     def __init__(self, root: Path, name: str, **env: str) -> None:
         env = {"MICROFACTORY_AUTO_DISPATCH": "false", "MICROFACTORY_NETWORK_PUBLISH": "true", **env}
         super().__init__(root / name, name, **env)
-        self.cli("db", "upgrade")
-        self.headers = {"Authorization": f"Bearer {self.admin_token()}"}
+        self.headers = {"Authorization": f"Bearer {self.admin_token(migrate=True)}"}
         self.start()
 
     def api(self, method: str, path: str, **kw: Any) -> httpx.Response:

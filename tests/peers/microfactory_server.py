@@ -6,16 +6,69 @@ the process is the server as a shop runs it, reached only over HTTP.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+# Runs several `microfactory` commands in one Python process (each is `main(argv)` with its
+# own standard input and output, as in its own process), stopping at the first that fails.
+# Each new process costs an interpreter and the imports (~1 s on a loaded machine).
+_CLI_BATCH = """
+import contextlib, io, json, sys
+from microfactory.cli import main
+results = []
+for argv, stdin in json.loads(sys.argv[1]):
+    sys.stdin = io.StringIO(stdin)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    results.append([code, out.getvalue(), err.getvalue()])
+    if code != 0:
+        break
+sys.__stdout__.write(json.dumps(results))
+"""
+
+
+def run_cli_batch(
+    commands: Sequence[tuple[list[str], str]], env: dict[str, str], cwd: Path | None = None
+) -> list[str]:
+    """Run `microfactory` commands (argv, stdin) in one process; return each one's output.
+
+    Every command must succeed, as `subprocess.run(..., check=True)` of each would.
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", _CLI_BATCH, json.dumps([list(c) for c in commands])],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    for (argv, _), (code, _, err) in zip(commands, results, strict=False):
+        assert code == 0, f"microfactory {' '.join(argv)} exited with {code}: {err}"
+    assert len(results) == len(commands)
+    return [out for _, out, _ in results]
+
+
+def user_commands(
+    username: str, role: str = "admin", password: str | None = None
+) -> list[tuple[list[str], str]]:
+    """The commands creating a user and a personal token for them (for `run_cli_batch`)."""
+    password = password or f"{username}-password-1"
+    return [
+        (["user", "create", "--username", username, "--role", role, "--password-stdin"],
+         f"{password}\n"),
+        (["token", "create", "--username", username], ""),
+    ]  # fmt: skip
 
 
 def free_port() -> int:
@@ -68,13 +121,18 @@ class MicrofactoryServer:
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    def admin_token(self, username: str = "admin", role: str = "admin") -> str:
-        """Create a user (after migrating) and return a personal token for them."""
-        self.cli(
-            "user", "create", "--username", username, "--role", role, "--password-stdin",
-            stdin=f"{username}-password-1\n",
-        )  # fmt: skip
-        return self.cli("token", "create", "--username", username).strip().splitlines()[-1]
+    def cli_batch(self, *commands: tuple[list[str], str]) -> list[str]:
+        """Run several commands (argv, stdin) in one process, as `cli()` would one by one."""
+        return run_cli_batch(commands, env=self.env, cwd=self.dir)
+
+    def admin_token(
+        self, username: str = "admin", role: str = "admin", *, migrate: bool = False
+    ) -> str:
+        """Create a user (after migrating, or migrate first) and return a personal token."""
+        commands = user_commands(username, role)
+        if migrate:
+            commands.insert(0, (["db", "upgrade"], ""))
+        return self.cli_batch(*commands)[-1].strip().splitlines()[-1]
 
     def start(self) -> None:
         """Start serving (migrating the database first, as `serve` does)."""

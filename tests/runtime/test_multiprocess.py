@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import PG_URL, _drop_pg_database, _make_pg_database, require_or_skip
+from tests.peers.microfactory_server import run_cli_batch, user_commands
 from tests.samples import data_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
@@ -153,13 +154,13 @@ def pg_url() -> Iterator[str]:
 
 
 def _tokens(shop: Shop) -> dict[str, str]:
-    shop.cli("db", "upgrade")
-    tokens = {}
-    for name, role in (("olga", "operator"), ("mia", "member")):
-        shop.cli("user", "create", "--username", name, "--role", role, "--password-stdin",
-                 stdin=f"{name}-password-1\n")  # fmt: skip
-        tokens[name] = shop.cli("token", "create", "--username", name).strip()
-    return tokens
+    users = (("olga", "operator"), ("mia", "member"))
+    made = run_cli_batch(
+        [(["db", "upgrade"], ""), *(c for name, role in users for c in user_commands(name, role))],
+        env=shop.env,
+    )
+    # One process for the five commands; each user's token is its second command's output.
+    return {name: made[2 + 2 * i].strip() for i, (name, _) in enumerate(users)}
 
 
 def test_every_command_from_any_worker_acts_on_the_machine(tmp_path: Path, pg_url: str) -> None:

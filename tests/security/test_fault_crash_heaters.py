@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from drivers.sim.marlin import MarlinSimulator
+from tests.peers.microfactory_server import run_cli_batch, user_commands
 from tests.security.test_security_orphans import _cli, _free_port
 
 pytestmark = [
@@ -113,11 +114,10 @@ class Server:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
     srv = Server(tmp_path)
-    srv.cli("db", "upgrade")
-    srv.cli(
-        "user", "create", "--username", "olga", "--role", "operator", "--password-stdin",
-        stdin=b"olga-pass-12\n",
-    )  # fmt: skip
+    run_cli_batch(  # one process for both set-up commands
+        [(["db", "upgrade"], ""), user_commands("olga", "operator", "olga-pass-12")[0]],
+        env=srv.env,
+    )
     try:
         yield srv
     finally:

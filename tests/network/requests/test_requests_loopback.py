@@ -20,6 +20,7 @@ from jwcrypto import jwk as jc_jwk
 from jwcrypto import jws as jc_jws
 
 from tests.network.test_network_loopback import Instance, _flip_payload_byte, poll
+from tests.peers.microfactory_server import user_commands
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -43,11 +44,8 @@ def shops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         started.append(a)
         b = Instance(root, "b", MICROFACTORY_AUTO_DISPATCH="true")
         started.append(b)
-        a.cli(
-            "user", "create", "--username", "maria", "--role", "member", "--password-stdin",
-            stdin="member-password-1\n",
-        )  # fmt: skip
-        member = a.cli("token", "create", "--username", "maria").strip().splitlines()[-1]
+        made = a.cli_batch(*user_commands("maria", "member", "member-password-1"))
+        member = made[-1].strip().splitlines()[-1]
         for inst in started:
             inst.wait_up()
         ids = {"a": _profile(a, "Fablab Gent"), "b": _profile(b, "Brussels Makers")}
