@@ -86,6 +86,21 @@ FILE_SECONDS: dict[str, float] = {
     "tests/browser/test_bookings.py": 17,
     "tests/integration/test_motion_limits.py": 16,
     "tests/designs/test_import_remote.py": 9,
+    # Estimated from single-file runs on a loaded machine (2026-12-02): correct from CI.
+    "tests/browser/test_network_requests.py": 40,
+    "tests/integration/test_moonraker_jobs.py": 45,
+    "tests/integration/test_prusalink_jobs.py": 40,
+    "tests/browser/test_live_pages.py": 30,
+    "tests/browser/test_admin.py": 30,
+    "tests/browser/test_crawl.py": 30,
+    "tests/browser/test_machine_cards.py": 25,
+    "tests/browser/test_moonraker_grid.py": 25,
+    "tests/drivers/moonraker/test_moonraker_server.py": 25,
+    "tests/browser/test_job_preview.py": 20,
+    "tests/browser/test_prusalink_grid.py": 18,
+    "tests/browser/test_machine_page.py": 18,
+    "tests/browser/test_calendar.py": 15,
+    "tests/drivers/prusalink/test_prusalink_server.py": 15,
 }
 UNLISTED_SECONDS_PER_TEST = 1.0
 LONGEST_FILES = tuple(sorted(FILE_SECONDS, key=lambda name: -FILE_SECONDS[name]))
