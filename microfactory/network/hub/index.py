@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Table, delete, insert, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from microfactory.errors import BadRequestError
@@ -400,8 +402,20 @@ async def bump(*, session: AsyncSession, shop_ids: Iterable[str]) -> int:
     )
     version = result.scalar_one_or_none()
     if version is None:  # a database whose tables were emptied (the tests do)
-        version = 1
-        await session.execute(insert(_VERSION), [{"id": 1, "version": 1, "log_floor": 0}])
+        # Two writers may both find no row: the second waits for the first's row and bumps it.
+        upsert = (
+            pg_insert(_VERSION)
+            if session.get_bind().dialect.name == "postgresql"
+            else sqlite_insert(_VERSION)
+        )
+        result = await session.execute(
+            upsert.values(id=1, version=1, log_floor=0)
+            .on_conflict_do_update(
+                index_elements=[_VERSION.c.id], set_={"version": _VERSION.c.version + 1}
+            )
+            .returning(_VERSION.c.version)
+        )
+        version = result.scalar_one()
     rows = [{"version": version, "shop_id": s} for s in sorted(set(shop_ids))]
     if rows:
         await session.execute(insert(_LOG), rows)
