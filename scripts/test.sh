@@ -20,22 +20,19 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-# 2. Python: the project and its test dependencies in .venv; OctoPrint and Moonraker each
-#    in their own venv.
+# 2. Python: the project and its test dependencies in .venv; OctoPrint, Moonraker and
+#    PrusaLink each in their own venv. The peers install in the background, beside .venv and
+#    the linters (they share nothing with them); their logs are shown if one fails.
+peer_logs=$(mktemp -d)
+peers=()
+for peer in octoprint moonraker prusalink; do
+  [ -f "scripts/$peer-venv.sh" ] || continue
+  echo "== installing $peer into its own venv (in the background)"
+  bash "scripts/$peer-venv.sh" >"$peer_logs/$peer.log" 2>&1 &
+  peers+=("$!:$peer")
+done
 echo "== installing microfactory and test dependencies into .venv"
 bash scripts/venv.sh test
-if [ -f scripts/octoprint-venv.sh ]; then
-  echo "== installing OctoPrint into its own venv"
-  bash scripts/octoprint-venv.sh
-fi
-if [ -f scripts/moonraker-venv.sh ]; then
-  echo "== installing Moonraker into its own venv"
-  bash scripts/moonraker-venv.sh
-fi
-if [ -f scripts/prusalink-venv.sh ]; then
-  echo "== installing PrusaLink into its own venv"
-  bash scripts/prusalink-venv.sh
-fi
 
 # 3. A throwaway PostgreSQL on a loopback port, stopped when we exit.
 if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
@@ -50,6 +47,17 @@ echo "== ruff and mypy"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+
+echo "== waiting for the peer venvs"
+for entry in "${peers[@]}"; do
+  if ! wait "${entry%%:*}"; then
+    cat "$peer_logs/${entry#*:}.log" >&2
+    echo "== installing ${entry#*:} failed" >&2
+    exit 1
+  fi
+  tail -n 1 "$peer_logs/${entry#*:}.log"
+done
+rm -rf "$peer_logs"
 
 # 5. Every test: unit, API and services on SQLite and PostgreSQL, drivers on ptys,
 #    OctoPrint, PrusaSlicer, OpenSCAD and Chromium.
