@@ -17,6 +17,4 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 spec="."
 [ -n "${1:-}" ] && spec=".[$1]"
-# --no-compile: Python compiles what it imports on first use; byte-compiling every installed
-# file up front took ~20 s of the ~55 s install.
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-compile -e "$spec"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec"
