@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -78,3 +79,25 @@ async def book(
     """POST a booking."""
     body = {"machine_id": machine_id, "start": iso(start), "end": iso(end), **extra}
     return await client.post("/api/v1/bookings", json=body, headers=headers)
+
+
+class BookingEvents:
+    """The booking events on a fleet's live stream: `expect()` before a change, await after."""
+
+    def __init__(self, fleet: Any) -> None:
+        self._updates = fleet.subscribe()
+
+    async def _next(self) -> tuple[str, int, dict[str, Any]]:
+        while True:
+            item = await anext(self._updates)
+            if item[0] == "booking":
+                return item  # type: ignore[no-any-return]
+
+    async def expect(self) -> asyncio.Future[tuple[str, int, dict[str, Any]]]:
+        """Start waiting (10 s at most) for the next booking event."""
+        pending = asyncio.ensure_future(asyncio.wait_for(self._next(), 10))
+        await asyncio.sleep(0)  # the subscription starts with its first read
+        return pending
+
+    async def close(self) -> None:
+        await self._updates.aclose()

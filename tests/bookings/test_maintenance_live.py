@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -13,7 +12,7 @@ from microfactory.accounts.schemas import UserCreate
 from microfactory.bookings import live
 from microfactory.bookings import service as booking_service
 from microfactory.bookings.schemas import MaintenanceCreate
-from tests.bookings.conftest import PARIS, Clock, iso, paris
+from tests.bookings.conftest import PARIS, BookingEvents, Clock, iso, paris
 
 
 async def test_maintenance_recorded_through_the_api_is_announced_for_its_machine(
@@ -23,16 +22,8 @@ async def test_maintenance_recorded_through_the_api_is_announced_for_its_machine
     machine: dict[str, Any],
     operator: dict[str, str],
 ) -> None:
-    updates = app.state.fleet.subscribe()
-
-    async def next_booking_event() -> tuple[str, int, dict[str, Any]]:
-        while True:
-            item = await anext(updates)
-            if item[0] == "booking":
-                return item  # type: ignore[no-any-return]
-
-    pending = asyncio.ensure_future(asyncio.wait_for(next_booking_event(), 10))
-    await asyncio.sleep(0)  # the subscription starts with its first read
+    stream = BookingEvents(app.state.fleet)
+    pending = await stream.expect()
     block = {
         "machine_id": machine["id"],
         "start": iso(paris(2026, 12, 3, 9)),
@@ -43,13 +34,13 @@ async def test_maintenance_recorded_through_the_api_is_announced_for_its_machine
     assert resp.status_code == 201, resp.text
     # Only the machine's id: the open machine page refetches its log, the calendar its events.
     assert await pending == ("booking", machine["id"], {})
-    pending = asyncio.ensure_future(asyncio.wait_for(next_booking_event(), 10))
+    pending = await stream.expect()
     removed = await client.delete(
         f"/api/v1/maintenance-blocks/{resp.json()['id']}", headers=operator
     )
     assert removed.status_code == 200, removed.text
     assert await pending == ("booking", machine["id"], {})
-    await updates.aclose()
+    await stream.close()
 
 
 async def test_maintenance_is_published_after_its_commit_and_never_when_rolled_back(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 from microfactory.accounts import service as account_service
 from microfactory.accounts.models import Role, TokenKind
 from microfactory.accounts.schemas import UserCreate
-from tests.bookings.conftest import Clock
+from tests.bookings.conftest import BookingEvents, Clock
 
 CSRF = "test-csrf-token-value"
 
@@ -182,16 +181,9 @@ async def test_changes_of_machine_time_are_announced_on_the_live_stream(
 ) -> None:
     from tests.bookings.conftest import book, paris
 
-    updates = app.state.fleet.subscribe()
+    stream = BookingEvents(app.state.fleet)
 
-    async def next_booking_event() -> tuple[str, int, dict[str, Any]]:
-        while True:
-            item = await anext(updates)
-            if item[0] == "booking":
-                return item  # type: ignore[no-any-return]
-
-    pending = asyncio.ensure_future(asyncio.wait_for(next_booking_event(), 10))
-    await asyncio.sleep(0)  # the subscription starts with its first read
+    pending = await stream.expect()
     resp = await book(client, member, machine["id"], paris(2026, 12, 2, 10), paris(2026, 12, 2, 11))
     assert resp.status_code == 201, resp.text
     assert await pending == ("booking", machine["id"], {})
@@ -200,7 +192,7 @@ async def test_changes_of_machine_time_are_announced_on_the_live_stream(
         client, member, machine["id"], paris(2026, 12, 2, 10), paris(2026, 12, 2, 11)
     )
     assert refused.status_code == 409
-    pending = asyncio.ensure_future(asyncio.wait_for(next_booking_event(), 10))
+    pending = await stream.expect()
     closed = await client.post(
         "/api/v1/closures",
         json={"first_day": "2026-12-03", "last_day": "2026-12-03", "reason": "Holiday"},
@@ -208,7 +200,7 @@ async def test_changes_of_machine_time_are_announced_on_the_live_stream(
     )
     assert closed.status_code == 201, closed.text
     assert await pending == ("booking", 0, {})
-    await updates.aclose()
+    await stream.close()
     # The calendar shows the closure as its own kind of time, apart from out-of-hours time.
     web = await _browser(app, client, Role.MEMBER, "closure-viewer")
     events = (
@@ -240,19 +232,12 @@ async def test_a_booking_reaches_the_streams_of_the_other_web_workers(
         pytest.skip("several processes share PostgreSQL only (SQLite is one process)")
     other = create_app(settings)  # another web worker on the same database
     async with other.router.lifespan_context(other):
-        updates = other.state.fleet.subscribe()
+        stream = BookingEvents(other.state.fleet)
 
-        async def next_booking_event() -> tuple[str, int, dict[str, Any]]:
-            while True:
-                item = await anext(updates)
-                if item[0] == "booking":
-                    return item  # type: ignore[no-any-return]
-
-        pending = asyncio.ensure_future(asyncio.wait_for(next_booking_event(), 10))
-        await asyncio.sleep(0)
+        pending = await stream.expect()
         resp = await book(
             client, member, machine["id"], paris(2026, 12, 2, 10), paris(2026, 12, 2, 11)
         )
         assert resp.status_code == 201, resp.text
         assert await pending == ("booking", machine["id"], {})
-        await updates.aclose()
+        await stream.close()

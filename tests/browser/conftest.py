@@ -166,6 +166,20 @@ def api_token(base: str, username: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 
 
+def new_member(
+    base: str, admin: dict[str, str], username: str, password: str
+) -> tuple[int, dict[str, str]]:
+    """Create a member through the API as an admin; return their id and Authorization header."""
+    made = httpx.post(
+        base + "/api/v1/users",
+        json={"username": username, "password": password, "role": "member"},
+        headers=admin,
+        timeout=10,
+    )
+    assert made.status_code == 201, made.text
+    return made.json()["id"], api_token(base, username, password)
+
+
 # page.add_init_script(COUNT_EVENT_SOURCES) counts the streams a page opens in
 # window.__eventSources: every page shares one (app.js's or the calendar's) with the badge.
 COUNT_EVENT_SOURCES = """

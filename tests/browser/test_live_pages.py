@@ -13,7 +13,14 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import DemoServer, api_token, delete_machine_named, login, release_job
+from tests.browser.conftest import (
+    DemoServer,
+    api_token,
+    delete_machine_named,
+    login,
+    new_member,
+    release_job,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 GCODE = b"G28\nG1 X10 Y10 F3000\nM84\n"
@@ -39,15 +46,7 @@ def test_grid_bookings_badge_and_usage_follow_the_shop_live(
     base = demo_server.url
     admin = api_token(base, "admin", "admin-demo-pass")
     operator = api_token(base, "operator", "operator-demo-pass")
-    made = httpx.post(
-        base + "/api/v1/users",
-        json={"username": "watcher", "password": "watcher-pass-1", "role": "member"},
-        headers=admin,
-        timeout=10,
-    )
-    assert made.status_code == 201, made.text
-    watcher_id = made.json()["id"]
-    member = api_token(base, "watcher", "watcher-pass-1")
+    watcher_id, member = new_member(base, admin, "watcher", "watcher-pass-1")
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.context.on("page", lambda tab: tab.on("pageerror", lambda exc: errors.append(str(exc))))

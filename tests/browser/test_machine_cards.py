@@ -4,7 +4,6 @@ away, that log no console error."""
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.api.test_job_media import png, with_thumbnails
-from tests.browser.conftest import DemoServer, api_token, login, release_job
+from tests.browser.conftest import DemoServer, api_token, free_port, login, release_job
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(240)]
 PHOTOGRAPHED = "Ender 3 (manual)"
@@ -26,13 +25,6 @@ LONG_PRINT = b"G28\nG90\n" + b"G1 X10 Y10 F60\nG1 X200 Y200 F60\n" * 200
 def _machine_ids(base: str, headers: dict[str, str]) -> dict[str, int]:
     machines = httpx.get(base + "/api/v1/machines", headers=headers, timeout=10).json()
     return {m["name"]: int(m["id"]) for m in machines}
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def test_cards_show_the_photo_and_the_running_jobs_picture_and_pages_log_no_errors(
@@ -126,7 +118,7 @@ def test_cards_show_the_photo_and_the_running_jobs_picture_and_pages_log_no_erro
     page.goto(f"{base}/machines/{ids[NO_CAMERA]}")
     expect(page.get_by_role("heading", name=NO_CAMERA, level=1)).to_be_visible()
     expect(page.locator("[data-webcam]")).to_have_count(0)
-    cam = {"stream_url": f"http://127.0.0.1:{_closed_port()}/stream"}
+    cam = {"stream_url": f"http://127.0.0.1:{free_port()}/stream"}  # nothing listens there
     put = httpx.put(f"{base}/api/v1/machines/{ids[CAMERA_AWAY]}/webcam", json=cam, headers=admin)
     assert put.status_code == 200, put.text
     try:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import DemoServer, api_token, login, release_job
+from tests.browser.conftest import DemoServer, api_token, login, new_member, release_job
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 GCODE = b"G28\nG1 X10 Y10 F3000\nM84\n"
@@ -21,14 +21,7 @@ def test_member_sees_the_unread_badge_rise_when_their_job_is_approved(
     admin = api_token(base, "admin", "admin-demo-pass")
     operator = api_token(base, "operator", "operator-demo-pass")
     # The demo member is trusted (their jobs need no approval): a new, untrusted member.
-    made = httpx.post(
-        base + "/api/v1/users",
-        json={"username": "notified", "password": "notified-pass-1", "role": "member"},
-        headers=admin,
-        timeout=10,
-    )
-    assert made.status_code == 201, made.text
-    member = api_token(base, "notified", "notified-pass-1")
+    _, member = new_member(base, admin, "notified", "notified-pass-1")
     machines = httpx.get(base + "/api/v1/machines", headers=member, timeout=10).json()
     manual = next(m for m in machines if m["driver"] == "manual" and m["kind"] == "fdm_printer")
     # Pinned to the manual printer, the job waits in the queue and holds no demo printer.
