@@ -53,6 +53,7 @@ from microfactory.middleware import (
 from microfactory.network import identity as network_identity
 from microfactory.network.hub.designs import router as hub_designs_router
 from microfactory.network.hub.pages import router as hub_pages_router
+from microfactory.network.hub.pipeline import shutdown_check_pool
 from microfactory.network.hub.routes import router as hub_router
 from microfactory.network.pages import router as network_pages_router
 from microfactory.network.requests import subscribers as network_request_subscribers
@@ -221,6 +222,7 @@ def create_app(settings: Settings) -> FastAPI:
             await bus.stop()  # what the last transitions published is delivered first
             await app.state.outbox.stop()  # unsent messages stay due for the next start
             await asyncio.to_thread(shutdown_analysis_pool)
+            await asyncio.to_thread(shutdown_check_pool)
             await app.state.engine.dispose()
 
     app = FastAPI(

@@ -156,6 +156,9 @@ class Settings(BaseSettings):
     # one transaction, each still answered on its own (microfactory/network/hub/batch.py).
     hub_ingest_batch: bool = True
     hub_ingest_batch_max: int = Field(64, ge=1, le=1000)  # reports per group commit at most
+    # Worker processes that check mirrored pages (signatures, canonical form) while the page
+    # before is stored (microfactory/network/hub/pipeline.py); 0 checks in the server itself.
+    hub_check_workers: int = Field(1, ge=0, le=8)
 
     @field_validator("hub_upstreams", mode="before")
     @classmethod

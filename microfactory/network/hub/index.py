@@ -222,6 +222,14 @@ class Derived:
     def _rows(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         return _build(self._report, self._cursor, self._parsed)
 
+    def built(self, report: VerifiedReport) -> Derived:
+        """Return these rows built now, beside `report` (a slimmer copy of the report), and
+        nothing they were built from: what a worker process sends back to the server."""
+        out = Derived(report, self._cursor, self._parsed)
+        out.__dict__["_rows"] = self._rows
+        del out._parsed
+        return out
+
     @property
     def shop(self) -> dict[str, Any]:
         """The shop's `hub_shop_index` row."""

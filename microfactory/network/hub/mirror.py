@@ -4,8 +4,8 @@ A mirrored report passes the very checks a pushed one does (`service.ingest`: si
 pin, times, sequence), with the same pinning rule (open hub: pinned on first use; closed:
 pending until an admin approves). Nothing is taken on the upstream's word: a report whose
 bytes were changed anywhere on the way fails its signature and is refused and counted.
-Each page of reports is one transaction (`service.ingest_many`); the HTTP calls happen
-outside any transaction.
+Each page of reports is one transaction; the next page is checked in a worker process while
+one is stored (`pipeline.PageIngest`). The HTTP calls happen outside any transaction.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from microfactory.config import Settings
 from microfactory.db import utcnow
 from microfactory.errors import DomainError
-from microfactory.network.hub import service
+from microfactory.network.hub import pipeline
 from microfactory.network.hub.models import HubUpstream
 
 log = logging.getLogger(__name__)
@@ -56,24 +56,12 @@ async def pull_one(
         up.last_attempt_at = now or utcnow()
     error: str | None = None
     last_refusal: str | None = None
-    for _ in range(MAX_PAGES):
-        params: dict[str, Any] = {} if cursor is None else {"since": cursor}
-        try:
-            resp = await client.get(f"{url}/api/v1/network/reports", params=params)
-            resp.raise_for_status()
-            page = resp.json()
-            reports, nxt = page["reports"], int(page["next"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
-            log.warning("hub mirror: pulling %s failed: %s", url, error)
-            break
-        tokens: list[str] = []
-        for item in reports:
-            token = item.get("jws") if isinstance(item, dict) else None
-            tokens.append(token if isinstance(token, str) else "")
-        for item, outcome in zip(
-            reports, await _ingest_page(sessionmaker, settings, tokens, now, url), strict=True
-        ):
+    pages = pipeline.PageIngest(sessionmaker, settings, source=url, now=now)
+    fed: list[Any] = []  # the reports of the page being checked, to match its outcomes
+
+    def tally(reports: list[Any], outcomes: list[pipeline.Outcome] | None) -> None:
+        nonlocal last_refusal
+        for item, outcome in zip(reports, outcomes or [], strict=True):
             if not isinstance(outcome, DomainError):
                 counts["stored" if outcome.status != "duplicate" else "stale"] += 1
             elif outcome.status_code in STALE:
@@ -83,9 +71,32 @@ async def pull_one(
                 where = item.get("cursor") if isinstance(item, dict) else "?"
                 last_refusal = f"cursor {where}: {outcome.status_code} {outcome.detail}"
                 log.warning("hub mirror: refused a report from %s: %s", url, last_refusal)
-        cursor = nxt
-        if not reports:
-            break
+
+    try:
+        for _ in range(MAX_PAGES):
+            params: dict[str, Any] = {} if cursor is None else {"since": cursor}
+            try:
+                resp = await client.get(f"{url}/api/v1/network/reports", params=params)
+                resp.raise_for_status()
+                page = resp.json()
+                reports, nxt = page["reports"], int(page["next"])
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                error = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("hub mirror: pulling %s failed: %s", url, error)
+                break
+            tokens: list[str] = []
+            for item in reports:
+                token = item.get("jws") if isinstance(item, dict) else None
+                tokens.append(token if isinstance(token, str) else "")
+            # This page is checked (in a worker) while the one before is stored.
+            tally(fed, await pages.feed(tokens))
+            fed = reports
+            cursor = nxt
+            if not reports:
+                break
+        tally(fed, await pages.finish())
+    finally:
+        await pages.close()
     async with sessionmaker() as session, session.begin():
         up = await _upstream(session, url)
         up.next_cursor = cursor
@@ -97,39 +108,6 @@ async def pull_one(
         if error is None:
             up.last_ok_at = now or utcnow()
     return counts
-
-
-async def _ingest_page(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    settings: Settings,
-    tokens: list[str],
-    now: dt.datetime | None,
-    url: str,
-) -> list[service.IngestResult | DomainError]:
-    """Take a page in one transaction; after a race, one transaction per report."""
-    try:
-        async with sessionmaker() as session, session.begin():
-            return await service.ingest_many(
-                session=session, tokens=tokens, settings=settings, now=now or utcnow(), source=url
-            )
-    except DomainError:
-        pass  # a push of the same shop raced the page: take its reports one by one
-    outcomes: list[service.IngestResult | DomainError] = []
-    for token in tokens:
-        try:
-            async with sessionmaker() as session, session.begin():
-                outcomes.extend(
-                    await service.ingest_many(
-                        session=session,
-                        tokens=[token],
-                        settings=settings,
-                        now=now or utcnow(),
-                        source=url,
-                    )
-                )
-        except DomainError as exc:
-            outcomes.append(exc)
-    return outcomes
 
 
 async def pull_upstreams(
