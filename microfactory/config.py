@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     unknown_command_policy: Literal["fail", "flag"] = "fail"
     run_supervisors: bool = True  # False on extra web workers: one process per host drives
     demo_speed_factor: float = Field(20.0, gt=0)  # simulated machines move this much faster
+    # The emulated link rate of the demo's simulated machines (10 bits a byte; 0: no limit).
+    demo_baud: int = Field(115200, ge=0)
 
     # Notifications: the outbox always records; email is sent only when smtp_url is set
     # (smtp://, smtp+starttls:// or smtps://user:password@host:port).

@@ -46,9 +46,9 @@ _FDM_CAPS = {
 }
 
 
-def demo_machines(speed_factor: float) -> list[MachineCreate]:
-    """Return the demo shop's machines."""
-    sim = {"speed_factor": speed_factor}
+def demo_machines(speed_factor: float, baud: int = 115200) -> list[MachineCreate]:
+    """Return the demo shop's machines (their simulators' link at `baud`, 0: unmetered)."""
+    sim: dict[str, float | int] = {"speed_factor": speed_factor, "baud": baud}
     return [
         MachineCreate.model_validate(m)
         for m in [
@@ -149,7 +149,7 @@ async def seed(*, session: AsyncSession, settings: Settings) -> list[DemoLogin]:
             )
     has_machines = (await session.execute(select(Machine.id).limit(1))).first() is not None
     if not has_machines:
-        for machine_in in demo_machines(settings.demo_speed_factor):
+        for machine_in in demo_machines(settings.demo_speed_factor, settings.demo_baud):
             await machine_service.create(session=session, machine_in=machine_in)
     await seed_designs(session=session, settings=settings)
     await booking_demo.seed(session=session)  # opening hours, machine profiles

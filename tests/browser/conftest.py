@@ -38,9 +38,14 @@ class DemoServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = workdir / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MICROFACTORY_")}
-        # The demo as shipped, but its simulated machines 15x faster than the demo default (20x):
-        # the design-flow test waits for a whole print to finish.
-        env.update(MICROFACTORY_LOG_JSON="false", MICROFACTORY_DEMO_SPEED_FACTOR="300")
+        # The demo as shipped, but its simulated machines 15x faster than the demo default (20x)
+        # and their serial link unmetered (the demo's is 115200 baud, ~11.5 kB/s, which took
+        # most of the print's time): the design-flow test waits for a whole print to finish.
+        env.update(
+            MICROFACTORY_LOG_JSON="false",
+            MICROFACTORY_DEMO_SPEED_FACTOR="300",
+            MICROFACTORY_DEMO_BAUD="0",
+        )
         self.log_path = workdir / "server.log"
         self.log = self.log_path.open("w")
         self.proc = subprocess.Popen(
